@@ -1,0 +1,175 @@
+"""Nemotron Nano VL prompt conventions: ordered content parts → prompt + ``multi_modal_data``.
+
+vLLM's processor for ``NemotronH_Nano_VL_V2`` expands one placeholder per media item
+(``<image>``, ``<video>``, ``<so_embedding>``) into the item's tokens, matching the
+n-th placeholder of a modality with the n-th item of that modality. This module is
+the only place that knows those strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from service.errors import InvalidArgument
+
+Modality = Literal["image", "video", "audio"]
+MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")
+
+PLACEHOLDERS: Mapping[Modality, str] = {"image": "<image>", "video": "<video>", "audio": "<so_embedding>"}
+
+# Strings the processor treats as structure. A user's text must not contain them, or
+# the count of placeholders would no longer match the count of media items.
+RESERVED_STRINGS = ("<image>", "<img>", "</img>", "<video>", "<so_start>", "<so_end>", "<so_embedding>")
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class MediaPart:
+    """One media item, already decoded into the object vLLM's ``multi_modal_data`` takes."""
+
+    modality: Modality
+    item: Any
+
+
+ContentPart = TextPart | MediaPart
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    parts: tuple[ContentPart, ...]
+
+
+@dataclass(frozen=True)
+class AssembledPrompt:
+    prompt: str
+    multi_modal_data: Mapping[Modality, tuple[Any, ...]] = field(default_factory=dict)
+
+    @property
+    def item_counts(self) -> dict[Modality, int]:
+        return {m: len(items) for m, items in self.multi_modal_data.items()}
+
+    def to_vllm(self) -> dict[str, Any]:
+        """A vLLM ``TextPrompt``."""
+        prompt: dict[str, Any] = {"prompt": self.prompt}
+        if self.multi_modal_data:
+            prompt["multi_modal_data"] = {m: list(items) for m, items in self.multi_modal_data.items()}
+        return prompt
+
+
+def video_item(
+    frames: np.ndarray,
+    *,
+    fps: float,
+    frames_indices: Sequence[int],
+    total_num_frames: int,
+    backend: str = "nanovl",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A video as this model's processor takes it: frames ``[T,H,W,3] uint8`` plus metadata.
+
+    The processor derives per-frame timestamps from ``fps`` and ``frames_indices`` (they
+    end up in the prompt as "Frame i sampled at t seconds"), and must not re-sample the
+    frames we already chose.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise InvalidArgument(f"video frames must be uint8 [T,H,W,3], got {frames.dtype} {list(frames.shape)}")
+    if len(frames_indices) != frames.shape[0]:
+        raise InvalidArgument(f"video has {frames.shape[0]} frames but {len(frames_indices)} frame indices")
+    if fps <= 0:
+        raise InvalidArgument(f"video fps must be positive, got {fps}")
+    metadata = {
+        "fps": float(fps),
+        "frames_indices": [int(i) for i in frames_indices],
+        "total_num_frames": int(total_num_frames),
+        "duration": float(total_num_frames) / float(fps),
+        "video_backend": backend,
+        "do_sample_frames": False,
+    }
+    return frames, metadata
+
+
+def _check_text(text: str) -> None:
+    for reserved in RESERVED_STRINGS:
+        if reserved in text:
+            raise InvalidArgument(
+                f"text contains the reserved string {reserved!r}, which this model uses to mark media; "
+                "send media as image/video/audio parts instead of writing placeholders into text"
+            )
+
+
+def _collect(parts: Sequence[ContentPart], media: dict[Modality, list[Any]]) -> None:
+    for part in parts:
+        if isinstance(part, TextPart):
+            _check_text(part.text)
+        else:
+            media.setdefault(part.modality, []).append(part.item)
+
+
+def _freeze(media: dict[Modality, list[Any]]) -> dict[Modality, tuple[Any, ...]]:
+    return {m: tuple(media[m]) for m in MODALITIES if m in media}
+
+
+def assemble_raw(parts: Sequence[ContentPart]) -> AssembledPrompt:
+    """Parts used as the prompt as-is (no chat template): text verbatim, media as placeholders."""
+    if not parts:
+        raise InvalidArgument("the prompt is empty: send at least one text or media part")
+    media: dict[Modality, list[Any]] = {}
+    _collect(parts, media)
+    prompt = "".join(p.text if isinstance(p, TextPart) else PLACEHOLDERS[p.modality] for p in parts)
+    return AssembledPrompt(prompt=prompt, multi_modal_data=_freeze(media))
+
+
+class ChatRenderer:
+    """Renders messages with a checkpoint's chat template.
+
+    Owns its own tokenizer instance and only uses its Jinja rendering
+    (``tokenize=False``): the Rust tokenizer is never touched here, so this is safe
+    to call from worker threads while vLLM tokenizes elsewhere.
+    """
+
+    def __init__(self, model_path: str, *, trust_remote_code: bool = True) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise ValueError(f"checkpoint {model_path} has no chat template; send raw parts instead of messages")
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> AssembledPrompt:
+        if not messages:
+            raise InvalidArgument("messages is empty: send at least one message")
+        media: dict[Modality, list[Any]] = {}
+        conversation = []
+        for i, message in enumerate(messages):
+            if message.role not in ROLES:
+                raise InvalidArgument(f"messages[{i}].role is {message.role!r}; expected one of {', '.join(ROLES)}")
+            _collect(message.parts, media)
+            conversation.append({
+                "role": message.role,
+                "content": [
+                    {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": p.modality}
+                    for p in message.parts
+                ],
+            })
+        prompt = self._tokenizer.apply_chat_template(
+            conversation,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **dict(chat_template_kwargs or {}),
+        )
+        return AssembledPrompt(prompt=prompt, multi_modal_data=_freeze(media))

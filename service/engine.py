@@ -1,0 +1,281 @@
+"""The engine: vLLM's ``AsyncLLM`` built from vLLM's own typed ``AsyncEngineArgs``.
+
+Responsibilities: CPU-safe defaults, start-up warm-up per enabled modality, rendering a
+prompt into an engine input (vLLM's renderer: tokenization and multimodal processing
+off the event loop), generation, abort, health and shutdown. It translates vLLM's
+failures into ``NanovlError``s with actionable messages; it knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model.prompt import MODALITIES, AssembledPrompt, Modality, video_item
+from service.errors import InvalidArgument, NanovlError, OutOfRange, Unavailable
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.outputs import RequestOutput
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+# Settings vLLM needs on CPU for this model (see docs/architecture.md): prefix caching
+# switches Mamba to "align" mode, which the CPU chunk-scan kernel cannot serve; the
+# model casts media features to bf16; eager mode starts ~2x faster.
+CPU_ENGINE_DEFAULTS: Mapping[str, Any] = {
+    "enable_prefix_caching": False,
+    "dtype": "bfloat16",
+    "enforce_eager": True,
+}
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def apply_process_environment(cache_dir: Path) -> None:
+    """Environment the engine's worker processes inherit. Only fills what the operator
+    did not set; called once by the process entry point before the engine starts."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "VLLM_CACHE_ROOT": str(cache_dir / "vllm"),
+        "HF_HOME": str(cache_dir / "hf"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "inductor"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if on_cpu():
+        ncpu = os.cpu_count() or 1
+        defaults.update({
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{ncpu - 1}",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        })
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def default_engine_args(model: str, **overrides: Any) -> "AsyncEngineArgs":
+    """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    # Stats stay on: RequestOutput.metrics (queue time, TTFT) is None without them.
+    kwargs: dict[str, Any] = {"model": model, "trust_remote_code": True}
+    if on_cpu():
+        kwargs.update(CPU_ENGINE_DEFAULTS)
+    kwargs.update(overrides)
+    return AsyncEngineArgs(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the running engine serves: reported by GetModelInfo and used for validation."""
+
+    model: str
+    served_model_name: str
+    max_model_len: int
+    limits: Mapping[Modality, int]
+    audio_sample_rate: int | None
+    vllm_version: str
+
+    @property
+    def enabled_modalities(self) -> tuple[Modality, ...]:
+        return tuple(m for m in MODALITIES if self.limits.get(m, 0) > 0)
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt after vLLM's renderer: token ids and where each media item landed."""
+
+    engine_input: Any
+    num_prompt_tokens: int
+    tokens_by_modality: Mapping[str, int] = field(default_factory=dict)
+
+
+def _summarize(llm: "AsyncLLM") -> ModelSummary:
+    import vllm
+
+    model_config = llm.vllm_config.model_config
+    mm_config = model_config.multimodal_config
+    hf_config = model_config.hf_config
+    sound = getattr(hf_config, "sound_config", None)
+    limits: dict[Modality, int] = {}
+    if mm_config is not None:
+        for m in MODALITIES:
+            if m == "audio" and sound is None:
+                continue
+            limits[m] = int(mm_config.get_limit_per_prompt(m))
+    return ModelSummary(
+        model=model_config.model,
+        served_model_name=str(model_config.served_model_name or model_config.model),
+        max_model_len=int(model_config.max_model_len),
+        limits=limits,
+        audio_sample_rate=int(sound.sampling_rate) if sound is not None else None,
+        vllm_version=vllm.__version__,
+    )
+
+
+def warmup_items(summary: ModelSummary) -> dict[Modality, Any]:
+    """One small synthetic item per enabled modality (vLLM compiles preprocessing
+    helpers on first use; paying that at start-up keeps it off the first user)."""
+    rng = np.random.default_rng(0)
+    items: dict[Modality, Any] = {}
+    for m in summary.enabled_modalities:
+        if m == "image":
+            from PIL import Image
+
+            items[m] = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        elif m == "video":
+            frames = rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+            items[m] = video_item(frames, fps=2.0, frames_indices=[0, 1], total_num_frames=2)
+        elif m == "audio":
+            assert summary.audio_sample_rate is not None
+            wave = (rng.standard_normal(summary.audio_sample_rate) * 0.1).astype(np.float32)
+            items[m] = (wave, summary.audio_sample_rate)
+    return items
+
+
+class Engine:
+    """One ``AsyncLLM`` and what the service needs from it."""
+
+    def __init__(self, llm: "AsyncLLM", summary: ModelSummary) -> None:
+        self.llm = llm
+        self.summary = summary
+        self._shut_down = False
+
+    @classmethod
+    async def start(cls, engine_args: "AsyncEngineArgs", *, warmup: bool = True) -> "Engine":
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        t0 = time.perf_counter()
+        llm = AsyncLLM.from_engine_args(engine_args)
+        engine = cls(llm, _summarize(llm))
+        log.info("engine started in %.1fs: %s", time.perf_counter() - t0, engine.summary)
+        if warmup:
+            await engine.warmup()
+        return engine
+
+    async def warmup(self) -> None:
+        from vllm import SamplingParams
+
+        from model.prompt import MediaPart, TextPart, assemble_raw
+
+        params = SamplingParams(max_tokens=2, temperature=0.0)
+        jobs = [("text", assemble_raw([TextPart("warm up")]))]
+        for m, item in warmup_items(self.summary).items():
+            jobs.append((m, assemble_raw([MediaPart(m, item), TextPart("warm up")])))
+        for name, prompt in jobs:
+            t0 = time.perf_counter()
+            async for _ in self.generate(prompt, params, request_id=f"warmup-{name}-{uuid.uuid4().hex[:8]}"):
+                pass
+            log.info("warm-up %s: %.2fs", name, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ requests
+
+    async def render(self, prompt: AssembledPrompt) -> RenderedPrompt:
+        """Tokenize and run the multimodal processor (vLLM does it off the event loop)."""
+        self._check_limits(prompt)
+        try:
+            (engine_input,) = await self.llm.renderer.render_cmpl_async([prompt.to_vllm()])
+        except NanovlError:
+            raise
+        except Exception as exc:  # vLLM raises plain ValueErrors for bad media
+            raise self._translate_render_error(exc) from exc
+        token_ids = engine_input.get("prompt_token_ids") or []
+        by_modality: dict[str, int] = {}
+        for modality, ranges in (engine_input.get("mm_placeholders") or {}).items():
+            by_modality[modality] = sum(int(r.length) for r in ranges)
+        by_modality["text"] = len(token_ids) - sum(by_modality.values())
+        rendered = RenderedPrompt(engine_input, len(token_ids), by_modality)
+        if rendered.num_prompt_tokens > self.summary.max_model_len:
+            raise OutOfRange(
+                f"the prompt is {rendered.num_prompt_tokens} tokens "
+                f"({', '.join(f'{k} {v}' for k, v in by_modality.items())}), "
+                f"{rendered.num_prompt_tokens - self.summary.max_model_len} over this server's "
+                f"max_model_len of {self.summary.max_model_len}; send fewer or smaller media items "
+                "(fewer video frames, shorter audio, smaller images) or shorter text"
+            )
+        return rendered
+
+    def _check_limits(self, prompt: AssembledPrompt) -> None:
+        if not self.summary.limits and prompt.multi_modal_data:
+            raise InvalidArgument(f"this server's model ({self.summary.served_model_name}) accepts text only")
+        for modality, count in prompt.item_counts.items():
+            limit = self.summary.limits.get(modality)
+            if limit is None:
+                raise InvalidArgument(f"this model does not accept {modality} input")
+            if count > limit:
+                raise InvalidArgument(
+                    f"{count} {modality} item(s) in one prompt, but this server allows at most {limit} "
+                    f"(--limit-mm-per-prompt); send fewer {modality} items per request"
+                )
+
+    def _translate_render_error(self, exc: Exception) -> NanovlError:
+        message = str(exc).strip() or type(exc).__name__
+        if "longer than the maximum model length" in message or "maximum context length" in message:
+            return OutOfRange(message)
+        return InvalidArgument(f"the model's processor rejected the input: {message}")
+
+    async def generate(
+        self,
+        prompt: AssembledPrompt | RenderedPrompt,
+        sampling_params: "SamplingParams",
+        *,
+        request_id: str,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator["RequestOutput"]:
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        rendered = prompt if isinstance(prompt, RenderedPrompt) else await self.render(prompt)
+        try:
+            async for output in self.llm.generate(
+                rendered.engine_input,
+                sampling_params,
+                request_id,
+                trace_headers=dict(trace_headers) if trace_headers else None,
+            ):
+                yield output
+        except EngineDeadError as exc:
+            raise Unavailable(f"the inference engine has stopped ({exc}); the server must be restarted") from exc
+        except EngineGenerateError as exc:
+            raise NanovlError(f"generation failed: {str(exc) or type(exc).__name__}") from exc
+        except ValueError as exc:
+            # vLLM validates sampling params and prompt length inside generate().
+            raise self._translate_render_error(exc) from exc
+
+    async def abort(self, request_id: str) -> None:
+        await self.llm.abort(request_id)
+
+    def num_unfinished_requests(self) -> int:
+        return self.llm.get_num_unfinished_requests()
+
+    @property
+    def is_dead(self) -> bool:
+        return self._shut_down or self.llm.errored
+
+    async def check_health(self) -> bool:
+        if self.is_dead:
+            return False
+        try:
+            await self.llm.check_health()
+        except Exception:
+            return False
+        return True
+
+    def shutdown(self) -> None:
+        if not self._shut_down:
+            self._shut_down = True
+            self.llm.shutdown()

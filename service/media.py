@@ -1,0 +1,773 @@
+"""Request media bytes → the objects vLLM's ``multi_modal_data`` takes for Nemotron Nano VL.
+
+Every function here is synchronous, CPU-bound and thread-safe (no shared mutable state,
+no library globals touched): callers run them in a bounded thread pool, never on the
+event loop.
+
+Error policy:
+- bytes that are empty, corrupt, truncated or in a format we do not accept →
+  ``MediaDecodeError`` (INVALID_ARGUMENT), naming the modality and what was wrong;
+- parameters that are nonsensical (zero width, negative fps, misaligned raw bytes) →
+  ``InvalidArgument``;
+- anything over a configured ``MediaLimits`` bound → ``ResourceExhausted`` (as gRPC does
+  for oversized messages), saying the limit, its setting name, and what to send instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import av
+import av.container
+import numpy as np
+import numpy.typing as npt
+import soundfile
+import soxr
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InvalidArgument, MediaDecodeError, ResourceExhausted
+
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DEFAULT_MEDIA_LIMITS",
+    "AcceptedFormats",
+    "DecodedAudio",
+    "DecodedImage",
+    "DecodedVideo",
+    "MediaLimits",
+    "PcmEncoding",
+    "audio_from_pcm",
+    "decode_audio",
+    "decode_image",
+    "decode_video",
+    "video_from_raw_frames",
+]
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class AcceptedFormats:
+    """What each modality accepts; GetModelInfo reports this verbatim."""
+
+    image: tuple[str, ...]
+    video: tuple[str, ...]
+    raw_video: tuple[str, ...]
+    audio: tuple[str, ...]
+    raw_audio: tuple[str, ...]
+
+
+ACCEPTED_FORMATS = AcceptedFormats(
+    image=("png", "jpeg", "webp", "gif", "bmp"),
+    video=("mp4", "mov", "webm", "mkv", "avi"),
+    raw_video=("rgb24",),
+    audio=("wav", "flac", "ogg", "mp3", "m4a", "aac", "webm", "mp4"),
+    raw_audio=("s16le", "f32le"),
+)
+
+_DISPLAY = {
+    "png": "PNG", "jpeg": "JPEG", "webp": "WebP", "gif": "GIF", "bmp": "BMP",
+    "mp4": "MP4", "mov": "MOV", "webm": "WebM", "mkv": "MKV", "avi": "AVI",
+    "wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3", "m4a": "M4A", "aac": "AAC",
+}  # fmt: skip
+
+# Pillow format name → ours. Restricting Image.open to these plugins keeps the other ~40
+# Pillow decoders (and their CVE history) out of reach of request bytes.
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+_PIL_OPENERS = ["PNG", "JPEG", "WEBP", "GIF", "BMP"]  # the JPEG opener also yields MPO
+
+# FFmpeg demuxers we let video bytes reach. Checked right after probing, before any
+# decoding, so FFmpeg's long tail of exotic demuxers/decoders stays out of reach.
+_VIDEO_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi")
+_AUDIO_DEMUXERS = {
+    "mp3": "mp3",
+    "mov,mp4,m4a,3gp,3g2,mj2": "m4a",  # or "mp4": see _audio_container_name
+    "ogg": "ogg",
+    "aac": "aac",
+    "matroska,webm": "webm",
+    "wav": "wav",
+    "flac": "flac",
+}
+# libsndfile major format → ours; anything else it recognises goes to the PyAV path.
+_SNDFILE_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3"}
+
+
+def _accepted(names: tuple[str, ...]) -> str:
+    return ", ".join(_DISPLAY.get(n, n) for n in names)
+
+
+def _head(data: bytes) -> str:
+    return f"got {len(data)} bytes starting with 0x{data[:8].hex()}"
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Per-item bounds enforced before the expensive part of decoding."""
+
+    max_image_pixels: int = 40_000_000
+    max_video_frames: int = 256
+    max_video_pixels_per_frame: int = 3840 * 2160
+    # Frames are kept at source resolution (the processor resizes them), so frames ×
+    # resolution bounds the memory one request can pin: 256 4K frames would be 6.4 GB.
+    max_video_decoded_bytes: int = 2 * 1024**3
+    max_audio_seconds: float = 600.0  # = vLLM's MAX_AUDIO_LEN_S for this model
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_image_pixels",
+            "max_video_frames",
+            "max_video_pixels_per_frame",
+            "max_video_decoded_bytes",
+            "max_audio_seconds",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MediaLimits.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+DEFAULT_MEDIA_LIMITS = MediaLimits()
+
+
+def _over_limit(what: str, value: str, limit: str, setting: str, remedy: str) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"{what} {value} exceeds this server's limit of {limit} (media limit {setting}); "
+        f"{remedy}, or ask the operator to raise {setting}"
+    )
+
+
+# --------------------------------------------------------------------------- decoded media
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied
+    format: str  # one of ACCEPTED_FORMATS.image
+    width: int
+    height: int
+    nbytes: int  # encoded size
+
+    def to_vllm(self) -> Image.Image:
+        return self.image
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedVideo:
+    frames: npt.NDArray[np.uint8]  # [T, H, W, 3] RGB; treat as read-only
+    frame_indices: tuple[int, ...]  # index of each frame in the source clip
+    fps: float  # source frame rate
+    source_frame_count: int
+    duration_s: float
+    container_format: str  # one of ACCEPTED_FORMATS.video, or "raw"
+    codec: str  # e.g. "h264", "vp8", "rgb24"
+    nbytes: int  # request bytes
+    width: int = field(init=False)
+    height: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "height", int(self.frames.shape[1]))
+        object.__setattr__(self, "width", int(self.frames.shape[2]))
+
+    @property
+    def sampled_frame_count(self) -> int:
+        return int(self.frames.shape[0])
+
+    def to_vllm(self) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
+        # The keys the Nemotron processor reads (fps → per-frame timestamps from
+        # frames_indices) plus the ones vLLM's own loaders always set. do_sample_frames
+        # is False because we already sampled.
+        return self.frames, {
+            "fps": self.fps,
+            "duration": self.duration_s,
+            "total_num_frames": self.source_frame_count,
+            "frames_indices": list(self.frame_indices),
+            "video_backend": "pyav",
+            "do_sample_frames": False,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedAudio:
+    waveform: npt.NDArray[np.float32]  # mono, at sample_rate
+    sample_rate: int
+    format: str  # "wav", "mp3", ..., or "pcm_s16le" / "pcm_f32le"
+    source_sample_rate: int
+    source_channels: int
+    duration_s: float  # of the source
+    resampled: bool
+    nbytes: int  # request bytes
+
+    def to_vllm(self) -> tuple[npt.NDArray[np.float32], int]:
+        return self.waveform, self.sample_rate
+
+
+# --------------------------------------------------------------------------- image
+
+
+def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> DecodedImage:
+    """Decode PNG/JPEG/WebP/GIF (first frame)/BMP into an upright RGB PIL image."""
+    if not data:
+        raise MediaDecodeError(f"image: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.image)}")
+    try:
+        # Image.open reads only the header, so the size check below runs before any
+        # pixel is decoded. Pillow raises DecompressionBombError itself above
+        # 2 × Image.MAX_IMAGE_PIXELS (a process-wide setting we deliberately leave alone).
+        im = Image.open(io.BytesIO(data), formats=_PIL_OPENERS)
+    except Image.DecompressionBombError as e:
+        raise ResourceExhausted(f"image: {e}; downscale the image") from e
+    except UnidentifiedImageError as e:
+        raise MediaDecodeError(
+            f"image: cannot identify image format ({_head(data)}); "
+            f"accepted: {_accepted(ACCEPTED_FORMATS.image)}"
+        ) from e
+    with im:
+        fmt = _PIL_FORMATS[im.format or ""]
+        w, h = im.size
+        if w * h > limits.max_image_pixels:
+            raise _over_limit(
+                "image:",
+                f"{w}x{h} = {w * h:,} pixels",
+                f"{limits.max_image_pixels:,} pixels",
+                "max_image_pixels",
+                "downscale the image",
+            )
+        try:
+            im.load()
+        except Image.DecompressionBombError as e:
+            raise ResourceExhausted(f"image: {e}; downscale the image") from e
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise MediaDecodeError(f"image: corrupt or truncated {_DISPLAY[fmt]} data ({e})") from e
+        rgb = _to_rgb(_upright(im))
+    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data))
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 — a malformed EXIF block must not reject good pixels
+        return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        # Composite on white like vLLM does: a plain convert() would expose whatever
+        # colour sits under transparent pixels (often black).
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")
+
+
+# --------------------------------------------------------------------------- video
+
+
+def decode_video(
+    data: bytes, *, num_frames: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS
+) -> DecodedVideo:
+    """Decode an MP4/MOV/WebM/MKV/AVI clip, sampling ``num_frames`` frames uniformly.
+
+    Only the sampled frames are converted to RGB and kept. When keyframes allow, the
+    decoder seeks to the keyframe before each sampled frame instead of decoding the whole
+    clip; if seeking is unusable (no timestamps, inexact seek) it falls back to one
+    sequential pass.
+    """
+    if not data:
+        raise MediaDecodeError(f"video: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.video)}")
+    _check_num_frames(num_frames, limits)
+    container = _open_av_or_raise("video", data, ACCEPTED_FORMATS.video)
+    fmt = "video"
+    try:
+        with container:
+            if container.format.name not in _VIDEO_DEMUXERS:
+                raise MediaDecodeError(
+                    f"video: container format {container.format.name!r} is not accepted; "
+                    f"accepted: {_accepted(ACCEPTED_FORMATS.video)}"
+                )
+            fmt = _video_container_name(container, data)
+            if not container.streams.video:
+                raise MediaDecodeError(f"video: the {_DISPLAY.get(fmt, fmt)} container has no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width <= 0 or height <= 0:
+                raise MediaDecodeError(f"video: the {codec} stream declares no frame size")
+            if width * height > limits.max_video_pixels_per_frame:
+                raise _over_limit(
+                    "video: frame size",
+                    f"{width}x{height} = {width * height:,} pixels",
+                    f"{limits.max_video_pixels_per_frame:,} pixels per frame",
+                    "max_video_pixels_per_frame",
+                    "downscale the video",
+                )
+            probe = _probe_packets(container, stream)
+            if probe.count == 0:
+                raise MediaDecodeError(f"video: the {codec} stream contains no frames")
+            fps = _frame_rate(stream, container, probe.count)
+            duration = _duration(stream, container, probe.count, fps)
+            stream_index = stream.index
+
+        indices = _uniform_indices(probe.count, num_frames)
+        decoded_bytes = len(indices) * width * height * 3
+        if decoded_bytes > limits.max_video_decoded_bytes:
+            raise _over_limit(
+                "video:",
+                f"{len(indices)} frames of {width}x{height} RGB = {decoded_bytes:,} bytes",
+                f"{limits.max_video_decoded_bytes:,} bytes",
+                "max_video_decoded_bytes",
+                "request fewer frames or send a lower-resolution video",
+            )
+        frames = np.empty((len(indices), height, width, 3), dtype=np.uint8)
+        done = probe.seekable and _decode_by_seeking(data, stream_index, probe, indices, frames)
+        if not done:
+            _decode_sequentially(data, stream_index, indices, frames)
+    except av.FFmpegError as e:
+        raise MediaDecodeError(f"video: corrupt or truncated {_DISPLAY.get(fmt, fmt)} data: {_av_reason(e)}") from e
+
+    return DecodedVideo(
+        frames=frames,
+        frame_indices=tuple(indices),
+        fps=fps,
+        source_frame_count=probe.count,
+        duration_s=duration,
+        container_format=fmt,
+        codec=codec,
+        nbytes=len(data),
+    )
+
+
+def video_from_raw_frames(
+    data: bytes,
+    *,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: float,
+    limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+) -> DecodedVideo:
+    """Wrap ``num_frames`` concatenated RGB24 frames (row-major, no padding) as a video."""
+    for name, value in (("width", width), ("height", height), ("num_frames", num_frames)):
+        if value <= 0:
+            raise InvalidArgument(f"video: raw frames need {name} > 0, got {value}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise InvalidArgument(f"video: raw frames need fps > 0, got {fps}")
+    _check_num_frames(num_frames, limits)
+    if width * height > limits.max_video_pixels_per_frame:
+        raise _over_limit(
+            "video: raw frame size",
+            f"{width}x{height} = {width * height:,} pixels",
+            f"{limits.max_video_pixels_per_frame:,} pixels per frame",
+            "max_video_pixels_per_frame",
+            "downscale the frames",
+        )
+    expected = num_frames * height * width * 3
+    if expected > limits.max_video_decoded_bytes:
+        raise _over_limit(
+            "video:",
+            f"{num_frames} raw frames of {width}x{height} = {expected:,} bytes",
+            f"{limits.max_video_decoded_bytes:,} bytes",
+            "max_video_decoded_bytes",
+            "send fewer or smaller frames",
+        )
+    if len(data) != expected:
+        diff = len(data) - expected
+        raise InvalidArgument(
+            f"video: raw RGB24 frames need num_frames x height x width x 3 = "
+            f"{num_frames} x {height} x {width} x 3 = {expected} bytes; got {len(data)} "
+            f"({abs(diff)} bytes {'too many' if diff > 0 else 'short'})"
+        )
+    # Copy: the array must own writable memory (torch.from_numpy warns on read-only
+    # buffers) and must not pin the request message.
+    frames = np.frombuffer(data, dtype=np.uint8).reshape(num_frames, height, width, 3).copy()
+    return DecodedVideo(
+        frames=frames,
+        frame_indices=tuple(range(num_frames)),
+        fps=float(fps),
+        source_frame_count=num_frames,
+        duration_s=num_frames / fps,
+        container_format="raw",
+        codec="rgb24",
+        nbytes=len(data),
+    )
+
+
+def _check_num_frames(num_frames: int, limits: MediaLimits) -> None:
+    if num_frames < 1:
+        raise InvalidArgument(f"video: num_frames must be >= 1, got {num_frames}")
+    if num_frames > limits.max_video_frames:
+        raise _over_limit(
+            "video: num_frames",
+            str(num_frames),
+            f"{limits.max_video_frames} frames",
+            "max_video_frames",
+            f"request at most {limits.max_video_frames} frames",
+        )
+
+
+def _video_container_name(container: av.container.InputContainer, data: bytes) -> str:
+    """mp4/mov/webm/mkv/avi: FFmpeg names demuxer families, spans want the file type."""
+    name = container.format.name
+    if name.startswith("mov,"):
+        return "mov" if container.metadata.get("major_brand", "").strip() == "qt" else "mp4"
+    if name.startswith("matroska"):
+        # The EBML header's DocType ("webm" / "matroska") sits in the first bytes;
+        # FFmpeg does not expose it.
+        return "webm" if b"webm" in data[:64] else "mkv"
+    return name
+
+
+def _audio_container_name(container: av.container.InputContainer) -> str:
+    name = _AUDIO_DEMUXERS[container.format.name]
+    if name == "m4a" and not container.metadata.get("major_brand", "").startswith("M4A"):
+        return "mp4"  # the audio track of an MP4 video
+    return name
+
+
+def _av_reason(e: av.FFmpegError) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
+def _open_av_or_raise(kind: str, data: bytes, accepted: tuple[str, ...]) -> av.container.InputContainer:
+    try:
+        return _open_av(data)
+    except av.FFmpegError as e:
+        # ISO-BMFF files announce themselves with "ftyp" at offset 4; if FFmpeg still
+        # cannot open one, the file is damaged (typically cut before its "moov" index).
+        hint = (
+            "the data looks like MP4/MOV but is truncated or corrupt (e.g. no moov atom)"
+            if data[4:8] == b"ftyp"
+            else "it is not an accepted format, or it is truncated or corrupt"
+        )
+        raise MediaDecodeError(
+            f"{kind}: cannot open the data ({_head(data)}): {_av_reason(e)}; {hint}; "
+            f"accepted: {_accepted(accepted)}"
+        ) from e
+
+
+def _open_av(data: bytes) -> av.container.InputContainer:
+    # metadata_errors="replace": a badly encoded title tag must not fail the request.
+    return av.open(io.BytesIO(data), mode="r", metadata_errors="replace")
+
+
+@dataclass(frozen=True)
+class _PacketProbe:
+    count: int  # frames in the stream (one packet per frame)
+    pts: tuple[int, ...]  # presentation timestamps in presentation order
+    keyframe_pts: tuple[int, ...]  # sorted
+    seekable: bool  # every packet carried a distinct pts
+
+
+def _probe_packets(container: av.container.InputContainer, stream: av.VideoStream) -> _PacketProbe:
+    """Demux (no decoding) to count frames and locate keyframes exactly.
+
+    Container headers are unreliable for this (WebM/MKV carry no frame count), and the
+    bytes are already in memory, so a demux pass costs little next to decoding.
+    """
+    pts: list[int] = []
+    keys: list[int] = []
+    missing_pts = False
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the flush packet PyAV appends at end of stream
+            continue
+        if packet.pts is None:
+            missing_pts = True
+            pts.append(len(pts))
+            continue
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            keys.append(packet.pts)
+    pts.sort()
+    seekable = not missing_pts and bool(keys) and len(set(pts)) == len(pts)
+    return _PacketProbe(count=len(pts), pts=tuple(pts), keyframe_pts=tuple(sorted(keys)), seekable=seekable)
+
+
+def _frame_rate(stream: av.VideoStream, container: av.container.InputContainer, count: int) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and float(rate) > 0:
+            return float(rate)
+    if container.duration and container.duration > 0:
+        return count / (container.duration / av.time_base)
+    raise MediaDecodeError("video: the stream declares no frame rate and no duration")
+
+
+def _duration(
+    stream: av.VideoStream, container: av.container.InputContainer, count: int, fps: float
+) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and container.duration > 0:
+        return container.duration / av.time_base
+    return count / fps
+
+
+def _uniform_indices(total: int, wanted: int) -> list[int]:
+    if wanted >= total:
+        return list(range(total))
+    # Rounded linspace: first and last frame included, gaps differ by at most one.
+    return [int(i) for i in np.rint(np.linspace(0, total - 1, wanted))]
+
+
+def _rgb(frame: av.VideoFrame, out: npt.NDArray[np.uint8]) -> None:
+    h, w = out.shape[:2]
+    # width/height force every frame to the stream's declared size, so a mid-stream
+    # resolution change cannot break the [T, H, W, 3] layout.
+    out[...] = frame.to_ndarray(format="rgb24", width=w, height=h)
+
+
+def _decode_by_seeking(
+    data: bytes,
+    stream_index: int,
+    probe: _PacketProbe,
+    indices: list[int],
+    out: npt.NDArray[np.uint8],
+) -> bool:
+    """Fill ``out`` seeking keyframe to keyframe; False means 'use the sequential path'."""
+    first_key = probe.keyframe_pts[0]
+    with _open_av(data) as container:
+        stream = container.streams.video[stream_index]
+        frames: Iterator[av.VideoFrame] = container.decode(stream)
+        last_pts: int | None = None
+        last_slot = -1
+        for slot, index in enumerate(indices):
+            target = probe.pts[index]
+            k = bisect.bisect_right(probe.keyframe_pts, target) - 1
+            key = probe.keyframe_pts[k] if k >= 0 else first_key
+            # Seek only if it skips frames we would otherwise decode.
+            if key > (last_pts if last_pts is not None else first_key):
+                container.seek(key, stream=stream, backward=True)
+                frames = container.decode(stream)
+                last_pts = None
+            if last_pts is not None and last_pts >= target and last_slot >= 0:
+                out[slot] = out[last_slot]  # decoder skipped ahead; reuse nearest frame
+                continue
+            for frame in frames:
+                if frame.pts is None:
+                    return False
+                if last_pts is None and frame.pts > target:
+                    return False  # the seek overshot: timestamps cannot be trusted
+                last_pts = frame.pts
+                if frame.pts >= target:
+                    _rgb(frame, out[slot])
+                    last_slot = slot
+                    break
+            else:
+                return False  # ran out of frames before the target
+    return True
+
+
+def _decode_sequentially(
+    data: bytes, stream_index: int, indices: list[int], out: npt.NDArray[np.uint8]
+) -> None:
+    wanted = {index: slot for slot, index in enumerate(indices)}
+    filled = 0
+    with _open_av(data) as container:
+        stream = container.streams.video[stream_index]
+        for position, frame in enumerate(container.decode(stream)):
+            slot = wanted.get(position)
+            if slot is not None:
+                _rgb(frame, out[slot])
+                filled += 1
+                if filled == len(indices):
+                    return
+    raise MediaDecodeError(
+        f"video: the stream ended after {filled} of the {len(indices)} sampled frames "
+        f"(indices {indices[filled:]} missing); the file is probably truncated"
+    )
+
+
+# --------------------------------------------------------------------------- audio
+
+PcmEncoding = Literal["s16le", "f32le"]
+_PCM_DTYPES: dict[str, tuple[str, float]] = {"s16le": ("<i2", 1 / 32768), "f32le": ("<f4", 1.0)}
+_MIN_SAMPLE_RATE, _MAX_SAMPLE_RATE = 1_000, 768_000
+_MAX_CHANNELS = 64
+
+
+class _MonoSink:
+    """Downmix → resample (streaming) → accumulate, enforcing the duration limit.
+
+    Streaming keeps peak memory at the output size (16 kHz mono) rather than the
+    source's (e.g. 48 kHz × 8 channels) for long clips.
+    """
+
+    def __init__(self, source_rate: int, target_rate: int, limits: MediaLimits) -> None:
+        self.source_rate = source_rate
+        self.target_rate = target_rate
+        self.limits = limits
+        self.max_samples = math.floor(limits.max_audio_seconds * source_rate)
+        self.source_samples = 0
+        self.resampler = (
+            soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32")
+            if source_rate != target_rate
+            else None
+        )
+        self.chunks: list[npt.NDArray[np.float32]] = []
+
+    def add(self, block: npt.NDArray[np.floating]) -> None:
+        """``block`` is [samples, channels]."""
+        self.source_samples += block.shape[0]
+        _check_duration(self.source_samples / self.source_rate, self.limits)
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if not np.isfinite(mono).all():
+            raise MediaDecodeError("audio: samples contain NaN or infinity")
+        self.chunks.append(self.resampler.resample_chunk(mono) if self.resampler else mono)
+
+    def finish(self) -> npt.NDArray[np.float32]:
+        if self.resampler is not None:
+            self.chunks.append(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        if self.source_samples == 0:
+            raise MediaDecodeError("audio: the stream contains no samples")
+        return np.concatenate(self.chunks).astype(np.float32, copy=False)
+
+
+def _check_duration(seconds: float, limits: MediaLimits) -> None:
+    if seconds > limits.max_audio_seconds:
+        raise _over_limit(
+            "audio: duration",
+            f"{seconds:.1f} s",
+            f"{limits.max_audio_seconds:g} s",
+            "max_audio_seconds",
+            "send a shorter clip",
+        )
+
+
+def _check_target_rate(target_sample_rate: int) -> None:
+    if not _MIN_SAMPLE_RATE <= target_sample_rate <= _MAX_SAMPLE_RATE:
+        raise InvalidArgument(f"audio: target_sample_rate {target_sample_rate} Hz is out of range")
+
+
+def decode_audio(
+    data: bytes, *, target_sample_rate: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS
+) -> DecodedAudio:
+    """Decode WAV/FLAC/OGG/MP3 (libsndfile) or M4A/AAC/WebM/... (PyAV) to mono float32."""
+    if not data:
+        raise MediaDecodeError(f"audio: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.audio)}")
+    _check_target_rate(target_sample_rate)
+    decoded = _decode_with_soundfile(data, target_sample_rate, limits)
+    if decoded is None:
+        decoded = _decode_with_pyav(data, target_sample_rate, limits)
+    return decoded
+
+
+def _decode_with_soundfile(data: bytes, target_rate: int, limits: MediaLimits) -> DecodedAudio | None:
+    """None when libsndfile does not handle this format (PyAV gets a try)."""
+    try:
+        sf = soundfile.SoundFile(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    with sf:
+        fmt = _SNDFILE_FORMATS.get(sf.format)
+        if fmt is None:
+            return None
+        sr, channels = int(sf.samplerate), int(sf.channels)
+        if sr <= 0 or channels <= 0:
+            raise MediaDecodeError(f"audio: {fmt.upper()} header declares {sr} Hz, {channels} channels")
+        if sf.frames > 0:  # 0 / unknown for some streams; the sink checks as it goes
+            _check_duration(sf.frames / sr, limits)
+        sink = _MonoSink(sr, target_rate, limits)
+        try:
+            for block in sf.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                sink.add(block)
+        except (soundfile.LibsndfileError, RuntimeError) as e:
+            raise MediaDecodeError(f"audio: corrupt or truncated {fmt.upper()} data ({e})") from e
+    return _finish_audio(sink, fmt, channels, len(data))
+
+
+def _decode_with_pyav(data: bytes, target_rate: int, limits: MediaLimits) -> DecodedAudio:
+    container = _open_av_or_raise("audio", data, ACCEPTED_FORMATS.audio)
+    fmt = "audio"
+    try:
+        with container:
+            if container.format.name not in _AUDIO_DEMUXERS:
+                raise MediaDecodeError(
+                    f"audio: format {container.format.name!r} is not accepted; "
+                    f"accepted: {_accepted(ACCEPTED_FORMATS.audio)}"
+                )
+            fmt = _audio_container_name(container)
+            if not container.streams.audio:
+                raise MediaDecodeError(f"audio: the {_DISPLAY.get(fmt, fmt)} container has no audio stream")
+            stream = container.streams.audio[0]
+            sr = int(stream.codec_context.sample_rate or 0)
+            channels = int(stream.codec_context.channels or 0)
+            if sr <= 0:
+                raise MediaDecodeError(f"audio: the {stream.codec_context.name} stream declares no sample rate")
+            if container.duration and container.duration > 0:
+                _check_duration(container.duration / av.time_base, limits)
+            sink = _MonoSink(sr, target_rate, limits)
+            # Planar float at a fixed rate: layout/rate changes mid-stream (chained MP3s)
+            # then arrive normalised; the sink downmixes whatever channel count comes.
+            resampler = av.AudioResampler(format="fltp", rate=sr)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    sink.add(out.to_ndarray().T)
+            for out in resampler.resample(None):
+                sink.add(out.to_ndarray().T)
+    except av.FFmpegError as e:
+        raise MediaDecodeError(f"audio: corrupt or truncated {_DISPLAY.get(fmt, fmt)} data: {_av_reason(e)}") from e
+    return _finish_audio(sink, fmt, channels, len(data))
+
+
+def audio_from_pcm(
+    data: bytes,
+    *,
+    encoding: PcmEncoding,
+    sample_rate: int,
+    channels: int,
+    target_sample_rate: int,
+    limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+) -> DecodedAudio:
+    """Interpret headerless little-endian PCM (interleaved channels) as audio."""
+    if encoding not in _PCM_DTYPES:
+        raise InvalidArgument(
+            f"audio: PCM encoding {encoding!r} is not accepted; accepted: {', '.join(_PCM_DTYPES)}"
+        )
+    if not _MIN_SAMPLE_RATE <= sample_rate <= _MAX_SAMPLE_RATE:
+        raise InvalidArgument(
+            f"audio: PCM sample_rate must be between {_MIN_SAMPLE_RATE} and {_MAX_SAMPLE_RATE} Hz, got {sample_rate}"
+        )
+    if not 1 <= channels <= _MAX_CHANNELS:
+        raise InvalidArgument(f"audio: PCM channels must be between 1 and {_MAX_CHANNELS}, got {channels}")
+    _check_target_rate(target_sample_rate)
+    if not data:
+        raise MediaDecodeError("audio: empty PCM bytes")
+    dtype, scale = _PCM_DTYPES[encoding]
+    sample_bytes = np.dtype(dtype).itemsize
+    frame_bytes = sample_bytes * channels
+    whole, stray = divmod(len(data), frame_bytes)
+    if stray:
+        raise InvalidArgument(
+            f"audio: {len(data)} bytes of {encoding} PCM is not a whole number of frames: "
+            f"{channels} channel(s) x {sample_bytes} bytes = {frame_bytes} bytes per frame, "
+            f"and {len(data)} = {whole} frames + {stray} stray byte(s)"
+        )
+    _check_duration(whole / sample_rate, limits)
+    samples = np.frombuffer(data, dtype=dtype).reshape(whole, channels)
+    block = samples.astype(np.float32) * np.float32(scale) if scale != 1.0 else samples.astype(np.float32)
+    sink = _MonoSink(sample_rate, target_sample_rate, limits)
+    sink.add(block)
+    return _finish_audio(sink, f"pcm_{encoding}", channels, len(data))
+
+
+def _finish_audio(sink: _MonoSink, fmt: str, channels: int, nbytes: int) -> DecodedAudio:
+    waveform = sink.finish()
+    return DecodedAudio(
+        waveform=waveform,
+        sample_rate=sink.target_rate,
+        format=fmt,
+        source_sample_rate=sink.source_rate,
+        source_channels=channels,
+        duration_s=sink.source_samples / sink.source_rate,
+        resampled=sink.resampler is not None,
+        nbytes=nbytes,
+    )
+
