@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from model import config as config_module
 from model.config import MODEL_TYPE
 
 # Bump when the bytes a builder writes change: the cache is keyed by it.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 Variant = Literal["full", "no-audio", "dynamic"]
 VARIANTS: tuple[Variant, ...] = ("full", "no-audio", "dynamic")
@@ -208,6 +209,10 @@ def _fill(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """A deterministic value for one tensor, chosen by its role so the random model
     stays numerically tame (unit norms, zero biases, Mamba's usual A/D/dt init)."""
     leaf = name.rsplit(".", 1)[-1]
+    if leaf == "num_batches_tracked":
+        return torch.zeros(shape, dtype=torch.int64)
+    if leaf in ("bias", "running_mean"):
+        return torch.zeros(shape)
     if leaf == "A_log":
         return torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
     if leaf == "D":
@@ -215,9 +220,7 @@ def _fill(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     if leaf == "dt_bias":
         dt = torch.exp(torch.rand(shape, generator=_generator(seed, name)) * 4.6 - 6.9)
         return dt + torch.log(-torch.expm1(-dt))  # inverse softplus of dt in [1e-3, 0.1]
-    if leaf == "bias":
-        return torch.zeros(shape)
-    if len(shape) == 1:  # norm weights
+    if len(shape) == 1:  # norm weights, running_var
         return torch.ones(shape)
     return torch.randn(shape, generator=_generator(seed, name)) * 0.02
 
@@ -227,7 +230,11 @@ def _llm_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         model = NemotronHForCausalLM(NemotronHConfig(**_text_config(spec)))
-    return {f"language_model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    # Hugging Face checkpoints name the LLM trunk "backbone" (transformers 5 says "model").
+    return {
+        "language_model." + re.sub(r"^model\.", "backbone.", k): tuple(v.shape)
+        for k, v in model.state_dict().items()
+    }
 
 
 def _sound_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
@@ -292,10 +299,11 @@ def checkpoint_tensors(spec: TinySpec) -> dict[str, torch.Tensor]:
     shapes = {**_llm_shapes(spec), **_projector_shapes(), **_vision_shapes(spec)}
     if spec.has_audio:
         shapes.update(_sound_shapes(spec))
-    return {
-        name: _fill(name, shape, spec.seed).to(torch.bfloat16).contiguous()
-        for name, shape in sorted(shapes.items())
-    }
+    tensors = {}
+    for name, shape in sorted(shapes.items()):
+        t = _fill(name, shape, spec.seed)
+        tensors[name] = (t if t.dtype == torch.int64 else t.to(torch.bfloat16)).contiguous()
+    return tensors
 
 
 # ---------------------------------------------------------------- tokenizer

@@ -304,6 +304,20 @@ def images_tokens(
     return out
 
 
+def dummy_text_length(geom: ModelGeometry, *, num_videos: int = 0, num_audios: int = 0) -> int:
+    """The ``text_prompt_length`` vLLM's dynamic tiler sees for a prompt's images.
+
+    vLLM runs the processor on dummy text, one tag per item, and the tiler counts the
+    tokens left after removing the image tags: the video and audio tags.
+    """
+    from vllm.transformers_utils.processors.nano_nemotron_vl import AUDIO_CONTEXT
+
+    text = "<video>" * num_videos + AUDIO_CONTEXT * num_audios
+    if not text:
+        return 0
+    return len(geom.processor.tokenizer(text, add_special_tokens=False).input_ids)
+
+
 def image_tokens(
     geom: ModelGeometry, width: int, height: int, *, max_num_tiles: int | None = None
 ) -> ItemTokens:

@@ -134,7 +134,7 @@ class Part:
     kind: Literal["text", "image", "video", "audio"]
     text_value: str = ""
     path: Path | None = None
-    data: bytes | None = None
+    data: bytes | None = field(default=None, repr=False)  # megabytes: keep out of logs
     format: str = ""
     num_frames: int | None = None  # video: frames the server samples
     raw_frames: RawFramesSpec | None = None  # video payload is decoded RGB24 frames
@@ -1188,9 +1188,12 @@ class Generation:
     """Blocking counterpart of :class:`AsyncGeneration`."""
 
     def __init__(self, call: Any) -> None:
-        self.call = call  # grpc's response iterator, also a grpc.Call
+        # grpc's response iterator (also a grpc.Call), or a plain generator when an
+        # interceptor such as OpenTelemetry's wraps the response stream.
+        self.call = call
         self.request_id: str | None = None
         self._cancelled = False
+        self._finished = False
 
     def __iter__(self) -> Self:
         return self
@@ -1200,7 +1203,11 @@ class Generation:
             raise StopIteration
         try:
             resp = next(self.call)
+        except StopIteration:
+            self._finished = True
+            raise
         except grpc.RpcError as e:
+            self._finished = True
             if self._cancelled and e.code() == grpc.StatusCode.CANCELLED:
                 raise StopIteration from None
             raise InferenceRpcError(e) from e
@@ -1210,8 +1217,16 @@ class Generation:
         return event
 
     def cancel(self) -> bool:
+        """Cancel the RPC; the server aborts the generation. Iteration then stops."""
         self._cancelled = True
-        return bool(self.call.cancel())
+        if (cancel := getattr(self.call, "cancel", None)) is not None:
+            return bool(cancel())
+        if (close := getattr(self.call, "close", None)) is not None:
+            # An interceptor's generator: closing it drops the only reference to the
+            # grpc call, which grpc cancels when it is collected (at once in CPython).
+            close()
+            return True
+        return False
 
     def result(self) -> Result:
         return collect_result(self)
@@ -1220,7 +1235,7 @@ class Generation:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.call.done():
+        if not self._finished:
             self.cancel()
 
 

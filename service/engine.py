@@ -73,7 +73,11 @@ def default_engine_args(model: str, **overrides: Any) -> "AsyncEngineArgs":
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     # Stats stay on: RequestOutput.metrics (queue time, TTFT) is None without them.
-    kwargs: dict[str, Any] = {"model": model, "trust_remote_code": True}
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "trust_remote_code": True,
+        "worker_extension_cls": "profiling.worker_extension.NanovlWorkerExtension",
+    }
     if on_cpu():
         kwargs.update(CPU_ENGINE_DEFAULTS)
     kwargs.update(overrides)

@@ -472,22 +472,20 @@ def _probe_packets(container: av.container.InputContainer, stream: av.VideoStrea
     Container headers are unreliable for this (WebM/MKV carry no frame count), and the
     bytes are already in memory, so a demux pass costs little next to decoding.
     """
+    count = 0
     pts: list[int] = []
     keys: list[int] = []
-    missing_pts = False
     for packet in container.demux(stream):
         if packet.size == 0:  # the flush packet PyAV appends at end of stream
             continue
-        if packet.pts is None:
-            missing_pts = True
-            pts.append(len(pts))
-            continue
-        pts.append(packet.pts)
-        if packet.is_keyframe:
-            keys.append(packet.pts)
+        count += 1
+        if packet.pts is not None:
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
     pts.sort()
-    seekable = not missing_pts and bool(keys) and len(set(pts)) == len(pts)
-    return _PacketProbe(count=len(pts), pts=tuple(pts), keyframe_pts=tuple(sorted(keys)), seekable=seekable)
+    seekable = len(pts) == count and bool(keys) and len(set(pts)) == count
+    return _PacketProbe(count=count, pts=tuple(pts), keyframe_pts=tuple(sorted(keys)), seekable=seekable)
 
 
 def _frame_rate(stream: av.VideoStream, container: av.container.InputContainer, count: int) -> float:
@@ -603,7 +601,6 @@ class _MonoSink:
         self.source_rate = source_rate
         self.target_rate = target_rate
         self.limits = limits
-        self.max_samples = math.floor(limits.max_audio_seconds * source_rate)
         self.source_samples = 0
         self.resampler = (
             soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32")
@@ -634,7 +631,7 @@ def _check_duration(seconds: float, limits: MediaLimits) -> None:
     if seconds > limits.max_audio_seconds:
         raise _over_limit(
             "audio: duration",
-            f"{seconds:.1f} s",
+            f"{seconds:.2f} s",
             f"{limits.max_audio_seconds:g} s",
             "max_audio_seconds",
             "send a shorter clip",

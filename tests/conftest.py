@@ -1,0 +1,42 @@
+"""Shared fixtures: ONE real vLLM engine on the tiny checkpoint for the whole session.
+
+Starting an engine costs ~25-50 s on these machines, so every test that needs one
+shares this fixture (and the gRPC server fixture built on it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from model.tiny import ensure_tiny_checkpoint
+from service.engine import Engine, apply_process_environment, default_engine_args
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.setdefault("NANOVL_CACHE_DIR", str(REPO / ".cache")))
+apply_process_environment(CACHE)
+
+# The settings every engine-backed test runs under. Small limits so limit errors are
+# cheap to provoke; max_model_len small enough that an over-long prompt is cheap too.
+TEST_MAX_MODEL_LEN = 2048
+TEST_LIMITS = {"image": 4, "video": 2, "audio": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    return ensure_tiny_checkpoint("full")
+
+
+@pytest.fixture(scope="session")
+async def engine(tiny_checkpoint: Path):
+    args = default_engine_args(
+        str(tiny_checkpoint),
+        max_model_len=TEST_MAX_MODEL_LEN,
+        limit_mm_per_prompt=TEST_LIMITS,
+        max_num_seqs=64,
+    )
+    eng = await Engine.start(args, warmup=True)
+    yield eng
+    eng.shutdown()
