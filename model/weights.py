@@ -94,8 +94,16 @@ class WeightReport:
 _IGNORED_BY_VLLM = re.compile(r"\.num_batches_tracked$")
 
 
-def compare(engine_tensors: Mapping[str, torch.Tensor], checkpoint_tensors: Mapping[str, torch.Tensor]) -> dict[str, list]:
-    """Compare what the engine holds with what the checkpoint says (wire form: plain lists)."""
+def compare(
+    engine_parameters: Mapping[str, torch.Tensor],
+    engine_buffers: Mapping[str, torch.Tensor],
+    checkpoint_tensors: Mapping[str, torch.Tensor],
+) -> dict[str, list]:
+    """Compare what the engine holds with what the checkpoint says (wire form: plain lists).
+
+    Buffers are looked up only for checkpoint tensors (BatchNorm statistics); the engine's
+    other buffers are runtime state, not weights."""
+    engine_tensors = {**engine_buffers, **engine_parameters}
     expected = expected_vllm_tensors(checkpoint_tensors)
     matched, mismatched, missing, skipped = [], [], [], []
     for name, want in sorted(expected.items()):
@@ -116,6 +124,6 @@ def compare(engine_tensors: Mapping[str, torch.Tensor], checkpoint_tensors: Mapp
                 continue
         diff = (got.float() - want.to(got.dtype).float()).abs().max().item() if want.numel() else 0.0
         (matched if diff == 0.0 else mismatched).append(name if diff == 0.0 else (name, diff))
-    not_in_checkpoint = sorted(set(engine_tensors) - set(expected))
+    not_in_checkpoint = sorted(set(engine_parameters) - set(expected))
     return {"matched": matched, "mismatched": mismatched, "missing_in_engine": missing,
             "not_in_checkpoint": not_in_checkpoint, "skipped": skipped}

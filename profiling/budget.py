@@ -13,7 +13,8 @@ What vLLM does for this model, and what the plan reports next to it:
 - Encoder compute budget and cache size: ``compute_mm_encoder_budget`` =
   ``max(max_num_batched_tokens, largest max-tokens-per-item)``, i.e. at least the whole
   context once video or audio is enabled. vLLM profiles only the modality with the most
-  tokens per item (ties: the later name), with ``encoder_budget // tokens`` dummy items.
+  tokens per item (ties: the alphabetically last), with ``encoder_budget // tokens``
+  dummy items.
 - Admission: vLLM rejects a prompt whose length is >= ``max_model_len`` (a generate
   request needs room for one output token) and an item whose embeddings exceed the
   encoder cache size (``... exceeds the pre-allocated encoder cache size``).

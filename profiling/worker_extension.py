@@ -34,7 +34,7 @@ def _unpacked_weight(module: torch.nn.Module) -> torch.Tensor | None:
 class NanovlWorkerExtension:
     """Mixed into vLLM's worker class; ``self`` is the worker."""
 
-    def nanovl_engine_tensors(self) -> dict[str, torch.Tensor]:
+    def nanovl_engine_parameters(self) -> dict[str, torch.Tensor]:
         model = self.model_runner.model
         tensors: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
@@ -46,11 +46,10 @@ class NanovlWorkerExtension:
                     tensors[name] = unpacked
                     continue
             tensors[name] = param.data
-        for name, buf in model.named_buffers():
-            tensors.setdefault(name, buf)
         return tensors
 
     def nanovl_check_weights(self, checkpoint: str) -> dict[str, list]:
         from model.weights import compare, load_checkpoint_tensors
 
-        return compare(self.nanovl_engine_tensors(), load_checkpoint_tensors(checkpoint))
+        buffers = dict(self.model_runner.model.named_buffers())
+        return compare(self.nanovl_engine_parameters(), buffers, load_checkpoint_tensors(checkpoint))
