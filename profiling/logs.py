@@ -33,14 +33,17 @@ class LoggingSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LoggingSettings:
-        return cls(level=args.log_level.upper(), format=args.log_format)
+        # vLLM's own --log-level (when its flags are on the same parser) leaves the
+        # attribute unset unless given.
+        return cls(level=str(getattr(args, "log_level", None) or "INFO").upper(), format=args.log_format)
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("logging")
-    group.add_argument(
-        "--log-level", default="INFO", help="root log level (DEBUG, INFO, WARNING, ERROR). Default INFO."
-    )
+    if "--log-level" not in parser._option_string_actions:  # vLLM's parser has its own; share it
+        group.add_argument(
+            "--log-level", default="INFO", help="root log level (DEBUG, INFO, WARNING, ERROR). Default INFO."
+        )
     group.add_argument(
         "--log-format",
         default="text",

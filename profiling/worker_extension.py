@@ -30,8 +30,314 @@ def _unpacked_weight(module: torch.nn.Module) -> torch.Tensor | None:
     with torch.no_grad():
         return module.cpu_linear(eye, weight, None).t().contiguous()
 
+# --- profiling: budget facts and dummy encoder passes ---------------------------------------
 
-class NanovlWorkerExtension:
+
+class _TensorAllocationMeter:
+    """Peak bytes of tensor storage allocated by the ops run under it.
+
+    CUDA has ``max_memory_allocated``; the CPU allocator keeps no such counter, so on CPU
+    every op's fresh output storage is counted (via a ``TorchDispatchMode``) until the
+    last tensor viewing it is garbage. Views and in-place results alias an existing
+    storage and add nothing; storages allocated before the meter started are not counted.
+    Workspace a kernel allocates and frees internally is not seen.
+    """
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        meter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                out = func(*args, **(kwargs or {}))
+                meter._observe((args, kwargs), out)
+                return out
+
+        self._mode = _Mode()
+        self._refs: dict[int, int] = {}  # storage data_ptr -> live tensors viewing it
+        self._sizes: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __enter__(self) -> _TensorAllocationMeter:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
+
+    def _observe(self, inputs: object, out: object) -> None:
+        import weakref
+
+        from torch.utils._pytree import tree_leaves
+
+        # An output sharing an input's storage is a view / in-place result (ops such as
+        # `contiguous` may or may not alias, so the storages decide, not the schema).
+        input_storages = {t.untyped_storage().data_ptr() for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0:
+                continue
+            if key not in self._refs:
+                if key in input_storages:
+                    continue  # aliases a storage that existed before the meter
+                self._sizes[key] = storage.nbytes()
+                self._refs[key] = 0
+                self.current += self._sizes[key]
+                self.peak = max(self.peak, self.current)
+            self._refs[key] += 1
+            weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        refs = self._refs.get(key)
+        if refs is None:
+            return
+        if refs > 1:
+            self._refs[key] = refs - 1
+            return
+        del self._refs[key]
+        self.current -= self._sizes.pop(key)
+
+
+class _RssSampler:
+    """Peak resident memory of this process above its level at start, sampled every
+    millisecond on a background thread (torch kernels release the GIL)."""
+
+    def __init__(self, interval_s: float = 0.001) -> None:
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nanovl-rss-sampler", daemon=True)
+        self.base = 0
+        self.peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _RssSampler:
+        self.base = self.peak = self._proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def increase(self) -> int:
+        return max(0, self.peak - self.base)
+
+
+def _dummy_media(modality: str, count: int, width: int, height: int, num_frames: int, seconds: float,
+                 fps: float, sampling_rate: int | None) -> list:
+    """Constant-valued media of the given size (encoder cost does not depend on pixel values)."""
+    import numpy as np
+
+    if modality == "image":
+        from PIL import Image
+
+        return [Image.new("RGB", (width, height), color=255)] * count
+    if modality == "video":
+        frames = np.full((num_frames, height, width, 3), 255, dtype=np.uint8)
+        metadata = {
+            "fps": fps, "duration": num_frames / fps, "total_num_frames": num_frames,
+            "frames_indices": list(range(num_frames)), "video_backend": "nanovl", "do_sample_frames": False,
+        }
+        return [(frames, metadata)] * count
+    if modality == "audio":
+        if sampling_rate is None:
+            raise ValueError("this checkpoint has no audio encoder")
+        wave = np.zeros(int(round(seconds * sampling_rate)), dtype=np.float32)
+        return [(wave, sampling_rate)] * count
+    raise ValueError(f"unknown modality {modality!r}")
+
+
+class NanovlProfilingMixin:
+    """Worker-side halves of the Profiling service (``profiling.live_budget`` and
+    ``profiling.dummy`` call these through ``collective_rpc``)."""
+
+    def nanovl_budget_facts(self) -> dict:
+        """The live worker's KV cache, encoder budget, weights and device memory."""
+        import os
+
+        from vllm.platforms import current_platform
+        from vllm.v1.core.kv_cache_utils import get_kv_cache_capacity
+        from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
+
+        runner = self.model_runner
+        config = self.vllm_config
+        kv_config = runner.kv_cache_config
+        block_size = 0
+        mamba_bytes = 0
+        for group in kv_config.kv_cache_groups:
+            specs = getattr(group.kv_cache_spec, "kv_cache_specs", None) or dict.fromkeys(
+                group.layer_names, group.kv_cache_spec
+            )
+            for spec in specs.values():
+                if isinstance(spec, MambaSpec):
+                    # What one sequence holds: its state page(s), padded as allocated.
+                    mamba_bytes += spec.max_memory_usage_bytes(config)
+                elif isinstance(spec, AttentionSpec):
+                    block_size = block_size or spec.block_size
+        capacity_tokens, concurrency = get_kv_cache_capacity(config, kv_config)
+
+        budget = runner.mm_budget
+        encoder: dict = {"enabled": False}
+        if budget is not None:
+            mm_config = config.model_config.multimodal_config
+            encoder_budget = budget.get_encoder_budget()
+            profiled = (
+                not (mm_config is not None and mm_config.skip_mm_profiling)
+                and encoder_budget > 0
+                and bool(budget.mm_max_toks_per_item)
+                # vLLM's CPU worker runs profile_run only when it warms up (not in
+                # eager mode with an explicit KV cache size); GPU workers always do.
+                and (not current_platform.is_cpu() or self._should_warm_up_model())
+            )
+            modality = budget.get_modality_with_max_tokens() if budget.mm_max_toks_per_item else None
+            encoder = {
+                "enabled": True,
+                "max_tokens_per_item": dict(budget.mm_max_toks_per_item),
+                "max_items_per_batch": dict(budget.mm_max_items_per_batch),
+                "compute_budget_tokens": int(budget.encoder_compute_budget),
+                "cache_size_tokens": int(budget.encoder_cache_size),
+                "profile_modality": modality,
+                "profile_items": int(budget.mm_max_items_per_batch.get(modality, 0)) if modality else 0,
+                "profiled": profiled,
+            }
+
+        gpu = None
+        if runner.device.type == "cuda":
+            device = runner.device
+            gpu = {
+                "allocated": int(torch.cuda.memory_allocated(device)),
+                "reserved": int(torch.cuda.memory_reserved(device)),
+                "peak": int(torch.cuda.max_memory_allocated(device)),
+                "total": int(torch.cuda.get_device_properties(device).total_memory),
+            }
+        return {
+            "pid": os.getpid(),
+            "rank": int(self.rank),
+            "num_blocks": int(kv_config.num_blocks),
+            "block_size": int(block_size),
+            # All KVCacheTensors place their layers in ONE backing allocation (groups overlay it).
+            "kv_cache_bytes": int(max((t.size for t in kv_config.kv_cache_tensors), default=0)),
+            "kv_capacity_tokens": int(capacity_tokens),
+            "kv_max_concurrency": float(concurrency),
+            "mamba_state_bytes_per_seq": int(mamba_bytes),
+            "weights_bytes": int(_weights_bytes(runner.model)),
+            "encoder": encoder,
+            "gpu": gpu,
+        }
+
+    def nanovl_encode_dummy(
+        self,
+        modality: str,
+        count: int,
+        width: int = 0,
+        height: int = 0,
+        num_frames: int = 0,
+        seconds: float = 0.0,
+        fps: float = 2.0,
+    ) -> dict:
+        """Process ``count`` constant items of one modality with vLLM's multimodal
+        processor and run them through the model's encoder the way the model runner
+        does (videos one at a time for this model), measuring time and memory."""
+        import time
+
+        from vllm.multimodal.processing import TimingContext
+        from vllm.multimodal.processing.inputs import ProcessorInputs
+        from vllm.multimodal.utils import group_and_batch_mm_kwargs
+
+        runner = self.model_runner
+        if runner.mm_budget is None:
+            raise ValueError("this engine runs text-only: no multimodal encoder to profile")
+        processor = runner.mm_budget.processor
+        info = processor.info
+        sound = getattr(info.get_hf_config(), "sound_config", None)
+        data = _dummy_media(modality, count, width, height, num_frames, seconds, fps,
+                            int(sound.sampling_rate) if sound is not None else None)
+
+        t0 = time.perf_counter()
+        items = info.parse_mm_data({modality: data})
+        prompt = info.ctx.tokenizer.encode(processor.dummy_inputs.get_dummy_text({modality: count}),
+                                           add_special_tokens=False)
+        processed = processor.apply(ProcessorInputs(prompt=prompt, mm_data_items=items),
+                                    timing_ctx=TimingContext(enabled=False))
+        preprocess_s = time.perf_counter() - t0
+        placeholders = processed["mm_placeholders"][modality]
+        kwargs_items = [(modality, item) for item in processed["mm_kwargs"][modality]]
+
+        sequential = modality == "video" and (
+            runner.requires_sequential_video_encoding or runner.is_multimodal_pruning_enabled
+        )
+        groups = [[it] for it in kwargs_items] if sequential else [kwargs_items]
+        device = runner.device
+        cuda = device.type == "cuda"
+        tokens: list[int] = []
+        with torch.inference_mode():
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                cuda_base = torch.cuda.memory_allocated(device)
+            with _RssSampler() as rss, _TensorAllocationMeter() as meter:
+                t0 = time.perf_counter()
+                for group in groups:
+                    for _, _, batch in group_and_batch_mm_kwargs(group, device=device):
+                        outputs = runner.model.embed_multimodal(**batch)
+                        tokens.extend(int(o.shape[0]) for o in outputs)
+                        del outputs
+                if cuda:
+                    torch.cuda.synchronize(device)
+                encoder_s = time.perf_counter() - t0
+            if cuda:
+                peak, source = torch.cuda.max_memory_allocated(device) - cuda_base, "cuda"
+            else:
+                peak, source = meter.peak, "cpu_tensors"
+        return {
+            "modality": modality,
+            "count": count,
+            "preprocess_s": preprocess_s,
+            "encoder_s": encoder_s,
+            "tokens_per_item": tokens,
+            "prompt_tokens_per_item": [int(p.length) for p in placeholders],
+            "embeds_per_item": [int(p.get_num_embeds()) for p in placeholders],
+            "peak_memory_increase_bytes": int(max(0, peak)),
+            "memory_source": source,
+            "peak_rss_increase_bytes": int(rss.increase),
+        }
+
+
+def _weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters as loaded. vLLM's CPU path moves linear weights
+    into packed kernel handles and leaves an empty ``weight``; those count at their
+    logical size (input x output features in the weight dtype)."""
+    modules = dict(model.named_modules())
+    total = 0
+    for name, param in model.named_parameters():
+        if param.numel() == 0 and name.endswith(".weight"):
+            owner = modules.get(name.rsplit(".", 1)[0])
+            if owner is not None and hasattr(owner, "cpu_linear"):
+                rows = getattr(owner, "output_size_per_partition", None) or owner.output_size
+                cols = getattr(owner, "input_size_per_partition", None) or owner.input_size
+                total += rows * cols * param.element_size()
+                continue
+        total += param.numel() * param.element_size()
+    return total
+
+
+class NanovlWorkerExtension(NanovlProfilingMixin):
     """Mixed into vLLM's worker class; ``self`` is the worker."""
 
     def nanovl_engine_parameters(self) -> dict[str, torch.Tensor]:

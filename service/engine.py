@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -155,9 +156,10 @@ def warmup_items(summary: ModelSummary) -> dict[Modality, Any]:
 class Engine:
     """One ``AsyncLLM`` and what the service needs from it."""
 
-    def __init__(self, llm: "AsyncLLM", summary: ModelSummary) -> None:
+    def __init__(self, llm: "AsyncLLM", summary: ModelSummary, engine_args: "AsyncEngineArgs") -> None:
         self.llm = llm
         self.summary = summary
+        self.engine_args = engine_args
         self._shut_down = False
 
     @classmethod
@@ -166,7 +168,7 @@ class Engine:
 
         t0 = time.perf_counter()
         llm = AsyncLLM.from_engine_args(engine_args)
-        engine = cls(llm, _summarize(llm))
+        engine = cls(llm, _summarize(llm), engine_args)
         log.info("engine started in %.1fs: %s", time.perf_counter() - t0, engine.summary)
         if warmup:
             await engine.warmup()
@@ -204,15 +206,22 @@ class Engine:
             by_modality[modality] = sum(int(r.length) for r in ranges)
         by_modality["text"] = len(token_ids) - sum(by_modality.values())
         rendered = RenderedPrompt(engine_input, len(token_ids), by_modality)
-        if rendered.num_prompt_tokens > self.summary.max_model_len:
-            raise OutOfRange(
-                f"the prompt is {rendered.num_prompt_tokens} tokens "
-                f"({', '.join(f'{k} {v}' for k, v in by_modality.items())}), "
-                f"{rendered.num_prompt_tokens - self.summary.max_model_len} over this server's "
-                f"max_model_len of {self.summary.max_model_len}; send fewer or smaller media items "
-                "(fewer video frames, shorter audio, smaller images) or shorter text"
-            )
+        if rendered.num_prompt_tokens >= self.summary.max_model_len:
+            detail = ", ".join(f"{k} {v}" for k, v in by_modality.items())
+            raise OutOfRange(self._too_long_message(rendered.num_prompt_tokens, exact=True, detail=detail))
         return rendered
+
+    def _too_long_message(self, tokens: int, *, exact: bool, detail: str = "") -> str:
+        # vLLM keeps one position for the first output token: a prompt must be shorter
+        # than max_model_len, not merely no longer.
+        limit = self.summary.max_model_len
+        over = tokens - limit + 1
+        return (
+            f"the prompt is {'' if exact else 'at least '}{tokens} tokens{f' ({detail})' if detail else ''}, "
+            f"{'' if exact else 'at least '}{over} over this server's max_model_len of {limit} "
+            f"(prompts may use at most {limit - 1} tokens); send fewer or smaller media items "
+            "(fewer video frames, shorter audio, smaller images) or shorter text"
+        )
 
     def _check_limits(self, prompt: AssembledPrompt) -> None:
         if not self.summary.limits and prompt.multi_modal_data:
@@ -230,6 +239,11 @@ class Engine:
     def _translate_render_error(self, exc: Exception) -> NanovlError:
         message = str(exc).strip() or type(exc).__name__
         if "longer than the maximum model length" in message or "maximum context length" in message:
+            # vLLM stops tokenizing just past the limit, so it knows a lower bound only.
+            found = re.search(r"value=(\d+)", message)
+            if found:
+                n = int(found.group(1))
+                return OutOfRange(self._too_long_message(n, exact=False))
             return OutOfRange(message)
         return InvalidArgument(f"the model's processor rejected the input: {message}")
 
@@ -241,6 +255,7 @@ class Engine:
         request_id: str,
         trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator["RequestOutput"]:
+        from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         rendered = prompt if isinstance(prompt, RenderedPrompt) else await self.render(prompt)
@@ -256,7 +271,7 @@ class Engine:
             raise Unavailable(f"the inference engine has stopped ({exc}); the server must be restarted") from exc
         except EngineGenerateError as exc:
             raise NanovlError(f"generation failed: {str(exc) or type(exc).__name__}") from exc
-        except ValueError as exc:
+        except (ValueError, VLLMValidationError) as exc:
             # vLLM validates sampling params and prompt length inside generate().
             raise self._translate_render_error(exc) from exc
 

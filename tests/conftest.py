@@ -40,3 +40,38 @@ async def engine(tiny_checkpoint: Path):
     eng = await Engine.start(args, warmup=True)
     yield eng
     eng.shutdown()
+
+
+# Small enough that a multi-MB upload must use StreamGenerate.
+TEST_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def server_settings(**overrides):
+    from service.settings import ServerSettings
+
+    return ServerSettings(**{"host": "127.0.0.1", "port": 0, "max_message_bytes": TEST_MAX_MESSAGE_BYTES,
+                             "max_request_bytes": 64 * 1024 * 1024, "warmup": False, **overrides})
+
+
+@pytest.fixture(scope="session")
+async def server(engine):
+    """The real gRPC server on a real socket, sharing the session engine."""
+    from service.server import build_server
+
+    srv = await build_server(engine, server_settings(), profiling_servicer=_profiling_servicer(engine))
+    await srv.mark_serving()
+    yield srv
+    await srv.stop()
+
+
+def _profiling_servicer(engine):
+    try:
+        from service.profiling_servicer import ProfilingServicer
+    except ImportError:  # pragma: no cover - during development only
+        return None
+    return ProfilingServicer(engine, engine.engine_args)
+
+
+@pytest.fixture(scope="session")
+def grpc_target(server) -> str:
+    return server.target

@@ -102,54 +102,68 @@ class Budget(_message.Message):
     def __init__(self, max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., limit_mm_per_prompt: _Optional[_Mapping[str, int]] = ..., modalities: _Optional[_Iterable[_Union[ModalityBudget, _Mapping]]] = ..., encoder: _Optional[_Union[EncoderBudget, _Mapping]] = ..., kv_cache: _Optional[_Union[KvCacheCapacity, _Mapping]] = ..., mamba_state_bytes_per_seq: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessMemory, _Mapping]]] = ..., gpu: _Optional[_Union[GpuMemory, _Mapping]] = ...) -> None: ...
 
 class ModalityBudget(_message.Message):
-    __slots__ = ("modality", "item_limit", "vllm_max_tokens_per_item", "nanovl_max_tokens_per_item")
+    __slots__ = ("modality", "item_limit", "vllm_max_tokens_per_item", "nanovl_max_tokens_per_item", "largest_item")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     ITEM_LIMIT_FIELD_NUMBER: _ClassVar[int]
     VLLM_MAX_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
     NANOVL_MAX_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_ITEM_FIELD_NUMBER: _ClassVar[int]
     modality: _inference_pb2.Modality
     item_limit: int
     vllm_max_tokens_per_item: int
     nanovl_max_tokens_per_item: int
-    def __init__(self, modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., item_limit: _Optional[int] = ..., vllm_max_tokens_per_item: _Optional[int] = ..., nanovl_max_tokens_per_item: _Optional[int] = ...) -> None: ...
+    largest_item: MediaItems
+    def __init__(self, modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., item_limit: _Optional[int] = ..., vllm_max_tokens_per_item: _Optional[int] = ..., nanovl_max_tokens_per_item: _Optional[int] = ..., largest_item: _Optional[_Union[MediaItems, _Mapping]] = ...) -> None: ...
 
 class EncoderBudget(_message.Message):
-    __slots__ = ("compute_budget_tokens", "compute_budget_bytes", "cache_size_tokens", "cache_size_bytes", "profiled_modality", "profiled_items")
+    __slots__ = ("compute_budget_tokens", "compute_budget_bytes", "cache_size_tokens", "cache_size_bytes", "profiled_modality", "profiled_items", "vllm_profile_modality", "vllm_profile_items", "profile_note")
     COMPUTE_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     CACHE_SIZE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROFILED_MODALITY_FIELD_NUMBER: _ClassVar[int]
     PROFILED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VLLM_PROFILE_MODALITY_FIELD_NUMBER: _ClassVar[int]
+    VLLM_PROFILE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_NOTE_FIELD_NUMBER: _ClassVar[int]
     compute_budget_tokens: int
     compute_budget_bytes: int
     cache_size_tokens: int
     cache_size_bytes: int
     profiled_modality: _inference_pb2.Modality
     profiled_items: int
-    def __init__(self, compute_budget_tokens: _Optional[int] = ..., compute_budget_bytes: _Optional[int] = ..., cache_size_tokens: _Optional[int] = ..., cache_size_bytes: _Optional[int] = ..., profiled_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., profiled_items: _Optional[int] = ...) -> None: ...
+    vllm_profile_modality: _inference_pb2.Modality
+    vllm_profile_items: int
+    profile_note: str
+    def __init__(self, compute_budget_tokens: _Optional[int] = ..., compute_budget_bytes: _Optional[int] = ..., cache_size_tokens: _Optional[int] = ..., cache_size_bytes: _Optional[int] = ..., profiled_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., profiled_items: _Optional[int] = ..., vllm_profile_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., vllm_profile_items: _Optional[int] = ..., profile_note: _Optional[str] = ...) -> None: ...
 
 class KvCacheCapacity(_message.Message):
-    __slots__ = ("num_blocks", "block_size", "tokens", "bytes")
+    __slots__ = ("num_blocks", "block_size", "tokens", "bytes", "capacity_tokens", "max_concurrency")
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     num_blocks: int
     block_size: int
     tokens: int
     bytes: int
-    def __init__(self, num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., tokens: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+    capacity_tokens: int
+    max_concurrency: float
+    def __init__(self, num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., tokens: _Optional[int] = ..., bytes: _Optional[int] = ..., capacity_tokens: _Optional[int] = ..., max_concurrency: _Optional[float] = ...) -> None: ...
 
 class ProcessMemory(_message.Message):
-    __slots__ = ("pid", "role", "rss_bytes")
+    __slots__ = ("pid", "role", "rss_bytes", "name")
     PID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     pid: int
     role: ProcessRole
     rss_bytes: int
-    def __init__(self, pid: _Optional[int] = ..., role: _Optional[_Union[ProcessRole, str]] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
+    name: str
+    def __init__(self, pid: _Optional[int] = ..., role: _Optional[_Union[ProcessRole, str]] = ..., rss_bytes: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class GpuMemory(_message.Message):
     __slots__ = ("allocated_bytes", "reserved_bytes", "peak_allocated_bytes", "total_bytes")
@@ -164,23 +178,25 @@ class GpuMemory(_message.Message):
     def __init__(self, allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., peak_allocated_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class PlanBudgetRequest(_message.Message):
-    __slots__ = ("items", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "memory_budget_bytes", "model_path")
+    __slots__ = ("items", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "memory_budget_bytes", "model_path", "text_tokens")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_BATCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[MediaItems]
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
     memory_budget_bytes: int
     model_path: str
-    def __init__(self, items: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., model_path: _Optional[str] = ...) -> None: ...
+    text_tokens: int
+    def __init__(self, items: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., model_path: _Optional[str] = ..., text_tokens: _Optional[int] = ...) -> None: ...
 
 class BudgetPlan(_message.Message):
-    __slots__ = ("modalities", "media_prompt_tokens", "accepted", "reason", "encoder_cache", "memory", "predicted_total_bytes", "recommended_limit_mm_per_prompt", "largest_items_that_fit")
+    __slots__ = ("modalities", "media_prompt_tokens", "accepted", "reason", "encoder_cache", "memory", "predicted_total_bytes", "recommended_limit_mm_per_prompt", "largest_items_that_fit", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "prompt_tokens", "vllm_memory", "vllm_predicted_total_bytes", "vllm_profiled_modality", "vllm_profiled_items")
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     MEDIA_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +206,14 @@ class BudgetPlan(_message.Message):
     PREDICTED_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDED_LIMIT_MM_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
     LARGEST_ITEMS_THAT_FIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_BATCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VLLM_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    VLLM_PREDICTED_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VLLM_PROFILED_MODALITY_FIELD_NUMBER: _ClassVar[int]
+    VLLM_PROFILED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedCompositeFieldContainer[ModalityPlan]
     media_prompt_tokens: int
     accepted: bool
@@ -199,43 +223,57 @@ class BudgetPlan(_message.Message):
     predicted_total_bytes: int
     recommended_limit_mm_per_prompt: str
     largest_items_that_fit: _containers.RepeatedCompositeFieldContainer[MediaItems]
-    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityPlan, _Mapping]]] = ..., media_prompt_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., encoder_cache: _Optional[_Union[EncoderCachePlan, _Mapping]] = ..., memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., predicted_total_bytes: _Optional[int] = ..., recommended_limit_mm_per_prompt: _Optional[str] = ..., largest_items_that_fit: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ...) -> None: ...
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    prompt_tokens: int
+    vllm_memory: _containers.RepeatedCompositeFieldContainer[MemoryComponent]
+    vllm_predicted_total_bytes: int
+    vllm_profiled_modality: _inference_pb2.Modality
+    vllm_profiled_items: int
+    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityPlan, _Mapping]]] = ..., media_prompt_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., encoder_cache: _Optional[_Union[EncoderCachePlan, _Mapping]] = ..., memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., predicted_total_bytes: _Optional[int] = ..., recommended_limit_mm_per_prompt: _Optional[str] = ..., largest_items_that_fit: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., vllm_memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., vllm_predicted_total_bytes: _Optional[int] = ..., vllm_profiled_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., vllm_profiled_items: _Optional[int] = ...) -> None: ...
 
 class ModalityPlan(_message.Message):
-    __slots__ = ("modality", "count", "prompt_tokens_per_item", "encoder_tokens_per_item", "prompt_tokens", "vllm_max_tokens_per_item")
+    __slots__ = ("modality", "count", "prompt_tokens_per_item", "encoder_tokens_per_item", "prompt_tokens", "vllm_max_tokens_per_item", "item")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
     ENCODER_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     VLLM_MAX_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
     modality: _inference_pb2.Modality
     count: int
     prompt_tokens_per_item: int
     encoder_tokens_per_item: int
     prompt_tokens: int
     vllm_max_tokens_per_item: int
-    def __init__(self, modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., count: _Optional[int] = ..., prompt_tokens_per_item: _Optional[int] = ..., encoder_tokens_per_item: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., vllm_max_tokens_per_item: _Optional[int] = ...) -> None: ...
+    item: MediaItems
+    def __init__(self, modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., count: _Optional[int] = ..., prompt_tokens_per_item: _Optional[int] = ..., encoder_tokens_per_item: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., vllm_max_tokens_per_item: _Optional[int] = ..., item: _Optional[_Union[MediaItems, _Mapping]] = ...) -> None: ...
 
 class EncoderCachePlan(_message.Message):
-    __slots__ = ("needed_tokens", "needed_bytes", "vllm_tokens", "vllm_bytes")
+    __slots__ = ("needed_tokens", "needed_bytes", "vllm_tokens", "vllm_bytes", "min_tokens")
     NEEDED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NEEDED_BYTES_FIELD_NUMBER: _ClassVar[int]
     VLLM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     VLLM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     needed_tokens: int
     needed_bytes: int
     vllm_tokens: int
     vllm_bytes: int
-    def __init__(self, needed_tokens: _Optional[int] = ..., needed_bytes: _Optional[int] = ..., vllm_tokens: _Optional[int] = ..., vllm_bytes: _Optional[int] = ...) -> None: ...
+    min_tokens: int
+    def __init__(self, needed_tokens: _Optional[int] = ..., needed_bytes: _Optional[int] = ..., vllm_tokens: _Optional[int] = ..., vllm_bytes: _Optional[int] = ..., min_tokens: _Optional[int] = ...) -> None: ...
 
 class MemoryComponent(_message.Message):
-    __slots__ = ("component", "bytes")
+    __slots__ = ("component", "bytes", "note")
     COMPONENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     component: str
     bytes: int
-    def __init__(self, component: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+    note: str
+    def __init__(self, component: _Optional[str] = ..., bytes: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class RunDummyProfileRequest(_message.Message):
     __slots__ = ("items",)
@@ -250,7 +288,7 @@ class DummyProfileResult(_message.Message):
     def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityProfile, _Mapping]]] = ...) -> None: ...
 
 class ModalityProfile(_message.Message):
-    __slots__ = ("modality", "count", "encoder_s", "peak_memory_increase_bytes", "memory_source", "tokens", "predicted_tokens", "predicted_memory_bytes")
+    __slots__ = ("modality", "count", "encoder_s", "peak_memory_increase_bytes", "memory_source", "tokens", "predicted_tokens", "predicted_memory_bytes", "item", "preprocess_s", "prompt_tokens", "predicted_prompt_tokens", "peak_rss_increase_bytes")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     ENCODER_S_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +297,11 @@ class ModalityProfile(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_S_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_INCREASE_BYTES_FIELD_NUMBER: _ClassVar[int]
     modality: _inference_pb2.Modality
     count: int
     encoder_s: float
@@ -267,7 +310,12 @@ class ModalityProfile(_message.Message):
     tokens: int
     predicted_tokens: int
     predicted_memory_bytes: int
-    def __init__(self, modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., count: _Optional[int] = ..., encoder_s: _Optional[float] = ..., peak_memory_increase_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., tokens: _Optional[int] = ..., predicted_tokens: _Optional[int] = ..., predicted_memory_bytes: _Optional[int] = ...) -> None: ...
+    item: MediaItems
+    preprocess_s: float
+    prompt_tokens: int
+    predicted_prompt_tokens: int
+    peak_rss_increase_bytes: int
+    def __init__(self, modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., count: _Optional[int] = ..., encoder_s: _Optional[float] = ..., peak_memory_increase_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., tokens: _Optional[int] = ..., predicted_tokens: _Optional[int] = ..., predicted_memory_bytes: _Optional[int] = ..., item: _Optional[_Union[MediaItems, _Mapping]] = ..., preprocess_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., predicted_prompt_tokens: _Optional[int] = ..., peak_rss_increase_bytes: _Optional[int] = ...) -> None: ...
 
 class CaptureCpuProfileRequest(_message.Message):
     __slots__ = ("duration_s", "rate_hz", "format", "processes", "native", "include_idle")

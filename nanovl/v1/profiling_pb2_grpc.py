@@ -89,7 +89,9 @@ class ProfilingServicer:
 
     def RunDummyProfile(self, request, context):
         """Runs the encoders on synthetic items of the given sizes and measures time, memory and
-        tokens, next to the prediction. Competes with live traffic for the device.
+        tokens, next to the prediction. Runs inside the engine between its steps, so live
+        traffic pauses while it runs. OUT_OF_RANGE for an item larger than this server can
+        ever serve; FAILED_PRECONDITION for a modality the server has disabled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

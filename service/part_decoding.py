@@ -1,0 +1,85 @@
+"""One media ``ContentPart`` (proto) → a decoded item for prompt assembly.
+
+Pure and synchronous: the servicer runs it in its bounded decode pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from model.prompt import MediaPart, Modality
+from nanovl.v1 import inference_pb2 as pb
+from service import media
+from service.errors import InvalidArgument
+
+_PCM = {pb.PCM_ENCODING_S16LE: "s16le", pb.PCM_ENCODING_F32LE: "f32le"}
+
+
+@dataclass(frozen=True)
+class DecodedPart:
+    part: MediaPart
+    nbytes: int
+    attributes: dict[str, Any]  # for the decode span
+
+
+def payload_size(part: pb.ContentPart) -> int:
+    kind = part.WhichOneof("kind")
+    if kind == "image":
+        return len(part.image.data)
+    if kind == "video":
+        return len(part.video.encoded) + len(part.video.raw_frames.rgb24)
+    if kind == "audio":
+        return len(part.audio.encoded) + len(part.audio.pcm.data)
+    return 0
+
+
+def decode_part(
+    part: pb.ContentPart,
+    *,
+    default_video_frames: int,
+    audio_sample_rate: int | None,
+    limits: media.MediaLimits,
+) -> DecodedPart:
+    kind = part.WhichOneof("kind")
+    if kind == "image":
+        img = media.decode_image(part.image.data, limits)
+        return DecodedPart(MediaPart("image", img.to_vllm()), img.nbytes,
+                           {"format": img.format, "width": img.width, "height": img.height, "bytes": img.nbytes})
+    if kind == "video":
+        v = part.video
+        if v.WhichOneof("source") == "raw_frames":
+            raw = v.raw_frames
+            video = media.video_from_raw_frames(raw.rgb24, width=raw.width, height=raw.height,
+                                                num_frames=raw.num_frames, fps=raw.fps, limits=limits)
+        else:
+            num_frames = v.num_frames if v.HasField("num_frames") else default_video_frames
+            if num_frames == 0:
+                raise InvalidArgument("video.num_frames must be at least 1")
+            video = media.decode_video(v.encoded, num_frames=num_frames, limits=limits)
+        return DecodedPart(MediaPart("video", video.to_vllm()), video.nbytes, {
+            "format": video.container_format, "codec": video.codec, "frames": video.sampled_frame_count,
+            "source_frames": video.source_frame_count, "fps": video.fps, "duration_s": video.duration_s,
+            "width": video.width, "height": video.height, "bytes": video.nbytes})
+    if kind == "audio":
+        if audio_sample_rate is None:
+            raise InvalidArgument("this model has no audio encoder; remove the audio parts")
+        a = part.audio
+        if a.WhichOneof("source") == "pcm":
+            pcm = a.pcm
+            if pcm.encoding not in _PCM:
+                raise InvalidArgument("audio.pcm.encoding must be PCM_ENCODING_S16LE or PCM_ENCODING_F32LE")
+            audio = media.audio_from_pcm(pcm.data, encoding=_PCM[pcm.encoding], sample_rate=pcm.sample_rate,
+                                         channels=pcm.channels, target_sample_rate=audio_sample_rate, limits=limits)
+        else:
+            audio = media.decode_audio(a.encoded, target_sample_rate=audio_sample_rate, limits=limits)
+        return DecodedPart(MediaPart("audio", audio.to_vllm()), audio.nbytes, {
+            "format": audio.format, "duration_s": audio.duration_s, "source_sample_rate": audio.source_sample_rate,
+            "source_channels": audio.source_channels, "resampled": audio.resampled, "bytes": audio.nbytes})
+    raise InvalidArgument(f"part of kind {kind!r} carries no media")
+
+
+def modality_of(part: pb.ContentPart) -> Modality:
+    kind = part.WhichOneof("kind")
+    assert kind in ("image", "video", "audio"), kind
+    return kind  # type: ignore[return-value]

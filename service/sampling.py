@@ -1,0 +1,62 @@
+"""``SamplingOptions`` (proto) → vLLM ``SamplingParams``; unset fields keep vLLM's defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nanovl.v1 import inference_pb2 as pb
+from service.errors import InvalidArgument
+
+_SCALARS = (
+    "temperature", "top_p", "top_k", "min_p", "max_tokens", "min_tokens", "seed", "repetition_penalty",
+    "presence_penalty", "frequency_penalty", "ignore_eos", "logprobs", "prompt_logprobs",
+    "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+)
+
+
+def _structured(so: pb.StructuredOutput) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind = so.WhichOneof("constraint")
+    if kind is None:
+        return None
+    kwargs: dict[str, Any] = {
+        "disable_any_whitespace": so.disable_any_whitespace,
+        "disable_additional_properties": so.disable_additional_properties,
+    }
+    if so.HasField("whitespace_pattern"):
+        kwargs["whitespace_pattern"] = so.whitespace_pattern
+    value = getattr(so, kind)
+    kwargs["json" if kind == "json_schema" else kind] = list(value.choices) if kind == "choice" else value
+    return StructuredOutputsParams(**kwargs)
+
+
+def to_sampling_params(opts: pb.SamplingOptions, *, default_max_tokens: int, vocab_size: int) -> Any:
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import RequestOutputKind
+
+    kwargs: dict[str, Any] = {name: getattr(opts, name) for name in _SCALARS if opts.HasField(name)}
+    kwargs.setdefault("max_tokens", default_max_tokens)
+    if kwargs["max_tokens"] == 0:
+        raise InvalidArgument("sampling.max_tokens must be at least 1")
+    if opts.stop:
+        kwargs["stop"] = list(opts.stop)
+    if opts.bad_words:
+        kwargs["bad_words"] = list(opts.bad_words)
+    for field_name in ("stop_token_ids", "allowed_token_ids"):
+        ids = list(getattr(opts, field_name))
+        if bad := [i for i in ids if i >= vocab_size]:
+            raise InvalidArgument(f"sampling.{field_name} has ids {bad[:5]} outside the vocabulary (size {vocab_size})")
+        if ids:
+            kwargs[field_name] = ids
+    if opts.logit_bias:
+        if bad := [i for i in opts.logit_bias if i >= vocab_size]:
+            raise InvalidArgument(f"sampling.logit_bias has ids {bad[:5]} outside the vocabulary (size {vocab_size})")
+        kwargs["logit_bias"] = dict(opts.logit_bias)
+    if opts.HasField("structured_output"):
+        kwargs["structured_outputs"] = _structured(opts.structured_output)
+    try:
+        return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
+    except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's own range checks, e.g. "top_p must be in (0, 1]"
+        raise InvalidArgument(f"invalid sampling options: {exc}") from exc

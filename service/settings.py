@@ -1,0 +1,32 @@
+"""Typed settings of the gRPC service (the engine's own settings are vLLM's ``AsyncEngineArgs``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # One gRPC message (a whole Generate request, or one StreamGenerate chunk).
+    max_message_bytes: int = 64 * MiB
+    # All bytes of one request, however they arrive; StreamGenerate is how clients
+    # send more than max_message_bytes.
+    max_request_bytes: int = 512 * MiB
+    # Requests admitted at once (decoding + queued + running); more → RESOURCE_EXHAUSTED.
+    max_concurrent_requests: int = 512
+    # Media decoding threads (CPU-bound; never on the event loop).
+    decode_threads: int = 2
+    # Frames sampled from an encoded video when the client does not say.
+    default_video_frames: int = 8
+    # Completion length when the client does not say (vLLM's own default is 16).
+    default_max_tokens: int = 256
+    # SIGTERM: stop admitting, let in-flight requests finish for this long, then exit.
+    drain_grace_s: float = 30.0
+    warmup: bool = True
+    media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)
