@@ -1,4 +1,6 @@
-"""A few-second load-test smoke for CI, without pytest::
+"""A few-second load-test smoke for CI, without pytest.
+
+::
 
     python -m loadtest.smoke --target 127.0.0.1:50051 --out smoke-results/
 
@@ -23,11 +25,14 @@ from loadtest.plots import plot_run
 from loadtest.report import write_reports
 from loadtest.results import LoadTestResult
 from loadtest.runner import run_load_test_async
+from service.errors import NanovlError
 
 __all__ = ["SmokeOutcome", "check_outputs", "main", "run_smoke_async", "smoke_config"]
 
 
-def smoke_config(target: str, *, requests: int = 12, concurrency: int = 4, chunked: bool = False) -> LoadTestConfig:
+def smoke_config(
+    target: str, *, requests: int = 12, concurrency: int = 4, chunked: bool = False, connect_timeout_s: float = 60.0
+) -> LoadTestConfig:
     return LoadTestConfig(
         target=target,
         concurrency=(concurrency,),
@@ -40,6 +45,7 @@ def smoke_config(target: str, *, requests: int = 12, concurrency: int = 4, chunk
         max_tokens=8,
         chunked=chunked,
         timeout_s=120.0,
+        connect_timeout_s=connect_timeout_s,
         name="smoke" + (" chunked" if chunked else ""),
     )
 
@@ -83,12 +89,18 @@ async def run_smoke_async(config: LoadTestConfig, out_dir: str | Path) -> SmokeO
 def main(argv: Sequence[str] | None = None) -> int:
     import asyncio
 
-    p = argparse.ArgumentParser(prog="python -m loadtest.smoke", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m loadtest.smoke", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--target", required=True, metavar="HOST:PORT")
     p.add_argument("--out", default="loadtest-smoke", metavar="DIR")
-    p.add_argument("--chunked", action="store_true")
+    p.add_argument("--chunked", action="store_true", help="upload with StreamGenerate")
+    p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S", help="wait this long for the server")
     args = p.parse_args(argv)
-    outcome = asyncio.run(run_smoke_async(smoke_config(args.target, chunked=args.chunked), args.out))
+    config = smoke_config(args.target, chunked=args.chunked, connect_timeout_s=args.connect_timeout)
+    try:
+        outcome = asyncio.run(run_smoke_async(config, args.out))
+    except NanovlError as e:
+        print(f"smoke: could not run: {e} ({e.code.name})", file=sys.stderr)
+        return 2
     for problem in outcome.problems:
         print(f"smoke: {problem}", file=sys.stderr)
     ok = outcome.result.levels[0].overall.succeeded

@@ -73,13 +73,14 @@ def video_item(
     fps: float,
     frames_indices: Sequence[int],
     total_num_frames: int,
+    duration_s: float | None = None,
     backend: str = "nanovl",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A video as this model's processor takes it: frames ``[T,H,W,3] uint8`` plus metadata.
 
-    The processor derives per-frame timestamps from ``fps`` and ``frames_indices`` (they
-    end up in the prompt as "Frame i sampled at t seconds"), and must not re-sample the
-    frames we already chose.
+    The processor derives per-frame timestamps from ``fps`` (the SOURCE frame rate) and
+    ``frames_indices`` (indices in the source clip); they end up in the prompt as
+    "Frame i sampled at t seconds". ``do_sample_frames`` is False: frames are already chosen.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise InvalidArgument(f"video frames must be uint8 [T,H,W,3], got {frames.dtype} {list(frames.shape)}")
@@ -91,7 +92,7 @@ def video_item(
         "fps": float(fps),
         "frames_indices": [int(i) for i in frames_indices],
         "total_num_frames": int(total_num_frames),
-        "duration": float(total_num_frames) / float(fps),
+        "duration": float(duration_s) if duration_s is not None else float(total_num_frames) / float(fps),
         "video_backend": backend,
         "do_sample_frames": False,
     }

@@ -39,6 +39,11 @@ CPU_ENGINE_DEFAULTS: Mapping[str, Any] = {
     "enable_prefix_caching": False,
     "dtype": "bfloat16",
     "enforce_eager": True,
+    # When a partially prefilled request's sample is discarded, vLLM rewinds its seeded
+    # generator with Generator.set_offset, which CPU generators do not support: one
+    # request with a `seed` whose prompt gets chunked kills the engine. Without chunked
+    # prefill no prompt is split, so seeded sampling is safe.
+    "enable_chunked_prefill": False,
 }
 
 

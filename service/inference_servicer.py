@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import time
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 import nanovl
-from model.prompt import ChatRenderer, ContentPart, Message, TextPart, assemble_raw
+from model.prompt import ChatRenderer
 from nanovl.v1 import inference_pb2 as pb
 from nanovl.v1 import inference_pb2_grpc as pb_grpc
 from profiling import tracing
@@ -32,7 +33,14 @@ from service.engine import Engine, RenderedPrompt
 from service.errors import InvalidArgument, NanovlError, ResourceExhausted, Unavailable
 from service.lifecycle import Lifecycle
 from service.part_decoding import DecodedPart, decode_part, modality_of, payload_size
-from service.request import ValidatedRequest, declared_sizes, from_generate_request, from_stream_header, with_payload
+from service.request import (
+    ValidatedRequest,
+    assemble_prompt,
+    declared_sizes,
+    from_generate_request,
+    from_stream_header,
+    with_payload,
+)
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -283,24 +291,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             span.set_attribute("receive.chunks", num_chunks)
             span.set_attribute("receive.bytes", total)
             span.set_attribute("receive.upload_s", clock.upload_s)
-        from dataclasses import replace
-
-        return replace(req, parts=tuple(parts)), tasks
-
-    def _assemble(self, req: ValidatedRequest, decoded: Mapping[int, DecodedPart]):
-        parts: list[ContentPart] = [
-            decoded[i].part if i in decoded else TextPart(p.text) for i, p in enumerate(req.parts)
-        ]
-        if req.messages is None:
-            return assemble_raw(parts)
-        if self._chat is None:
-            raise InvalidArgument("this checkpoint has no chat template; send raw parts instead of messages")
-        messages, offset = [], 0
-        for role, n in req.messages:
-            messages.append(Message(role, tuple(parts[offset:offset + n])))
-            offset += n
-        return self._chat.render(messages, add_generation_prompt=req.add_generation_prompt,
-                                 chat_template_kwargs=req.chat_template_kwargs)
+        return dataclasses.replace(req, parts=tuple(parts)), tasks
 
     async def _run(
         self,
@@ -310,7 +301,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         outcome: dict[str, Any],
     ) -> AsyncIterator[pb.GenerateResponse]:
         with self._tracer.stage_span(tracing.PROMPT_ASSEMBLE) as span:
-            rendered: RenderedPrompt = await self._engine.render(self._assemble(req, decoded))
+            rendered: RenderedPrompt = await self._engine.render(assemble_prompt(req, decoded, self._chat))
             span.set_attribute("prompt.tokens", rendered.num_prompt_tokens)
             for modality, n in rendered.tokens_by_modality.items():
                 span.set_attribute(f"prompt.tokens.{modality}", n)

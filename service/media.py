@@ -180,17 +180,10 @@ class DecodedVideo:
         return int(self.frames.shape[0])
 
     def to_vllm(self) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
-        # The keys the Nemotron processor reads (fps → per-frame timestamps from
-        # frames_indices) plus the ones vLLM's own loaders always set. do_sample_frames
-        # is False because we already sampled.
-        return self.frames, {
-            "fps": self.fps,
-            "duration": self.duration_s,
-            "total_num_frames": self.source_frame_count,
-            "frames_indices": list(self.frame_indices),
-            "video_backend": "pyav",
-            "do_sample_frames": False,
-        }
+        from model.prompt import video_item
+
+        return video_item(self.frames, fps=self.fps, frames_indices=self.frame_indices,
+                          total_num_frames=self.source_frame_count, duration_s=self.duration_s, backend="pyav")
 
 
 @dataclass(frozen=True, eq=False)

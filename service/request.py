@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
 
@@ -19,6 +19,10 @@ from nanovl.v1 import inference_pb2 as pb
 from service.errors import InvalidArgument
 from service.sampling import to_sampling_params
 from service.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from model.prompt import AssembledPrompt, ChatRenderer
+    from service.part_decoding import DecodedPart
 
 MEDIA_KINDS: Mapping[str, Modality] = {"image": "image", "video": "video", "audio": "audio"}
 
@@ -161,3 +165,22 @@ def with_payload(part: pb.ContentPart, payload: bytes) -> pb.ContentPart:
     else:
         raise InvalidArgument("only image, video and audio parts carry uploaded bytes")
     return filled
+
+
+def assemble_prompt(
+    req: ValidatedRequest, decoded: Mapping[int, "DecodedPart"], chat: "ChatRenderer | None"
+) -> "AssembledPrompt":
+    """The validated request with its decoded media → the model's prompt (raw or chat)."""
+    from model.prompt import Message, TextPart, assemble_raw
+
+    parts = [decoded[i].part if i in decoded else TextPart(p.text) for i, p in enumerate(req.parts)]
+    if req.messages is None:
+        return assemble_raw(parts)
+    if chat is None:
+        raise InvalidArgument("this checkpoint has no chat template; send raw parts instead of messages")
+    messages, offset = [], 0
+    for role, n in req.messages:
+        messages.append(Message(role, tuple(parts[offset:offset + n])))
+        offset += n
+    return chat.render(messages, add_generation_prompt=req.add_generation_prompt,
+                       chat_template_kwargs=req.chat_template_kwargs)

@@ -30,12 +30,23 @@ def tiny_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
-async def engine(tiny_checkpoint: Path):
+def otlp_receiver():
+    """A real OTLP/gRPC collector stand-in; the session engine sends vLLM's spans here."""
+    from tests.otlp_receiver import OtlpReceiver
+
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+async def engine(tiny_checkpoint: Path, otlp_receiver):
     args = default_engine_args(
         str(tiny_checkpoint),
         max_model_len=TEST_MAX_MODEL_LEN,
         limit_mm_per_prompt=TEST_LIMITS,
         max_num_seqs=64,
+        # vLLM's own tracing (its llm_request span) joins nanovl's traces in the tests.
+        otlp_traces_endpoint=otlp_receiver.endpoint,
     )
     eng = await Engine.start(args, warmup=True)
     yield eng

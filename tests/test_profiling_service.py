@@ -175,15 +175,18 @@ MIX = [pb.MediaItems(count=1, image=pb.ImageItem(width=640, height=480)),
 
 
 def _mix_prompt(text_chars: int):
-    return assemble_raw([MediaPart("image", _image(640, 480)), MediaPart("video", _video(8, 320, 240)),
-                         MediaPart("audio", _audio(3.0)), TextPart("a" * text_chars)])
+    # Fresh media every time: vLLM's front end caches processed items by content and then
+    # sends only their hashes, which the engine core cannot resolve for items it never
+    # received (a prompt rendered but not generated) -- a retryable error, not a verdict.
+    seed = uuid.uuid4().int % 2**31
+    return assemble_raw([MediaPart("image", _image(640, 480, seed)), MediaPart("video", _video(8, 320, 240, seed)),
+                         MediaPart("audio", _audio(3.0, seed)), TextPart("a" * text_chars)])
 
 
-async def _vllm_verdict(engine, prompt) -> tuple[bool, str]:
-    """What vLLM itself does with the prompt (nanovl's own length check bypassed)."""
+async def _vllm_verdict(engine, engine_input) -> tuple[bool, str]:
+    """What vLLM itself does with the rendered prompt (nanovl's own length check bypassed)."""
     from vllm.exceptions import VLLMValidationError
 
-    (engine_input,) = await engine.llm.renderer.render_cmpl_async([prompt.to_vllm()])
     try:
         async for out in engine.llm.generate(engine_input, SamplingParams(max_tokens=1), uuid.uuid4().hex):
             final = out
@@ -200,16 +203,16 @@ async def _prompt_of_length(engine, target: int):
     (engine_input,) = await engine.llm.renderer.render_cmpl_async([prompt.to_vllm()])
     total = len(engine_input["prompt_token_ids"])
     assert total == target, "one 'a' is one token for the tiny tokenizer"
-    return prompt, total - probe.num_prompt_tokens + probe.tokens_by_modality["text"]
+    return prompt, engine_input, total - probe.num_prompt_tokens + probe.tokens_by_modality["text"]
 
 
 @pytest.mark.parametrize("delta", [-1, 0])
 async def test_plan_verdict_matches_the_engine_at_the_boundary(stub, engine, delta):
     target = TEST_MAX_MODEL_LEN + delta  # 2047 is the longest prompt vLLM serves at 2048
-    prompt, text_tokens = await _prompt_of_length(engine, target)
+    prompt, engine_input, text_tokens = await _prompt_of_length(engine, target)
     plan = await stub.PlanBudget(pb.PlanBudgetRequest(items=MIX, text_tokens=text_tokens), timeout=300)
     assert plan.prompt_tokens == target  # the media tokens are predicted exactly
-    served, error = await _vllm_verdict(engine, prompt)
+    served, error = await _vllm_verdict(engine, engine_input)
     assert plan.accepted == served == (delta < 0), (plan.reason, error)
     if not plan.accepted:
         assert "max_model_len" in plan.reason and "remove 1 tokens" in plan.reason
