@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 SERVE_ARGS ?=
 
-.PHONY: setup serve test test-fast protos protos-check bench smoke-loadtest clean
+.PHONY: setup serve test test-fast protos bench clean
 
 .venv/.nanovl-synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -26,8 +26,10 @@ serve: setup
 test: setup
 	$(RUN) pytest -q
 
-test-fast: setup  ## unit tests only (no engine)
-	$(RUN) pytest -q -m "not engine" --ignore=tests/test_engine.py --ignore=tests/test_grpc_service.py
+ENGINE_TESTS := test_engine test_grpc_service test_tracing_e2e test_profiling_service test_profile_cli test_loadtest_smoke
+
+test-fast: setup  ## the tests that need no engine (seconds, not minutes)
+	$(RUN) pytest -q $(foreach t,$(ENGINE_TESTS),--ignore=tests/$(t).py)
 
 protos: setup
 	$(RUN) python scripts/gen_protos.py

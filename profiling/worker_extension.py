@@ -30,6 +30,7 @@ def _unpacked_weight(module: torch.nn.Module) -> torch.Tensor | None:
     with torch.no_grad():
         return module.cpu_linear(eye, weight, None).t().contiguous()
 
+
 # --- profiling: budget facts and dummy encoder passes ---------------------------------------
 
 
@@ -49,7 +50,7 @@ class _TensorAllocationMeter:
         meter = self
 
         class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 meter._observe((args, kwargs), out)
                 return out

@@ -210,7 +210,8 @@ def render_budget(b: pb.Budget) -> list[Any]:
     kv = b.kv_cache
     out.append(_table("Memory", ["", "value"], [
         ["KV cache blocks x block size", f"{kv.num_blocks} x {kv.block_size} = {kv.tokens} tokens"],
-        ["KV cache capacity (Mamba set aside)", f"{kv.capacity_tokens} tokens, {kv.max_concurrency:.1f} x max_model_len"],
+        ["KV cache capacity (Mamba set aside)",
+         f"{kv.capacity_tokens} tokens, {kv.max_concurrency:.1f} x max_model_len"],
         ["KV cache allocation", _gib(kv.bytes)],
         ["Mamba state per sequence", _gib(b.mamba_state_bytes_per_seq)],
         ["weights", _gib(b.weights_bytes)],
@@ -299,7 +300,8 @@ def _emit(args: argparse.Namespace, message: Any, render: Any) -> None:
     from google.protobuf import json_format
 
     if args.json:
-        print(json_format.MessageToJson(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+        print(json_format.MessageToJson(message, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True))
         return
     from rich.console import Console
 

@@ -106,11 +106,19 @@ async def _cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-async def test_budget_command(capsys, grpc_target):
+async def test_budget_command(capsys, monkeypatch, grpc_target):
     assert await _cli("budget", "--target", grpc_target, "--json") == 0
     budget = json.loads(capsys.readouterr().out)
     assert budget["max_model_len"] == TEST_MAX_MODEL_LEN
     assert {m["modality"] for m in budget["modalities"]} == {"MODALITY_IMAGE", "MODALITY_VIDEO", "MODALITY_AUDIO"}
+    monkeypatch.setenv("COLUMNS", "250")
+    assert await _cli("budget", "--target", grpc_target) == 0
+    table = capsys.readouterr().out
+    video = next(m for m in budget["modalities"] if m["modality"] == "MODALITY_VIDEO")
+    row = next(line for line in table.splitlines() if line.startswith("│ video"))
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[:4] == ["video", "2", str(video["vllm_max_tokens_per_item"]), str(video["nanovl_max_tokens_per_item"])]
+    assert "VLLM::EngineCore" in table
 
 
 async def test_plan_command_online_matches_offline(capsys, grpc_target, tiny_checkpoint):
@@ -124,11 +132,17 @@ async def test_plan_command_online_matches_offline(capsys, grpc_target, tiny_che
     assert online["prompt_tokens"] == offline["prompt_tokens"]
 
 
-async def test_dummy_command(capsys, grpc_target):
+async def test_dummy_command(capsys, monkeypatch, grpc_target):
     assert await _cli("dummy", "--target", grpc_target, "--image", "224x224", "--audio", "1.5:2", "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert [m["modality"] for m in result["modalities"]] == ["MODALITY_IMAGE", "MODALITY_AUDIO"]
     assert all(m["tokens"] == m["predicted_tokens"] > 0 for m in result["modalities"])
+    monkeypatch.setenv("COLUMNS", "250")
+    assert await _cli("dummy", "--target", grpc_target, "--video", "2x64x64") == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("│ video"))
+    tokens = [c.strip() for c in row.split("│")[1:-1]][3]  # "measured / predicted"
+    measured, predicted = tokens.split(" / ")
+    assert measured == predicted and int(measured) > 0
 
 
 async def test_cpu_command_writes_files(capsys, grpc_target, tmp_path):

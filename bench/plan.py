@@ -1,0 +1,91 @@
+"""The requests of every measured point, identical for every side.
+
+nanovl's side is driven by the load tester itself (``loadtest.run_load_test``), so the
+requests are the load tester's: for each (workload, concurrency) point this module builds
+the point's ``LoadTestConfig`` and asks the load tester's own planner and workload builder
+(``plan_shard`` + ``prepare_workload``) for the prompts it will send, in the order it will
+send them (warm-up first, then the measured requests, request ``index`` i being the i-th).
+The other sides convert those same ``GenerateRequest`` messages (:mod:`bench.convert`).
+Every point has its own seed, so no prompt repeats anywhere in a side's run and no
+server cache can serve one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from bench.config import WORKLOADS, BenchConfig
+from loadtest.config import AudioSpec, ImageSpec, LoadTestConfig, VideoSpec
+from loadtest.mix import Mix
+from loadtest.runner import plan_shard
+from loadtest.workload import PreparedRequest, prepare_workload
+
+__all__ = ["PLACEHOLDER_TARGET", "Point", "build_points", "loadtest_config"]
+
+# The load tester's config needs a target; the prompts do not depend on it.
+PLACEHOLDER_TARGET = "127.0.0.1:1"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured point: a workload at one concurrency."""
+
+    workload: str
+    concurrency: int
+    config: LoadTestConfig  # what nanovl's side runs (with its real target)
+    warmup: tuple[PreparedRequest, ...]  # sent one by one before the level, not measured
+    measured: tuple[PreparedRequest, ...]  # request i has index i
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.workload, self.concurrency)
+
+
+def loadtest_config(config: BenchConfig, workload: str, level_index: int) -> LoadTestConfig:
+    concurrency, requests = config.levels[level_index]
+    w, h = config.image_size
+    vw, vh = config.video_size
+    return LoadTestConfig(
+        target=PLACEHOLDER_TARGET,
+        concurrency=(concurrency,),
+        requests=requests,
+        mix=Mix.parse(WORKLOADS[workload].mix),
+        image=ImageSpec(w, h, "jpeg"),
+        video=VideoSpec(frames=config.video_frames, width=vw, height=vh, fps=config.video_fps, format="mp4"),
+        audio=AudioSpec(seconds=config.audio_seconds, format="wav"),
+        content="smooth",
+        prompt_words=config.prompt_words,
+        # The checkpoint's chat template, the only prompt form all three frontends share.
+        chat=True,
+        max_tokens=config.max_tokens,
+        ignore_eos=True,
+        temperature=0.0,
+        timeout_s=600.0,
+        connect_timeout_s=120.0,
+        # One seed per point: prompts never repeat across points.
+        seed=config.seed + 1000 * list(WORKLOADS).index(workload) + level_index,
+        name=f"bench {workload} c={concurrency}",
+    )
+
+
+def _point(config: BenchConfig, workload: str, level_index: int) -> Point:
+    lt = loadtest_config(config, workload, level_index)
+    plan = plan_shard(lt)
+    (level,) = plan.levels
+    assert level.kinds is not None  # counted levels only
+    # Exactly what the load tester's single client process prepares and takes.
+    pool = prepare_workload(lt, plan.pool_sizes, seed_key=(plan.shard,))
+    warmup = tuple(pool.take(k) for k in plan.warmup)
+    measured = tuple(pool.take(k) for k in level.kinds)
+    return Point(workload, lt.concurrency[0], lt, warmup, measured)
+
+
+def build_points(config: BenchConfig) -> tuple[Point, ...]:
+    """Every point of the run, workload-major (the order each side runs them)."""
+    return tuple(
+        _point(config, w, i) for w in config.workloads for i in range(len(config.levels))
+    )
+
+
+def with_target(point: Point, target: str) -> LoadTestConfig:
+    return replace(point.config, target=target)

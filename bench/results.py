@@ -1,0 +1,134 @@
+"""What a benchmark run produces: per side, per (workload, concurrency) point, the load
+tester's own ``LevelResult``; and the JSON written to ``docs/benchmarks/results.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.config import BenchConfig, Side
+from bench.machine import MachineInfo
+from loadtest.results import GroupStats, LevelResult
+
+__all__ = ["BenchResult", "PointResult", "ProfileSummary", "SideRun", "write_json"]
+
+
+@dataclass(frozen=True)
+class PointResult:
+    side: Side
+    workload: str
+    concurrency: int
+    level: LevelResult | None  # None when the point could not run
+    error: str | None = None
+    # How many measured requests' prompt token counts differ from side (a)'s for the
+    # same request index (None: no comparison possible).
+    prompt_mismatches: int | None = None
+
+    @property
+    def stats(self) -> GroupStats | None:
+        return self.level.overall if self.level is not None else None
+
+
+@dataclass(frozen=True)
+class SideRun:
+    side: Side
+    command: str  # how the server (or engine) was started
+    startup_s: float | None
+    points: tuple[PointResult, ...]
+    error: str | None = None  # the side could not run at all (exact error)
+    load_before: tuple[float, float, float] | None = None
+    server_pid: int | None = None
+
+    def point(self, workload: str, concurrency: int) -> PointResult | None:
+        for p in self.points:
+            if p.workload == workload and p.concurrency == concurrency:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    name: str
+    percent: float
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    """A py-spy capture of the nanovl server process during one unmeasured pass."""
+
+    workload: str
+    concurrency: int
+    samples: int
+    path: str  # the speedscope file
+    by_package: tuple[ProfileEntry, ...]  # share of samples with a frame of the package on the stack
+    by_function: tuple[ProfileEntry, ...]  # share of samples where the function is the leaf
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    config: BenchConfig
+    machine: MachineInfo
+    started_at: str
+    duration_s: float
+    load_start: tuple[float, float, float]
+    load_end: tuple[float, float, float]
+    checkpoint: str
+    engine_flags: tuple[str, ...]
+    media: tuple[tuple[str, float], ...]  # (kind, mean media bytes) of the measured requests
+    sides: tuple[SideRun, ...]
+    profile: ProfileSummary | None = None
+
+    def side(self, side: Side) -> SideRun | None:
+        for s in self.sides:
+            if s.side == side:
+                return s
+        return None
+
+
+def _level_json(level: LevelResult) -> dict[str, Any]:
+    def stats(g: GroupStats) -> dict[str, Any]:
+        return dataclasses.asdict(g)
+
+    return {
+        "window_s": level.window_s,
+        "overall": stats(level.overall),
+        "by_kind": [stats(g) for g in level.by_kind],
+        "client": dataclasses.asdict(level.client),
+        # Per request, without the per-token ITL samples (large; summarised above).
+        "requests": [
+            {k: v for k, v in dataclasses.asdict(r).items() if k != "itl_s"} for r in level.requests
+        ],
+    }
+
+
+def to_json(result: BenchResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+        for f in dataclasses.fields(result)
+        if f.name != "sides" and not isinstance(v := getattr(result, f.name), type)
+    }
+    out["sides"] = []
+    for s in result.sides:
+        side = {k: v for k, v in dataclasses.asdict(s).items() if k != "points"}
+        side["points"] = [
+            {
+                "workload": p.workload,
+                "concurrency": p.concurrency,
+                "error": p.error,
+                "prompt_mismatches": p.prompt_mismatches,
+                "level": _level_json(p.level) if p.level is not None else None,
+            }
+            for p in s.points
+        ]
+        out["sides"].append(side)
+    return out
+
+
+def write_json(result: BenchResult, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_json(result), indent=1, default=str) + "\n")
+    return path

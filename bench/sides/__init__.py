@@ -1,0 +1,21 @@
+"""One module per side: how each frontend (or none) is driven with the same requests.
+
+Every side returns a :class:`PointOutcome` per point, holding the load tester's own
+``LevelResult`` so all four are summarised by the same code (``loadtest.stats``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loadtest.results import LevelResult
+
+__all__ = ["PointOutcome"]
+
+
+@dataclass(frozen=True)
+class PointOutcome:
+    workload: str
+    concurrency: int
+    level: LevelResult | None
+    error: str | None = None
