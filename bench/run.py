@@ -222,8 +222,6 @@ async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], w
             _log(f"{side}: FAILED: {run.error.splitlines()[0]}")
         runs.append(run)
         _log(f"{side}: done")
-    from bench.servers import REPO_ROOT as _  # noqa: F401 - keep import graph explicit
-
     return BenchResult(
         config=config,
         machine=collect_machine(len(cpus)),

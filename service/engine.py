@@ -139,18 +139,20 @@ def _summarize(llm: "AsyncLLM") -> ModelSummary:
 
 
 def warmup_items(summary: ModelSummary) -> dict[Modality, Any]:
-    """One small synthetic item per enabled modality (vLLM compiles preprocessing
-    helpers on first use; paying that at start-up keeps it off the first user)."""
+    """One synthetic item per enabled modality. The first large batch through each
+    encoder is slow (seconds on CPU: allocations, kernel set-up, preprocessing helpers
+    compiled on first use), so warm-up uses the worst-case image tiling (12 tiles +
+    thumbnail) and a typical 8-frame video, keeping that cost off the first user."""
     rng = np.random.default_rng(0)
     items: dict[Modality, Any] = {}
     for m in summary.enabled_modalities:
         if m == "image":
             from PIL import Image
 
-            items[m] = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            items[m] = Image.fromarray(rng.integers(0, 255, (672, 896, 3), dtype=np.uint8))
         elif m == "video":
-            frames = rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
-            items[m] = video_item(frames, fps=2.0, frames_indices=[0, 1], total_num_frames=2)
+            frames = rng.integers(0, 255, (8, 224, 224, 3), dtype=np.uint8)
+            items[m] = video_item(frames, fps=2.0, frames_indices=list(range(8)), total_num_frames=8)
         elif m == "audio":
             assert summary.audio_sample_rate is not None
             wave = (rng.standard_normal(summary.audio_sample_rate) * 0.1).astype(np.float32)

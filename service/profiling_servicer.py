@@ -9,6 +9,7 @@ for plans) runs in threads, serialized by one lock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -84,6 +85,13 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
             model_path, engine_args = request.model_path, None
         else:
             model_path, engine_args = self._engine.summary.model, self._engine_args
+            if plan_request.max_model_len not in (None, self._engine.summary.max_model_len) and (
+                plan_request.max_num_batched_tokens is None
+            ):
+                # vLLM wrote the max_num_batched_tokens it derived from the live
+                # max_model_len back into the engine args at start-up; let it derive
+                # again for the new length (the plan reports the value used).
+                engine_args = dataclasses.replace(engine_args, max_num_batched_tokens=None)
         with self._plan_lock:
             plan_request = resolve_unsized(plan_request, model_path, engine_args=engine_args)
             plan = plan_budget(plan_request, model_path, engine_args=engine_args)

@@ -122,4 +122,7 @@ async def _run(points: Sequence[Point], checkpoint: str, settings: EngineSetting
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the module's real name, so the pickled results unpickle as bench.sides.inprocess.*.
+    from bench.sides import inprocess
+
+    sys.exit(inprocess.main())

@@ -1,0 +1,284 @@
+"""``docs/benchmarks.md``: machine, method, the four-way tables with ratios to (a), the
+targets, where nanovl's time goes, and every error verbatim."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.config import SIDE_LABELS, WORKLOADS
+from bench.plots import plot_bench
+from bench.results import BenchResult, PointResult, SideRun
+from bench.targets import TargetCheck, check_targets
+from loadtest.results import GroupStats
+
+__all__ = ["render_markdown", "write_report"]
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v * 1000:.1f}"
+
+
+def _ratio(v: float | None, base: float | None) -> str:
+    if v is None or not base:
+        return "–"
+    return f"{v / base:.2f}×"
+
+
+def _mark(met: bool | None) -> str:
+    return {True: "**met**", False: "**missed**", None: "not measured"}[met]
+
+
+def _stats(p: PointResult | None) -> GroupStats | None:
+    if p is None or p.stats is None or p.stats.succeeded == 0:
+        return None
+    return p.stats
+
+
+def _machine(result: BenchResult) -> list[str]:
+    m = result.machine
+    versions = ", ".join(f"{n} {v}" for n, v in m.versions)
+    per_side = "; ".join(
+        f"{SIDE_LABELS[s.side]} {s.load_before[0]:.2f}" for s in result.sides if s.load_before is not None
+    )
+    return [
+        "## Machine",
+        "",
+        f"- CPU: {m.cpu_model}, {m.cpus} logical CPUs; {m.memory_gib:.1f} GiB RAM; no GPU; Linux {m.kernel}; Python {m.python}",
+        f"- Versions: {versions}",
+        f"- Load average (1/5/15 min) at start: {'/'.join(f'{x:.2f}' for x in result.load_start)}; "
+        f"at end: {'/'.join(f'{x:.2f}' for x in result.load_end)}; 1-min at each side's start: {per_side}",
+        "- The machine is shared with other engineers' test runs: anything above ~0 load average is someone "
+        "else's work competing for the same 2 cores, so absolute figures are noisy and ratios between sides "
+        "measured minutes apart carry that noise too.",
+        "",
+    ]
+
+
+def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
+    c = result.config
+    levels = ", ".join(f"c={conc}: {n} requests" for conc, n in c.levels)
+    media = ", ".join(f"{k} {b / 1024:.1f} KiB" for k, b in result.media if b)
+    commands = [f"  - {SIDE_LABELS[s.side]}: `{s.command}`" for s in result.sides]
+    pin = (f"pinned to CPU {client_cpu} (`os.sched_setaffinity`) before it starts any thread, while every server "
+           "(and the in-process child) is started with all CPUs") if client_cpu is not None else "not pinned (one CPU)"
+    w, h = c.image_size
+    vw, vh = c.video_size
+    return [
+        "## Method",
+        "",
+        f"- Model: the tiny `NemotronH_Nano_VL_V2` checkpoint (`model.tiny.ensure_tiny_checkpoint()`, `{result.checkpoint}`). "
+        "Its weights are random, so only speed means anything.",
+        f"- One engine configuration for every side: `{' '.join(result.engine_flags)}` plus the environment of "
+        "`service.engine.apply_process_environment` (`VLLM_CPU_KVCACHE_SPACE=1`, `VLLM_CPU_OMP_THREADS_BIND=0-1`, "
+        "`VLLM_CPU_NUM_OF_RESERVED_CPU=0`). Before running, the benchmark parses these flags with vLLM's own parser "
+        "and checks every field against the in-process `AsyncEngineArgs`; `max_num_seqs` and `max_num_batched_tokens` "
+        "are pinned because vLLM's defaults differ between `vllm serve` and `AsyncLLM.from_engine_args`.",
+        "- Sides, one after another (never two engines at once):",
+        "  - (a) `AsyncLLM` in-process, no frontend: nanovl's `Engine` wrapper (`service.engine`) in a child process; "
+        "media decoded and the chat rendered *before* timing with nanovl's own code, so the timed part is vLLM's "
+        "renderer (tokenizer + multimodal processor) and generation — the limit for any frontend.",
+        "  - (b) nanovl over gRPC (`nanovl serve`), driven by nanovl's load tester as a library "
+        "(`loadtest.run_load_test_async`, unary `Generate`).",
+        "  - (c) vLLM's OpenAI HTTP server: streamed chat completions (`stream: true`, `return_token_ids: true` so "
+        "every token is seen, usage in the last chunk) with the same media as base64 data URLs "
+        "(`image_url`, `video_url`, `input_audio`), over aiohttp.",
+        "  - (d) vLLM's own gRPC server (`VllmEngine` from smg-grpc-servicer), text only: its API takes token ids, "
+        "so the client renders the chat and tokenizes it before timing (its servicer also skips detokenization).",
+        "  - Commands:",
+        *commands,
+        "  - The `vllm` console script cannot start on this machine (`PackageNotFoundError: No package metadata was "
+        "found for vllm` — the distribution is `vllm-cpu`), so (c) and (d) are started through the modules "
+        "`vllm serve` and `vllm serve --grpc` call.",
+        f"- Workloads (chat form, the checkpoint's template, for every side): "
+        + "; ".join(f"**{n}**: {WORKLOADS[n].description}" for n in c.workloads)
+        + f". Prompt text {c.prompt_words} random words; image {w}×{h} JPEG; video {c.video_frames} frames "
+        f"{vw}×{vh} MP4 at {c.video_fps:g} fps (all frames sampled); audio {c.audio_seconds:g} s 16 kHz WAV. "
+        f"Mean media bytes: {media or 'none'}.",
+        f"- Load: closed loop, {levels}; before every level one warm-up request per request kind, not measured. "
+        f"Every request asks for {c.max_tokens} tokens with `ignore_eos` and temperature 0, so every side generates "
+        "the same count.",
+        "- Same requests everywhere: each point's prompts (random text and media, a fresh seed per point so no prompt "
+        "repeats and no cache can serve one) come from the load tester's own planner; (b) sends them itself, the "
+        "others convert the same `GenerateRequest` messages. The *prompt tokens ≠ (a)* column counts requests whose "
+        "prompt token count differs from (a)'s for the same request: 0 means every frontend built the same prompt.",
+        "- Metrics (definitions of `loadtest.results`, the same code summarises every side): output tokens/s and "
+        "requests/s over the level's window (first send → last response); TTFT = send → first response carrying a "
+        "token; ITL = gap between token-bearing responses, per token.",
+        f"- Keeping the client from distorting the servers on 2 cores: the benchmark process is the client of (b), (c) "
+        f"and (d); it is {pin}. Every request is built and serialised (protobuf, JSON with base64 media, token ids) "
+        "before its level starts; one asyncio event loop sends them; no logging or display runs during a level. "
+        "With only 2 cores the client still shares a core with one of the engine's two OpenMP threads, so its CPU "
+        "time per level is reported (*client CPU*: seconds, and as a share of one core over the level's window). "
+        "For (a) that column is the whole frontend process (engine client + renderer + the benchmark's loop).",
+        "",
+    ]
+
+
+def _table(result: BenchResult, workload: str) -> list[str]:
+    base_run = result.side("inprocess")
+    lines = [
+        f"### {workload}",
+        "",
+        "| c | side | output tok/s | ×(a) | req/s | ×(a) | TTFT p50 ms | ×(a) | TTFT p90 ms | ITL p50 ms | errors | "
+        "client CPU | prompt tokens ≠ (a) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for conc, _ in result.config.levels:
+        a = _stats(base_run.point(workload, conc) if base_run else None)
+        for run in result.sides:
+            if workload not in result.config.workloads_for(run.side):
+                continue
+            p = run.point(workload, conc)
+            label = SIDE_LABELS[run.side]
+            if p is None or p.level is None:
+                why = (p.error if p is not None else None) or (run.error.splitlines()[0] if run.error else "not run")
+                lines.append(f"| {conc} | {label} | – | | – | | – | | – | – | not run: {why[:80]} | | |")
+                continue
+            g = p.level.overall
+            ok = g.succeeded > 0
+            client = p.level.client
+            lines.append(
+                f"| {conc} | {label} | {g.output_tokens_per_s:.1f} | {_ratio(g.output_tokens_per_s, a.output_tokens_per_s if a else None)} "
+                f"| {g.requests_per_s:.2f} | {_ratio(g.requests_per_s, a.requests_per_s if a else None)} "
+                f"| {_ms(g.ttft.p50 if ok else None)} | {_ratio(g.ttft.p50, a.ttft.p50 if a else None)} "
+                f"| {_ms(g.ttft.p90 if ok else None)} | {_ms(g.itl.p50 if ok else None)} | {g.failed} "
+                f"| {client.cpu_s:.1f} s ({client.cpu_util:.0%}) "
+                f"| {'–' if p.prompt_mismatches is None else p.prompt_mismatches} |"
+            )
+    lines.append("")
+    return lines
+
+
+def _targets(checks: Sequence[TargetCheck]) -> list[str]:
+    met = sum(1 for c in checks if c.met)
+    missed = sum(1 for c in checks if c.met is False)
+    lines = [
+        "## Targets",
+        "",
+        f"{met} met, {missed} missed, {sum(1 for c in checks if c.met is None)} not measured "
+        "(the issue's targets; reported here, never asserted by tests).",
+        "",
+        "| target | workload | c | measured | result |",
+        "|---|---|---:|---|---|",
+    ]
+    lines += [f"| {c.target} | {c.workload} | {c.concurrency} | {c.measured} | {_mark(c.met)} |" for c in checks]
+    lines.append("")
+    return lines
+
+
+def _nanovl_breakdown(run: SideRun | None) -> list[str]:
+    """Client-measured vs server-measured TTFT: what the server reports (Final.timings)
+    against what the client saw; the difference is transport and client."""
+    if run is None or not run.points:
+        return []
+    lines = [
+        "### nanovl TTFT: client vs server",
+        "",
+        "The server's own TTFT (`Final.timings.ttft_s`: request received → first token, including media decoding "
+        "and vLLM's renderer) against the client's; the difference is gRPC transport, (de)serialisation and the "
+        "client's event loop.",
+        "",
+        "| workload | c | client TTFT p50 ms | server TTFT p50 ms | client − server p50 ms | server queue p50 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in run.points:
+        if p.level is None:
+            continue
+        reqs = [r for r in p.level.requests if r.ok and r.ttft_s is not None and r.server_ttft_s is not None]
+        if not reqs:
+            continue
+        client = statistics.median(r.ttft_s for r in reqs)  # type: ignore[misc]
+        server = statistics.median(r.server_ttft_s for r in reqs)  # type: ignore[misc]
+        gap = statistics.median(r.ttft_s - r.server_ttft_s for r in reqs)  # type: ignore[operator]
+        queue = [r.server_queue_s for r in reqs if r.server_queue_s is not None]
+        lines.append(f"| {p.workload} | {p.concurrency} | {client * 1000:.1f} | {server * 1000:.1f} | {gap * 1000:.1f} "
+                     f"| {_ms(statistics.median(queue)) if queue else '–'} |")
+    lines.append("")
+    return lines
+
+
+def _profile(result: BenchResult) -> list[str]:
+    prof = result.profile
+    if prof is None:
+        return []
+    head = [
+        "### py-spy: the nanovl server process",
+        "",
+        f"Captured with py-spy (100 Hz, `--nonblocking`, idle threads excluded) on the nanovl server's frontend process "
+        f"during an extra, unmeasured pass of **{prof.workload} c={prof.concurrency}** (the point furthest below "
+        f"in-process throughput), {prof.samples} samples; speedscope file `{prof.path}`. The engine core and worker "
+        "are separate processes, the same for every side, and are not in it.",
+        "",
+    ]
+    if prof.error:
+        return [*head, f"The capture failed: `{prof.error}`", ""]
+    rows = max(len(prof.by_package), len(prof.by_function))
+    lines = [*head, "| package on the stack | % of samples | innermost function | % of samples |", "|---|---:|---|---:|"]
+    for i in range(rows):
+        pk = prof.by_package[i] if i < len(prof.by_package) else None
+        fn = prof.by_function[i] if i < len(prof.by_function) else None
+        lines.append(f"| {pk.name if pk else ''} | {pk.percent if pk else ''} | {fn.name.replace('|', '/') if fn else ''} "
+                     f"| {fn.percent if fn else ''} |")
+    lines.append("")
+    return lines
+
+
+def _errors(result: BenchResult) -> list[str]:
+    lines: list[str] = []
+    for run in result.sides:
+        if run.error:
+            lines += [f"- {SIDE_LABELS[run.side]} could not run:", "", "```", run.error.strip(), "```", ""]
+        for p in run.points:
+            if p.error:
+                lines += [f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: `{p.error}`", ""]
+            elif p.level is not None:
+                for e in p.level.overall.errors:
+                    lines.append(f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: {e.count} × `{e.code}`: "
+                                 f"`{e.first_message[:300]}`")
+        short = [
+            (run.side, p.workload, p.concurrency)
+            for p in run.points if p.level is not None
+            for r in p.level.requests if r.ok and r.output_tokens != result.config.max_tokens
+        ]
+        if short:
+            lines.append(f"- {SIDE_LABELS[run.side]}: {len(short)} request(s) generated a count other than "
+                         f"{result.config.max_tokens} tokens")
+    if not lines:
+        return ["## Errors", "", "None: every request of every side succeeded with the requested token count.", ""]
+    return ["## Errors", "", *lines, ""]
+
+
+def render_markdown(result: BenchResult, plots: Sequence[Path], doc_path: Path, *, client_cpu: int | None) -> str:
+    rel = [os.path.relpath(p, doc_path.parent) for p in plots]
+    checks = check_targets(result)
+    mode = "quick run (`python -m bench.run --quick`)" if result.config.quick else "`make bench` (`python -m bench.run`)"
+    lines = [
+        "# Benchmarks: nanovl vs in-process AsyncLLM vs vLLM HTTP vs vLLM gRPC",
+        "",
+        f"Generated by {mode} on {result.started_at} in {result.duration_s / 60:.1f} min; rerun it rather than "
+        "editing this file. Raw results: `benchmarks/results.json`.",
+        "",
+        *_targets(checks),
+        "## Results",
+        "",
+        "Absolute figures and the ratio to (a), per workload, concurrency and side.",
+        "",
+    ]
+    for w in result.config.workloads:
+        lines += _table(result, w)
+    lines += [f"![{Path(r).stem}]({r})" for r in rel] + [""]
+    lines += ["## Where nanovl's time goes", "", *_nanovl_breakdown(result.side("nanovl")), *_profile(result)]
+    lines += _errors(result)
+    lines += _machine(result)
+    lines += _method(result, client_cpu)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(result: BenchResult, doc_path: Path, assets_dir: Path, *, client_cpu: int | None) -> Path:
+    plots = plot_bench(result, assets_dir)
+    doc_path.parent.mkdir(parents=True, exist_ok=True)
+    doc_path.write_text(render_markdown(result, plots, doc_path, client_cpu=client_cpu))
+    return doc_path
