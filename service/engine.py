@@ -192,8 +192,13 @@ class Engine:
             jobs.append((m, assemble_raw([MediaPart(m, item), TextPart("warm up")])))
         for name, prompt in jobs:
             t0 = time.perf_counter()
-            async for _ in self.generate(prompt, params, request_id=f"warmup-{name}-{uuid.uuid4().hex[:8]}"):
-                pass
+            try:
+                async for _ in self.generate(prompt, params, request_id=f"warmup-{name}-{uuid.uuid4().hex[:8]}"):
+                    pass
+            except (InvalidArgument, OutOfRange) as exc:
+                # e.g. a max_model_len too small for the worst-case image: serving still works.
+                log.warning("warm-up %s skipped: %s", name, exc)
+                continue
             log.info("warm-up %s: %.2fs", name, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ requests

@@ -39,7 +39,7 @@ from service.profiling_proto import (
 if TYPE_CHECKING:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from profiling.metrics import ServiceMetrics
+    from profiling.metrics import EncoderBudgetSnapshot, ServiceMetrics
     from service.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,15 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         self._torch = TorchProfiler(engine)
         self._cpu_busy = False
         if metrics is not None:
-            metrics.set_encoder_budget_source(self._budget.encoder_snapshot)
+            metrics.set_encoder_budget_source(self.encoder_budget_snapshot)
 
     @property
     def budget_reader(self) -> LiveBudgetReader:
         return self._budget
+
+    def encoder_budget_snapshot(self) -> EncoderBudgetSnapshot | None:
+        """The ``ServiceMetrics.set_encoder_budget_source`` callable (thread-safe, cheap)."""
+        return self._budget.encoder_snapshot()
 
     async def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.aio.ServicerContext) -> pb.Budget:
         try:

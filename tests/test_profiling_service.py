@@ -144,14 +144,14 @@ async def test_encoder_gauges_read_the_budget(engine, budget):
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from profiling.metrics import ServiceMetrics
+    from profiling.metrics import EncoderBudgetSnapshot, ServiceMetrics
     from service.profiling_servicer import ProfilingServicer
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     metrics = ServiceMetrics(provider.get_meter("test"), provider=provider)
     # A fresh servicer that never called the engine: the gauges still have values.
-    ProfilingServicer(engine, engine.engine_args, metrics=metrics)
+    servicer = ProfilingServicer(engine, engine.engine_args, metrics=metrics)
     data = reader.get_metrics_data()
     values = {
         m.name: m.data.data_points[0].value
@@ -159,6 +159,9 @@ async def test_encoder_gauges_read_the_budget(engine, budget):
         if m.name.startswith("nanovl.encoder")
     }
     provider.shutdown()
+    await servicer.budget_reader.read()  # after a read, the worker's numbers: the same
+    assert servicer.encoder_budget_snapshot() == EncoderBudgetSnapshot(
+        budget.encoder.compute_budget_tokens, budget.encoder.cache_size_tokens, budget.encoder.cache_size_bytes)
     assert values == {
         "nanovl.encoder.budget_tokens": budget.encoder.compute_budget_tokens,
         "nanovl.encoder.cache.size_tokens": budget.encoder.cache_size_tokens,
