@@ -113,6 +113,7 @@ class RenderedPrompt:
     engine_input: Any
     num_prompt_tokens: int
     tokens_by_modality: Mapping[str, int] = field(default_factory=dict)
+    source: AssembledPrompt | None = None  # to render again (see Engine.generate)
 
 
 def _summarize(llm: "AsyncLLM") -> ModelSummary:
@@ -217,7 +218,7 @@ class Engine:
         for modality, ranges in (engine_input.get("mm_placeholders") or {}).items():
             by_modality[modality] = sum(int(r.length) for r in ranges)
         by_modality["text"] = len(token_ids) - sum(by_modality.values())
-        rendered = RenderedPrompt(engine_input, len(token_ids), by_modality)
+        rendered = RenderedPrompt(engine_input, len(token_ids), by_modality, source=prompt)
         if rendered.num_prompt_tokens >= self.summary.max_model_len:
             detail = ", ".join(f"{k} {v}" for k, v in by_modality.items())
             raise OutOfRange(self._too_long_message(rendered.num_prompt_tokens, exact=True, detail=detail))
@@ -272,13 +273,28 @@ class Engine:
 
         rendered = prompt if isinstance(prompt, RenderedPrompt) else await self.render(prompt)
         try:
-            async for output in self.llm.generate(
-                rendered.engine_input,
-                sampling_params,
-                request_id,
-                trace_headers=dict(trace_headers) if trace_headers else None,
-            ):
-                yield output
+            for attempt in range(2):
+                produced = False
+                async for output in self.llm.generate(
+                    rendered.engine_input,
+                    sampling_params,
+                    request_id if attempt == 0 else f"{request_id}-retry",
+                    trace_headers=dict(trace_headers) if trace_headers else None,
+                ):
+                    completion = output.outputs[0]
+                    produced = produced or bool(completion.token_ids)
+                    if (output.finished and not produced and completion.finish_reason == "error"
+                            and attempt == 0 and rendered.source is not None and rendered.source.multi_modal_data):
+                        # vLLM's front-end media cache can believe the engine holds an item it
+                        # does not (e.g. after a rendered prompt was rejected and never sent);
+                        # the engine then fails the request before any token, vLLM drops the
+                        # stale entries, and the request must be retried with its data.
+                        log.warning("request %s: engine media cache miss; retrying once", request_id)
+                        rendered = await self.render(rendered.source)
+                        break
+                    yield output
+                else:
+                    return
         except EngineDeadError as exc:
             raise Unavailable(f"the inference engine has stopped ({exc}); the server must be restarted") from exc
         except EngineGenerateError as exc:
@@ -288,7 +304,8 @@ class Engine:
             raise self._translate_render_error(exc) from exc
 
     async def abort(self, request_id: str) -> None:
-        await self.llm.abort(request_id)
+        # Also the id of generate()'s one retry; aborting an unknown id is a no-op.
+        await self.llm.abort([request_id, f"{request_id}-retry"])
 
     def num_unfinished_requests(self) -> int:
         return self.llm.get_num_unfinished_requests()

@@ -219,6 +219,17 @@ async def test_chunk_protocol_violations(grpc_target, name):
     assert needle in err.value.details()
 
 
+async def test_a_rejected_prompt_does_not_poison_the_media_cache(client):
+    """A prompt rejected after vLLM processed its media (too long) must not break the next
+    request carrying the same media (vLLM's front-end cache then believes the engine has it)."""
+    image = Part.image(mf.make_png(640, 480, seed=77))  # 639 tokens
+    with pytest.raises(InferenceRpcError) as err:
+        await client.generate_text([image, image, image, Part.text("z" * 200)], sampling=SHORT)
+    assert err.value.code == grpc.StatusCode.OUT_OF_RANGE
+    result = await client.generate_text([image, Part.text("again")], sampling=SHORT)
+    assert result.usage.completion_tokens == SHORT.max_tokens
+
+
 async def test_server_keeps_serving_after_errors(client):
     for name in ("corrupt image", "bad sampling"):
         with pytest.raises(InferenceRpcError):
