@@ -107,8 +107,8 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         from service.profiling_servicer import ProfilingServicer
 
-        profiling = ProfilingServicer(engine, engine_args)
-        _wire_encoder_budget(profiling, service_metrics)
+        # The servicer also feeds the encoder-budget gauges of /metrics.
+        profiling = ProfilingServicer(engine, engine_args, metrics=service_metrics)
         server = await build_server(engine, settings, tracer_provider=provider, metrics=service_metrics,
                                     profiling_servicer=profiling)
         if settings.warmup:
@@ -130,12 +130,6 @@ async def _serve(args: argparse.Namespace) -> int:
         engine.shutdown()
         tracing.shutdown_tracing(provider)
         service_metrics.shutdown()
-
-
-def _wire_encoder_budget(profiling, service_metrics) -> None:
-    source = getattr(profiling, "encoder_budget_snapshot", None)
-    if source is not None:
-        service_metrics.set_encoder_budget_source(source)
 
 
 # ---------------------------------------------------------------------- generate
@@ -249,12 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.add_parser("serve", help=SERVE_HELP, add_help=False)  # parsed by build_serve_parser
     _add_generate(subparsers)
     _add_model(subparsers)
-    for module, name in (("service.profile_cli", "add_profile_subparser"), ("loadtest.cli", "add_loadtest_subparser")):
-        try:
-            add = getattr(__import__(module, fromlist=[name]), name)
-        except (ImportError, AttributeError):
-            continue  # optional tools not installed in this build
-        add(subparsers)
+    from loadtest.cli import add_loadtest_subparser
+    from service.profile_cli import add_profile_subparser
+
+    add_profile_subparser(subparsers)
+    add_loadtest_subparser(subparsers)
     return parser
 
 

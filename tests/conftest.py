@@ -76,10 +76,8 @@ async def server(engine):
 
 
 def _profiling_servicer(engine):
-    try:
-        from service.profiling_servicer import ProfilingServicer
-    except ImportError:  # pragma: no cover - during development only
-        return None
+    from service.profiling_servicer import ProfilingServicer
+
     return ProfilingServicer(engine, engine.engine_args)
 
 

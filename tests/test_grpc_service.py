@@ -189,34 +189,48 @@ def _chunk(i, data, last):
 
 END = pb.GenerateChunk(end=pb.End())
 PNG = mf.make_png(48, 48)
+# (messages, the client half-closes after them?, status, message fragment). Where a message
+# itself breaks the protocol it is the last one sent and the stream is then held open: a
+# client still writing after the server's verdict sees its own failed write instead.
 STREAM_ERRORS = {
-    "no header": ([_chunk(0, PNG, True), END], grpc.StatusCode.INVALID_ARGUMENT, "must be a header"),
-    "interleaved": ([_header(_image(b""), _image(b"")), _chunk(0, PNG[:10], False), _chunk(1, PNG, True)],
+    "no header": ([_chunk(0, PNG, True)], False, grpc.StatusCode.INVALID_ARGUMENT, "must be a header"),
+    "interleaved": ([_header(_image(b""), _image(b"")), _chunk(0, PNG[:10], False), _chunk(1, PNG, True)], False,
                     grpc.StatusCode.INVALID_ARGUMENT, "contiguously"),
-    "no end": ([_header(_image(b"")), _chunk(0, PNG, True)], grpc.StatusCode.INVALID_ARGUMENT, "without an End"),
-    "missing payload": ([_header(_image(b"")), END], grpc.StatusCode.INVALID_ARGUMENT, "no complete payload"),
-    "declared size": ([_header(_image(b""), sizes=[5]), _chunk(0, PNG, True), END],
+    "no end": ([_header(_image(b"")), _chunk(0, PNG, True)], True, grpc.StatusCode.INVALID_ARGUMENT,
+               "without an End"),
+    "missing payload": ([_header(_image(b"")), END], True, grpc.StatusCode.INVALID_ARGUMENT, "no complete payload"),
+    "declared size": ([_header(_image(b""), sizes=[5]), _chunk(0, PNG, True)], False,
                       grpc.StatusCode.INVALID_ARGUMENT, "declared 5 bytes"),
-    "two headers": ([_header(pb.ContentPart(text="x")), _header(pb.ContentPart(text="x"))],
+    "two headers": ([_header(pb.ContentPart(text="x")), _header(pb.ContentPart(text="x"))], False,
                     grpc.StatusCode.INVALID_ARGUMENT, "unexpected header"),
-    "over request bytes": ([_header(_image(b""))] + [_chunk(0, b"\0" * (3 << 20), False)] * 22,
+    # 22 x 3 MiB: the 22nd chunk crosses the test server's 64 MiB request limit.
+    "over request bytes": ([_header(_image(b""))] + [_chunk(0, b"\0" * (3 << 20), False)] * 22, False,
                            grpc.StatusCode.RESOURCE_EXHAUSTED, "limit of"),
 }
 
 
 @pytest.mark.parametrize("name", list(STREAM_ERRORS))
 async def test_chunk_protocol_violations(grpc_target, name):
-    messages, code, needle = STREAM_ERRORS[name]
+    messages, half_close, code, needle = STREAM_ERRORS[name]
 
     async def send():
         for m in messages:
             yield m
+        if not half_close:
+            await asyncio.Event().wait()  # cancelled when the call ends
 
     async with grpc.aio.insecure_channel(grpc_target, options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _collect(pb_grpc.InferenceStub(ch).StreamGenerate(send(), timeout=60))
     assert err.value.code() == code, err.value.details()
     assert needle in err.value.details()
+
+
+async def test_server_keeps_serving_after_errors(client):
+    for _ in range(3):
+        with pytest.raises(InferenceRpcError):
+            await client.generate_text([Part.image(b"junk")], sampling=SHORT)
+    assert (await client.generate_text("still here?", sampling=SHORT)).usage.completion_tokens == 6
 
 
 async def test_a_rejected_prompt_does_not_poison_the_media_cache(client):
@@ -228,13 +242,6 @@ async def test_a_rejected_prompt_does_not_poison_the_media_cache(client):
     assert err.value.code == grpc.StatusCode.OUT_OF_RANGE
     result = await client.generate_text([image, Part.text("again")], sampling=SHORT)
     assert result.usage.completion_tokens == SHORT.max_tokens
-
-
-async def test_server_keeps_serving_after_errors(client):
-    for name in ("corrupt image", "bad sampling"):
-        with pytest.raises(InferenceRpcError):
-            await client.generate_text([Part.image(b"junk")], sampling=SHORT)
-    assert (await client.generate_text("still here?", sampling=SHORT)).usage.completion_tokens == 6
 
 
 def _reflect(target: str) -> tuple[set[str], list[str]]:
@@ -250,7 +257,7 @@ def _reflect(target: str) -> tuple[set[str], list[str]]:
 async def test_reflection_lists_the_services(grpc_target):
     # The sync client blocks: run it off the event loop that serves it.
     services, methods = await asyncio.to_thread(_reflect, grpc_target)
-    assert {INFERENCE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {INFERENCE, PROFILING, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
     assert {"Generate", "StreamGenerate", "GetModelInfo"} <= set(methods)
 
 
