@@ -7,7 +7,12 @@ the point's ``LoadTestConfig`` and asks the load tester's own planner and worklo
 send them (warm-up first, then the measured requests, request ``index`` i being the i-th).
 The other sides convert those same ``GenerateRequest`` messages (:mod:`bench.convert`).
 Every point has its own seed, so no prompt repeats anywhere in a side's run and no
-server cache can serve one.
+server cache can serve one (vLLM keeps encoder outputs of finished requests for reuse, so
+a repeated image would skip the vision encoder).
+
+Each workload starts with an unmeasured warm-up point: the first requests with a new media
+shape run much slower (operator set-up inside the engine), and one warm-up request per
+level is not enough to absorb that.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ from loadtest.mix import Mix
 from loadtest.runner import plan_shard
 from loadtest.workload import PreparedRequest, prepare_workload
 
-__all__ = ["PLACEHOLDER_TARGET", "Point", "build_points", "loadtest_config"]
+__all__ = ["PLACEHOLDER_TARGET", "WARMUP_CONCURRENCY", "Point", "build_points", "loadtest_config"]
 
 # The load tester's config needs a target; the prompts do not depend on it.
 PLACEHOLDER_TARGET = "127.0.0.1:1"
+
+# The warm-up point of each workload: this many requests in flight, this many per kind.
+WARMUP_CONCURRENCY = 4
+_WARMUP_PER_KIND = 4
+_WARMUP_LEVEL = 99  # seed offset of the warm-up points
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class Point:
     config: LoadTestConfig  # what nanovl's side runs (with its real target)
     warmup: tuple[PreparedRequest, ...]  # sent one by one before the level, not measured
     measured: tuple[PreparedRequest, ...]  # request i has index i
+    warmup_only: bool = False  # run, then discarded
 
     @property
     def key(self) -> tuple[str, int]:
@@ -42,14 +53,19 @@ class Point:
 
 
 def loadtest_config(config: BenchConfig, workload: str, level_index: int) -> LoadTestConfig:
-    concurrency, requests = config.levels[level_index]
+    """The point's load-test config; ``level_index`` ``_WARMUP_LEVEL`` is the warm-up point."""
+    mix = Mix.parse(WORKLOADS[workload].mix)
+    if level_index == _WARMUP_LEVEL:
+        concurrency, requests = WARMUP_CONCURRENCY, _WARMUP_PER_KIND * len(mix.entries)
+    else:
+        concurrency, requests = config.levels[level_index]
     w, h = config.image_size
     vw, vh = config.video_size
     return LoadTestConfig(
         target=PLACEHOLDER_TARGET,
         concurrency=(concurrency,),
         requests=requests,
-        mix=Mix.parse(WORKLOADS[workload].mix),
+        mix=mix,
         image=ImageSpec(w, h, "jpeg"),
         video=VideoSpec(frames=config.video_frames, width=vw, height=vh, fps=config.video_fps, format="mp4"),
         audio=AudioSpec(seconds=config.audio_seconds, format="wav"),
@@ -77,13 +93,14 @@ def _point(config: BenchConfig, workload: str, level_index: int) -> Point:
     pool = prepare_workload(lt, plan.pool_sizes, seed_key=(plan.shard,))
     warmup = tuple(pool.take(k) for k in plan.warmup)
     measured = tuple(pool.take(k) for k in level.kinds)
-    return Point(workload, lt.concurrency[0], lt, warmup, measured)
+    return Point(workload, lt.concurrency[0], lt, warmup, measured, warmup_only=level_index == _WARMUP_LEVEL)
 
 
 def build_points(config: BenchConfig) -> tuple[Point, ...]:
-    """Every point of the run, workload-major (the order each side runs them)."""
+    """Every point of the run, workload-major (the order each side runs them), each
+    workload's warm-up point first."""
     return tuple(
-        _point(config, w, i) for w in config.workloads for i in range(len(config.levels))
+        _point(config, w, i) for w in config.workloads for i in (_WARMUP_LEVEL, *range(len(config.levels)))
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.config import SIDE_LABELS, WORKLOADS
+from bench.plan import WARMUP_CONCURRENCY
 from bench.plots import plot_bench
 from bench.results import BenchResult, PointResult, SideRun
 from bench.targets import TargetCheck, check_targets
@@ -97,7 +98,9 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         + f". Prompt text {c.prompt_words} random words; image {w}×{h} JPEG; video {c.video_frames} frames "
         f"{vw}×{vh} MP4 at {c.video_fps:g} fps (all frames sampled); audio {c.audio_seconds:g} s 16 kHz WAV. "
         f"Mean media bytes: {media or 'none'}.",
-        f"- Load: closed loop, {levels}; before every level one warm-up request per request kind, not measured. "
+        f"- Load: closed loop, {levels}. Not measured: each workload first runs a warm-up level (c={WARMUP_CONCURRENCY}, "
+        "4 requests per kind; the first requests with a new media shape run much slower while the engine sets up "
+        "its operators), and every level starts with one warm-up request per request kind. "
         f"Every request asks for {c.max_tokens} tokens with `ignore_eos` and temperature 0, so every side generates "
         "the same count.",
         "- Same requests everywhere: each point's prompts (random text and media, a fresh seed per point so no prompt "

@@ -72,7 +72,11 @@ async def _run_inprocess(points: Sequence[Point], checkpoint: str, config: Bench
 
 
 def _points(side: Side, outcomes: Sequence[PointOutcome]) -> tuple[PointResult, ...]:
-    return tuple(PointResult(side, o.workload, o.concurrency, o.level, o.error) for o in outcomes)
+    """The measured points (warm-up points are dropped; a failed one is logged)."""
+    for o in outcomes:
+        if o.warmup_only and (o.error or (o.level is not None and o.level.overall.failed)):
+            _log(f"{side}: warm-up of {o.workload} failed: {o.error or o.level.overall.errors}")  # type: ignore[union-attr]
+    return tuple(PointResult(side, o.workload, o.concurrency, o.level, o.error) for o in outcomes if not o.warmup_only)
 
 
 async def _measure(side: Side, points: Sequence[Point], port: int, checkpoint: str) -> list[PointOutcome]:
@@ -106,13 +110,15 @@ def _weakest_point(points: Sequence[Point], inprocess: SideRun | None, nanovl: S
     when there is nothing to compare)."""
     best: tuple[float, Point] | None = None
     for p, o in zip(points, nanovl, strict=True):
+        if p.warmup_only:
+            continue
         a = inprocess.point(p.workload, p.concurrency) if inprocess is not None else None
         if o.level is None or a is None or a.stats is None or not a.stats.output_tokens_per_s:
             continue
         ratio = o.level.overall.output_tokens_per_s / a.stats.output_tokens_per_s
         if best is None or ratio < best[0]:
             best = (ratio, p)
-    return best[1] if best is not None else points[-1]
+    return best[1] if best is not None else [p for p in points if not p.warmup_only][-1]
 
 
 async def _profile_nanovl(point: Point, pid: int, port: int, work: Path, out_path: Path) -> ProfileSummary:
@@ -151,7 +157,7 @@ async def _run_server_side(side: Side, points: Sequence[Point], checkpoint: str,
             startup_s = await server.wait_ready(_probe(side, port), STARTUP_TIMEOUT_S)
         except ServerFailed as e:
             return SideRun(side, server.command, None, (), str(e), load_before), None
-        _log(f"{side}: ready after {startup_s:.0f} s (pid {server.pid}); measuring {len(points)} points")
+        _log(f"{side}: ready after {startup_s:.0f} s (pid {server.pid}); running {len(points)} points")
         outcomes = await _measure(side, points, port, checkpoint)
         if server.proc is not None and server.proc.poll() is not None:
             return SideRun(side, server.command, startup_s, _points(side, outcomes),
@@ -211,7 +217,7 @@ async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], w
     profile = None
     for side in config.sides:
         side_points = [p for p in points if p.workload in config.workloads_for(side)]
-        _log(f"{side}: starting ({len(side_points)} points)")
+        _log(f"{side}: starting ({sum(not p.warmup_only for p in side_points)} points + warm-ups)")
         if side == "inprocess":
             run = await _run_inprocess(side_points, checkpoint, config, cpus, work)
         else:

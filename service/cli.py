@@ -257,7 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_serve_parser().parse_args(argv[1:])
     else:
         args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from model.checkpoint import CheckpointError
+    from service.errors import NanovlError
+
+    try:
+        return int(args.func(args) or 0)
+    except (NanovlError, CheckpointError) as exc:
+        # Operator mistakes (busy port, bad checkpoint, bad flag value): one clear line.
+        print(f"nanovl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.plan import Point
 from loadtest.results import LevelResult
 
 __all__ = ["PointOutcome"]
@@ -19,3 +20,8 @@ class PointOutcome:
     concurrency: int
     level: LevelResult | None
     error: str | None = None
+    warmup_only: bool = False
+
+    @staticmethod
+    def of(point: Point, level: LevelResult | None, error: str | None = None) -> PointOutcome:
+        return PointOutcome(point.workload, point.concurrency, level, error, point.warmup_only)

@@ -113,9 +113,9 @@ async def _run(points: Sequence[Point], checkpoint: str, settings: EngineSetting
             try:
                 level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency, kinds=p.config.mix.kinds)
             except WarmupFailed as e:
-                outcomes.append(PointOutcome(p.workload, p.concurrency, None, str(e)))
+                outcomes.append(PointOutcome.of(p, None, str(e)))
                 continue
-            outcomes.append(PointOutcome(p.workload, p.concurrency, level))
+            outcomes.append(PointOutcome.of(p, level))
         return InprocessRun(startup_s, tuple(outcomes))
     finally:
         engine.shutdown()

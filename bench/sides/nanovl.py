@@ -20,7 +20,7 @@ async def measure_nanovl(points: Sequence[Point], target: str) -> list[PointOutc
         try:
             result = await run_load_test_async(with_target(p, target))
         except NanovlError as e:
-            out.append(PointOutcome(p.workload, p.concurrency, None, f"{e.code.name}: {e}"))
+            out.append(PointOutcome.of(p, None, f"{e.code.name}: {e}"))
             continue
-        out.append(PointOutcome(p.workload, p.concurrency, result.levels[0]))
+        out.append(PointOutcome.of(p, result.levels[0]))
     return out

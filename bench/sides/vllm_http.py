@@ -73,7 +73,7 @@ async def measure_vllm_http(points: Sequence[Point], base_url: str) -> list[Poin
             try:
                 level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency, kinds=p.config.mix.kinds)
             except WarmupFailed as e:
-                out.append(PointOutcome(p.workload, p.concurrency, None, str(e)))
+                out.append(PointOutcome.of(p, None, str(e)))
                 continue
-            out.append(PointOutcome(p.workload, p.concurrency, level))
+            out.append(PointOutcome.of(p, level))
     return out
