@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from bench.cpu import CpuMeter
 from loadtest.config import LoadLevel
 from loadtest.results import LevelResult, RequestRecord
 from loadtest.stats import level_result
@@ -94,9 +95,11 @@ async def run_closed_loop(
     *,
     concurrency: int,
     kinds: Sequence[str],
+    meter: CpuMeter | None = None,
 ) -> LevelResult:
     """Warm-up requests one by one (not measured), then ``measured`` with ``concurrency``
-    requests in flight; the level's statistics with this process's CPU time."""
+    requests in flight; the level's statistics with this process's CPU time. ``meter``
+    runs over the measured requests only."""
     for j, item in enumerate(warmup):
         rec = await send(item, -1 - j)
         if not rec.ok:
@@ -108,7 +111,11 @@ async def run_closed_loop(
         while (taken := items.take()) is not None:
             records.append(await send(taken[1], taken[0]))
 
+    if meter is not None:
+        meter.start()
     cpu0 = time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu_s = time.process_time() - cpu0
+    if meter is not None:
+        meter.stop()
     return level_result(LoadLevel("concurrency", concurrency), records, kinds=kinds, cpu_s=cpu_s)

@@ -77,8 +77,9 @@ def _package(file: str) -> str:
     return Path(file).stem or file
 
 
-def summarize_speedscope(path: Path, top: int = 12) -> tuple[int, tuple[ProfileEntry, ...], tuple[ProfileEntry, ...]]:
-    """(samples, packages by inclusive share, functions by self share)."""
+def summarize_speedscope(path: Path, top: int = 12) -> tuple[float, tuple[ProfileEntry, ...], tuple[ProfileEntry, ...]]:
+    """(sampled seconds, packages by inclusive share, functions by self share). py-spy
+    weights each sample by its interval in seconds."""
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
     packages: Counter[str] = Counter()
@@ -94,9 +95,9 @@ def summarize_speedscope(path: Path, top: int = 12) -> tuple[int, tuple[ProfileE
             leaf = frames[stack[-1]]
             leaves[f"{leaf.get('name', '?')} ({_package(leaf.get('file', ''))})"] += weight
     if total == 0:
-        return 0, (), ()
+        return 0.0, (), ()
 
     def entries(counter: Counter[str]) -> tuple[ProfileEntry, ...]:
         return tuple(ProfileEntry(name, round(100.0 * w / total, 1)) for name, w in counter.most_common(top))
 
-    return int(total), entries(packages), entries(leaves)
+    return round(total, 2), entries(packages), entries(leaves)

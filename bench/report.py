@@ -113,9 +113,10 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         f"- Keeping the client from distorting the servers on 2 cores: the benchmark process is the client of (b), (c) "
         f"and (d); it is {pin}. Every request is built and serialised (protobuf, JSON with base64 media, token ids) "
         "before its level starts; one asyncio event loop sends them; no logging or display runs during a level. "
-        "With only 2 cores the client still shares a core with one of the engine's two OpenMP threads, so its CPU "
-        "time per level is reported (*client CPU*: seconds, and as a share of one core over the level's window). "
-        "For (a) that column is the whole frontend process (engine client + renderer + the benchmark's loop).",
+        "With only 2 cores the client still shares a core with one of the engine's two OpenMP threads, so the CPU "
+        "time of the client, of the server's frontend and engine processes, and of *every other process on the "
+        "machine* is measured over each level (psutil) and reported beside the results: a point where other "
+        "processes kept a core busy is a noisy point.",
         "",
     ]
 
@@ -126,9 +127,10 @@ def _table(result: BenchResult, workload: str) -> list[str]:
         f"### {workload}",
         "",
         "| c | side | output tok/s | ×(a) | req/s | ×(a) | TTFT p50 ms | ×(a) | TTFT p90 ms | ITL p50 ms | errors | "
-        "client CPU | prompt tokens ≠ (a) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "prompt tokens ≠ (a) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    cpu_rows: list[str] = []
     for conc, _ in result.config.levels:
         a = _stats(base_run.point(workload, conc) if base_run else None)
         for run in result.sides:
@@ -138,20 +140,35 @@ def _table(result: BenchResult, workload: str) -> list[str]:
             label = SIDE_LABELS[run.side]
             if p is None or p.level is None:
                 why = (p.error if p is not None else None) or (run.error.splitlines()[0] if run.error else "not run")
-                lines.append(f"| {conc} | {label} | – | | – | | – | | – | – | not run: {why[:80]} | | |")
+                lines.append(f"| {conc} | {label} | – | | – | | – | | – | – | not run: {why[:80]} | |")
                 continue
             g = p.level.overall
             ok = g.succeeded > 0
-            client = p.level.client
+            if p.cpu is not None and g.output_tokens:
+                u, per_tok = p.cpu, 1000.0 / g.output_tokens
+                client = "–" if run.side == "inprocess" else f"{u.client_s / u.window_s:.0%}"
+                cpu_rows.append(f"| {conc} | {label} | {u.frontend_s * per_tok * 1000:.2f} | {u.engine_s * per_tok * 1000:.2f} "
+                                f"| {client} | {u.other_cores:.2f} |")
             lines.append(
                 f"| {conc} | {label} | {g.output_tokens_per_s:.1f} | {_ratio(g.output_tokens_per_s, a.output_tokens_per_s if a else None)} "
                 f"| {g.requests_per_s:.2f} | {_ratio(g.requests_per_s, a.requests_per_s if a else None)} "
                 f"| {_ms(g.ttft.p50 if ok else None)} | {_ratio(g.ttft.p50, a.ttft.p50 if a else None)} "
                 f"| {_ms(g.ttft.p90 if ok else None)} | {_ms(g.itl.p50 if ok else None)} | {g.failed} "
-                f"| {client.cpu_s:.1f} s ({client.cpu_util:.0%}) "
                 f"| {'–' if p.prompt_mismatches is None else p.prompt_mismatches} |"
             )
     lines.append("")
+    if cpu_rows:
+        lines += [
+            f"CPU during the measured requests of {workload} (frontend: the server's own process — for (a) the "
+            "process holding `AsyncLLM` and the benchmark loop; engine: its vLLM engine-core and worker processes; "
+            "client: the benchmark process, as a share of one core; other: every other process on the machine, in "
+            "cores kept busy on average — the noise):",
+            "",
+            "| c | side | frontend CPU ms / output token | engine CPU ms / output token | client CPU | other processes (cores) |",
+            "|---:|---|---:|---:|---:|---:|",
+            *cpu_rows,
+            "",
+        ]
     return lines
 
 
@@ -212,8 +229,10 @@ def _profile(result: BenchResult) -> list[str]:
         "",
         f"Captured with py-spy (100 Hz, `--nonblocking`, idle threads excluded) on the nanovl server's frontend process "
         f"during an extra, unmeasured pass of **{prof.workload} c={prof.concurrency}** (the point furthest below "
-        f"in-process throughput), {prof.samples} samples; speedscope file `{prof.path}`. The engine core and worker "
-        "are separate processes, the same for every side, and are not in it.",
+        f"in-process throughput): {prof.busy_s:.1f} s of non-idle samples over all its threads; speedscope file "
+        f"`{prof.path}`. The engine core and worker are separate processes, the same for every side, and are not "
+        "in it. *Package on the stack*: share of busy samples with a frame of that package anywhere on the stack; "
+        "*innermost function*: share where it is the function running.",
         "",
     ]
     if prof.error:

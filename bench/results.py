@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import BenchConfig, Side
+from bench.cpu import CpuUsage
 from bench.machine import MachineInfo
 from loadtest.results import GroupStats, LevelResult
 
@@ -26,6 +27,7 @@ class PointResult:
     # How many measured requests' prompt token counts differ from side (a)'s for the
     # same request index (None: no comparison possible).
     prompt_mismatches: int | None = None
+    cpu: CpuUsage | None = None  # over the measured requests
 
     @property
     def stats(self) -> GroupStats | None:
@@ -61,7 +63,7 @@ class ProfileSummary:
 
     workload: str
     concurrency: int
-    samples: int
+    busy_s: float  # seconds of non-idle samples, all threads
     path: str  # the speedscope file
     by_package: tuple[ProfileEntry, ...]  # share of samples with a frame of the package on the stack
     by_function: tuple[ProfileEntry, ...]  # share of samples where the function is the leaf
@@ -120,6 +122,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
                 "concurrency": p.concurrency,
                 "error": p.error,
                 "prompt_mismatches": p.prompt_mismatches,
+                "cpu": dataclasses.asdict(p.cpu) if p.cpu is not None else None,
                 "level": _level_json(p.level) if p.level is not None else None,
             }
             for p in s.points

@@ -76,22 +76,23 @@ def _points(side: Side, outcomes: Sequence[PointOutcome]) -> tuple[PointResult, 
     for o in outcomes:
         if o.warmup_only and (o.error or (o.level is not None and o.level.overall.failed)):
             _log(f"{side}: warm-up of {o.workload} failed: {o.error or o.level.overall.errors}")  # type: ignore[union-attr]
-    return tuple(PointResult(side, o.workload, o.concurrency, o.level, o.error) for o in outcomes if not o.warmup_only)
+    return tuple(PointResult(side, o.workload, o.concurrency, o.level, o.error, cpu=o.cpu)
+                 for o in outcomes if not o.warmup_only)
 
 
-async def _measure(side: Side, points: Sequence[Point], port: int, checkpoint: str) -> list[PointOutcome]:
+async def _measure(side: Side, points: Sequence[Point], port: int, checkpoint: str, pid: int) -> list[PointOutcome]:
     target = f"127.0.0.1:{port}"
     if side == "nanovl":
         from bench.sides.nanovl import measure_nanovl
 
-        return await measure_nanovl(points, target)
+        return await measure_nanovl(points, target, pid)
     if side == "vllm-http":
         from bench.sides.vllm_http import measure_vllm_http
 
-        return await measure_vllm_http(points, f"http://{target}")
+        return await measure_vllm_http(points, f"http://{target}", pid)
     from bench.sides.vllm_grpc import measure_vllm_grpc
 
-    return await measure_vllm_grpc(points, target, checkpoint)
+    return await measure_vllm_grpc(points, target, checkpoint, pid)
 
 
 def _probe(side: Side, port: int):  # noqa: ANN202 - a zero-argument coroutine factory
@@ -134,12 +135,12 @@ async def _profile_nanovl(point: Point, pid: int, port: int, work: Path, out_pat
         await run_load_test_async(config)
     except Exception as e:
         spy.stop()
-        return ProfileSummary(point.workload, point.concurrency, 0, str(out_path), (), (), f"{type(e).__name__}: {e}")
+        return ProfileSummary(point.workload, point.concurrency, 0.0, str(out_path), (), (), f"{type(e).__name__}: {e}")
     try:
         await asyncio.to_thread(spy.stop)
         samples, packages, functions = summarize_speedscope(out_path)
     except Exception as e:
-        return ProfileSummary(point.workload, point.concurrency, 0, str(out_path), (), (), f"{type(e).__name__}: {e}")
+        return ProfileSummary(point.workload, point.concurrency, 0.0, str(out_path), (), (), f"{type(e).__name__}: {e}")
     return ProfileSummary(point.workload, point.concurrency, samples, str(out_path), packages, functions)
 
 
@@ -158,7 +159,8 @@ async def _run_server_side(side: Side, points: Sequence[Point], checkpoint: str,
         except ServerFailed as e:
             return SideRun(side, server.command, None, (), str(e), load_before), None
         _log(f"{side}: ready after {startup_s:.0f} s (pid {server.pid}); running {len(points)} points")
-        outcomes = await _measure(side, points, port, checkpoint)
+        assert server.pid is not None
+        outcomes = await _measure(side, points, port, checkpoint, server.pid)
         if server.proc is not None and server.proc.poll() is not None:
             return SideRun(side, server.command, startup_s, _points(side, outcomes),
                            f"the server exited during the run:\n{server.log_tail()}", load_before), None
@@ -258,7 +260,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workloads", type=lambda s: tuple(x for x in s.split(",") if x), help="subset of text,image,mixed")
     p.add_argument("--levels", type=_levels, help="CONCURRENCY:REQUESTS pairs, e.g. 1:8,8:32,32:64")
     p.add_argument("--max-tokens", type=int)
-    p.add_argument("--no-profile", action="store_true", help="skip the py-spy pass on the nanovl server")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                   help="py-spy the nanovl server during an extra pass of its weakest point (default: on, off with --quick)")
     p.add_argument("--out", type=Path, help="report directory (default: docs/ for a full run, .cache/bench/quick/ for --quick)")
     return p.parse_args(argv)
 
@@ -268,8 +271,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     for name in ("sides", "workloads", "levels", "max_tokens"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    if args.no_profile:
-        overrides["profile"] = False
+    if args.profile is not None:
+        overrides["profile"] = args.profile
     return BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.cpu import CpuUsage
 from bench.plan import Point
 from loadtest.results import LevelResult
 
@@ -21,7 +22,8 @@ class PointOutcome:
     level: LevelResult | None
     error: str | None = None
     warmup_only: bool = False
+    cpu: CpuUsage | None = None
 
     @staticmethod
-    def of(point: Point, level: LevelResult | None, error: str | None = None) -> PointOutcome:
-        return PointOutcome(point.workload, point.concurrency, level, error, point.warmup_only)
+    def of(point: Point, level: LevelResult | None, error: str | None = None, cpu: CpuUsage | None = None) -> PointOutcome:
+        return PointOutcome(point.workload, point.concurrency, level, error, point.warmup_only, cpu)

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.config import EngineSettings
 from bench.convert import inprocess_prompt
+from bench.cpu import own_meter
 from bench.loop import StreamClock, WarmupFailed, run_closed_loop
 from bench.plan import Point
 from bench.sides import PointOutcome
@@ -110,12 +111,14 @@ async def _run(points: Sequence[Point], checkpoint: str, settings: EngineSetting
         for p in points:
             warm = [prepare(r) for r in p.warmup]
             measured = [prepare(r) for r in p.measured]
+            meter = own_meter()
             try:
-                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency, kinds=p.config.mix.kinds)
+                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
+                                              kinds=p.config.mix.kinds, meter=meter)
             except WarmupFailed as e:
                 outcomes.append(PointOutcome.of(p, None, str(e)))
                 continue
-            outcomes.append(PointOutcome.of(p, level))
+            outcomes.append(PointOutcome.of(p, level, cpu=meter.usage))
         return InprocessRun(startup_s, tuple(outcomes))
     finally:
         engine.shutdown()

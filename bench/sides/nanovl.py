@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
+from bench.cpu import CpuMeter
 from bench.plan import Point, with_target
 from bench.sides import PointOutcome
+from loadtest.config import LoadLevel
+from loadtest.results import LevelResult, RequestRecord
 from loadtest.runner import run_load_test_async
 from service.errors import NanovlError
 
 __all__ = ["measure_nanovl"]
 
 
-async def measure_nanovl(points: Sequence[Point], target: str) -> list[PointOutcome]:
+class _MeterAroundLevel:
+    """A load-test progress listener that runs a CPU meter over the level (after the
+    load tester's warm-up requests, like the other sides)."""
+
+    def __init__(self, meter: CpuMeter) -> None:
+        self.meter = meter
+
+    def phase(self, text: str, total: int | None = None) -> None:
+        pass
+
+    def phase_advance(self) -> None:
+        pass
+
+    def level_started(self, level: LoadLevel, requests: int | None, duration_s: float | None) -> None:
+        self.meter.start()
+
+    def request_finished(self, record: RequestRecord) -> None:
+        pass
+
+    def level_finished(self, result: LevelResult) -> None:
+        self.meter.stop()
+
+
+async def measure_nanovl(points: Sequence[Point], target: str, server_pid: int) -> list[PointOutcome]:
     """One load-test run per point: its warm-up (one request per kind), then the level.
     The load tester prepares the very prompts :mod:`bench.plan` replicated for the others."""
     out = []
     for p in points:
+        meter = CpuMeter(server_pid, os.getpid())
         try:
-            result = await run_load_test_async(with_target(p, target))
+            result = await run_load_test_async(with_target(p, target), progress=_MeterAroundLevel(meter))
         except NanovlError as e:
             out.append(PointOutcome.of(p, None, f"{e.code.name}: {e}"))
             continue
-        out.append(PointOutcome.of(p, result.levels[0]))
+        out.append(PointOutcome.of(p, result.levels[0], cpu=meter.usage))
     return out

@@ -6,6 +6,7 @@ the chat and tokenizes it before timing; only text requests can be sent this way
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from bench.cpu import CpuMeter
 from bench.convert import rendered_chat_text, vllm_grpc_request
 from bench.loop import StreamClock, WarmupFailed, run_closed_loop
 from bench.plan import Point
@@ -49,7 +51,7 @@ async def _send(stub: Any, item: _GrpcRequest, index: int) -> RequestRecord:
     return clock.record(index, item.kind, prompt_tokens=prompt_tokens)
 
 
-async def measure_vllm_grpc(points: Sequence[Point], target: str, checkpoint: str) -> list[PointOutcome]:
+async def measure_vllm_grpc(points: Sequence[Point], target: str, checkpoint: str, server_pid: int) -> list[PointOutcome]:
     from smg_grpc_proto import vllm_engine_pb2_grpc
     from transformers import AutoTokenizer
 
@@ -73,10 +75,12 @@ async def measure_vllm_grpc(points: Sequence[Point], target: str, checkpoint: st
         for p in points:
             warm = [convert(r) for r in p.warmup]
             measured = [convert(r) for r in p.measured]
+            meter = CpuMeter(server_pid, os.getpid())
             try:
-                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency, kinds=p.config.mix.kinds)
+                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
+                                              kinds=p.config.mix.kinds, meter=meter)
             except WarmupFailed as e:
                 out.append(PointOutcome.of(p, None, str(e)))
                 continue
-            out.append(PointOutcome.of(p, level))
+            out.append(PointOutcome.of(p, level, cpu=meter.usage))
     return out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
+from bench.cpu import CpuMeter
 from bench.convert import openai_body
 from bench.loop import StreamClock, WarmupFailed, run_closed_loop
 from bench.plan import Point
@@ -57,7 +59,7 @@ async def _send(session: aiohttp.ClientSession, url: str, item: _HttpRequest, in
     return clock.record(index, item.kind, prompt_tokens=prompt_tokens)
 
 
-async def measure_vllm_http(points: Sequence[Point], base_url: str) -> list[PointOutcome]:
+async def measure_vllm_http(points: Sequence[Point], base_url: str, server_pid: int) -> list[PointOutcome]:
     model = await served_model(base_url)
     url = f"{base_url}/v1/chat/completions"
     # No connection cap (aiohttp's default is 100) and no total timeout but a generous one.
@@ -70,10 +72,12 @@ async def measure_vllm_http(points: Sequence[Point], base_url: str) -> list[Poin
         for p in points:
             warm = [_HttpRequest(r.kind, openai_body(r.request, model)) for r in p.warmup]
             measured = [_HttpRequest(r.kind, openai_body(r.request, model)) for r in p.measured]
+            meter = CpuMeter(server_pid, os.getpid())
             try:
-                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency, kinds=p.config.mix.kinds)
+                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
+                                              kinds=p.config.mix.kinds, meter=meter)
             except WarmupFailed as e:
                 out.append(PointOutcome.of(p, None, str(e)))
                 continue
-            out.append(PointOutcome.of(p, level))
+            out.append(PointOutcome.of(p, level, cpu=meter.usage))
     return out
