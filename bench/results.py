@@ -80,6 +80,8 @@ class BenchResult:
     load_end: tuple[float, float, float]
     checkpoint: str
     engine_flags: tuple[str, ...]
+    # Fields the in-process args take from vLLM's CLI parser defaults, to equal the servers'.
+    inprocess_extra: tuple[tuple[str, str], ...]
     media: tuple[tuple[str, float], ...]  # (kind, mean media bytes) of the measured requests
     sides: tuple[SideRun, ...]
     profile: ProfileSummary | None = None

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.config import ALL_SIDES, BenchConfig, Side
 from bench.machine import collect_machine, load_average
@@ -46,13 +47,13 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------- sides
 
 
-async def _run_inprocess(points: Sequence[Point], checkpoint: str, config: BenchConfig, cpus: Sequence[int],
+async def _run_inprocess(points: Sequence[Point], checkpoint: str, overrides: dict[str, Any], cpus: Sequence[int],
                          work: Path) -> SideRun:
     from bench.sides.inprocess import InprocessJob, InprocessRun
 
     job_path, out_path = work / "inprocess-job.pkl", work / "inprocess-out.pkl"
     out_path.unlink(missing_ok=True)
-    job_path.write_bytes(pickle.dumps(InprocessJob(tuple(points), checkpoint, config.engine)))
+    job_path.write_bytes(pickle.dumps(InprocessJob(tuple(points), checkpoint, overrides)))
     child = ServerProcess("inprocess", ["-m", "bench.sides.inprocess", str(job_path), str(out_path)],
                           work / "logs" / "inprocess.log")
     load_before = load_average()
@@ -209,7 +210,8 @@ def _media_summary(points: Sequence[Point]) -> tuple[tuple[str, float], ...]:
 # ----------------------------------------------------------------------------- main
 
 
-async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], work: Path) -> BenchResult:
+async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], work: Path,
+                    inprocess_args: dict[str, Any]) -> BenchResult:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     load_start = load_average()
@@ -221,7 +223,7 @@ async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], w
         side_points = [p for p in points if p.workload in config.workloads_for(side)]
         _log(f"{side}: starting ({sum(not p.warmup_only for p in side_points)} points + warm-ups)")
         if side == "inprocess":
-            run = await _run_inprocess(side_points, checkpoint, config, cpus, work)
+            run = await _run_inprocess(side_points, checkpoint, inprocess_args, cpus, work)
         else:
             inprocess = next((r for r in runs if r.side == "inprocess"), None)
             run, side_profile = await _run_server_side(side, side_points, checkpoint, config, cpus, work, inprocess)
@@ -239,6 +241,7 @@ async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], w
         load_end=load_average(),
         checkpoint=checkpoint,
         engine_flags=tuple(config.engine.cli_flags()),
+        inprocess_extra=tuple(sorted((k, repr(v)) for k, v in inprocess_args.items() if k not in config.engine.overrides())),
         media=_media_summary(points),
         sides=tuple(_with_prompt_checks(runs)),
         profile=profile,
@@ -263,6 +266,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="py-spy the nanovl server during an extra pass of its weakest point (default: on, off with --quick)")
     p.add_argument("--out", type=Path, help="report directory (default: docs/ for a full run, .cache/bench/quick/ for --quick)")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: rewrite the report, plots and JSON from the last run's saved results")
     return p.parse_args(argv)
 
 
@@ -286,17 +291,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(args)
 
     from bench.report import write_report
-    from bench.servers import check_flags
+    from bench.servers import inprocess_overrides
     from model.tiny import cache_root, ensure_tiny_checkpoint
     from service.engine import apply_process_environment
 
-    apply_process_environment(cache_root())
-    checkpoint = str(ensure_tiny_checkpoint())
-    check_flags(config.engine, checkpoint)
     work = cache_root() / "bench" / ("quick" if config.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or (work if config.quick else REPO_ROOT / "docs")
-    result = asyncio.run(run_bench(config, checkpoint, cpus, work))
+    saved = work / "result.pkl"
+    if args.report_only:
+        if not saved.exists():
+            _log(f"no saved results at {saved}: run the benchmark first")
+            return 2
+        result: BenchResult = pickle.loads(saved.read_bytes())
+    else:
+        apply_process_environment(cache_root())
+        checkpoint = str(ensure_tiny_checkpoint())
+        overrides = inprocess_overrides(config.engine, checkpoint)
+        result = asyncio.run(run_bench(config, checkpoint, cpus, work, overrides))
+        saved.write_bytes(pickle.dumps(result))
     doc = write_report(result, out / "benchmarks.md", out / "benchmarks", client_cpu=cpus[-1] if len(cpus) > 1 else None)
     write_json(result, out / "benchmarks" / "results.json")
     _log(f"wrote {doc}")

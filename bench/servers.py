@@ -24,13 +24,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.config import EngineSettings, Side
 
 __all__ = [
     "ServerFailed",
     "ServerProcess",
-    "check_flags",
+    "inprocess_overrides",
     "free_port",
     "server_argv",
 ]
@@ -68,9 +69,15 @@ def server_argv(side: Side, *, checkpoint: str, port: int, engine: EngineSetting
     ]
 
 
-def check_flags(engine: EngineSettings, checkpoint: str) -> None:
-    """Parse the servers' engine flags with vLLM's own parser and compare every field with
-    the in-process side's ``AsyncEngineArgs``: the sides must run the same engine."""
+def inprocess_overrides(engine: EngineSettings, checkpoint: str) -> dict[str, Any]:
+    """The ``default_engine_args`` overrides that give the in-process side exactly the
+    ``AsyncEngineArgs`` the servers get from their flags.
+
+    The servers' flags are parsed with vLLM's own parser; the CLI path has a few defaults
+    of its own (vLLM 0.32: ``mm_device_do_normalize=None`` where the dataclass says True),
+    so every field that still differs is carried over, and then all fields must match."""
+    import dataclasses
+
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -78,14 +85,15 @@ def check_flags(engine: EngineSettings, checkpoint: str) -> None:
 
     parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
     parsed = AsyncEngineArgs.from_cli_args(parser.parse_args(["--model", checkpoint, *engine.cli_flags()]))
-    inproc = default_engine_args(checkpoint, **engine.overrides())
-    diffs = [
-        f"{name}: flags give {getattr(parsed, name)!r}, in-process {getattr(inproc, name)!r}"
-        for name in engine.engine_kwargs()
-        if getattr(parsed, name) != getattr(inproc, name)
-    ]
+    overrides = engine.overrides()
+    inproc = default_engine_args(checkpoint, **overrides)
+    names = [f.name for f in dataclasses.fields(AsyncEngineArgs)]
+    overrides.update({n: getattr(parsed, n) for n in names if getattr(parsed, n) != getattr(inproc, n)})
+    inproc = default_engine_args(checkpoint, **overrides)
+    diffs = [n for n in names if getattr(parsed, n) != getattr(inproc, n)]
     if diffs:
-        raise RuntimeError("the servers' engine flags differ from the in-process engine args: " + "; ".join(diffs))
+        raise RuntimeError(f"the in-process engine args cannot be made equal to the servers' flags: {diffs}")
+    return overrides
 
 
 @dataclass

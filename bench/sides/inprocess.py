@@ -3,8 +3,9 @@
 Runs as a child process of its own (``python -m bench.sides.inprocess IN OUT``: started
 like the servers, with every CPU and its output in a log file; the points come in, and
 the results go out, as pickles), with nanovl's ``Engine`` wrapper over ``AsyncLLM``, built from nanovl's
-``default_engine_args`` with the benchmark's engine settings and warmed up exactly as
-``nanovl serve`` does. Media are decoded and the chat rendered before timing (with
+``default_engine_args`` with overrides that make its ``AsyncEngineArgs`` equal, field by
+field, to what the servers parse from their flags, and warmed up exactly as ``nanovl
+serve`` does. Media are decoded and the chat rendered before timing (with
 nanovl's own code, so the engine gets the prompt the server would give it); the timed part
 is vLLM's renderer (tokenizer + multimodal processor) and generation.
 """
@@ -20,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.config import EngineSettings
 from bench.convert import inprocess_prompt
 from bench.cpu import own_meter
 from bench.loop import StreamClock, WarmupFailed, run_closed_loop
@@ -50,13 +50,13 @@ class _Prepared:
 class InprocessJob:
     points: tuple[Point, ...]
     checkpoint: str
-    engine: EngineSettings
+    engine_overrides: dict[str, Any]  # for default_engine_args (bench.servers.inprocess_overrides)
 
 
 def run_inprocess(job: InprocessJob) -> InprocessRun:
     """Start the engine, measure every point, stop (blocking)."""
     try:
-        return asyncio.run(_run(job.points, job.checkpoint, job.engine))
+        return asyncio.run(_run(job.points, job.checkpoint, job.engine_overrides))
     except Exception as e:  # reported, not raised: the other sides still run
         return InprocessRun(None, (), f"{type(e).__name__}: {e}")
 
@@ -82,14 +82,14 @@ async def _send(engine: Any, item: _Prepared, index: int) -> RequestRecord:
     return clock.record(index, item.kind, prompt_tokens=rendered.num_prompt_tokens)
 
 
-async def _run(points: Sequence[Point], checkpoint: str, settings: EngineSettings) -> InprocessRun:
+async def _run(points: Sequence[Point], checkpoint: str, overrides: dict[str, Any]) -> InprocessRun:
     from model.prompt import ChatRenderer
     from service.engine import Engine, default_engine_args
     from service.sampling import to_sampling_params
     from service.settings import ServerSettings
 
     t0 = time.perf_counter()
-    engine = await Engine.start(default_engine_args(checkpoint, **settings.overrides()), warmup=True)
+    engine = await Engine.start(default_engine_args(checkpoint, **overrides), warmup=True)
     startup_s = time.perf_counter() - t0
     try:
         renderer = ChatRenderer(checkpoint)
