@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from service import event_loop
+
 WORKLOADS = ("text", "image", "video", "audio", "mixed")
 
 
@@ -163,7 +165,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/per_modality.json"))
     a = parser.parse_args()
-    res = asyncio.run(main(a))
+    res = event_loop.run(main(a))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))
     print(render(res))

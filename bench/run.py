@@ -32,6 +32,7 @@ from bench.plan import Point, build_points, with_target
 from bench.results import BenchResult, PointResult, ProfileSummary, SideRun, write_json
 from bench.servers import REPO_ROOT, ServerFailed, ServerProcess, free_port, grpc_health_ready, http_ready, server_argv
 from bench.sides import PointOutcome
+from service import event_loop
 
 __all__ = ["main", "parse_args", "run_bench"]
 
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_process_environment(cache_root())
         checkpoint = str(ensure_tiny_checkpoint())
         overrides = inprocess_overrides(config.engine, checkpoint)
-        result = asyncio.run(run_bench(config, checkpoint, cpus, work, overrides))
+        result = event_loop.run(run_bench(config, checkpoint, cpus, work, overrides))
         saved.write_bytes(pickle.dumps(result))
     doc = write_report(result, out / "benchmarks.md", out / "benchmarks", client_cpu=cpus[-1] if len(cpus) > 1 else None)
     write_json(result, out / "benchmarks" / "results.json")

@@ -17,6 +17,8 @@ import multiprocessing as mp
 import statistics
 from pathlib import Path
 
+from service import event_loop
+
 
 def _receiver(queue, stop) -> None:
     from tests.otlp_receiver import OtlpReceiver
@@ -93,7 +95,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/tracing_overhead.json"))
     a = parser.parse_args()
-    res = asyncio.run(main(a))
+    res = event_loop.run(main(a))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))

@@ -113,6 +113,7 @@ REQUEST_COLUMNS = [
     "deltas",
     "server_ttft_s",
     "server_queue_s",
+    "server_decode_s",
     "error_code",
     "error_message",
 ]
@@ -161,6 +162,7 @@ def _request_row(level: LevelResult, r: RequestRecord) -> list[object]:
         r.deltas,
         r.server_ttft_s,
         r.server_queue_s,
+        r.server_decode_s,
         r.error_code,
         r.error_message,
     ]

@@ -55,6 +55,7 @@ class RequestRecord:
     error_message: str | None = None
     server_ttft_s: float | None = None  # Final.timings, for client-vs-server overhead
     server_queue_s: float | None = None
+    server_decode_s: float | None = None  # Final.timings.decode_media_s
     # Per-token ITL samples (see module doc). Large: kept in memory, not written to JSON.
     itl_s: tuple[float, ...] = field(default=(), repr=False)
 

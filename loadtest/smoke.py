@@ -87,7 +87,7 @@ async def run_smoke_async(config: LoadTestConfig, out_dir: str | Path) -> SmokeO
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import asyncio
+    from service import event_loop
 
     p = argparse.ArgumentParser(prog="python -m loadtest.smoke", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--target", required=True, metavar="HOST:PORT")
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     config = smoke_config(args.target, chunked=args.chunked, connect_timeout_s=args.connect_timeout)
     try:
-        outcome = asyncio.run(run_smoke_async(config, args.out))
+        outcome = event_loop.run(run_smoke_async(config, args.out))
     except NanovlError as e:
         print(f"smoke: could not run: {e} ({e.code.name})", file=sys.stderr)
         return 2

@@ -44,10 +44,10 @@ class CheckpointInfo:
     llm_hidden_size: int
 
 
-def _require(node: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+def _require(node: dict[str, Any], keys: tuple[str, ...], where: str, config_file: Path) -> None:
     for key in keys:
         if key not in node:
-            raise CheckpointError(f"config.json is missing required field {where}{key}")
+            raise CheckpointError(f"{config_file} is missing required field {where}{key}")
 
 
 def validate_checkpoint(path: str | Path) -> CheckpointInfo:
@@ -61,26 +61,26 @@ def validate_checkpoint(path: str | Path) -> CheckpointInfo:
         raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from exc
     architectures = cfg.get("architectures") or []
     if MODEL_TYPE not in architectures:
-        raise CheckpointError(f"config.json architectures is {architectures}; nanovl serves {MODEL_TYPE} checkpoints")
-    _require(cfg, REQUIRED_TOP, "")
+        raise CheckpointError(f"{config_file}: architectures is {architectures}; nanovl serves {MODEL_TYPE} checkpoints")
+    _require(cfg, REQUIRED_TOP, "", config_file)
     text = cfg["text_config"]
-    _require(text, REQUIRED_TEXT, "text_config.")
+    _require(text, REQUIRED_TEXT, "text_config.", config_file)
     for options in REQUIRED_TEXT_ONE_OF:
         if not any(k in text for k in options):
-            raise CheckpointError(f"config.json is missing required field text_config.{options[0]} "
+            raise CheckpointError(f"{config_file} is missing required field text_config.{options[0]} "
                                   f"(or text_config.{options[1]})")
     vision = cfg["vision_config"]
-    _require(vision, REQUIRED_VISION, "vision_config.")
-    _require(vision["args"], REQUIRED_VISION_ARGS, "vision_config.args.")
+    _require(vision, REQUIRED_VISION, "vision_config.", config_file)
+    _require(vision["args"], REQUIRED_VISION_ARGS, "vision_config.args.", config_file)
     if "sound_config" not in cfg:
-        raise CheckpointError("config.json is missing required field sound_config "
+        raise CheckpointError(f"{config_file} is missing required field sound_config "
                               "(set it to null for a checkpoint without audio)")
     sound = cfg["sound_config"]
     if sound is not None:
-        _require(sound, REQUIRED_SOUND, "sound_config.")
+        _require(sound, REQUIRED_SOUND, "sound_config.", config_file)
         for key in SOUND_KEYS_OWNED_BY_VLLM:
             if key in sound:
-                raise CheckpointError(f"config.json must not set sound_config.{key}: vLLM sets it itself "
+                raise CheckpointError(f"{config_file} must not set sound_config.{key}: vLLM sets it itself "
                                       "and a second value breaks engine start-up; remove the field")
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(f"{path} has no *.safetensors weights")

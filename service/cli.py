@@ -27,6 +27,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     from profiling import logs, metrics, tracing
+    from service.event_loop import EVENT_LOOPS
     from service.settings import ServerSettings
 
     p = FlexibleArgumentParser(
@@ -48,6 +49,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens)
     g.add_argument("--drain-grace-s", type=float, default=d.drain_grace_s)
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
+    g.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                   help="auto: uvloop when installed (less CPU per streamed token), else asyncio")
     g.add_argument("--tiny-variant", default="full", choices=("full", "no-audio", "dynamic"),
                    help="which embedded tiny checkpoint to serve when --model is not given")
     tracing.add_cli_args(p)
@@ -57,7 +60,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
     from service.engine import CPU_ENGINE_DEFAULTS, on_cpu
 
     # As parser defaults, so any flag the operator passes still wins.
-    p.set_defaults(model=None, func=_serve_main, trust_remote_code=True,
+    p.set_defaults(model=None, func=_serve_main, command="serve", trust_remote_code=True,
                    worker_extension_cls="profiling.worker_extension.NanovlWorkerExtension",
                    **(CPU_ENGINE_DEFAULTS if on_cpu() else {}))
     return p
@@ -66,8 +69,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
 def _serve_main(args: argparse.Namespace) -> int:
     from profiling import logs
 
+    from service import event_loop
+
     logs.setup_logging(logs.LoggingSettings.from_args(args))
-    return asyncio.run(_serve(args))
+    log.info("event loop: %s", event_loop.resolve(args.event_loop))
+    return event_loop.run(_serve(args), loop=args.event_loop)
 
 
 async def _serve(args: argparse.Namespace) -> int:

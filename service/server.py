@@ -87,6 +87,22 @@ class NanovlServer:
         self.inference.close()
 
 
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # A stream can be silent for long stretches: queued behind max_num_seqs, a long
+        # video prefill, a client pausing its upload. gRPC Core's defaults count every
+        # client keepalive PING in such a stretch as a strike and, after two, send
+        # GOAWAY(too_many_pings), failing every call on that connection. Accept pings
+        # (as vLLM's own gRPC server does) instead of killing accepted requests.
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
 async def build_server(
     engine: Engine,
     settings: ServerSettings,
@@ -96,14 +112,7 @@ async def build_server(
     profiling_servicer: profiling_pb2_grpc.ProfilingServicer | None = None,
 ) -> NanovlServer:
     """Build and start listening (readiness NOT_SERVING until ``mark_serving``)."""
-    server = grpc.aio.server(
-        interceptors=server_interceptors(tracer_provider),
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    server = grpc.aio.server(interceptors=server_interceptors(tracer_provider), options=server_options(settings))
     lifecycle = Lifecycle()
     health_servicer = health.aio.HealthServicer()
     try:

@@ -226,6 +226,25 @@ async def test_chunk_protocol_violations(grpc_target, name):
     assert needle in err.value.details()
 
 
+async def test_client_keepalive_pings_while_the_server_is_silent_do_not_kill_the_call(grpc_target):
+    """A client with aggressive keepalive pings through a stretch where the server writes
+    nothing (here: it pauses its upload; in production: a queue wait or a long prefill).
+    With gRPC Core's default server policy the pings earn GOAWAY(too_many_pings) and the
+    call fails; the server's options must let it complete."""
+    keepalive = [("grpc.keepalive_time_ms", 100), ("grpc.keepalive_timeout_ms", 10_000),
+                 ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+
+    async def send():
+        yield _header(_image(b""))
+        await asyncio.sleep(5.0)  # gRPC Core's default policy sends GOAWAY after about 3 s of this
+        yield _chunk(0, PNG, True)
+        yield END
+
+    async with grpc.aio.insecure_channel(grpc_target, options=keepalive) as ch:
+        responses = await _collect(pb_grpc.InferenceStub(ch).StreamGenerate(send(), timeout=60))
+    assert responses[-1].final.usage.completion_tokens == 2
+
+
 async def test_server_keeps_serving_after_errors(client):
     for _ in range(3):
         with pytest.raises(InferenceRpcError):

@@ -12,7 +12,6 @@ is vLLM's renderer (tokenizer + multimodal processor) and generation.
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import sys
 import time
@@ -27,6 +26,7 @@ from bench.loop import StreamClock, WarmupFailed, run_closed_loop
 from bench.plan import Point
 from bench.sides import PointOutcome
 from loadtest.results import RequestRecord
+from service import event_loop
 from service.errors import NanovlError
 
 __all__ = ["InprocessJob", "InprocessRun", "main", "run_inprocess"]
@@ -56,7 +56,9 @@ class InprocessJob:
 def run_inprocess(job: InprocessJob) -> InprocessRun:
     """Start the engine, measure every point, stop (blocking)."""
     try:
-        return asyncio.run(_run(job.points, job.checkpoint, job.engine_overrides))
+        # The same event loop as `nanovl serve` and vLLM's servers (uvloop): the limit
+        # for a frontend is measured with the best loop any of them uses.
+        return event_loop.run(_run(job.points, job.checkpoint, job.engine_overrides))
     except Exception as e:  # reported, not raised: the other sides still run
         return InprocessRun(None, (), f"{type(e).__name__}: {e}")
 
