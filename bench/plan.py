@@ -46,13 +46,14 @@ class Point:
     warmup: tuple[PreparedRequest, ...]  # sent one by one before the level, not measured
     measured: tuple[PreparedRequest, ...]  # request i has index i
     warmup_only: bool = False  # run, then discarded
+    pass_index: int = 0  # which of BenchConfig.passes (fresh prompts each)
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.workload, self.concurrency)
 
 
-def loadtest_config(config: BenchConfig, workload: str, level_index: int) -> LoadTestConfig:
+def loadtest_config(config: BenchConfig, workload: str, level_index: int, pass_index: int = 0) -> LoadTestConfig:
     """The point's load-test config; ``level_index`` ``_WARMUP_LEVEL`` is the warm-up point."""
     mix = Mix.parse(WORKLOADS[workload].mix)
     if level_index == _WARMUP_LEVEL:
@@ -78,14 +79,14 @@ def loadtest_config(config: BenchConfig, workload: str, level_index: int) -> Loa
         temperature=0.0,
         timeout_s=600.0,
         connect_timeout_s=120.0,
-        # One seed per point: prompts never repeat across points.
-        seed=config.seed + 1000 * list(WORKLOADS).index(workload) + level_index,
-        name=f"bench {workload} c={concurrency}",
+        # One seed per point and pass: prompts never repeat across points or passes.
+        seed=config.seed + 1000 * list(WORKLOADS).index(workload) + level_index + 100_000 * pass_index,
+        name=f"bench {workload} c={concurrency}" + (f" pass {pass_index + 1}" if pass_index else ""),
     )
 
 
-def _point(config: BenchConfig, workload: str, level_index: int) -> Point:
-    lt = loadtest_config(config, workload, level_index)
+def _point(config: BenchConfig, workload: str, level_index: int, pass_index: int = 0) -> Point:
+    lt = loadtest_config(config, workload, level_index, pass_index)
     plan = plan_shard(lt)
     (level,) = plan.levels
     assert level.kinds is not None  # counted levels only
@@ -93,15 +94,20 @@ def _point(config: BenchConfig, workload: str, level_index: int) -> Point:
     pool = prepare_workload(lt, plan.pool_sizes, seed_key=(plan.shard,))
     warmup = tuple(pool.take(k) for k in plan.warmup)
     measured = tuple(pool.take(k) for k in level.kinds)
-    return Point(workload, lt.concurrency[0], lt, warmup, measured, warmup_only=level_index == _WARMUP_LEVEL)
+    return Point(workload, lt.concurrency[0], lt, warmup, measured, warmup_only=level_index == _WARMUP_LEVEL,
+                 pass_index=pass_index)
 
 
 def build_points(config: BenchConfig) -> tuple[Point, ...]:
     """Every point of the run, workload-major (the order each side runs them), each
-    workload's warm-up point first."""
-    return tuple(
-        _point(config, w, i) for w in config.workloads for i in (_WARMUP_LEVEL, *range(len(config.levels)))
-    )
+    workload's warm-up point first, then its levels once per pass (c=1, 8, 32, c=1, 8, 32,
+    ...: a pass's repeat comes minutes later, not straight after, so one burst of
+    interference does not spoil both)."""
+    points = []
+    for w in config.workloads:
+        points.append(_point(config, w, _WARMUP_LEVEL))
+        points += [_point(config, w, i, k) for k in range(config.passes) for i in range(len(config.levels))]
+    return tuple(points)
 
 
 def with_target(point: Point, target: str) -> LoadTestConfig:

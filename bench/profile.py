@@ -70,6 +70,8 @@ def _package(file: str) -> str:
         return rest.split("/", 1)[0].removesuffix(".py")
     if "/lib/python" in file:
         return "stdlib:" + Path(file).stem
+    if "torchinductor" in file:  # code torch.compile generated (file named by a hash)
+        return "torch (compiled)"
     parts = Path(file).parts
     for top in ("service", "model", "profiling", "loadtest", "bench", "nanovl"):
         if top in parts:

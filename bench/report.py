@@ -113,10 +113,16 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "its operators), and every level starts with one warm-up request per request kind. "
         f"Every request asks for {c.max_tokens} tokens with `ignore_eos` and temperature 0, so every side generates "
         "the same count.",
-        "- Same requests everywhere: each point's prompts (random text and media, a fresh seed per point so no prompt "
+        f"- Passes: every level is measured {c.passes} time(s), each with fresh prompts, the passes interleaved "
+        "(all levels once, then all again), so that a burst of interference from other processes spoils one pass, "
+        "not all. The tables show the pass with the highest throughput (interference only ever slows a pass down) "
+        "and, in *tok/s of each pass*, every pass's throughput (the chosen one in bold): the spread is this "
+        "machine's noise.",
+        "- Same requests everywhere: each point's prompts (random text and media, a fresh seed per point and pass so no prompt "
         "repeats and no cache can serve one) come from the load tester's own planner; (b) sends them itself, the "
         "others convert the same `GenerateRequest` messages. The *prompt tokens ≠ (a)* column counts requests whose "
-        "prompt token count differs from (a)'s for the same request: 0 means every frontend built the same prompt.",
+        "prompt token count differs from (a)'s for the same request, over all passes: 0 means every frontend built the same "
+        "prompt.",
         "- Metrics (definitions of `loadtest.results`, the same code summarises every side): output tokens/s and "
         "requests/s over the level's window (first send → last response); TTFT = send → first response carrying a "
         "token; ITL = gap between token-bearing responses, per token.",
@@ -140,8 +146,8 @@ def _table(result: BenchResult, workload: str) -> list[str]:
         f"### {workload}",
         "",
         "| c | side | output tok/s | ×(a) | req/s | ×(a) | TTFT p50 ms | ×(a) | TTFT p90 ms | ITL p50 ms | errors | "
-        "prompt tokens ≠ (a) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "prompt tokens ≠ (a) | tok/s of each pass |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     cpu_rows: list[str] = []
     for conc, _ in result.config.levels:
@@ -153,10 +159,15 @@ def _table(result: BenchResult, workload: str) -> list[str]:
             label = SIDE_LABELS[run.side]
             if p is None or p.level is None:
                 why = (p.error if p is not None else None) or (run.error.splitlines()[0] if run.error else "not run")
-                lines.append(f"| {conc} | {label} | – | | – | | – | | – | – | not run: {why[:80]} | |")
+                lines.append(f"| {conc} | {label} | – | | – | | – | | – | – | not run: {why[:80]} | | |")
                 continue
             g = p.level.overall
             ok = g.succeeded > 0
+            passes = run.passes(workload, conc)
+            checked = [q.prompt_mismatches for q in passes if q.prompt_mismatches is not None]
+            each = " / ".join("–" if q.level is None else
+                              (f"**{q.level.overall.output_tokens_per_s:.1f}**" if q.chosen and len(passes) > 1
+                               else f"{q.level.overall.output_tokens_per_s:.1f}") for q in passes)
             if p.cpu is not None and g.output_tokens:
                 u, ms_per_token = p.cpu, 1000.0 / g.output_tokens
                 client = "–" if run.side == "inprocess" else f"{u.client_s / u.window_s:.0%}"
@@ -167,7 +178,7 @@ def _table(result: BenchResult, workload: str) -> list[str]:
                 f"| {g.requests_per_s:.2f} | {_ratio(g.requests_per_s, a.requests_per_s if a else None)} "
                 f"| {_ms(g.ttft.p50 if ok else None)} | {_ratio(g.ttft.p50, a.ttft.p50 if a else None)} "
                 f"| {_ms(g.ttft.p90 if ok else None)} | {_ms(g.itl.p50 if ok else None)} | {g.failed} "
-                f"| {'–' if p.prompt_mismatches is None else p.prompt_mismatches} |"
+                f"| {sum(checked) if checked else '–'} | {each} |"
             )
     lines.append("")
     if cpu_rows:
@@ -195,7 +206,7 @@ def _above_baseline(result: BenchResult) -> list[str]:
     for run in result.sides:
         if run.side == "inprocess":
             continue
-        for p in run.points:
+        for p in run.chosen:
             a = base.point(p.workload, p.concurrency)
             ga, gb = _stats(a), _stats(p)
             if ga is None or gb is None or not ga.output_tokens_per_s:
@@ -373,7 +384,7 @@ def _targets(checks: Sequence[TargetCheck]) -> list[str]:
 def _nanovl_breakdown(run: SideRun | None) -> list[str]:
     """Client-measured vs server-measured TTFT: what the server reports (Final.timings)
     against what the client saw; the difference is transport and client."""
-    if run is None or not run.points:
+    if run is None or not run.chosen:
         return []
     lines = [
         "### nanovl TTFT: client vs server",
@@ -387,7 +398,7 @@ def _nanovl_breakdown(run: SideRun | None) -> list[str]:
         "| media decode p50 ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in run.points:
+    for p in run.chosen:
         if p.level is None:
             continue
         reqs = [r for r in p.level.requests if r.ok and r.ttft_s is not None and r.server_ttft_s is not None]
@@ -438,7 +449,7 @@ def _errors(result: BenchResult) -> list[str]:
     for run in result.sides:
         if run.error:
             lines += [f"- {SIDE_LABELS[run.side]} could not run:", "", "```", run.error.strip(), "```", ""]
-        for p in run.points:
+        for p in run.chosen:
             if p.error:
                 lines += [f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: `{p.error}`", ""]
             elif p.level is not None:
@@ -447,7 +458,7 @@ def _errors(result: BenchResult) -> list[str]:
                                  f"`{e.first_message[:300]}`")
         short = [
             (run.side, p.workload, p.concurrency)
-            for p in run.points if p.level is not None
+            for p in run.chosen if p.level is not None
             for r in p.level.requests if r.ok and r.output_tokens != result.config.max_tokens
         ]
         if short:

@@ -28,6 +28,8 @@ class PointResult:
     # same request index (None: no comparison possible).
     prompt_mismatches: int | None = None
     cpu: CpuUsage | None = None  # over the measured requests
+    pass_index: int = 0
+    chosen: bool = True  # the pass the report shows: the fastest of the point's passes
 
     @property
     def stats(self) -> GroupStats | None:
@@ -45,10 +47,18 @@ class SideRun:
     server_pid: int | None = None
 
     def point(self, workload: str, concurrency: int) -> PointResult | None:
+        """The point's chosen pass."""
         for p in self.points:
-            if p.workload == workload and p.concurrency == concurrency:
+            if p.workload == workload and p.concurrency == concurrency and p.chosen:
                 return p
         return None
+
+    def passes(self, workload: str, concurrency: int) -> tuple[PointResult, ...]:
+        return tuple(p for p in self.points if p.workload == workload and p.concurrency == concurrency)
+
+    @property
+    def chosen(self) -> tuple[PointResult, ...]:
+        return tuple(p for p in self.points if p.chosen)
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,8 @@ def to_json(result: BenchResult) -> dict[str, Any]:
                 "concurrency": p.concurrency,
                 "error": p.error,
                 "prompt_mismatches": p.prompt_mismatches,
+                "pass_index": p.pass_index,
+                "chosen": p.chosen,
                 "cpu": dataclasses.asdict(p.cpu) if p.cpu is not None else None,
                 "level": _level_json(p.level) if p.level is not None else None,
             }

@@ -57,7 +57,9 @@ def test_sampling_options_the_other_sides_cannot_express_are_refused() -> None:
 
 def test_points_are_planned_with_warmups_first_and_no_prompt_repeats() -> None:
     points = build_points(SMALL)
-    assert [(p.concurrency, p.warmup_only) for p in points] == [(4, True), (1, False), (2, False)]
+    # The warm-up, then every level once per pass, the passes interleaved.
+    assert [(p.concurrency, p.warmup_only, p.pass_index) for p in points] == [
+        (4, True, 0), (1, False, 0), (2, False, 0), (1, False, 1), (2, False, 1)]
     measured = [p for p in points if not p.warmup_only]
     assert all(len(p.measured) == 4 for p in measured)
     # Equal shares of the four kinds in every measured point.
@@ -67,6 +69,22 @@ def test_points_are_planned_with_warmups_first_and_no_prompt_repeats() -> None:
     # Deterministic: the same config plans the same requests.
     again = [r.request.SerializeToString() for p in build_points(SMALL) for r in (*p.warmup, *p.measured)]
     assert again == everything
+
+
+def test_the_fastest_error_free_pass_is_chosen_and_every_pass_is_reported(tmp_path: Path) -> None:
+    from bench.run import _points
+    from bench.sides import PointOutcome
+
+    outcomes = [PointOutcome("image", 1, _level(1, tps, 0.1), pass_index=k) for k, tps in enumerate((80.0, 95.0))]
+    outcomes.append(PointOutcome("image", 1, None, error="server died", pass_index=2))
+    points = _points("nanovl", outcomes)
+    assert [(p.pass_index, p.chosen) for p in points] == [(0, False), (1, True), (2, False)]
+    config = replace(BenchConfig(sides=("inprocess", "nanovl"), workloads=("image",), levels=((1, 4),)), passes=3)
+    result = _result({"inprocess": {1: (100.0, 0.100)}}, config)
+    result = replace(result, sides=(*result.sides, SideRun("nanovl", "cmd", 1.0, points)))
+    text = render_markdown(result, [], tmp_path / "benchmarks.md", client_cpu=1)
+    assert "| 1 | (b) nanovl gRPC | 95.0 | 0.95× |" in text
+    assert "| 80.0 / **95.0** / – |" in text
 
 
 def test_engine_flags_round_trip_through_vllms_parser() -> None:

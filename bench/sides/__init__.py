@@ -23,7 +23,8 @@ class PointOutcome:
     error: str | None = None
     warmup_only: bool = False
     cpu: CpuUsage | None = None
+    pass_index: int = 0
 
     @staticmethod
     def of(point: Point, level: LevelResult | None, error: str | None = None, cpu: CpuUsage | None = None) -> PointOutcome:
-        return PointOutcome(point.workload, point.concurrency, level, error, point.warmup_only, cpu)
+        return PointOutcome(point.workload, point.concurrency, level, error, point.warmup_only, cpu, point.pass_index)
