@@ -309,10 +309,13 @@ class ServiceMetrics:
     def observe_ttft(self, seconds: float, *, modality: str) -> None:
         self._ttft.record(seconds, {"modality": modality})
 
-    def observe_inter_token_latency(self, seconds: float, *, modality: str) -> None:
-        """Once per output token; for a chunk of n tokens after a gap g, call with g/n
-        n times (or once with g when n == 1)."""
-        self._itl.record(seconds, {"modality": modality})
+    def observe_inter_token_latency(self, gap_s: float, *, modality: str, tokens: int = 1) -> None:
+        """``tokens`` output tokens arrived together ``gap_s`` after the previous ones:
+        one sample of ``gap_s / tokens`` per token, so the histogram stays per token when
+        vLLM coalesces a busy request's outputs."""
+        attrs = {"modality": modality}
+        for _ in range(tokens):
+            self._itl.record(gap_s / tokens, attrs)
 
     # -- media
     def add_bytes_received(self, modality: str, num_bytes: int) -> None:

@@ -319,19 +319,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 ):
                     final_output = output
                     completion = output.outputs[0]
-                    if completion.token_ids:
+                    if token_ids := list(completion.token_ids):
                         now = time.perf_counter()
                         if clock.first_token is None:
                             clock.first_token = now
                             self._metrics.observe_ttft(now - clock.start, modality=outcome["modality"])
                         elif clock.last_token is not None:
                             self._metrics.observe_inter_token_latency(
-                                (now - clock.last_token) / len(completion.token_ids), modality=outcome["modality"])
+                                now - clock.last_token, modality=outcome["modality"], tokens=len(token_ids))
                         clock.last_token = now
-                        completion_tokens += len(completion.token_ids)
-                        yield pb.GenerateResponse(delta=pb.Delta(
-                            text=completion.text, token_ids=list(completion.token_ids),
-                            logprobs=_logprobs(list(completion.token_ids), completion.logprobs)))
+                        completion_tokens += len(token_ids)
+                        delta = pb.Delta(text=completion.text, token_ids=token_ids)
+                        if completion.logprobs:
+                            delta.logprobs.extend(_logprobs(token_ids, completion.logprobs))
+                        yield pb.GenerateResponse(delta=delta)
                     if output.finished:
                         finished = True
             finally:

@@ -69,6 +69,22 @@ async def test_both_rpcs_give_the_same_greedy_tokens(client):
     assert unary.usage.prompt_tokens == streamed.usage.prompt_tokens
 
 
+async def test_logprobs_come_with_every_token(grpc_target):
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        req = pb.GenerateRequest(parts=[pb.ContentPart(text="logprobs please")],
+                                 sampling=pb.SamplingOptions(max_tokens=4, ignore_eos=True, temperature=0.0, logprobs=2))
+        deltas = [r.delta for r in await _collect(pb_grpc.InferenceStub(channel).Generate(req, timeout=60))
+                  if r.HasField("delta")]
+    token_ids = [t for d in deltas for t in d.token_ids]
+    entries = [e for d in deltas for e in d.logprobs]
+    assert len(token_ids) == 4 and len(entries) == 4
+    for token_id, entry in zip(token_ids, entries):
+        assert entry.token.token_id == token_id and entry.token.logprob <= 0.0
+        assert len(entry.top) >= 2 and entry.top[0].rank == 1
+        # Greedy: the sampled token is the most likely one.
+        assert entry.top[0].token_id == token_id
+
+
 async def test_chunked_upload_of_a_multi_megabyte_video(client, tmp_path):
     path = tmp_path / "big.mp4"
     path.write_bytes(mf.make_mp4(64, 640, 480, fps=24, seed=9, crf=10))

@@ -76,6 +76,8 @@ def test_prometheus_endpoint_shows_recorded_values(served: ServiceMetrics) -> No
         served.observe_ttft(seconds, modality="image")
     for seconds in (0.012, 0.03):
         served.observe_inter_token_latency(seconds, modality="text")
+    # Three tokens that arrived together 30 ms after the previous ones: 10 ms each.
+    served.observe_inter_token_latency(0.03, modality="text", tokens=3)
     served.add_bytes_received("image", 1000)
     served.add_bytes_received("image", 24)
     served.observe_media_decode("audio", 0.02)
@@ -102,8 +104,9 @@ def test_prometheus_endpoint_shows_recorded_values(served: ServiceMetrics) -> No
     assert ttft_bounds[:-1] == list(TTFT_BUCKETS)  # our explicit buckets, then +Inf
 
     itl = "nanovl_inter_token_latency_seconds"
-    assert sample(after, f"{itl}_count", modality="text") == 2
-    assert sample(after, f"{itl}_bucket", modality="text", le="0.015") == 1
+    assert sample(after, f"{itl}_count", modality="text") == 5
+    assert sample(after, f"{itl}_sum", modality="text") == pytest.approx(0.072)
+    assert sample(after, f"{itl}_bucket", modality="text", le="0.015") == 4
     itl_bounds = sorted(float(dict(lbl)["le"]) for name, lbl in after if name == f"{itl}_bucket")
     assert itl_bounds[:-1] == list(ITL_BUCKETS)
 
