@@ -58,7 +58,10 @@ class SideRun:
 
     @property
     def chosen(self) -> tuple[PointResult, ...]:
-        return tuple(p for p in self.points if p.chosen)
+        """The chosen pass of every point, workload by workload, by concurrency."""
+        workloads = list(dict.fromkeys(p.workload for p in self.points))
+        return tuple(sorted((p for p in self.points if p.chosen),
+                            key=lambda p: (workloads.index(p.workload), p.concurrency)))
 
 
 @dataclass(frozen=True)
