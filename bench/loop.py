@@ -9,16 +9,20 @@ carrying a token; a response carrying ``k`` tokens ``gap`` after the previous on
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from bench.cpu import CpuMeter
+from bench.plan import Point
+from bench.sides import PointOutcome
 from loadtest.config import LoadLevel
 from loadtest.results import LevelResult, RequestRecord
 from loadtest.stats import level_result
+from loadtest.workload import PreparedRequest
 
-__all__ = ["StreamClock", "WarmupFailed", "run_closed_loop"]
+__all__ = ["StreamClock", "WarmupFailed", "measure_points", "run_closed_loop"]
 
 T = TypeVar("T")
 
@@ -119,3 +123,27 @@ async def run_closed_loop(
     if meter is not None:
         meter.stop()
     return level_result(LoadLevel("concurrency", concurrency), records, kinds=kinds, cpu_s=cpu_s)
+
+
+async def measure_points(
+    points: Sequence[Point],
+    send: Send[T],
+    convert: Callable[[PreparedRequest], T],
+    server_pid: int,
+) -> list[PointOutcome]:
+    """Every point through ``run_closed_loop`` for a side driven by its own client:
+    ``convert`` turns the plan's requests into the side's wire form before timing; CPU is
+    metered for the server (``server_pid``) and this process."""
+    out = []
+    for p in points:
+        warm = [convert(r) for r in p.warmup]
+        measured = [convert(r) for r in p.measured]
+        meter = CpuMeter(server_pid, os.getpid())
+        try:
+            level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
+                                          kinds=p.config.mix.kinds, meter=meter)
+        except WarmupFailed as e:
+            out.append(PointOutcome.of(p, None, str(e)))
+            continue
+        out.append(PointOutcome.of(p, level, cpu=meter.usage))
+    return out

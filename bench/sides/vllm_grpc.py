@@ -6,7 +6,6 @@ the chat and tokenizes it before timing; only text requests can be sent this way
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,9 +13,8 @@ from typing import Any
 
 import grpc
 
-from bench.cpu import CpuMeter
 from bench.convert import rendered_chat_text, vllm_grpc_request
-from bench.loop import StreamClock, WarmupFailed, run_closed_loop
+from bench.loop import StreamClock, measure_points
 from bench.plan import Point
 from bench.sides import PointOutcome
 from loadtest.results import RequestRecord
@@ -65,22 +63,10 @@ async def measure_vllm_grpc(points: Sequence[Point], target: str, checkpoint: st
         ids = list(tokenizer(rendered_chat_text(r.request, renderer))["input_ids"])
         return _GrpcRequest(r.kind, vllm_grpc_request(r.request, ids, f"bench-{uuid.uuid4().hex}"))
 
-    out = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = vllm_engine_pb2_grpc.VllmEngineStub(channel)
 
         async def send(item: _GrpcRequest, index: int) -> RequestRecord:
             return await _send(stub, item, index)
 
-        for p in points:
-            warm = [convert(r) for r in p.warmup]
-            measured = [convert(r) for r in p.measured]
-            meter = CpuMeter(server_pid, os.getpid())
-            try:
-                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
-                                              kinds=p.config.mix.kinds, meter=meter)
-            except WarmupFailed as e:
-                out.append(PointOutcome.of(p, None, str(e)))
-                continue
-            out.append(PointOutcome.of(p, level, cpu=meter.usage))
-    return out
+        return await measure_points(points, send, convert, server_pid)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
-from bench.cpu import CpuMeter
 from bench.convert import openai_body
-from bench.loop import StreamClock, WarmupFailed, run_closed_loop
+from bench.loop import StreamClock, measure_points
 from bench.plan import Point
 from bench.sides import PointOutcome
 from loadtest.results import RequestRecord
@@ -64,20 +62,9 @@ async def measure_vllm_http(points: Sequence[Point], base_url: str, server_pid: 
     url = f"{base_url}/v1/chat/completions"
     # No connection cap (aiohttp's default is 100) and no total timeout but a generous one.
     connector = aiohttp.TCPConnector(limit=0)
-    out = []
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         async def send(item: _HttpRequest, index: int) -> RequestRecord:
             return await _send(session, url, item, index)
 
-        for p in points:
-            warm = [_HttpRequest(r.kind, openai_body(r.request, model)) for r in p.warmup]
-            measured = [_HttpRequest(r.kind, openai_body(r.request, model)) for r in p.measured]
-            meter = CpuMeter(server_pid, os.getpid())
-            try:
-                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
-                                              kinds=p.config.mix.kinds, meter=meter)
-            except WarmupFailed as e:
-                out.append(PointOutcome.of(p, None, str(e)))
-                continue
-            out.append(PointOutcome.of(p, level, cpu=meter.usage))
-    return out
+        return await measure_points(points, send, lambda r: _HttpRequest(r.kind, openai_body(r.request, model)),
+                                    server_pid)
