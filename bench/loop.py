@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, own_meter
 from bench.plan import Point
 from bench.sides import PointOutcome
 from loadtest.config import LoadLevel
@@ -129,16 +129,16 @@ async def measure_points(
     points: Sequence[Point],
     send: Send[T],
     convert: Callable[[PreparedRequest], T],
-    server_pid: int,
+    server_pid: int | None,
 ) -> list[PointOutcome]:
-    """Every point through ``run_closed_loop`` for a side driven by its own client:
-    ``convert`` turns the plan's requests into the side's wire form before timing; CPU is
-    metered for the server (``server_pid``) and this process."""
+    """Every point through ``run_closed_loop``: ``convert`` turns the plan's requests into
+    the side's own form before timing; CPU is metered for the server (``server_pid``) and
+    this process, or for this process alone when it is the engine's frontend (None)."""
     out = []
     for p in points:
         warm = [convert(r) for r in p.warmup]
         measured = [convert(r) for r in p.measured]
-        meter = CpuMeter(server_pid, os.getpid())
+        meter = own_meter() if server_pid is None else CpuMeter(server_pid, os.getpid())
         try:
             level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
                                           kinds=p.config.mix.kinds, meter=meter)

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.convert import inprocess_prompt
-from bench.cpu import own_meter
-from bench.loop import StreamClock, WarmupFailed, run_closed_loop
+from bench.loop import StreamClock, measure_points
 from bench.plan import Point
 from bench.sides import PointOutcome
 from loadtest.results import RequestRecord
@@ -109,18 +108,7 @@ async def _run(points: Sequence[Point], checkpoint: str, overrides: dict[str, An
         async def send(item: _Prepared, index: int) -> RequestRecord:
             return await _send(engine, item, index)
 
-        outcomes = []
-        for p in points:
-            warm = [prepare(r) for r in p.warmup]
-            measured = [prepare(r) for r in p.measured]
-            meter = own_meter()
-            try:
-                level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
-                                              kinds=p.config.mix.kinds, meter=meter)
-            except WarmupFailed as e:
-                outcomes.append(PointOutcome.of(p, None, str(e)))
-                continue
-            outcomes.append(PointOutcome.of(p, level, cpu=meter.usage))
+        outcomes = await measure_points(points, send, prepare, server_pid=None)
         return InprocessRun(startup_s, tuple(outcomes))
     finally:
         engine.shutdown()

@@ -69,4 +69,4 @@ async def measure_vllm_grpc(points: Sequence[Point], target: str, checkpoint: st
         async def send(item: _GrpcRequest, index: int) -> RequestRecord:
             return await _send(stub, item, index)
 
-        return await measure_points(points, send, convert, server_pid)
+        return await measure_points(points, send, convert, server_pid=server_pid)

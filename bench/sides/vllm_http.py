@@ -67,4 +67,4 @@ async def measure_vllm_http(points: Sequence[Point], base_url: str, server_pid: 
             return await _send(session, url, item, index)
 
         return await measure_points(points, send, lambda r: _HttpRequest(r.kind, openai_body(r.request, model)),
-                                    server_pid)
+                                    server_pid=server_pid)
