@@ -213,8 +213,7 @@ def _above_baseline(result: BenchResult) -> list[str]:
                 continue
             ratio = gb.output_tokens_per_s / ga.output_tokens_per_s
             if ratio > 1.03:
-                fa = a.cpu.frontend_s * 1000 / ga.output_tokens if a is not None and a.cpu else None
-                fb = p.cpu.frontend_s * 1000 / gb.output_tokens if p.cpu else None
+                fa, fb = _frontend_ms_per_token(a), _frontend_ms_per_token(p)
                 rows.append(
                     f"| {SIDE_LABELS[run.side]} | {p.workload} | {p.concurrency} | {ratio:.2f}× | {_ms(ga.itl.p50)} | "
                     f"{_ms(gb.itl.p50)} | {'–' if fa is None else f'{fa:.2f}'} | {'–' if fb is None else f'{fb:.2f}'} |"
@@ -269,7 +268,7 @@ def _median_decode_ms(p: PointResult | None) -> float | None:
     """Median server-side media decoding time of the point's requests that carried media."""
     if p is None or p.level is None:
         return None
-    decode = [r.server_decode_s for r in p.level.requests if r.ok and getattr(r, "server_decode_s", None)]
+    decode = [r.server_decode_s for r in p.level.requests if r.ok and r.server_decode_s]
     return statistics.median(decode) * 1000 if decode else None
 
 
