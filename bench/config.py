@@ -51,7 +51,8 @@ WORKLOADS: Mapping[str, WorkloadSpec] = {
         WorkloadSpec("text", "text=1", "text only"),
         WorkloadSpec("image", "image=1", "one image + text per request"),
         WorkloadSpec(
-            "mixed", "text=1,image=1,video=1,audio=1",
+            "mixed",
+            "text=1,image=1,video=1,audio=1",
             "equal shares of text, image, video and audio requests (one media item + text each)",
         ),
     )
@@ -160,8 +161,14 @@ class BenchConfig:
     @staticmethod
     def quick_config(**overrides: Any) -> BenchConfig:
         """One workload, c=1 and 4, 4 requests each, sides (a) and (b): for iterating."""
-        base = BenchConfig(sides=("inprocess", "nanovl"), workloads=("image",), levels=((1, 4), (4, 4)),
-                           passes=1, profile=False, quick=True)
+        base = BenchConfig(
+            sides=("inprocess", "nanovl"),
+            workloads=("image",),
+            levels=((1, 4), (4, 4)),
+            passes=1,
+            profile=False,
+            quick=True,
+        )
         return replace(base, **overrides)
 
     def workloads_for(self, side: Side) -> tuple[str, ...]:

@@ -52,7 +52,9 @@ def sampling_of(req: pb.GenerateRequest) -> BenchSampling:
     present = {f.name for f, _ in s.ListFields()}
     extra = present - {"max_tokens", "temperature", "ignore_eos"}
     if extra or not s.HasField("max_tokens"):
-        raise InvalidArgument(f"bench requests may set only max_tokens, temperature and ignore_eos; got {sorted(present)}")
+        raise InvalidArgument(
+            f"bench requests may set only max_tokens, temperature and ignore_eos; got {sorted(present)}"
+        )
     return BenchSampling(
         max_tokens=s.max_tokens,
         temperature=s.temperature if s.HasField("temperature") else 1.0,
@@ -149,8 +151,11 @@ def inprocess_prompt(
         if p.WhichOneof("kind") == "text":
             parts.append(TextPart(p.text))
         else:
-            parts.append(decode_part(p, default_video_frames=default_video_frames,
-                                     audio_sample_rate=audio_sample_rate, limits=limits).part)
+            parts.append(
+                decode_part(
+                    p, default_video_frames=default_video_frames, audio_sample_rate=audio_sample_rate, limits=limits
+                ).part
+            )
     return renderer.render([Message("user", tuple(parts))])
 
 

@@ -51,7 +51,9 @@ class StreamClock:
             self.itl.extend([(now - self.last) / k] * k)
         self.last = now
 
-    def record(self, index: int, kind: str, *, prompt_tokens: int, error: tuple[str, str] | None = None) -> RequestRecord:
+    def record(
+        self, index: int, kind: str, *, prompt_tokens: int, error: tuple[str, str] | None = None
+    ) -> RequestRecord:
         end = time.perf_counter()
         ok = error is None
         return RequestRecord(
@@ -140,8 +142,9 @@ async def measure_points(
         measured = [convert(r) for r in p.measured]
         meter = own_meter() if server_pid is None else CpuMeter(server_pid, os.getpid())
         try:
-            level = await run_closed_loop(send, warm, measured, concurrency=p.concurrency,
-                                          kinds=p.config.mix.kinds, meter=meter)
+            level = await run_closed_loop(
+                send, warm, measured, concurrency=p.concurrency, kinds=p.config.mix.kinds, meter=meter
+            )
         except WarmupFailed as e:
             out.append(PointOutcome.of(p, None, str(e)))
             continue

@@ -35,8 +35,13 @@ def media_parts(kind: str):
     image = Part.image(make_png(640, 480, seed=1))
     video = Part.video(make_mp4(32, 320, 240, fps=8, seed=2), num_frames=8)
     audio = Part.audio(make_wav(3.0, 16000, 1, seed=3))
-    return {"text": [text], "image": [image, text], "video": [video, text], "audio": [audio, text],
-            "mixed": [image, video, audio, text]}[kind]
+    return {
+        "text": [text],
+        "image": [image, text],
+        "video": [video, text],
+        "audio": [audio, text],
+        "mixed": [image, video, audio, text],
+    }[kind]
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,11 @@ class Sample:
 
 
 def _summary(samples: list[Sample]) -> dict[str, float]:
-    return {"ttft_ms_p50": 1000 * statistics.median(s.ttft_s for s in samples),
-            "decode_tokens_per_s": statistics.median(s.decode_tps for s in samples),
-            "e2e_ms_p50": 1000 * statistics.median(s.e2e_s for s in samples)}
+    return {
+        "ttft_ms_p50": 1000 * statistics.median(s.ttft_s for s in samples),
+        "decode_tokens_per_s": statistics.median(s.decode_tps for s in samples),
+        "e2e_ms_p50": 1000 * statistics.median(s.e2e_s for s in samples),
+    }
 
 
 async def _in_process(engine, kind: str, n: int, max_tokens: int) -> list[Sample]:
@@ -64,15 +71,22 @@ async def _in_process(engine, kind: str, n: int, max_tokens: int) -> list[Sample
 
     settings = ServerSettings()
     req = build_generate_request(media_parts(kind))
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True,
-                            output_kind=RequestOutputKind.DELTA)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, ignore_eos=True, output_kind=RequestOutputKind.DELTA
+    )
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
         valid = from_generate_request(req, settings=settings, limits=engine.summary.limits, vocab_size=1 << 20)
-        decoded = {i: decode_part(valid.parts[i], default_video_frames=8,
-                                  audio_sample_rate=engine.summary.audio_sample_rate, limits=settings.media_limits)
-                   for i in valid.media_indices}
+        decoded = {
+            i: decode_part(
+                valid.parts[i],
+                default_video_frames=8,
+                audio_sample_rate=engine.summary.audio_sample_rate,
+                limits=settings.media_limits,
+            )
+            for i in valid.media_indices
+        }
         prompt = assemble_prompt(valid, decoded, chat=None)
         first = last = None
         tokens = 0
@@ -117,8 +131,7 @@ async def main(args: argparse.Namespace) -> dict:
 
     apply_process_environment(cache_root())
     t0 = time.perf_counter()
-    engine = await Engine.start(default_engine_args(str(ensure_tiny_checkpoint()), max_model_len=4096),
-                                warmup=False)
+    engine = await Engine.start(default_engine_args(str(ensure_tiny_checkpoint()), max_model_len=4096), warmup=False)
     start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     await engine.warmup()
@@ -147,15 +160,21 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 def render(results: dict) -> str:
-    lines = [f"engine start {results['engine_start_s']:.1f} s, warm-up {results['warmup_s']:.1f} s, "
-             f"RSS of all engine processes {results['rss_gib_engine_processes']:.2f} GiB", "",
-             "| modality | in-process TTFT p50 | gRPC TTFT p50 | Δ TTFT | in-process decode tok/s | gRPC decode tok/s | ratio |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"engine start {results['engine_start_s']:.1f} s, warm-up {results['warmup_s']:.1f} s, "
+        f"RSS of all engine processes {results['rss_gib_engine_processes']:.2f} GiB",
+        "",
+        "| modality | in-process TTFT p50 | gRPC TTFT p50 | Δ TTFT | in-process decode tok/s | "
+        "gRPC decode tok/s | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind in WORKLOADS:
         a, b = results["in_process"][kind], results["grpc"][kind]
-        lines.append(f"| {kind} | {a['ttft_ms_p50']:.1f} ms | {b['ttft_ms_p50']:.1f} ms | "
-                     f"{b['ttft_ms_p50'] - a['ttft_ms_p50']:+.1f} ms | {a['decode_tokens_per_s']:.1f} | "
-                     f"{b['decode_tokens_per_s']:.1f} | {b['decode_tokens_per_s'] / a['decode_tokens_per_s']:.2f} |")
+        lines.append(
+            f"| {kind} | {a['ttft_ms_p50']:.1f} ms | {b['ttft_ms_p50']:.1f} ms | "
+            f"{b['ttft_ms_p50'] - a['ttft_ms_p50']:+.1f} ms | {a['decode_tokens_per_s']:.1f} | "
+            f"{b['decode_tokens_per_s']:.1f} | {b['decode_tokens_per_s'] / a['decode_tokens_per_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 

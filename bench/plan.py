@@ -94,8 +94,15 @@ def _point(config: BenchConfig, workload: str, level_index: int, pass_index: int
     pool = prepare_workload(lt, plan.pool_sizes, seed_key=(plan.shard,))
     warmup = tuple(pool.take(k) for k in plan.warmup)
     measured = tuple(pool.take(k) for k in level.kinds)
-    return Point(workload, lt.concurrency[0], lt, warmup, measured, warmup_only=level_index == _WARMUP_LEVEL,
-                 pass_index=pass_index)
+    return Point(
+        workload,
+        lt.concurrency[0],
+        lt,
+        warmup,
+        measured,
+        warmup_only=level_index == _WARMUP_LEVEL,
+        pass_index=pass_index,
+    )
 
 
 def build_points(config: BenchConfig) -> tuple[Point, ...]:

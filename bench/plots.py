@@ -25,7 +25,9 @@ _STYLE = {
 }
 
 
-def _figure(result: BenchResult, get: Callable[[GroupStats], float | None], ylabel: str, title: str, path: Path) -> Path:
+def _figure(
+    result: BenchResult, get: Callable[[GroupStats], float | None], ylabel: str, title: str, path: Path
+) -> Path:
     workloads = result.config.workloads
     levels = [c for c, _ in result.config.levels]
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.6 * len(workloads), 3.8), squeeze=False)
@@ -37,7 +39,11 @@ def _figure(result: BenchResult, get: Callable[[GroupStats], float | None], ylab
             xs, ys = [], []
             for c in levels:
                 point = run.point(w, c)
-                value = get(point.stats) if point is not None and point.stats is not None and point.stats.succeeded else None
+                value = (
+                    get(point.stats)
+                    if point is not None and point.stats is not None and point.stats.succeeded
+                    else None
+                )
                 if value is not None:
                     xs.append(c)
                     ys.append(value)
@@ -71,7 +77,12 @@ def plot_bench(result: BenchResult, out_dir: Path) -> list[Path]:
         return g.ttft.p50 * 1000 if g.ttft.p50 is not None else None
 
     return [
-        _figure(result, lambda g: g.output_tokens_per_s, "output tokens/s", "Throughput vs concurrency",
-                out_dir / "throughput.png"),
+        _figure(
+            result,
+            lambda g: g.output_tokens_per_s,
+            "output tokens/s",
+            "Throughput vs concurrency",
+            out_dir / "throughput.png",
+        ),
         _figure(result, ttft_ms, "TTFT p50 (ms)", "Time to first token (p50) vs concurrency", out_dir / "ttft_p50.png"),
     ]

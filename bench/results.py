@@ -60,8 +60,9 @@ class SideRun:
     def chosen(self) -> tuple[PointResult, ...]:
         """The chosen pass of every point, workload by workload, by concurrency."""
         workloads = list(dict.fromkeys(p.workload for p in self.points))
-        return tuple(sorted((p for p in self.points if p.chosen),
-                            key=lambda p: (workloads.index(p.workload), p.concurrency)))
+        return tuple(
+            sorted((p for p in self.points if p.chosen), key=lambda p: (workloads.index(p.workload), p.concurrency))
+        )
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,7 @@ def _level_json(level: LevelResult) -> dict[str, Any]:
         "by_kind": [stats(g) for g in level.by_kind],
         "client": dataclasses.asdict(level.client),
         # Per request, without the per-token ITL samples (large; summarised above).
-        "requests": [
-            {k: v for k, v in dataclasses.asdict(r).items() if k != "itl_s"} for r in level.requests
-        ],
+        "requests": [{k: v for k, v in dataclasses.asdict(r).items() if k != "itl_s"} for r in level.requests],
     }
 
 

@@ -48,15 +48,17 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------- sides
 
 
-async def _run_inprocess(points: Sequence[Point], checkpoint: str, overrides: dict[str, Any], cpus: Sequence[int],
-                         work: Path) -> SideRun:
+async def _run_inprocess(
+    points: Sequence[Point], checkpoint: str, overrides: dict[str, Any], cpus: Sequence[int], work: Path
+) -> SideRun:
     from bench.sides.inprocess import InprocessJob, InprocessRun
 
     job_path, out_path = work / "inprocess-job.pkl", work / "inprocess-out.pkl"
     out_path.unlink(missing_ok=True)
     job_path.write_bytes(pickle.dumps(InprocessJob(tuple(points), checkpoint, overrides)))
-    child = ServerProcess("inprocess", ["-m", "bench.sides.inprocess", str(job_path), str(out_path)],
-                          work / "logs" / "inprocess.log")
+    child = ServerProcess(
+        "inprocess", ["-m", "bench.sides.inprocess", str(job_path), str(out_path)], work / "logs" / "inprocess.log"
+    )
     load_before = load_average()
     child.start(cpus)
     try:
@@ -66,8 +68,14 @@ async def _run_inprocess(points: Sequence[Point], checkpoint: str, overrides: di
     finally:
         child.stop()
     if not out_path.exists():
-        return SideRun("inprocess", child.command, None, (), f"the in-process run wrote no result:\n{child.log_tail()}",
-                       load_before)
+        return SideRun(
+            "inprocess",
+            child.command,
+            None,
+            (),
+            f"the in-process run wrote no result:\n{child.log_tail()}",
+            load_before,
+        )
     run: InprocessRun = pickle.loads(out_path.read_bytes())
     error = None if run.error is None else f"{run.error}\n{child.log_tail()}"
     return SideRun("inprocess", child.command, run.startup_s, _points("inprocess", run.outcomes), error, load_before)
@@ -90,9 +98,19 @@ def _points(side: Side, outcomes: Sequence[PointOutcome]) -> tuple[PointResult, 
         key = (o.workload, o.concurrency)
         if key not in best or score(o) > score(best[key]):
             best[key] = o
-    return tuple(PointResult(side, o.workload, o.concurrency, o.level, o.error, cpu=o.cpu, pass_index=o.pass_index,
-                             chosen=best[(o.workload, o.concurrency)] is o)
-                 for o in measured)
+    return tuple(
+        PointResult(
+            side,
+            o.workload,
+            o.concurrency,
+            o.level,
+            o.error,
+            cpu=o.cpu,
+            pass_index=o.pass_index,
+            chosen=best[(o.workload, o.concurrency)] is o,
+        )
+        for o in measured
+    )
 
 
 async def _measure(side: Side, points: Sequence[Point], port: int, checkpoint: str, pid: int) -> list[PointOutcome]:
@@ -159,12 +177,19 @@ async def _profile_nanovl(point: Point, pid: int, port: int, work: Path, out_pat
     return ProfileSummary(point.workload, point.concurrency, samples, str(out_path), packages, functions)
 
 
-async def _run_server_side(side: Side, points: Sequence[Point], checkpoint: str, config: BenchConfig,
-                           cpus: Sequence[int], work: Path, inprocess: SideRun | None,
-                           ) -> tuple[SideRun, ProfileSummary | None]:
+async def _run_server_side(
+    side: Side,
+    points: Sequence[Point],
+    checkpoint: str,
+    config: BenchConfig,
+    cpus: Sequence[int],
+    work: Path,
+    inprocess: SideRun | None,
+) -> tuple[SideRun, ProfileSummary | None]:
     port = free_port()
-    server = ServerProcess(side, server_argv(side, checkpoint=checkpoint, port=port, engine=config.engine),
-                           work / "logs" / f"{side}.log")
+    server = ServerProcess(
+        side, server_argv(side, checkpoint=checkpoint, port=port, engine=config.engine), work / "logs" / f"{side}.log"
+    )
     load_before = load_average()
     server.start(cpus)
     profile = None
@@ -177,8 +202,14 @@ async def _run_server_side(side: Side, points: Sequence[Point], checkpoint: str,
         assert server.pid is not None
         outcomes = await _measure(side, points, port, checkpoint, server.pid)
         if server.proc is not None and server.proc.poll() is not None:
-            return SideRun(side, server.command, startup_s, _points(side, outcomes),
-                           f"the server exited during the run:\n{server.log_tail()}", load_before), None
+            return SideRun(
+                side,
+                server.command,
+                startup_s,
+                _points(side, outcomes),
+                f"the server exited during the run:\n{server.log_tail()}",
+                load_before,
+            ), None
         if side == "nanovl" and config.profile and server.pid is not None:
             target = _weakest_point(points, inprocess, outcomes)
             _log(f"nanovl: py-spy during an extra pass of {target.workload} c={target.concurrency}")
@@ -207,8 +238,9 @@ def _with_prompt_checks(runs: Sequence[SideRun]) -> list[SideRun]:
             mismatches = None
             if p.level is not None and a is not None and a.level is not None:
                 expected = {r.index: r.prompt_tokens for r in a.level.requests if r.ok}
-                mismatches = sum(1 for r in p.level.requests
-                                 if r.ok and r.index in expected and r.prompt_tokens != expected[r.index])
+                mismatches = sum(
+                    1 for r in p.level.requests if r.ok and r.index in expected and r.prompt_tokens != expected[r.index]
+                )
             points.append(replace(p, prompt_mismatches=mismatches))
         out.append(replace(run, points=tuple(points)))
     return out
@@ -225,8 +257,9 @@ def _media_summary(points: Sequence[Point]) -> tuple[tuple[str, float], ...]:
 # ----------------------------------------------------------------------------- main
 
 
-async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], work: Path,
-                    inprocess_args: dict[str, Any]) -> BenchResult:
+async def run_bench(
+    config: BenchConfig, checkpoint: str, cpus: Sequence[int], work: Path, inprocess_args: dict[str, Any]
+) -> BenchResult:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     load_start = load_average()
@@ -256,7 +289,9 @@ async def run_bench(config: BenchConfig, checkpoint: str, cpus: Sequence[int], w
         load_end=load_average(),
         checkpoint=checkpoint,
         engine_flags=tuple(config.engine.cli_flags()),
-        inprocess_extra=tuple(sorted((k, repr(v)) for k, v in inprocess_args.items() if k not in config.engine.overrides())),
+        inprocess_extra=tuple(
+            sorted((k, repr(v)) for k, v in inprocess_args.items() if k not in config.engine.overrides())
+        ),
         media=_media_summary(points),
         sides=tuple(_with_prompt_checks(runs)),
         profile=profile,
@@ -274,17 +309,32 @@ def _levels(text: str) -> tuple[tuple[int, int], ...]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="image only, c=1,4, 4 requests, sides inprocess,nanovl")
-    p.add_argument("--sides", type=lambda s: tuple(x for x in s.split(",") if x), help=f"subset of {','.join(ALL_SIDES)}")
+    p.add_argument(
+        "--sides", type=lambda s: tuple(x for x in s.split(",") if x), help=f"subset of {','.join(ALL_SIDES)}"
+    )
     p.add_argument("--workloads", type=lambda s: tuple(x for x in s.split(",") if x), help="subset of text,image,mixed")
     p.add_argument("--levels", type=_levels, help="CONCURRENCY:REQUESTS pairs, e.g. 1:8,8:32,32:64")
     p.add_argument("--max-tokens", type=int)
-    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
-                   help="py-spy the nanovl server during an extra pass of its weakest point (default: on, off with --quick)")
-    p.add_argument("--passes", type=int, help="measure every point this many times, fresh prompts each; the "
-                   "report shows the fastest pass and lists all (default: 2; 1 with --quick)")
-    p.add_argument("--out", type=Path, help="report directory (default: docs/ for a full run, .cache/bench/quick/ for --quick)")
-    p.add_argument("--report-only", action="store_true",
-                   help="measure nothing: rewrite the report, plots and JSON from the last run's saved results")
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="py-spy the nanovl server during an extra pass of its weakest point (default: on, off with --quick)",
+    )
+    p.add_argument(
+        "--passes",
+        type=int,
+        help="measure every point this many times, fresh prompts each; the "
+        "report shows the fastest pass and lists all (default: 2; 1 with --quick)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="report directory (default: docs/ for a full run, .cache/bench/quick/ for --quick)"
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite the report, plots and JSON from the last run's saved results",
+    )
     return p.parse_args(argv)
 
 
@@ -327,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = inprocess_overrides(config.engine, checkpoint)
         result = event_loop.run(run_bench(config, checkpoint, cpus, work, overrides))
         saved.write_bytes(pickle.dumps(result))
-    doc = write_report(result, out / "benchmarks.md", out / "benchmarks", client_cpu=cpus[-1] if len(cpus) > 1 else None)
+    doc = write_report(
+        result, out / "benchmarks.md", out / "benchmarks", client_cpu=cpus[-1] if len(cpus) > 1 else None
+    )
     write_json(result, out / "benchmarks" / "results.json")
     _log(f"wrote {doc}")
     failed = [r.side for r in result.sides if r.error]

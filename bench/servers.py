@@ -64,7 +64,14 @@ def free_port() -> int:
 def server_argv(side: Side, *, checkpoint: str, port: int, engine: EngineSettings) -> list[str]:
     """The server's command line (``python -m <module> ...``), the same engine flags for every side."""
     return [
-        "-m", *_MODULES[side], "--host", "127.0.0.1", "--port", str(port), "--model", checkpoint,
+        "-m",
+        *_MODULES[side],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        checkpoint,
         *engine.cli_flags(),
     ]
 
@@ -121,7 +128,11 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", shim, *self.argv],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.started_at = time.perf_counter()
 
@@ -140,7 +151,9 @@ class ServerProcess:
         while True:
             code = self.proc.poll()
             if code is not None:
-                raise ServerFailed(f"{self.side} server exited with code {code} before it was ready:\n{self.log_tail()}")
+                raise ServerFailed(
+                    f"{self.side} server exited with code {code} before it was ready:\n{self.log_tail()}"
+                )
             try:
                 if await probe():
                     return time.perf_counter() - self.started_at

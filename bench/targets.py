@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from bench.results import BenchResult
 from loadtest.results import GroupStats
 
-__all__ = ["THROUGHPUT_VS_INPROCESS", "TTFT_DELTA_S", "VS_HTTP_THROUGHPUT", "VS_HTTP_TTFT", "TargetCheck", "check_targets"]
+__all__ = [
+    "THROUGHPUT_VS_INPROCESS",
+    "TTFT_DELTA_S",
+    "VS_HTTP_THROUGHPUT",
+    "VS_HTTP_TTFT",
+    "TargetCheck",
+    "check_targets",
+]
 
 THROUGHPUT_VS_INPROCESS = 0.97
 TTFT_DELTA_S = 0.002
@@ -52,7 +59,9 @@ def check_targets(result: BenchResult) -> list[TargetCheck]:
                 checks.append(TargetCheck("throughput ≥ 0.97× in-process", w, c, "n/a", None))
                 continue
             ratio = b.output_tokens_per_s / a.output_tokens_per_s
-            checks.append(TargetCheck("throughput ≥ 0.97× in-process", w, c, f"{ratio:.2f}×", ratio >= THROUGHPUT_VS_INPROCESS))
+            checks.append(
+                TargetCheck("throughput ≥ 0.97× in-process", w, c, f"{ratio:.2f}×", ratio >= THROUGHPUT_VS_INPROCESS)
+            )
         c1 = min(levels)
         a, b = _stats(result, "inprocess", w, c1), _stats(result, "nanovl", w, c1)
         ta, tb = (_ttft(a) if a else None), (_ttft(b) if b else None)
@@ -60,8 +69,15 @@ def check_targets(result: BenchResult) -> list[TargetCheck]:
             checks.append(TargetCheck(f"TTFT p50 within 2 ms of in-process at c={c1}", w, c1, "n/a", None))
         else:
             delta = tb - ta
-            checks.append(TargetCheck(f"TTFT p50 within 2 ms of in-process at c={c1}", w, c1,
-                                      f"{delta * 1000:+.1f} ms", delta <= TTFT_DELTA_S))
+            checks.append(
+                TargetCheck(
+                    f"TTFT p50 within 2 ms of in-process at c={c1}",
+                    w,
+                    c1,
+                    f"{delta * 1000:+.1f} ms",
+                    delta <= TTFT_DELTA_S,
+                )
+            )
         if w not in VS_HTTP_WORKLOADS:
             continue
         for c in levels:
@@ -71,7 +87,13 @@ def check_targets(result: BenchResult) -> list[TargetCheck]:
                 checks.append(TargetCheck("≥ 1.3× vLLM HTTP throughput, ≤ 0.8× its TTFT", w, c, "n/a", None))
                 continue
             tput, ttft = b.output_tokens_per_s / h.output_tokens_per_s, tb / th
-            checks.append(TargetCheck("≥ 1.3× vLLM HTTP throughput, ≤ 0.8× its TTFT", w, c,
-                                      f"throughput {tput:.2f}×, TTFT {ttft:.2f}×",
-                                      tput >= VS_HTTP_THROUGHPUT and ttft <= VS_HTTP_TTFT))
+            checks.append(
+                TargetCheck(
+                    "≥ 1.3× vLLM HTTP throughput, ≤ 0.8× its TTFT",
+                    w,
+                    c,
+                    f"throughput {tput:.2f}×, TTFT {ttft:.2f}×",
+                    tput >= VS_HTTP_THROUGHPUT and ttft <= VS_HTTP_TTFT,
+                )
+            )
     return checks

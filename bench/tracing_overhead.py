@@ -33,11 +33,24 @@ def _load(target: str, requests: int, concurrency: int, queue) -> None:
     from loadtest import LoadTestConfig, run_load_test
     from loadtest.mix import Mix
 
-    result = run_load_test(LoadTestConfig(target=target, concurrency=(concurrency,), requests=requests,
-                                          mix=Mix.parse("text=0.5,image=0.5"), max_tokens=32, warmup_requests=2))
+    result = run_load_test(
+        LoadTestConfig(
+            target=target,
+            concurrency=(concurrency,),
+            requests=requests,
+            mix=Mix.parse("text=0.5,image=0.5"),
+            max_tokens=32,
+            warmup_requests=2,
+        )
+    )
     overall = result.levels[0].overall
-    queue.put({"tokens_per_s": overall.output_tokens_per_s, "errors": overall.failed,
-               "ttft_p50_ms": overall.ttft.p50 * 1000 if overall.ttft.p50 else None})
+    queue.put(
+        {
+            "tokens_per_s": overall.output_tokens_per_s,
+            "errors": overall.failed,
+            "ttft_p50_ms": overall.ttft.p50 * 1000 if overall.ttft.p50 else None,
+        }
+    )
 
 
 async def _run_client(ctx, target: str, args) -> dict:
@@ -64,8 +77,9 @@ async def main(args: argparse.Namespace) -> dict:
     receiver.start()
     endpoint = endpoints.get(timeout=60)
     engine = await Engine.start(default_engine_args(str(ensure_tiny_checkpoint()), max_model_len=4096))
-    provider = tracing.setup_tracing(tracing.TracingSettings.from_env(
-        exporter="otlp", endpoint=endpoint, protocol="grpc", sampler_ratio=1.0))
+    provider = tracing.setup_tracing(
+        tracing.TracingSettings.from_env(exporter="otlp", endpoint=endpoint, protocol="grpc", sampler_ratio=1.0)
+    )
     servers = {
         "off": await build_server(engine, ServerSettings(port=0)),
         "on": await build_server(engine, ServerSettings(port=0), tracer_provider=provider),
@@ -84,8 +98,13 @@ async def main(args: argparse.Namespace) -> dict:
     spans = endpoints.get(timeout=30)
     receiver.join()
     med = {side: statistics.median(r["tokens_per_s"] for r in rs) for side, rs in runs.items()}
-    return {"runs": runs, "median_tokens_per_s": med, "ratio_on_over_off": med["on"] / med["off"],
-            "spans_exported": spans, "errors": sum(r["errors"] for rs in runs.values() for r in rs)}
+    return {
+        "runs": runs,
+        "median_tokens_per_s": med,
+        "ratio_on_over_off": med["on"] / med["off"],
+        "spans_exported": spans,
+        "errors": sum(r["errors"] for rs in runs.values() for r in rs),
+    }
 
 
 if __name__ == "__main__":

@@ -22,11 +22,18 @@ _WHERE = {
     "loadtest.plots": ("plot_compare", "plot_run"),
     "loadtest.report": ("ReportFiles", "RichProgress", "load_result", "write_reports"),
     "loadtest.results": (
-        "ClientHealth", "ErrorCount", "GroupStats", "LatencySummary", "LevelResult", "LoadTestResult",
-        "MediaPoolInfo", "RequestRecord", "ServerInfo",
+        "ClientHealth",
+        "ErrorCount",
+        "GroupStats",
+        "LatencySummary",
+        "LevelResult",
+        "LoadTestResult",
+        "MediaPoolInfo",
+        "RequestRecord",
+        "ServerInfo",
     ),
     "loadtest.runner": ("ProgressListener", "run_load_test", "run_load_test_async"),
-}  # fmt: skip
+}
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 if TYPE_CHECKING:

@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loadtest.config import DEFAULT_MIX, AudioSpec, ImageSpec, LoadTestConfig, VideoSpec, parse_size
 from loadtest.mix import Mix
@@ -50,23 +48,52 @@ def _float_list(text: str) -> tuple[float, ...]:
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     load = p.add_argument_group("load")
     load.add_argument("--target", metavar="HOST:PORT", help="the nanovl gRPC server (required to run)")
-    load.add_argument("--concurrency", type=_int_list, default=(), metavar="N[,N...]",
-                      help="closed-loop levels: requests kept in flight, e.g. 1,8,32,128")  # fmt: skip
-    load.add_argument("--rate", type=_float_list, default=(), metavar="R[,R...]",
-                      help="open-loop levels: Poisson arrivals per second, e.g. 0.5,1,2 (run after --concurrency levels)")  # fmt: skip
+    load.add_argument(
+        "--concurrency",
+        type=_int_list,
+        default=(),
+        metavar="N[,N...]",
+        help="closed-loop levels: requests kept in flight, e.g. 1,8,32,128",
+    )
+    load.add_argument(
+        "--rate",
+        type=_float_list,
+        default=(),
+        metavar="R[,R...]",
+        help="open-loop levels: Poisson arrivals per second, e.g. 0.5,1,2 (run after --concurrency levels)",
+    )
     amount = load.add_mutually_exclusive_group()
-    amount.add_argument("--requests", type=int, metavar="N",
-                        help="measured requests per level (default: max(32, 4 x concurrency) or max(32, 30 s x rate))")  # fmt: skip
+    amount.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help="measured requests per level (default: max(32, 4 x concurrency) or max(32, 30 s x rate))",
+    )
     amount.add_argument("--duration", type=float, metavar="S", help="seconds per level instead of a request count")
     load.add_argument("--warmup", type=int, metavar="N", help="unmeasured requests first (default: one per mix kind)")
-    load.add_argument("--ramp-up", type=float, default=0.0, metavar="S",
-                      help="closed loop: start workers evenly over S seconds; open loop: raise the rate linearly over S")  # fmt: skip
-    load.add_argument("--client-processes", type=int, default=1, metavar="N",
-                      help="split the load over N client processes (for loads one Python process cannot drive)")  # fmt: skip
+    load.add_argument(
+        "--ramp-up",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="closed loop: start workers evenly over S seconds; open loop: raise the rate linearly over S",
+    )
+    load.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the load over N client processes (for loads one Python process cannot drive)",
+    )
     load.add_argument("--seed", type=int, default=0)
 
     work = p.add_argument_group("workload")
-    work.add_argument("--mix", default=DEFAULT_MIX, help=f"kinds and weights (default {DEFAULT_MIX}); join media with + for multi-media prompts, e.g. image+audio=0.1")
+    work.add_argument(
+        "--mix",
+        default=DEFAULT_MIX,
+        help=f"kinds and weights (default {DEFAULT_MIX}); join media with + for multi-media prompts, "
+        "e.g. image+audio=0.1",
+    )
     work.add_argument("--image-size", default="640x480", metavar="WxH")
     work.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
     work.add_argument("--video-size", default="8x320x240", metavar="FRAMESxWxH")
@@ -75,23 +102,37 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     work.add_argument("--video-sample-frames", type=int, metavar="N", help="frames the server samples (default: all)")
     work.add_argument("--audio-seconds", type=float, default=3.0)
     work.add_argument("--audio-format", choices=("wav", "pcm"), default="wav", help="pcm: raw 16-bit samples")
-    work.add_argument("--media-content", choices=("smooth", "noise"), default="smooth",
-                      help="synthetic pixels: smooth (photo-like sizes, default) or noise (incompressible)")  # fmt: skip
+    work.add_argument(
+        "--media-content",
+        choices=("smooth", "noise"),
+        default="smooth",
+        help="synthetic pixels: smooth (photo-like sizes, default) or noise (incompressible)",
+    )
     work.add_argument("--media-dir", metavar="DIR", help="send these files (by extension) instead of synthetic media")
-    work.add_argument("--media-pool", type=int, metavar="N",
-                      help="distinct prompts per kind (default: one per request; prompts then never repeat)")  # fmt: skip
+    work.add_argument(
+        "--media-pool",
+        type=int,
+        metavar="N",
+        help="distinct prompts per kind (default: one per request; prompts then never repeat)",
+    )
     work.add_argument("--prompt-words", type=int, default=32, help="random words in each prompt's text part")
     work.add_argument("--chat", action="store_true", help="send chat messages (the model's chat template)")
 
     req = p.add_argument_group("requests")
     req.add_argument("--max-tokens", type=int, default=64)
-    req.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
-                     help="let EOS end generations early (default: always generate --max-tokens)")  # fmt: skip
+    req.add_argument(
+        "--no-ignore-eos",
+        dest="ignore_eos",
+        action="store_false",
+        help="let EOS end generations early (default: always generate --max-tokens)",
+    )
     req.add_argument("--temperature", type=float)
     req.add_argument("--chunked", action="store_true", help="upload with StreamGenerate (chunked) instead of Generate")
     req.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="BYTES")
     req.add_argument("--timeout", type=float, default=600.0, metavar="S", help="deadline per request")
-    req.add_argument("--connect-timeout", type=float, default=60.0, metavar="S", help="wait this long for the server to come up")
+    req.add_argument(
+        "--connect-timeout", type=float, default=60.0, metavar="S", help="wait this long for the server to come up"
+    )
 
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="results directory (default: loadtest-results/<UTC time>)")
@@ -113,7 +154,9 @@ def add_loadtest_subparser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_run_arguments(p)
     sub = p.add_subparsers(dest="loadtest_command", metavar="compare")
-    c = sub.add_parser("compare", help="compare runs (the first is the baseline)", description="Compare load-test runs.")
+    c = sub.add_parser(
+        "compare", help="compare runs (the first is the baseline)", description="Compare load-test runs."
+    )
     c.add_argument("results", nargs="+", metavar="RESULTS.json")
     c.add_argument("--out", metavar="DIR", help="write compare.csv and overlay plots here")
     c.add_argument("--no-plots", action="store_true")
@@ -174,9 +217,14 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(table)
     reused = [m for m in result.media if m.sent > m.unique]
     for m in reused:
-        console.print(f"note: {m.kind}: {m.sent} requests used {m.unique} distinct prompts; repeats may hit server caches")
-    console.print(f"wrote {files.json}, {files.summary_csv.name}, {files.requests_csv.name}"
-                  + (f" and {len(plots)} plots" if plots else "") + f" in {out}")  # fmt: skip
+        console.print(
+            f"note: {m.kind}: {m.sent} requests used {m.unique} distinct prompts; repeats may hit server caches"
+        )
+    console.print(
+        f"wrote {files.json}, {files.summary_csv.name}, {files.requests_csv.name}"
+        + (f" and {len(plots)} plots" if plots else "")
+        + f" in {out}"
+    )
     return EXIT_REQUEST_ERRORS if result.total_errors else EXIT_OK
 
 

@@ -159,10 +159,13 @@ class LoadTestConfig:
                 raise InvalidArgument(f"{name} must be >= 1, got {value}")
         if self.video.width % 16 or self.video.width < 64 or self.video.height < 32:
             raise InvalidArgument(
-                f"video size {self.video.width}x{self.video.height}: width must be a multiple of 16 and >= 64, height >= 32"
+                f"video size {self.video.width}x{self.video.height}: width must be a multiple of 16 and >= "
+                "64, height >= 32"
             )
         if self.video.sample_frames is not None and not 1 <= self.video.sample_frames <= self.video.frames:
-            raise InvalidArgument(f"video sample frames must be in [1, {self.video.frames}], got {self.video.sample_frames}")
+            raise InvalidArgument(
+                f"video sample frames must be in [1, {self.video.frames}], got {self.video.sample_frames}"
+            )
         if self.media_pool is not None and self.media_pool < 1:
             raise InvalidArgument(f"media pool must be >= 1, got {self.media_pool}")
         if self.warmup_requests is not None and self.warmup_requests < 0:

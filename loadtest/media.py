@@ -237,7 +237,9 @@ def _soundfile_bytes(
     return buf.getvalue()
 
 
-def make_wav(seconds: float, sample_rate: int = 16000, channels: int = 1, seed: int = 0, *, subtype: str = "PCM_16") -> bytes:
+def make_wav(
+    seconds: float, sample_rate: int = 16000, channels: int = 1, seed: int = 0, *, subtype: str = "PCM_16"
+) -> bytes:
     return _soundfile_bytes(seconds, sample_rate, channels, seed, format="WAV", subtype=subtype)
 
 

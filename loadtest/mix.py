@@ -34,7 +34,9 @@ def _canonical_kind(raw: str) -> str:
     names = [n.strip().lower() for n in raw.split("+")]
     for n in names:
         if n not in MODALITIES:
-            raise InvalidArgument(f"--mix: unknown modality {n!r}; use {', '.join(MODALITIES)} (media may be joined with '+')")
+            raise InvalidArgument(
+                f"--mix: unknown modality {n!r}; use {', '.join(MODALITIES)} (media may be joined with '+')"
+            )
     if len(set(names)) != len(names):
         raise InvalidArgument(f"--mix: {raw!r} names a modality twice")
     if len(names) > 1 and "text" in names:

@@ -136,7 +136,9 @@ def plot_sweep(result: LoadTestResult, mode: str, path: Path) -> Path | None:
     if mode == "rate":
         req_ax.plot(xs, xs, color="gray", linestyle=":", label="offered")
     ttft_ax.plot(*_series(levels, _ms(lambda g: g.ttft.p50)), marker="o", color="black", label="all p50")
-    ttft_ax.plot(*_series(levels, _ms(lambda g: g.ttft.p99)), marker="o", color="black", linestyle="--", label="all p99")
+    ttft_ax.plot(
+        *_series(levels, _ms(lambda g: g.ttft.p99)), marker="o", color="black", linestyle="--", label="all p99"
+    )
     kinds = result.config.mix.kinds
     if len(kinds) > 1:
         for kind in kinds:
@@ -144,7 +146,10 @@ def plot_sweep(result: LoadTestResult, mode: str, path: Path) -> Path | None:
     _sweep_axes(tok_ax, mode, "output throughput", "output tokens/s", xs)
     _sweep_axes(req_ax, mode, "request throughput", "requests/s", xs)
     _sweep_axes(ttft_ax, mode, "time to first token", "TTFT (ms)", xs)
-    fig.suptitle(f"{result.name}: throughput and TTFT vs {'concurrency' if mode == 'concurrency' else 'request rate'}", fontsize=10)
+    fig.suptitle(
+        f"{result.name}: throughput and TTFT vs {'concurrency' if mode == 'concurrency' else 'request rate'}",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -167,7 +172,10 @@ def plot_compare(results: Sequence[LoadTestResult], out_dir: str | Path) -> list
     files: list[Path] = []
     colors = [f"C{i}" for i in range(10)]
     for mode in ("concurrency", "rate"):
-        runs = [(r, sorted((lv for lv in r.levels if lv.level.mode == mode), key=lambda lv: lv.level.value)) for r in results]
+        runs = [
+            (r, sorted((lv for lv in r.levels if lv.level.mode == mode), key=lambda lv: lv.level.value))
+            for r in results
+        ]
         if not any(levels for _, levels in runs):
             continue
         xs = [lv.level.value for _, levels in runs for lv in levels]
@@ -181,11 +189,16 @@ def plot_compare(results: Sequence[LoadTestResult], out_dir: str | Path) -> list
             offered = sorted(set(xs))
             req_ax.plot(offered, offered, color="gray", linestyle=":", label="offered")
             ttft_ax.plot(*_series(levels, _ms(lambda g: g.ttft.p50)), marker="o", color=c, label=f"{r.name} p50")
-            ttft_ax.plot(*_series(levels, _ms(lambda g: g.ttft.p99)), marker="o", color=c, linestyle="--", label=f"{r.name} p99")
+            ttft_ax.plot(
+                *_series(levels, _ms(lambda g: g.ttft.p99)), marker="o", color=c, linestyle="--", label=f"{r.name} p99"
+            )
         _sweep_axes(tok_ax, mode, "output throughput", "output tokens/s", xs)
         _sweep_axes(req_ax, mode, "request throughput", "requests/s", xs)
         _sweep_axes(ttft_ax, mode, "time to first token", "TTFT (ms)", xs)
-        fig.suptitle(f"compared: throughput and TTFT vs {'concurrency' if mode == 'concurrency' else 'request rate'}", fontsize=10)
+        fig.suptitle(
+            f"compared: throughput and TTFT vs {'concurrency' if mode == 'concurrency' else 'request rate'}",
+            fontsize=10,
+        )
         files.append(_save(fig, out / f"compare_sweep_{mode}.png"))
     for base_level in results[0].levels:
         matches = [(r, next((lv for lv in r.levels if lv.level == base_level.level), None)) for r in results]

@@ -216,26 +216,66 @@ def result_tables(result: LoadTestResult) -> list[Table]:
     """The final tables: per level, per level and kind, errors (if any)."""
     overall = Table(title=f"{result.name}: per level (all kinds)", title_justify="left")
     for col in (
-        "level", "ok", "err", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms",
-        "ITL p50 ms", "ITL p99 ms", "TPOT p50 ms", "E2E p50 s", "E2E p99 s", "client CPU",
-    ):  # fmt: skip
+        "level",
+        "ok",
+        "err",
+        "req/s",
+        "out tok/s",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "ITL p50 ms",
+        "ITL p99 ms",
+        "TPOT p50 ms",
+        "E2E p50 s",
+        "E2E p99 s",
+        "client CPU",
+    ):
         overall.add_column(col, justify="left" if col == "level" else "right", no_wrap=col == "level")
     for lv in result.levels:
         g = lv.overall
         overall.add_row(
-            lv.level.label, str(g.succeeded), str(g.failed), f"{g.requests_per_s:.2f}", f"{g.output_tokens_per_s:.1f}",
-            _ms(g.ttft.p50), _ms(g.ttft.p99), _ms(g.itl.p50), _ms(g.itl.p99), _ms(g.tpot.p50),
-            _s(g.e2e.p50), _s(g.e2e.p99), f"{lv.client.cpu_util:.0%}",
-        )  # fmt: skip
+            lv.level.label,
+            str(g.succeeded),
+            str(g.failed),
+            f"{g.requests_per_s:.2f}",
+            f"{g.output_tokens_per_s:.1f}",
+            _ms(g.ttft.p50),
+            _ms(g.ttft.p99),
+            _ms(g.itl.p50),
+            _ms(g.itl.p99),
+            _ms(g.tpot.p50),
+            _s(g.e2e.p50),
+            _s(g.e2e.p99),
+            f"{lv.client.cpu_util:.0%}",
+        )
     by_kind = Table(title="per level and kind", title_justify="left")
-    for col in ("level", "kind", "ok", "err", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "E2E p50 s", "E2E p99 s"):
+    for col in (
+        "level",
+        "kind",
+        "ok",
+        "err",
+        "out tok/s",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "ITL p50 ms",
+        "E2E p50 s",
+        "E2E p99 s",
+    ):
         by_kind.add_column(col, justify="left" if col in ("level", "kind") else "right")
     for lv in result.levels:
         for g in lv.by_kind:
             by_kind.add_row(
-                lv.level.label, g.kind, str(g.succeeded), str(g.failed), f"{g.output_tokens_per_s:.1f}",
-                _ms(g.ttft.p50), _ms(g.ttft.p99), _ms(g.itl.p50), _s(g.e2e.p50), _s(g.e2e.p99),
-            )  # fmt: skip
+                lv.level.label,
+                g.kind,
+                str(g.succeeded),
+                str(g.failed),
+                f"{g.output_tokens_per_s:.1f}",
+                _ms(g.ttft.p50),
+                _ms(g.ttft.p99),
+                _ms(g.itl.p50),
+                _s(g.e2e.p50),
+                _s(g.e2e.p99),
+            )
     tables = [overall, by_kind]
     if result.total_errors:
         errors = Table(title="errors (first message per code)", title_justify="left")

@@ -146,9 +146,7 @@ def plan_shard(config: LoadTestConfig, shard: int = 0, shards: int = 1) -> Shard
     warmup = tuple(mix.kinds[i % len(mix.kinds)] for i in range(config.warmup_count)) if shard == 0 else ()
     for k in warmup:
         need[k] += 1
-    sizes = tuple(
-        (k, min(n, config.media_pool) if config.media_pool else n) for k, n in need.items() if n > 0
-    )
+    sizes = tuple((k, min(n, config.media_pool) if config.media_pool else n) for k, n in need.items() if n > 0)
     return ShardPlan(shard, shards, warmup, tuple(levels), sizes)
 
 
@@ -588,4 +586,3 @@ def run_load_test(config: LoadTestConfig, *, progress: ProgressListener | None =
     """Run ``config`` and return its results (blocking; starts its own event loop, uvloop
     where installed: a cheaper client leaves more of the machine to what it measures)."""
     return event_loop.run(run_load_test_async(config, progress=progress))
-

@@ -64,7 +64,9 @@ class SmokeOutcome:
 def check_outputs(result: LoadTestResult, files: Sequence[Path]) -> tuple[str, ...]:
     """Everything that is wrong with a run's outcome: failed requests, missing or
     unparsable files."""
-    problems = [f"{lv.level.label}: {e.count} x {e.code}: {e.first_message}" for lv in result.levels for e in lv.overall.errors]
+    problems = [
+        f"{lv.level.label}: {e.count} x {e.code}: {e.first_message}" for lv in result.levels for e in lv.overall.errors
+    ]
     for path in files:
         if not path.is_file() or path.stat().st_size == 0:
             problems.append(f"{path} is missing or empty")
@@ -104,7 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for problem in outcome.problems:
         print(f"smoke: {problem}", file=sys.stderr)
     ok = outcome.result.levels[0].overall.succeeded
-    print(f"smoke: {'passed' if outcome.passed else 'FAILED'}: {ok} requests succeeded, {len(outcome.files)} files in {args.out}")
+    print(
+        f"smoke: {'passed' if outcome.passed else 'FAILED'}: {ok} requests succeeded, "
+        f"{len(outcome.files)} files in {args.out}"
+    )
     return 0 if outcome.passed else 1
 
 

@@ -42,9 +42,7 @@ def count_errors(records: Iterable[RequestRecord]) -> tuple[ErrorCount, ...]:
             continue
         counts[r.error_code] = counts.get(r.error_code, 0) + 1
         first.setdefault(r.error_code, r.error_message or "")
-    return tuple(
-        ErrorCount(code, n, first[code]) for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    )
+    return tuple(ErrorCount(code, n, first[code]) for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def group_stats(kind: str, records: Sequence[RequestRecord], window_s: float) -> GroupStats:

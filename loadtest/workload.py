@@ -90,9 +90,7 @@ class MediaDirectory:
         if not self.root.is_dir():
             raise InvalidArgument(f"--media-dir {self.root} is not a directory")
         files = sorted(p for p in self.root.rglob("*") if p.is_file())
-        self.files = {
-            m: tuple(p for p in files if p.suffix.lower() in MEDIA_EXTENSIONS[m]) for m in MEDIA_MODALITIES
-        }
+        self.files = {m: tuple(p for p in files if p.suffix.lower() in MEDIA_EXTENSIONS[m]) for m in MEDIA_MODALITIES}
         self._cache: dict[Path, bytes] = {}
 
     def require(self, modalities: Iterable[str]) -> None:
@@ -227,11 +225,7 @@ def prepare_workload(
     directory = MediaDirectory(config.media_dir) if config.media_dir else None
     if directory is not None:
         directory.require(m for kind, _ in pool_sizes for m in kind.split("+"))
-    jobs = [
-        (kind, i, (config.seed, *seed_key, k))
-        for k, (kind, size) in enumerate(pool_sizes)
-        for i in range(size)
-    ]
+    jobs = [(kind, i, (config.seed, *seed_key, k)) for k, (kind, size) in enumerate(pool_sizes) for i in range(size)]
 
     def run(job: tuple[str, int, tuple[int, ...]]) -> PreparedRequest:
         item = _prepare_one(job[0], job[1], job[2], config, directory)

@@ -20,19 +20,50 @@ class CheckpointError(ValueError):
 
 # Every field vLLM's NemotronH_Nano_VL_V2 code and processor read.
 REQUIRED_TOP = (
-    "force_image_size", "patch_size", "downsample_ratio", "use_thumbnail", "template", "ps_version",
-    "image_tag_type", "vit_hidden_size", "projector_hidden_size", "norm_mean", "norm_std",
-    "text_config", "vision_config",
+    "force_image_size",
+    "patch_size",
+    "downsample_ratio",
+    "use_thumbnail",
+    "template",
+    "ps_version",
+    "image_tag_type",
+    "vit_hidden_size",
+    "projector_hidden_size",
+    "norm_mean",
+    "norm_std",
+    "text_config",
+    "vision_config",
 )
-REQUIRED_TEXT = ("hidden_size", "vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-                 "intermediate_size", "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size",
-                 "conv_kernel", "chunk_size")
+REQUIRED_TEXT = (
+    "hidden_size",
+    "vocab_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "mamba_num_heads",
+    "mamba_head_dim",
+    "n_groups",
+    "ssm_state_size",
+    "conv_kernel",
+    "chunk_size",
+)
 REQUIRED_TEXT_ONE_OF = (("hybrid_override_pattern", "layers_block_type"),)
 REQUIRED_VISION = ("args", "patch_size")
 REQUIRED_VISION_ARGS = ("model",)
-REQUIRED_SOUND = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "subsampling_factor", "subsampling_conv_kernel_size", "subsampling_conv_stride",
-                  "num_mel_bins", "sampling_rate", "projection_hidden_size", "projection_bias")
+REQUIRED_SOUND = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "subsampling_factor",
+    "subsampling_conv_kernel_size",
+    "subsampling_conv_stride",
+    "num_mel_bins",
+    "sampling_rate",
+    "projection_hidden_size",
+    "projection_bias",
+)
 
 
 @dataclass(frozen=True)
@@ -61,27 +92,33 @@ def validate_checkpoint(path: str | Path) -> CheckpointInfo:
         raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from exc
     architectures = cfg.get("architectures") or []
     if MODEL_TYPE not in architectures:
-        raise CheckpointError(f"{config_file}: architectures is {architectures}; nanovl serves {MODEL_TYPE} checkpoints")
+        raise CheckpointError(
+            f"{config_file}: architectures is {architectures}; nanovl serves {MODEL_TYPE} checkpoints"
+        )
     _require(cfg, REQUIRED_TOP, "", config_file)
     text = cfg["text_config"]
     _require(text, REQUIRED_TEXT, "text_config.", config_file)
     for options in REQUIRED_TEXT_ONE_OF:
         if not any(k in text for k in options):
-            raise CheckpointError(f"{config_file} is missing required field text_config.{options[0]} "
-                                  f"(or text_config.{options[1]})")
+            raise CheckpointError(
+                f"{config_file} is missing required field text_config.{options[0]} (or text_config.{options[1]})"
+            )
     vision = cfg["vision_config"]
     _require(vision, REQUIRED_VISION, "vision_config.", config_file)
     _require(vision["args"], REQUIRED_VISION_ARGS, "vision_config.args.", config_file)
     if "sound_config" not in cfg:
-        raise CheckpointError(f"{config_file} is missing required field sound_config "
-                              "(set it to null for a checkpoint without audio)")
+        raise CheckpointError(
+            f"{config_file} is missing required field sound_config (set it to null for a checkpoint without audio)"
+        )
     sound = cfg["sound_config"]
     if sound is not None:
         _require(sound, REQUIRED_SOUND, "sound_config.", config_file)
         for key in SOUND_KEYS_OWNED_BY_VLLM:
             if key in sound:
-                raise CheckpointError(f"{config_file} must not set sound_config.{key}: vLLM sets it itself "
-                                      "and a second value breaks engine start-up; remove the field")
+                raise CheckpointError(
+                    f"{config_file} must not set sound_config.{key}: vLLM sets it itself "
+                    "and a second value breaks engine start-up; remove the field"
+                )
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(f"{path} has no *.safetensors weights")
     return CheckpointInfo(

@@ -127,9 +127,7 @@ class NemotronNanoVLConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         self.text_config = _as_config(text_config if text_config is not None else {}, NemotronHConfig)
-        self.vision_config = _as_config(
-            vision_config if vision_config is not None else {}, NemotronNanoVLVisionConfig
-        )
+        self.vision_config = _as_config(vision_config if vision_config is not None else {}, NemotronNanoVLVisionConfig)
         # Always an attribute, even when absent: vLLM reads it unconditionally.
         self.sound_config = _as_config(sound_config, NemotronNanoVLSoundConfig)
         self.force_image_size = force_image_size

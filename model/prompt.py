@@ -160,13 +160,15 @@ class ChatRenderer:
             if message.role not in ROLES:
                 raise InvalidArgument(f"messages[{i}].role is {message.role!r}; expected one of {', '.join(ROLES)}")
             _collect(message.parts, media)
-            conversation.append({
-                "role": message.role,
-                "content": [
-                    {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": p.modality}
-                    for p in message.parts
-                ],
-            })
+            conversation.append(
+                {
+                    "role": message.role,
+                    "content": [
+                        {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": p.modality}
+                        for p in message.parts
+                    ],
+                }
+            )
         prompt = self._tokenizer.apply_chat_template(
             conversation,
             tokenize=False,

@@ -40,9 +40,21 @@ CONFIG_MODULE_FILE = "configuration_nanovl.py"
 # tokens so the vocabulary is exactly the LLM's (the model can never sample an id the
 # tokenizer cannot decode).
 SPECIAL_TOKENS = (
-    "<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>",
-    "<image>", "<img>", "</img>", "<video>", "<so_start>", "<so_end>", "<so_embedding>",
-    "<think>", "</think>",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<image>",
+    "<img>",
+    "</img>",
+    "<video>",
+    "<so_start>",
+    "<so_end>",
+    "<so_embedding>",
+    "<think>",
+    "</think>",
 )
 VOCAB_SIZE = 320
 
@@ -232,8 +244,7 @@ def _llm_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
         model = NemotronHForCausalLM(NemotronHConfig(**_text_config(spec)))
     # Hugging Face checkpoints name the LLM trunk "backbone" (transformers 5 says "model").
     return {
-        "language_model." + re.sub(r"^model\.", "backbone.", k): tuple(v.shape)
-        for k, v in model.state_dict().items()
+        "language_model." + re.sub(r"^model\.", "backbone.", k): tuple(v.shape) for k, v in model.state_dict().items()
     }
 
 
@@ -242,19 +253,24 @@ def _sound_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
 
     sound = _sound_config(spec)
     assert sound is not None
-    encoder_keys = {k: v for k, v in sound.items() if k not in (
-        "model_type", "sampling_rate", "projection_hidden_size", "projection_bias")}
+    encoder_keys = {
+        k: v
+        for k, v in sound.items()
+        if k not in ("model_type", "sampling_rate", "projection_hidden_size", "projection_bias")
+    }
     # The same settings vLLM forces when it builds the encoder.
     cfg = ParakeetEncoderConfig(**encoder_keys, scale_input=False, attention_bias=False)
     with torch.device("meta"):
         encoder = ParakeetEncoder(cfg)
     shapes = {f"sound_encoder.encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
     proj = sound["projection_hidden_size"]
-    shapes.update({
-        "sound_projection.norm.weight": (SOUND_HIDDEN,),
-        "sound_projection.linear1.weight": (proj, SOUND_HIDDEN),
-        "sound_projection.linear2.weight": (LLM_HIDDEN, proj),
-    })
+    shapes.update(
+        {
+            "sound_projection.norm.weight": (SOUND_HIDDEN,),
+            "sound_projection.linear1.weight": (proj, SOUND_HIDDEN),
+            "sound_projection.linear2.weight": (LLM_HIDDEN, proj),
+        }
+    )
     return shapes
 
 
@@ -275,14 +291,22 @@ def _vision_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
         shapes[prefix + "patch_generator.video_embedder.weight"] = (d, 3 * t * p * p)
     for i in range(VIT_LAYERS):
         b = f"{prefix}blocks.{i}."
-        shapes.update({
-            b + "norm1.weight": (d,), b + "norm1.bias": (d,),
-            b + "norm2.weight": (d,), b + "norm2.bias": (d,),
-            b + "attn.qkv.weight": (3 * d, d), b + "attn.qkv.bias": (3 * d,),
-            b + "attn.proj.weight": (d, d), b + "attn.proj.bias": (d,),
-            b + "mlp.fc1.weight": (mlp, d), b + "mlp.fc1.bias": (mlp,),
-            b + "mlp.fc2.weight": (d, mlp), b + "mlp.fc2.bias": (d,),
-        })
+        shapes.update(
+            {
+                b + "norm1.weight": (d,),
+                b + "norm1.bias": (d,),
+                b + "norm2.weight": (d,),
+                b + "norm2.bias": (d,),
+                b + "attn.qkv.weight": (3 * d, d),
+                b + "attn.qkv.bias": (3 * d,),
+                b + "attn.proj.weight": (d, d),
+                b + "attn.proj.bias": (d,),
+                b + "mlp.fc1.weight": (mlp, d),
+                b + "mlp.fc1.bias": (mlp,),
+                b + "mlp.fc2.weight": (d, mlp),
+                b + "mlp.fc2.bias": (d,),
+            }
+        )
     return shapes
 
 
@@ -326,7 +350,10 @@ def _write_tokenizer(out: Path) -> None:
     tok.add_special_tokens(list(SPECIAL_TOKENS) + reserved)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
         model_max_length=8192,
         chat_template=CHAT_TEMPLATE,
     )
@@ -348,8 +375,9 @@ def build_tiny_checkpoint(out_dir: str | os.PathLike, variant: Variant = "full",
     try:
         (tmp / "config.json").write_text(json.dumps(checkpoint_config(spec), indent=2, sort_keys=True) + "\n")
         shutil.copyfile(config_module.__file__, tmp / CONFIG_MODULE_FILE)
-        (tmp / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}, indent=2, sort_keys=True) + "\n")
+        (tmp / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}, indent=2, sort_keys=True) + "\n"
+        )
         _write_tokenizer(tmp)
         save_file(checkpoint_tensors(spec), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if out.exists():

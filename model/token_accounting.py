@@ -273,13 +273,21 @@ def images_tokens(
         for param in params:
             pw, ph = param.patch_size
             prompt, embeds = _count(proc.get_image_repl(param.num_embeddings, None))
-            out.append(ItemTokens(
-                modality="image", prompt_tokens=prompt, encoder_tokens=embeds,
-                feature_tokens=param.num_embeddings,
-                detail=ImageDetail(tiles=1, tile_width=pw * geom.patch_size,
-                                   tile_height=ph * geom.patch_size, thumbnail=False,
-                                   dynamic_resolution=True),
-            ))
+            out.append(
+                ItemTokens(
+                    modality="image",
+                    prompt_tokens=prompt,
+                    encoder_tokens=embeds,
+                    feature_tokens=param.num_embeddings,
+                    detail=ImageDetail(
+                        tiles=1,
+                        tile_width=pw * geom.patch_size,
+                        tile_height=ph * geom.patch_size,
+                        thumbnail=False,
+                        dynamic_resolution=True,
+                    ),
+                )
+            )
         return out
 
     from vllm.transformers_utils.processors.internvl import (
@@ -290,17 +298,30 @@ def images_tokens(
     ratios = get_internvl_target_ratios(1, tiles)
     for width, height in sizes:
         blocks, target_w, target_h = calculate_internvl_targets(
-            orig_width=width, orig_height=height, target_ratios=ratios,
-            image_size=geom.image_size, use_thumbnail=geom.use_thumbnail,
+            orig_width=width,
+            orig_height=height,
+            target_ratios=ratios,
+            image_size=geom.image_size,
+            use_thumbnail=geom.use_thumbnail,
         )
         feature = proc.get_num_image_tokens(image_width=width, image_height=height, max_num_tiles=tiles)
         prompt, embeds = _count(proc.get_image_repl(feature, blocks))
         grid = (target_w // geom.image_size) * (target_h // geom.image_size)
-        out.append(ItemTokens(
-            modality="image", prompt_tokens=prompt, encoder_tokens=embeds, feature_tokens=feature,
-            detail=ImageDetail(tiles=blocks, tile_width=geom.image_size, tile_height=geom.image_size,
-                               thumbnail=blocks > grid, dynamic_resolution=False),
-        ))
+        out.append(
+            ItemTokens(
+                modality="image",
+                prompt_tokens=prompt,
+                encoder_tokens=embeds,
+                feature_tokens=feature,
+                detail=ImageDetail(
+                    tiles=blocks,
+                    tile_width=geom.image_size,
+                    tile_height=geom.image_size,
+                    thumbnail=blocks > grid,
+                    dynamic_resolution=False,
+                ),
+            )
+        )
     return out
 
 
@@ -318,9 +339,7 @@ def dummy_text_length(geom: ModelGeometry, *, num_videos: int = 0, num_audios: i
     return len(geom.processor.tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def image_tokens(
-    geom: ModelGeometry, width: int, height: int, *, max_num_tiles: int | None = None
-) -> ItemTokens:
+def image_tokens(geom: ModelGeometry, width: int, height: int, *, max_num_tiles: int | None = None) -> ItemTokens:
     """Tokens of one image alone in its prompt."""
     return images_tokens(geom, [(width, height)], max_num_tiles=max_num_tiles)[0]
 
@@ -333,9 +352,12 @@ def video_frame_geometry(geom: ModelGeometry, width: int, height: int) -> tuple[
         )
 
         return get_video_target_size_and_feature_size(
-            orig_w=width, orig_h=height, target_patches=geom.video_target_num_patches,
+            orig_w=width,
+            orig_h=height,
+            target_patches=geom.video_target_num_patches,
             maintain_aspect_ratio=geom.video_maintain_aspect_ratio,
-            patch_size=geom.patch_size, downsample_ratio=geom.downsample_ratio,
+            patch_size=geom.patch_size,
+            downsample_ratio=geom.downsample_ratio,
         )
     # Without a target patch count every frame is resized to one square tile.
     return geom.image_size, geom.image_size, geom.tokens_per_tile
@@ -389,10 +411,18 @@ def video_tokens(
     )
     prompt, embeds = _count(details)
     return ItemTokens(
-        modality="video", prompt_tokens=prompt, encoder_tokens=embeds, feature_tokens=retained,
-        detail=VideoDetail(frames=num_frames, tubelets=tubelets, frame_width=frame_w,
-                           frame_height=frame_h, tokens_per_tubelet=per_tubelet,
-                           retained_tokens=retained),
+        modality="video",
+        prompt_tokens=prompt,
+        encoder_tokens=embeds,
+        feature_tokens=retained,
+        detail=VideoDetail(
+            frames=num_frames,
+            tubelets=tubelets,
+            frame_width=frame_w,
+            frame_height=frame_h,
+            tokens_per_tubelet=per_tubelet,
+            retained_tokens=retained,
+        ),
     )
 
 
@@ -403,9 +433,7 @@ def audio_num_samples(geom: ModelGeometry, seconds: float) -> int:
     return int(round(seconds * geom.audio_sampling_rate))
 
 
-def audio_tokens(
-    geom: ModelGeometry, *, seconds: float | None = None, num_samples: int | None = None
-) -> ItemTokens:
+def audio_tokens(geom: ModelGeometry, *, seconds: float | None = None, num_samples: int | None = None) -> ItemTokens:
     """Tokens of one audio item, given its duration or its sample count at the model rate."""
     extractor = geom.processor.audio_extractor
     if extractor is None:
@@ -419,8 +447,11 @@ def audio_tokens(
     prompt, embeds = _count(details)
     clips = tuple(extractor._clip_sizes(n))
     return ItemTokens(
-        modality="audio", prompt_tokens=prompt, encoder_tokens=embeds,
+        modality="audio",
+        prompt_tokens=prompt,
+        encoder_tokens=embeds,
         feature_tokens=extractor.audio_token_count(n),
-        detail=AudioDetail(num_samples=n, sampling_rate=extractor.config.sampling_rate,
-                           clips=len(clips), clip_samples=clips),
+        detail=AudioDetail(
+            num_samples=n, sampling_rate=extractor.config.sampling_rate, clips=len(clips), clip_samples=clips
+        ),
     )

@@ -75,12 +75,14 @@ class WeightReport:
         return not self.mismatched and not self.missing_in_engine
 
     def summary(self) -> str:
-        return (f"{len(self.matched)} matched, {len(self.mismatched)} mismatched, "
-                f"{len(self.missing_in_engine)} missing in engine, {len(self.not_in_checkpoint)} derived/unset, "
-                f"{len(self.skipped)} skipped")
+        return (
+            f"{len(self.matched)} matched, {len(self.mismatched)} mismatched, "
+            f"{len(self.missing_in_engine)} missing in engine, {len(self.not_in_checkpoint)} derived/unset, "
+            f"{len(self.skipped)} skipped"
+        )
 
     @classmethod
-    def from_wire(cls, data: Mapping[str, list]) -> "WeightReport":
+    def from_wire(cls, data: Mapping[str, list]) -> WeightReport:
         return cls(
             matched=tuple(data["matched"]),
             mismatched=tuple((n, float(d)) for n, d in data["mismatched"]),
@@ -117,7 +119,7 @@ def compare(
         got = got.detach().to("cpu")
         if tuple(got.shape) != tuple(want.shape):
             # vLLM pads vocabularies; the checkpoint must match the leading rows.
-            if got.dim() == want.dim() and all(g >= w for g, w in zip(got.shape, want.shape)):
+            if got.dim() == want.dim() and all(g >= w for g, w in zip(got.shape, want.shape, strict=False)):
                 got = got[tuple(slice(0, w) for w in want.shape)]
             else:
                 mismatched.append((name, float("inf")))
@@ -125,5 +127,10 @@ def compare(
         diff = (got.float() - want.to(got.dtype).float()).abs().max().item() if want.numel() else 0.0
         (matched if diff == 0.0 else mismatched).append(name if diff == 0.0 else (name, diff))
     not_in_checkpoint = sorted(set(engine_parameters) - set(expected))
-    return {"matched": matched, "mismatched": mismatched, "missing_in_engine": missing,
-            "not_in_checkpoint": not_in_checkpoint, "skipped": skipped}
+    return {
+        "matched": matched,
+        "mismatched": mismatched,
+        "missing_in_engine": missing,
+        "not_in_checkpoint": not_in_checkpoint,
+        "skipped": skipped,
+    }

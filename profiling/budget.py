@@ -73,8 +73,22 @@ MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")
 # safetensors dtype names -> bytes per element; floating ones are cast to the serving
 # dtype by vLLM's loader, the others (quantized, integer) load as stored.
 _SAFETENSORS_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F4": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F4": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
 }
 _SAFETENSORS_FLOATS = {"F64", "F32", "F16", "BF16"}
 
@@ -317,8 +331,12 @@ def admission(
         )
     reasons.extend(oversized)
     return Admission(
-        accepted=not reasons, prompt_tokens=prompt_tokens, max_model_len=max_model_len,
-        over_by_tokens=over, oversized_items=oversized, reason="; ".join(reasons),
+        accepted=not reasons,
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_model_len,
+        over_by_tokens=over,
+        oversized_items=oversized,
+        reason="; ".join(reasons),
     )
 
 
@@ -503,8 +521,14 @@ class _Mix:
 
 
 class _Planner:
-    def __init__(self, request: PlanRequest, vllm_config: VllmConfig, geom: ModelGeometry,
-                 vllm_max: Mapping[str, int], llm: LlmState) -> None:
+    def __init__(
+        self,
+        request: PlanRequest,
+        vllm_config: VllmConfig,
+        geom: ModelGeometry,
+        vllm_max: Mapping[str, int],
+        llm: LlmState,
+    ) -> None:
         self.request = request
         self.vllm_config = vllm_config
         self.geom = geom
@@ -541,11 +565,15 @@ class _Planner:
             its = items[m]
             # This model encodes videos one at a time (requires_sequential_video_encoding).
             batch = its[:1] if m == "video" else its
-            plans.append(ModalityPlan(
-                modality=m, count=counts[m], item=its[0] if its else None,
-                vllm_max_tokens_per_item=self.vllm_max.get(m, 0),
-                encoder_activation_bytes=encoder_activation_bytes(self.hf_config, batch, self.dtype_bytes),
-            ))
+            plans.append(
+                ModalityPlan(
+                    modality=m,
+                    count=counts[m],
+                    item=its[0] if its else None,
+                    vllm_max_tokens_per_item=self.vllm_max.get(m, 0),
+                    encoder_activation_bytes=encoder_activation_bytes(self.hf_config, batch, self.dtype_bytes),
+                )
+            )
         flat = [it for m in MODALITIES for it in items[m]]
         largest = max((it.encoder_tokens for it in flat), default=0)
         total = sum(it.encoder_tokens for it in flat)
@@ -562,22 +590,30 @@ class _Planner:
         return [
             MemoryComponent("weights", llm.weights_bytes, "checkpoint tensors in the serving dtype"),
             MemoryComponent(
-                "kv_cache", llm.kv_bytes_per_token * self.max_model_len,
+                "kv_cache",
+                llm.kv_bytes_per_token * self.max_model_len,
                 f"{llm.attention_layers} attention layers x {llm.kv_bytes_per_token} B/token for one "
                 f"max_model_len sequence (vLLM's start-up minimum; it gives the KV cache all memory left)",
             ),
             MemoryComponent(
-                "mamba_state", llm.mamba_state_bytes_per_seq * self.max_num_seqs,
+                "mamba_state",
+                llm.mamba_state_bytes_per_seq * self.max_num_seqs,
                 f"{llm.mamba_layers} Mamba layers x conv+SSM state for max_num_seqs={self.max_num_seqs} sequences",
             ),
         ]
 
     def memory(self, cache_tokens: int, activation_bytes: int, note: str) -> MemoryPlan:
-        return MemoryPlan(tuple(self.fixed_memory()) + (
-            MemoryComponent("encoder_cache", self.token_bytes(cache_tokens),
-                            f"{cache_tokens} tokens x hidden {self.geom.llm_hidden_size} x {self.dtype_bytes} B"),
-            MemoryComponent("encoder_activations", activation_bytes, note),
-        ))
+        return MemoryPlan(
+            tuple(self.fixed_memory())
+            + (
+                MemoryComponent(
+                    "encoder_cache",
+                    self.token_bytes(cache_tokens),
+                    f"{cache_tokens} tokens x hidden {self.geom.llm_hidden_size} x {self.dtype_bytes} B",
+                ),
+                MemoryComponent("encoder_activations", activation_bytes, note),
+            )
+        )
 
     def fits(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> bool:
         mix = self.evaluate(image, video, audio)
@@ -611,8 +647,11 @@ def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: A
     counts = dict(planner.request.counts())
 
     def with_counts(c: Mapping[str, int]) -> tuple[ImageItems, VideoItems, AudioItems]:
-        return (dataclasses.replace(image, count=c["image"]), dataclasses.replace(video, count=c["video"]),
-                dataclasses.replace(audio, count=c["audio"]))
+        return (
+            dataclasses.replace(image, count=c["image"]),
+            dataclasses.replace(video, count=c["video"]),
+            dataclasses.replace(audio, count=c["audio"]),
+        )
 
     items = planner.items(image, video, audio)
     cost = {m: (items[m][0].prompt_tokens if items[m] else 0) for m in MODALITIES}
@@ -630,8 +669,12 @@ def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: A
         elif m == "image":
             limit[m] = {"count": counts[m], "width": image.width, "height": image.height}
         elif m == "video":
-            limit[m] = {"count": counts[m], "num_frames": video.num_frames,
-                        "width": video.width, "height": video.height}
+            limit[m] = {
+                "count": counts[m],
+                "num_frames": video.num_frames,
+                "width": video.width,
+                "height": video.height,
+            }
         else:
             limit[m] = {"count": counts[m], "length": audio_num_samples(geom, audio.seconds)}
 
@@ -651,8 +694,13 @@ def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: A
         largest_video = _largest_video(planner, video, lambda it: planner.fits(*alone("video", it)))
     if req.audio.count:
         largest_audio = _largest_audio(planner, lambda it: planner.fits(*alone("audio", it)))
-    return Recommendation(limit_mm_per_prompt=limit, fits=fits, largest_image=largest_image,
-                          largest_video=largest_video, largest_audio=largest_audio)
+    return Recommendation(
+        limit_mm_per_prompt=limit,
+        fits=fits,
+        largest_image=largest_image,
+        largest_video=largest_video,
+        largest_audio=largest_audio,
+    )
 
 
 def _largest_image(planner: _Planner, ok: Callable[[ImageItems], bool]) -> ImageItems | None:
@@ -667,8 +715,10 @@ def _largest_image(planner: _Planner, ok: Callable[[ImageItems], bool]) -> Image
     from vllm.transformers_utils.processors.internvl import get_internvl_target_ratios
 
     # The tile grids the tiler can choose (vLLM's own worst-case candidates), most tokens first.
-    candidates = [ImageItems(1, geom.image_size * wr, geom.image_size * hr)
-                  for wr, hr in get_internvl_target_ratios(1, geom.max_num_tiles)]
+    candidates = [
+        ImageItems(1, geom.image_size * wr, geom.image_size * hr)
+        for wr, hr in get_internvl_target_ratios(1, geom.max_num_tiles)
+    ]
     candidates.sort(key=lambda it: -image_tokens(geom, it.width or 0, it.height or 0).encoder_tokens)
     return next((it for it in candidates if ok(it)), None)
 
@@ -706,8 +756,12 @@ def _largest_audio(planner: _Planner, ok: Callable[[AudioItems], bool]) -> Audio
 
 
 def _validate(request: PlanRequest, *, supports_audio: bool) -> None:
-    for name, value in (("image", request.image.count), ("video", request.video.count), ("audio", request.audio.count),
-                        ("text_tokens", request.text_tokens)):
+    for name, value in (
+        ("image", request.image.count),
+        ("video", request.video.count),
+        ("audio", request.audio.count),
+        ("text_tokens", request.text_tokens),
+    ):
         if value < 0:
             raise InvalidArgument(f"{name} must not be negative, got {value}")
     for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "memory_budget_bytes", "max_num_tiles"):
@@ -763,25 +817,43 @@ def plan_budget(
     mix = planner.evaluate(image, request.video, request.audio)
     prompt_tokens = mix.media_prompt_tokens + request.text_tokens
     flat = [p.item for p in mix.plans if p.item is not None]
-    verdict = admission(prompt_tokens=prompt_tokens, max_model_len=max_model_len, items=flat,
-                        encoder_cache_size=mm_budget.encoder_cache_size)
+    verdict = admission(
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_model_len,
+        items=flat,
+        encoder_cache_size=mm_budget.encoder_cache_size,
+    )
 
     vllm_sizing = _vllm_sizing(planner, mm_budget)
     memory_vllm = planner.memory(
-        vllm_sizing.cache_size_tokens, vllm_sizing.profiled_activation_bytes,
+        vllm_sizing.cache_size_tokens,
+        vllm_sizing.profiled_activation_bytes,
         f"vLLM's start-up profile: {vllm_sizing.profiled_items} dummy {vllm_sizing.profiled_modality} item(s) "
-        "(estimate)" if vllm_sizing.profiled_modality else "no multimodal profiling (text-only)",
+        "(estimate)"
+        if vllm_sizing.profiled_modality
+        else "no multimodal profiling (text-only)",
     )
     memory_nanovl = planner.memory(
-        mix.need.needed_tokens, mix.activation_bytes,
+        mix.need.needed_tokens,
+        mix.activation_bytes,
         "the largest modality's items of one prompt, encoded together (estimate)",
     )
     return Plan(
-        request=request, model_path=model_path, geometry=geom, max_model_len=max_model_len,
-        max_num_seqs=planner.max_num_seqs, max_num_batched_tokens=planner.max_num_batched_tokens,
-        modalities=mix.plans, media_prompt_tokens=mix.media_prompt_tokens, prompt_tokens=prompt_tokens,
-        admission=verdict, vllm=vllm_sizing, nanovl=mix.need, llm=llm,
-        memory_vllm=memory_vllm, memory_nanovl=memory_nanovl,
+        request=request,
+        model_path=model_path,
+        geometry=geom,
+        max_model_len=max_model_len,
+        max_num_seqs=planner.max_num_seqs,
+        max_num_batched_tokens=planner.max_num_batched_tokens,
+        modalities=mix.plans,
+        media_prompt_tokens=mix.media_prompt_tokens,
+        prompt_tokens=prompt_tokens,
+        admission=verdict,
+        vllm=vllm_sizing,
+        nanovl=mix.need,
+        llm=llm,
+        memory_vllm=memory_vllm,
+        memory_nanovl=memory_nanovl,
         recommendation=_recommend(planner, image, request.video, request.audio),
     )
 
@@ -805,7 +877,9 @@ def _vllm_sizing(planner: _Planner, mm_budget: Any) -> VllmSizing:
         cache_size_tokens=int(mm_budget.encoder_cache_size),
         cache_size_bytes=planner.token_bytes(int(mm_budget.encoder_cache_size)),
         max_items_per_batch=dict(mm_budget.mm_max_items_per_batch),
-        profiled_modality=modality, profiled_items=n_items, profiled_item=dummy,
+        profiled_modality=modality,
+        profiled_items=n_items,
+        profiled_item=dummy,
         profiled_activation_bytes=activation,
     )
 

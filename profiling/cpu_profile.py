@@ -102,8 +102,19 @@ def select_processes(request: CpuProfileRequest) -> tuple[ProcessMemory, ...]:
 
 async def _record(py_spy: str, process: ProcessMemory, request: CpuProfileRequest, out: Path) -> CpuProfileFile:
     args = [
-        py_spy, "record", "--pid", str(process.pid), "--duration", str(request.whole_seconds),
-        "--rate", str(request.rate_hz), "--format", request.format, "--output", str(out), "--nonblocking",
+        py_spy,
+        "record",
+        "--pid",
+        str(process.pid),
+        "--duration",
+        str(request.whole_seconds),
+        "--rate",
+        str(request.rate_hz),
+        "--format",
+        request.format,
+        "--output",
+        str(out),
+        "--nonblocking",
     ]
     if request.native:
         args.append("--native")
@@ -170,6 +181,9 @@ def iter_chunks(files: Sequence[CpuProfileFile], chunk_bytes: int = CHUNK_BYTES)
         starts = range(0, max(size, 1), chunk_bytes)
         for i, start in enumerate(starts):
             yield CpuProfileChunk(
-                file_index=index, file=f, data=f.data[start:start + chunk_bytes],
-                first=i == 0, last=start + chunk_bytes >= size,
+                file_index=index,
+                file=f,
+                data=f.data[start : start + chunk_bytes],
+                first=i == 0,
+                last=start + chunk_bytes >= size,
             )

@@ -206,4 +206,3 @@ def _combine(items: DummyItems, measured: dict[str, Any], pred: _Prediction) -> 
         predicted_prompt_tokens=items.count * pred.prompt_tokens_per_item,
         predicted_memory_bytes=pred.memory_bytes,
     )
-

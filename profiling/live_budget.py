@@ -256,8 +256,7 @@ def largest_items(
     (or the dynamic tiler's largest square); video: the most frames at vLLM's dummy
     frame size; audio: the longest clip, at 10 ms resolution. Blocking (vLLM's config
     and processor are built): run it off the event loop."""
-    base = PlanRequest(max_model_len=max_model_len, max_num_tiles=max_num_tiles,
-                       video_pruning_rate=video_pruning_rate)
+    base = PlanRequest(max_model_len=max_model_len, max_num_tiles=max_num_tiles, video_pruning_rate=video_pruning_rate)
     geom = plan_budget(base, model_path, engine_args=engine_args).geometry
     side = geom.image_size
     probes: dict[Modality, PlanRequest] = {
@@ -295,8 +294,14 @@ def resolve_unsized(
     unsized = tuple(m for m in MODALITIES if is_unsized(request, m))
     if not unsized:
         return request
-    largest = largest_items(model_path, unsized, engine_args=engine_args, max_model_len=request.max_model_len,
-                            max_num_tiles=request.max_num_tiles, video_pruning_rate=request.video_pruning_rate)
+    largest = largest_items(
+        model_path,
+        unsized,
+        engine_args=engine_args,
+        max_model_len=request.max_model_len,
+        max_num_tiles=request.max_num_tiles,
+        video_pruning_rate=request.video_pruning_rate,
+    )
     updates: dict[str, MediaItem] = {}
     for m in unsized:
         found = largest[m]
@@ -399,8 +404,9 @@ class LiveBudgetReader:
 
                 def compute() -> dict[Modality, LargestItem | None]:
                     with self._plan_lock:  # vLLM's config building is not re-entrant
-                        return largest_items(summary.model, enabled, engine_args=self._engine_args,
-                                             max_model_len=summary.max_model_len)
+                        return largest_items(
+                            summary.model, enabled, engine_args=self._engine_args, max_model_len=summary.max_model_len
+                        )
 
                 self._largest = await asyncio.to_thread(compute)
             return self._largest

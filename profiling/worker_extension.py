@@ -140,8 +140,16 @@ class _RssSampler:
         return max(0, self.peak - self.base)
 
 
-def _dummy_media(modality: str, count: int, width: int, height: int, num_frames: int, seconds: float,
-                 fps: float, sampling_rate: int | None) -> list:
+def _dummy_media(
+    modality: str,
+    count: int,
+    width: int,
+    height: int,
+    num_frames: int,
+    seconds: float,
+    fps: float,
+    sampling_rate: int | None,
+) -> list:
     """Constant-valued media of the given size (encoder cost does not depend on pixel values)."""
     import numpy as np
 
@@ -152,8 +160,12 @@ def _dummy_media(modality: str, count: int, width: int, height: int, num_frames:
     if modality == "video":
         frames = np.full((num_frames, height, width, 3), 255, dtype=np.uint8)
         metadata = {
-            "fps": fps, "duration": num_frames / fps, "total_num_frames": num_frames,
-            "frames_indices": list(range(num_frames)), "video_backend": "nanovl", "do_sample_frames": False,
+            "fps": fps,
+            "duration": num_frames / fps,
+            "total_num_frames": num_frames,
+            "frames_indices": list(range(num_frames)),
+            "video_backend": "nanovl",
+            "do_sample_frames": False,
         }
         return [(frames, metadata)] * count
     if modality == "audio":
@@ -267,15 +279,25 @@ class NanovlProfilingMixin:
         processor = runner.mm_budget.processor
         info = processor.info
         sound = getattr(info.get_hf_config(), "sound_config", None)
-        data = _dummy_media(modality, count, width, height, num_frames, seconds, fps,
-                            int(sound.sampling_rate) if sound is not None else None)
+        data = _dummy_media(
+            modality,
+            count,
+            width,
+            height,
+            num_frames,
+            seconds,
+            fps,
+            int(sound.sampling_rate) if sound is not None else None,
+        )
 
         t0 = time.perf_counter()
         items = info.parse_mm_data({modality: data})
-        prompt = info.ctx.tokenizer.encode(processor.dummy_inputs.get_dummy_text({modality: count}),
-                                           add_special_tokens=False)
-        processed = processor.apply(ProcessorInputs(prompt=prompt, mm_data_items=items),
-                                    timing_ctx=TimingContext(enabled=False))
+        prompt = info.ctx.tokenizer.encode(
+            processor.dummy_inputs.get_dummy_text({modality: count}), add_special_tokens=False
+        )
+        processed = processor.apply(
+            ProcessorInputs(prompt=prompt, mm_data_items=items), timing_ctx=TimingContext(enabled=False)
+        )
         preprocess_s = time.perf_counter() - t0
         placeholders = processed["mm_placeholders"][modality]
         kwargs_items = [(modality, item) for item in processed["mm_kwargs"][modality]]

@@ -33,26 +33,40 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p = FlexibleArgumentParser(
         prog="nanovl serve",
         description="Run the nanovl gRPC service. Every vLLM engine flag is accepted (see `vllm serve --help`); "
-                    "on a CPU-only machine nanovl defaults to --no-enable-prefix-caching --dtype bfloat16 "
-                    "--enforce-eager.")
+        "on a CPU-only machine nanovl defaults to --no-enable-prefix-caching --dtype bfloat16 "
+        "--enforce-eager.",
+    )
     d = ServerSettings()
     g = p.add_argument_group("nanovl server")
     g.add_argument("--host", default=d.host)
     g.add_argument("--port", type=int, default=d.port)
-    g.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
-                   help="largest single gRPC message (Generate request or StreamGenerate chunk)")
-    g.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes,
-                   help="largest total media upload of one request")
+    g.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=d.max_message_bytes,
+        help="largest single gRPC message (Generate request or StreamGenerate chunk)",
+    )
+    g.add_argument(
+        "--max-request-bytes", type=int, default=d.max_request_bytes, help="largest total media upload of one request"
+    )
     g.add_argument("--max-concurrent-requests", type=int, default=d.max_concurrent_requests)
     g.add_argument("--decode-threads", type=int, default=d.decode_threads)
     g.add_argument("--default-video-frames", type=int, default=d.default_video_frames)
     g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens)
     g.add_argument("--drain-grace-s", type=float, default=d.drain_grace_s)
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
-    g.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
-                   help="auto: uvloop when installed (less CPU per streamed token), else asyncio")
-    g.add_argument("--tiny-variant", default="full", choices=("full", "no-audio", "dynamic"),
-                   help="which embedded tiny checkpoint to serve when --model is not given")
+    g.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="auto: uvloop when installed (less CPU per streamed token), else asyncio",
+    )
+    g.add_argument(
+        "--tiny-variant",
+        default="full",
+        choices=("full", "no-audio", "dynamic"),
+        help="which embedded tiny checkpoint to serve when --model is not given",
+    )
     tracing.add_cli_args(p)
     metrics.add_cli_args(p)
     p = AsyncEngineArgs.add_cli_args(p)
@@ -60,15 +74,19 @@ def build_serve_parser() -> argparse.ArgumentParser:
     from service.engine import CPU_ENGINE_DEFAULTS, on_cpu
 
     # As parser defaults, so any flag the operator passes still wins.
-    p.set_defaults(model=None, func=_serve_main, command="serve", trust_remote_code=True,
-                   worker_extension_cls="profiling.worker_extension.NanovlWorkerExtension",
-                   **(CPU_ENGINE_DEFAULTS if on_cpu() else {}))
+    p.set_defaults(
+        model=None,
+        func=_serve_main,
+        command="serve",
+        trust_remote_code=True,
+        worker_extension_cls="profiling.worker_extension.NanovlWorkerExtension",
+        **(CPU_ENGINE_DEFAULTS if on_cpu() else {}),
+    )
     return p
 
 
 def _serve_main(args: argparse.Namespace) -> int:
     from profiling import logs
-
     from service import event_loop
 
     logs.setup_logging(logs.LoggingSettings.from_args(args))
@@ -104,10 +122,17 @@ async def _serve(args: argparse.Namespace) -> int:
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
     settings = ServerSettings(
-        host=args.host, port=args.port, max_message_bytes=args.max_message_bytes,
-        max_request_bytes=args.max_request_bytes, max_concurrent_requests=args.max_concurrent_requests,
-        decode_threads=args.decode_threads, default_video_frames=args.default_video_frames,
-        default_max_tokens=args.default_max_tokens, drain_grace_s=args.drain_grace_s, warmup=not args.no_warmup)
+        host=args.host,
+        port=args.port,
+        max_message_bytes=args.max_message_bytes,
+        max_request_bytes=args.max_request_bytes,
+        max_concurrent_requests=args.max_concurrent_requests,
+        decode_threads=args.decode_threads,
+        default_video_frames=args.default_video_frames,
+        default_max_tokens=args.default_max_tokens,
+        drain_grace_s=args.drain_grace_s,
+        warmup=not args.no_warmup,
+    )
     engine = await Engine.start(engine_args, warmup=False)
     server = None
     try:
@@ -115,8 +140,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
         # The servicer also feeds the encoder-budget gauges of /metrics.
         profiling = ProfilingServicer(engine, engine_args, metrics=service_metrics)
-        server = await build_server(engine, settings, tracer_provider=provider, metrics=service_metrics,
-                                    profiling_servicer=profiling)
+        server = await build_server(
+            engine, settings, tracer_provider=provider, metrics=service_metrics, profiling_servicer=profiling
+        )
         if settings.warmup:
             await engine.warmup()
         await server.mark_serving()
@@ -166,15 +192,22 @@ def _generate_main(args: argparse.Namespace) -> int:
     from service.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling
 
     err = Console(stderr=True)
-    parts = ([Part.image(p) for p in args.image] + [Part.video(p, num_frames=args.num_frames) for p in args.video]
-             + [Part.audio(p) for p in args.audio] + [Part.text(args.prompt)])
+    parts = (
+        [Part.image(p) for p in args.image]
+        + [Part.video(p, num_frames=args.num_frames) for p in args.video]
+        + [Part.audio(p) for p in args.audio]
+        + [Part.text(args.prompt)]
+    )
     prompt = [Message.user(*parts)] if args.chat else parts
     sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     final = None
     with InferenceClient(args.target, timeout=args.timeout) as client:
         try:
-            call = (client.stream_generate(prompt, sampling=sampling, chunk_size=args.chunk_size) if args.chunked
-                    else client.generate(prompt, sampling=sampling))
+            call = (
+                client.stream_generate(prompt, sampling=sampling, chunk_size=args.chunk_size)
+                if args.chunked
+                else client.generate(prompt, sampling=sampling)
+            )
             with call:
                 for event in call:
                     if isinstance(event, Delta):
@@ -190,8 +223,9 @@ def _generate_main(args: argparse.Namespace) -> int:
         u, t = final.usage, final.timings
         table = Table(title=f"request {final.request_id} — {final.finish_reason.name.lower()}", show_header=False)
         by = u.prompt_tokens_by_modality
-        table.add_row("prompt tokens", f"{u.prompt_tokens} (text {by.text}, image {by.image}, video {by.video}, "
-                                       f"audio {by.audio})")
+        table.add_row(
+            "prompt tokens", f"{u.prompt_tokens} (text {by.text}, image {by.image}, video {by.video}, audio {by.audio})"
+        )
         table.add_row("completion tokens", str(u.completion_tokens))
         for name in ("upload_s", "decode_media_s", "queue_s", "prefill_s", "ttft_s", "decode_s", "total_s"):
             table.add_row(name.replace("_s", "").replace("_", " "), f"{getattr(t, name) * 1000:.1f} ms")

@@ -8,7 +8,6 @@ failures into ``NanovlError``s with actionable messages; it knows nothing of gRP
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -65,16 +64,18 @@ def apply_process_environment(cache_dir: Path) -> None:
     }
     if on_cpu():
         ncpu = os.cpu_count() or 1
-        defaults.update({
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": f"0-{ncpu - 1}",
-            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        })
+        defaults.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "VLLM_CPU_OMP_THREADS_BIND": f"0-{ncpu - 1}",
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            }
+        )
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 
 
-def default_engine_args(model: str, **overrides: Any) -> "AsyncEngineArgs":
+def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
     """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -116,7 +117,7 @@ class RenderedPrompt:
     source: AssembledPrompt | None = None  # to render again (see Engine.generate)
 
 
-def _summarize(llm: "AsyncLLM") -> ModelSummary:
+def _summarize(llm: AsyncLLM) -> ModelSummary:
     import vllm
 
     model_config = llm.vllm_config.model_config
@@ -164,14 +165,14 @@ def warmup_items(summary: ModelSummary) -> dict[Modality, Any]:
 class Engine:
     """One ``AsyncLLM`` and what the service needs from it."""
 
-    def __init__(self, llm: "AsyncLLM", summary: ModelSummary, engine_args: "AsyncEngineArgs") -> None:
+    def __init__(self, llm: AsyncLLM, summary: ModelSummary, engine_args: AsyncEngineArgs) -> None:
         self.llm = llm
         self.summary = summary
         self.engine_args = engine_args
         self._shut_down = False
 
     @classmethod
-    async def start(cls, engine_args: "AsyncEngineArgs", *, warmup: bool = True) -> "Engine":
+    async def start(cls, engine_args: AsyncEngineArgs, *, warmup: bool = True) -> Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         t0 = time.perf_counter()
@@ -263,11 +264,11 @@ class Engine:
     async def generate(
         self,
         prompt: AssembledPrompt | RenderedPrompt,
-        sampling_params: "SamplingParams",
+        sampling_params: SamplingParams,
         *,
         request_id: str,
         trace_headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator["RequestOutput"]:
+    ) -> AsyncIterator[RequestOutput]:
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -283,8 +284,14 @@ class Engine:
                 ):
                     completion = output.outputs[0]
                     produced = produced or bool(completion.token_ids)
-                    if (output.finished and not produced and completion.finish_reason == "error"
-                            and attempt == 0 and rendered.source is not None and rendered.source.multi_modal_data):
+                    if (
+                        output.finished
+                        and not produced
+                        and completion.finish_reason == "error"
+                        and attempt == 0
+                        and rendered.source is not None
+                        and rendered.source.multi_modal_data
+                    ):
                         # vLLM's front-end media cache can believe the engine holds an item it
                         # does not (e.g. after a rendered prompt was rejected and never sent);
                         # the engine then fails the request before any token, vLLM drops the

@@ -46,10 +46,19 @@ from service.settings import ServerSettings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "abort": pb.FINISH_REASON_ABORT,
-           "error": pb.FINISH_REASON_ERROR, "repetition": pb.FINISH_REASON_REPETITION}
-_MODALITY_ENUM = {"text": pb.MODALITY_TEXT, "image": pb.MODALITY_IMAGE, "video": pb.MODALITY_VIDEO,
-                  "audio": pb.MODALITY_AUDIO}
+_FINISH = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+    "error": pb.FINISH_REASON_ERROR,
+    "repetition": pb.FINISH_REASON_REPETITION,
+}
+_MODALITY_ENUM = {
+    "text": pb.MODALITY_TEXT,
+    "image": pb.MODALITY_IMAGE,
+    "video": pb.MODALITY_VIDEO,
+    "audio": pb.MODALITY_AUDIO,
+}
 
 
 @dataclass
@@ -69,18 +78,19 @@ def _modality_tokens(by_modality: Mapping[str, int]) -> pb.ModalityTokens:
 
 def _logprobs(token_ids: list[int], logprobs: Any) -> list[pb.TokenLogprobs]:
     out = []
-    for token_id, entry in zip(token_ids, logprobs or []):
+    for token_id, entry in zip(token_ids, logprobs or [], strict=False):
         if not entry:
             continue
+
         def one(tid: int, lp: Any) -> pb.TokenLogprob:
             msg = pb.TokenLogprob(token_id=tid, text=lp.decoded_token or "", logprob=float(lp.logprob))
             if lp.rank is not None:
                 msg.rank = int(lp.rank)
             return msg
+
         chosen = entry.get(token_id)
         top = sorted(((t, lp) for t, lp in entry.items()), key=lambda kv: kv[1].rank or 0)
-        out.append(pb.TokenLogprobs(token=one(token_id, chosen) if chosen else None,
-                                    top=[one(t, lp) for t, lp in top]))
+        out.append(pb.TokenLogprobs(token=one(token_id, chosen) if chosen else None, top=[one(t, lp) for t, lp in top]))
     return out
 
 
@@ -113,23 +123,36 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         s = self._engine.summary
         fmts = media.ACCEPTED_FORMATS
         modalities = [pb.ModalityInfo(modality=pb.MODALITY_TEXT, enabled=True)]
-        for m, accepted, raw in (("image", fmts.image, ()), ("video", fmts.video, fmts.raw_video),
-                                 ("audio", fmts.audio, fmts.raw_audio)):
+        for m, accepted, raw in (
+            ("image", fmts.image, ()),
+            ("video", fmts.video, fmts.raw_video),
+            ("audio", fmts.audio, fmts.raw_audio),
+        ):
             limit = s.limits.get(m, 0)
-            info = pb.ModalityInfo(modality=_MODALITY_ENUM[m], enabled=limit > 0, max_items_per_prompt=limit,
-                                   accepted_formats=list(accepted), accepted_raw_formats=list(raw))
+            info = pb.ModalityInfo(
+                modality=_MODALITY_ENUM[m],
+                enabled=limit > 0,
+                max_items_per_prompt=limit,
+                accepted_formats=list(accepted),
+                accepted_raw_formats=list(raw),
+            )
             if m == "video":
                 info.default_num_frames = self._settings.default_video_frames
                 info.max_num_frames = self._settings.media_limits.max_video_frames
             modalities.append(info)
         config = self._engine.llm.vllm_config
         return pb.ModelInfo(
-            model_name=s.served_model_name, model_path=s.model,
+            model_name=s.served_model_name,
+            model_path=s.model,
             architecture=",".join(config.model_config.architectures or []),
-            max_model_len=s.max_model_len, modalities=modalities, audio_sample_rate=s.audio_sample_rate or 0,
-            has_chat_template=self._chat is not None, max_message_bytes=self._settings.max_message_bytes,
+            max_model_len=s.max_model_len,
+            modalities=modalities,
+            audio_sample_rate=s.audio_sample_rate or 0,
+            has_chat_template=self._chat is not None,
+            max_message_bytes=self._settings.max_message_bytes,
             max_request_bytes=self._settings.max_request_bytes,
-            max_num_seqs=int(config.scheduler_config.max_num_seqs), vllm_version=s.vllm_version,
+            max_num_seqs=int(config.scheduler_config.max_num_seqs),
+            vllm_version=s.vllm_version,
             nanovl_version=nanovl.__version__,
         )
 
@@ -143,7 +166,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             for i in req.media_indices:
                 self._metrics.add_bytes_received(modality_of(req.parts[i]), payload_size(req.parts[i]))
             decoded = await asyncio.gather(*(self._decode(i, req.parts[i], clock) for i in req.media_indices))
-            async for response in self._run(req, dict(zip(req.media_indices, decoded)), clock, outcome):
+            async for response in self._run(req, dict(zip(req.media_indices, decoded, strict=False)), clock, outcome):
                 yield response
 
     async def StreamGenerate(
@@ -158,7 +181,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             finally:
                 for task in decode_tasks.values():
                     task.cancel()
-            async for response in self._run(req, dict(zip(decode_tasks, decoded)), clock, outcome):
+            async for response in self._run(req, dict(zip(decode_tasks, decoded, strict=False)), clock, outcome):
                 yield response
 
     # ------------------------------------------------------------------ stages
@@ -174,13 +197,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         start = time.perf_counter()
         try:
             if not self._lifecycle.accepting:
-                raise Unavailable(f"the server is {self._lifecycle.state.lower()} and accepts no new requests; "
-                                  "retry on another replica")
+                raise Unavailable(
+                    f"the server is {self._lifecycle.state.lower()} and accepts no new requests; "
+                    "retry on another replica"
+                )
             if self._engine.is_dead:
                 raise Unavailable("the inference engine has stopped; the server must be restarted")
             if self._lifecycle.in_flight >= self._settings.max_concurrent_requests:
-                raise ResourceExhausted(f"the server is at its limit of {self._settings.max_concurrent_requests} "
-                                        "concurrent requests; retry with backoff")
+                raise ResourceExhausted(
+                    f"the server is at its limit of {self._settings.max_concurrent_requests} "
+                    "concurrent requests; retry with backoff"
+                )
             with self._lifecycle.track(), self._metrics.in_flight(rpc):
                 yield outcome
         except NanovlError as exc:
@@ -208,11 +235,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def _decode(self, index: int, part: pb.ContentPart, clock: _RequestClock) -> DecodedPart:
         modality = modality_of(part)
         t0 = time.perf_counter()
-        with self._tracer.stage_span(tracing.decode_span_name(modality), part_index=index,
-                                     request_bytes=payload_size(part)) as span:
-            decoded = await self._in_pool(functools.partial(
-                decode_part, part, default_video_frames=self._settings.default_video_frames,
-                audio_sample_rate=self._engine.summary.audio_sample_rate, limits=self._settings.media_limits))
+        with self._tracer.stage_span(
+            tracing.decode_span_name(modality), part_index=index, request_bytes=payload_size(part)
+        ) as span:
+            decoded = await self._in_pool(
+                functools.partial(
+                    decode_part,
+                    part,
+                    default_video_frames=self._settings.default_video_frames,
+                    audio_sample_rate=self._engine.summary.audio_sample_rate,
+                    limits=self._settings.media_limits,
+                )
+            )
             for key, value in decoded.attributes.items():
                 span.set_attribute(f"media.{key}", value)
         elapsed = time.perf_counter() - t0
@@ -232,7 +266,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             except StopAsyncIteration:
                 raise InvalidArgument("StreamGenerate received no messages: send a header first") from None
             if first.WhichOneof("kind") != "header":
-                raise InvalidArgument(f"the first StreamGenerate message must be a header, got {first.WhichOneof('kind')}")
+                raise InvalidArgument(
+                    f"the first StreamGenerate message must be a header, got {first.WhichOneof('kind')}"
+                )
             req = from_stream_header(first.header, **self._validation_kwargs())
             sizes = declared_sizes(first.header)
             pending = list(req.media_indices)
@@ -250,26 +286,33 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         raise InvalidArgument(f"unexpected {kind} message after the header; send media chunks then End")
                     chunk = msg.media
                     if not pending:
-                        raise InvalidArgument(f"media chunk for part {chunk.part_index}, but every declared media part "
-                                              "is already complete; send End")
+                        raise InvalidArgument(
+                            f"media chunk for part {chunk.part_index}, but every declared media part "
+                            "is already complete; send End"
+                        )
                     if chunk.part_index != pending[0]:
-                        raise InvalidArgument(f"media chunk for part {chunk.part_index} while part {pending[0]} is "
-                                              "incomplete: send each part's chunks contiguously, in declared order")
+                        raise InvalidArgument(
+                            f"media chunk for part {chunk.part_index} while part {pending[0]} is "
+                            "incomplete: send each part's chunks contiguously, in declared order"
+                        )
                     first_chunk_at = first_chunk_at or time.perf_counter()
                     num_chunks += 1
                     buffer.append(chunk.data)
                     buffered += len(chunk.data)
                     total += len(chunk.data)
                     if total > self._settings.max_request_bytes:
-                        raise ResourceExhausted(f"request media exceed this server's limit of "
-                                                f"{self._settings.max_request_bytes} bytes; send smaller media")
+                        raise ResourceExhausted(
+                            f"request media exceed this server's limit of "
+                            f"{self._settings.max_request_bytes} bytes; send smaller media"
+                        )
                     declared = sizes[chunk.part_index]
                     if declared is not None and buffered > declared:
                         raise InvalidArgument(f"part {chunk.part_index} declared {declared} bytes but more arrived")
                     if chunk.last:
                         if declared is not None and buffered != declared:
-                            raise InvalidArgument(f"part {chunk.part_index} declared {declared} bytes "
-                                                  f"but {buffered} arrived")
+                            raise InvalidArgument(
+                                f"part {chunk.part_index} declared {declared} bytes but {buffered} arrived"
+                            )
                         index = pending.pop(0)
                         parts[index] = with_payload(parts[index], b"".join(buffer))
                         self._metrics.add_bytes_received(modality_of(parts[index]), buffered)
@@ -280,8 +323,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 else:
                     raise InvalidArgument("the request stream ended without an End message")
                 if pending:
-                    raise InvalidArgument(f"End received but media parts {pending} have no complete payload "
-                                          "(a part ends with a chunk whose last=true)")
+                    raise InvalidArgument(
+                        f"End received but media parts {pending} have no complete payload "
+                        "(a part ends with a chunk whose last=true)"
+                    )
             except BaseException:
                 for task in tasks.values():
                     task.cancel()
@@ -305,8 +350,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             span.set_attribute("prompt.tokens", rendered.num_prompt_tokens)
             for modality, n in rendered.tokens_by_modality.items():
                 span.set_attribute(f"prompt.tokens.{modality}", n)
-        yield pb.GenerateResponse(started=pb.Started(
-            request_id=req.request_id, prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality)))
+        yield pb.GenerateResponse(
+            started=pb.Started(
+                request_id=req.request_id, prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality)
+            )
+        )
 
         finished = False
         completion_tokens = 0
@@ -314,7 +362,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         with self._tracer.stage_span(tracing.ENGINE_GENERATE, request_id=req.request_id) as span:
             try:
                 async for output in self._engine.generate(
-                    rendered, req.sampling, request_id=req.request_id,
+                    rendered,
+                    req.sampling,
+                    request_id=req.request_id,
                     trace_headers=tracing.trace_headers_for_vllm() if self._tracer.enabled else None,
                 ):
                     final_output = output
@@ -326,7 +376,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             self._metrics.observe_ttft(now - clock.start, modality=outcome["modality"])
                         elif clock.last_token is not None:
                             self._metrics.observe_inter_token_latency(
-                                now - clock.last_token, modality=outcome["modality"], tokens=len(token_ids))
+                                now - clock.last_token, modality=outcome["modality"], tokens=len(token_ids)
+                            )
                         clock.last_token = now
                         completion_tokens += len(token_ids)
                         delta = pb.Delta(text=completion.text, token_ids=token_ids)
@@ -346,15 +397,21 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         final = pb.Final(
             finish_reason=_FINISH.get(completion.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),
             request_id=req.request_id,
-            usage=pb.Usage(prompt_tokens=rendered.num_prompt_tokens, completion_tokens=completion_tokens,
-                           prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality),
-                           cached_prompt_tokens=final_output.num_cached_tokens or 0),
+            usage=pb.Usage(
+                prompt_tokens=rendered.num_prompt_tokens,
+                completion_tokens=completion_tokens,
+                prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality),
+                cached_prompt_tokens=final_output.num_cached_tokens or 0,
+            ),
             timings=pb.Timings(
                 queue_s=(timeline.queue_s or 0.0) if timeline else 0.0,
                 prefill_s=(timeline.prefill_s or 0.0) if timeline else 0.0,
                 decode_s=(timeline.decode_s or 0.0) if timeline else 0.0,
                 ttft_s=(clock.first_token - clock.start) if clock.first_token else 0.0,
-                total_s=now - clock.start, decode_media_s=clock.decode_media_s, upload_s=clock.upload_s),
+                total_s=now - clock.start,
+                decode_media_s=clock.decode_media_s,
+                upload_s=clock.upload_s,
+            ),
         )
         if isinstance(completion.stop_reason, str):
             final.stop_string = completion.stop_reason

@@ -72,10 +72,23 @@ ACCEPTED_FORMATS = AcceptedFormats(
 )
 
 _DISPLAY = {
-    "png": "PNG", "jpeg": "JPEG", "webp": "WebP", "gif": "GIF", "bmp": "BMP",
-    "mp4": "MP4", "mov": "MOV", "webm": "WebM", "mkv": "MKV", "avi": "AVI",
-    "wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3", "m4a": "M4A", "aac": "AAC",
-}  # fmt: skip
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "webp": "WebP",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "mp4": "MP4",
+    "mov": "MOV",
+    "webm": "WebM",
+    "mkv": "MKV",
+    "avi": "AVI",
+    "wav": "WAV",
+    "flac": "FLAC",
+    "ogg": "OGG",
+    "mp3": "MP3",
+    "m4a": "M4A",
+    "aac": "AAC",
+}
 
 # Pillow format name → ours. Restricting Image.open to these plugins keeps the other ~40
 # Pillow decoders (and their CVE history) out of reach of request bytes.
@@ -182,8 +195,14 @@ class DecodedVideo:
     def to_vllm(self) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
         from model.prompt import video_item
 
-        return video_item(self.frames, fps=self.fps, frames_indices=self.frame_indices,
-                          total_num_frames=self.source_frame_count, duration_s=self.duration_s, backend="pyav")
+        return video_item(
+            self.frames,
+            fps=self.fps,
+            frames_indices=self.frame_indices,
+            total_num_frames=self.source_frame_count,
+            duration_s=self.duration_s,
+            backend="pyav",
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,8 +236,7 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> Dec
         raise ResourceExhausted(f"image: {e}; downscale the image") from e
     except UnidentifiedImageError as e:
         raise MediaDecodeError(
-            f"image: cannot identify image format ({_head(data)}); "
-            f"accepted: {_accepted(ACCEPTED_FORMATS.image)}"
+            f"image: cannot identify image format ({_head(data)}); accepted: {_accepted(ACCEPTED_FORMATS.image)}"
         ) from e
     with im:
         fmt = _PIL_FORMATS[im.format or ""]
@@ -264,9 +282,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------- video
 
 
-def decode_video(
-    data: bytes, *, num_frames: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS
-) -> DecodedVideo:
+def decode_video(data: bytes, *, num_frames: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> DecodedVideo:
     """Decode an MP4/MOV/WebM/MKV/AVI clip, sampling ``num_frames`` frames uniformly.
 
     Only the sampled frames are converted to RGB and kept. When keyframes allow, the
@@ -441,8 +457,7 @@ def _open_av_or_raise(kind: str, data: bytes, accepted: tuple[str, ...]) -> av.c
             else "it is not an accepted format, or it is truncated or corrupt"
         )
         raise MediaDecodeError(
-            f"{kind}: cannot open the data ({_head(data)}): {_av_reason(e)}; {hint}; "
-            f"accepted: {_accepted(accepted)}"
+            f"{kind}: cannot open the data ({_head(data)}): {_av_reason(e)}; {hint}; accepted: {_accepted(accepted)}"
         ) from e
 
 
@@ -490,9 +505,7 @@ def _frame_rate(stream: av.VideoStream, container: av.container.InputContainer, 
     raise MediaDecodeError("video: the stream declares no frame rate and no duration")
 
 
-def _duration(
-    stream: av.VideoStream, container: av.container.InputContainer, count: int, fps: float
-) -> float:
+def _duration(stream: av.VideoStream, container: av.container.InputContainer, count: int, fps: float) -> float:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration and container.duration > 0:
@@ -555,9 +568,7 @@ def _decode_by_seeking(
     return True
 
 
-def _decode_sequentially(
-    data: bytes, stream_index: int, indices: list[int], out: npt.NDArray[np.uint8]
-) -> None:
+def _decode_sequentially(data: bytes, stream_index: int, indices: list[int], out: npt.NDArray[np.uint8]) -> None:
     wanted = {index: slot for slot, index in enumerate(indices)}
     filled = 0
     with _open_av(data) as container:
@@ -596,9 +607,7 @@ class _MonoSink:
         self.limits = limits
         self.source_samples = 0
         self.resampler = (
-            soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32")
-            if source_rate != target_rate
-            else None
+            soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32") if source_rate != target_rate else None
         )
         self.chunks: list[npt.NDArray[np.float32]] = []
 
@@ -636,9 +645,7 @@ def _check_target_rate(target_sample_rate: int) -> None:
         raise InvalidArgument(f"audio: target_sample_rate {target_sample_rate} Hz is out of range")
 
 
-def decode_audio(
-    data: bytes, *, target_sample_rate: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS
-) -> DecodedAudio:
+def decode_audio(data: bytes, *, target_sample_rate: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> DecodedAudio:
     """Decode WAV/FLAC/OGG/MP3 (libsndfile) or M4A/AAC/WebM/... (PyAV) to mono float32."""
     if not data:
         raise MediaDecodeError(f"audio: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.audio)}")
@@ -718,9 +725,7 @@ def audio_from_pcm(
 ) -> DecodedAudio:
     """Interpret headerless little-endian PCM (interleaved channels) as audio."""
     if encoding not in _PCM_DTYPES:
-        raise InvalidArgument(
-            f"audio: PCM encoding {encoding!r} is not accepted; accepted: {', '.join(_PCM_DTYPES)}"
-        )
+        raise InvalidArgument(f"audio: PCM encoding {encoding!r} is not accepted; accepted: {', '.join(_PCM_DTYPES)}")
     if not _MIN_SAMPLE_RATE <= sample_rate <= _MAX_SAMPLE_RATE:
         raise InvalidArgument(
             f"audio: PCM sample_rate must be between {_MIN_SAMPLE_RATE} and {_MAX_SAMPLE_RATE} Hz, got {sample_rate}"
@@ -760,4 +765,3 @@ def _finish_audio(sink: _MonoSink, fmt: str, channels: int, nbytes: int) -> Deco
         resampled=sink.resampler is not None,
         nbytes=nbytes,
     )
-

@@ -44,23 +44,38 @@ def decode_part(
     kind = part.WhichOneof("kind")
     if kind == "image":
         img = media.decode_image(part.image.data, limits)
-        return DecodedPart(MediaPart("image", img.to_vllm()), img.nbytes,
-                           {"format": img.format, "width": img.width, "height": img.height, "bytes": img.nbytes})
+        return DecodedPart(
+            MediaPart("image", img.to_vllm()),
+            img.nbytes,
+            {"format": img.format, "width": img.width, "height": img.height, "bytes": img.nbytes},
+        )
     if kind == "video":
         v = part.video
         if v.WhichOneof("source") == "raw_frames":
             raw = v.raw_frames
-            video = media.video_from_raw_frames(raw.rgb24, width=raw.width, height=raw.height,
-                                                num_frames=raw.num_frames, fps=raw.fps, limits=limits)
+            video = media.video_from_raw_frames(
+                raw.rgb24, width=raw.width, height=raw.height, num_frames=raw.num_frames, fps=raw.fps, limits=limits
+            )
         else:
             num_frames = v.num_frames if v.HasField("num_frames") else default_video_frames
             if num_frames == 0:
                 raise InvalidArgument("video.num_frames must be at least 1")
             video = media.decode_video(v.encoded, num_frames=num_frames, limits=limits)
-        return DecodedPart(MediaPart("video", video.to_vllm()), video.nbytes, {
-            "format": video.container_format, "codec": video.codec, "frames": video.sampled_frame_count,
-            "source_frames": video.source_frame_count, "fps": video.fps, "duration_s": video.duration_s,
-            "width": video.width, "height": video.height, "bytes": video.nbytes})
+        return DecodedPart(
+            MediaPart("video", video.to_vllm()),
+            video.nbytes,
+            {
+                "format": video.container_format,
+                "codec": video.codec,
+                "frames": video.sampled_frame_count,
+                "source_frames": video.source_frame_count,
+                "fps": video.fps,
+                "duration_s": video.duration_s,
+                "width": video.width,
+                "height": video.height,
+                "bytes": video.nbytes,
+            },
+        )
     if kind == "audio":
         if audio_sample_rate is None:
             raise InvalidArgument("this model has no audio encoder; remove the audio parts")
@@ -69,13 +84,28 @@ def decode_part(
             pcm = a.pcm
             if pcm.encoding not in _PCM:
                 raise InvalidArgument("audio.pcm.encoding must be PCM_ENCODING_S16LE or PCM_ENCODING_F32LE")
-            audio = media.audio_from_pcm(pcm.data, encoding=_PCM[pcm.encoding], sample_rate=pcm.sample_rate,
-                                         channels=pcm.channels, target_sample_rate=audio_sample_rate, limits=limits)
+            audio = media.audio_from_pcm(
+                pcm.data,
+                encoding=_PCM[pcm.encoding],
+                sample_rate=pcm.sample_rate,
+                channels=pcm.channels,
+                target_sample_rate=audio_sample_rate,
+                limits=limits,
+            )
         else:
             audio = media.decode_audio(a.encoded, target_sample_rate=audio_sample_rate, limits=limits)
-        return DecodedPart(MediaPart("audio", audio.to_vllm()), audio.nbytes, {
-            "format": audio.format, "duration_s": audio.duration_s, "source_sample_rate": audio.source_sample_rate,
-            "source_channels": audio.source_channels, "resampled": audio.resampled, "bytes": audio.nbytes})
+        return DecodedPart(
+            MediaPart("audio", audio.to_vllm()),
+            audio.nbytes,
+            {
+                "format": audio.format,
+                "duration_s": audio.duration_s,
+                "source_sample_rate": audio.source_sample_rate,
+                "source_channels": audio.source_channels,
+                "resampled": audio.resampled,
+                "bytes": audio.nbytes,
+            },
+        )
     raise InvalidArgument(f"part of kind {kind!r} carries no media")
 
 

@@ -27,12 +27,30 @@ from nanovl.v1 import inference_pb2
 from nanovl.v1 import profiling_pb2 as pb
 
 DEFAULT_TARGET = os.environ.get("NANOVL_TARGET", "127.0.0.1:50051")
-MODALITY_NAMES = {inference_pb2.MODALITY_IMAGE: "image", inference_pb2.MODALITY_VIDEO: "video",
-                  inference_pb2.MODALITY_AUDIO: "audio", inference_pb2.MODALITY_UNSPECIFIED: "-"}
-ROLE_NAMES = {pb.PROCESS_ROLE_SERVER: "server", pb.PROCESS_ROLE_ENGINE_CORE: "engine_core",
-              pb.PROCESS_ROLE_WORKER: "worker", pb.PROCESS_ROLE_UNSPECIFIED: "-"}
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+MODALITY_NAMES = {
+    inference_pb2.MODALITY_IMAGE: "image",
+    inference_pb2.MODALITY_VIDEO: "video",
+    inference_pb2.MODALITY_AUDIO: "audio",
+    inference_pb2.MODALITY_UNSPECIFIED: "-",
+}
+ROLE_NAMES = {
+    pb.PROCESS_ROLE_SERVER: "server",
+    pb.PROCESS_ROLE_ENGINE_CORE: "engine_core",
+    pb.PROCESS_ROLE_WORKER: "worker",
+    pb.PROCESS_ROLE_UNSPECIFIED: "-",
+}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 class CliError(Exception):
@@ -114,8 +132,9 @@ def plan_request(args: argparse.Namespace) -> pb.PlanBudgetRequest:
         if modality == "image":
             item.image.CopyFrom(pb.ImageItem(width=size[0], height=size[1]) if size else pb.ImageItem())
         elif modality == "video":
-            item.video.CopyFrom(pb.VideoItem(num_frames=size[0], width=size[1], height=size[2]) if size
-                                else pb.VideoItem())
+            item.video.CopyFrom(
+                pb.VideoItem(num_frames=size[0], width=size[1], height=size[2]) if size else pb.VideoItem()
+            )
         else:
             item.audio.CopyFrom(pb.AudioItem(seconds=size[0]) if size else pb.AudioItem())
     for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "text_tokens"):
@@ -187,71 +206,163 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
 
 
 def render_budget(b: pb.Budget) -> list[Any]:
-    out = [_table("Engine settings", ["setting", "value"], [
-        ["max_model_len", b.max_model_len], ["max_num_seqs", b.max_num_seqs],
-        ["max_num_batched_tokens", b.max_num_batched_tokens],
-        ["limit_mm_per_prompt", json.dumps(dict(b.limit_mm_per_prompt))],
-    ])]
-    out.append(_table("Encoder tokens per item: vLLM reserves vs the largest item that fits (exact)",
-                      ["modality", "limit", "vLLM max/item", "nanovl exact max/item", "largest item"], [
-        [MODALITY_NAMES[m.modality], m.item_limit, m.vllm_max_tokens_per_item, m.nanovl_max_tokens_per_item,
-         describe_item(m.largest_item) if m.HasField("largest_item") else "-"] for m in b.modalities
-    ]))
+    out = [
+        _table(
+            "Engine settings",
+            ["setting", "value"],
+            [
+                ["max_model_len", b.max_model_len],
+                ["max_num_seqs", b.max_num_seqs],
+                ["max_num_batched_tokens", b.max_num_batched_tokens],
+                ["limit_mm_per_prompt", json.dumps(dict(b.limit_mm_per_prompt))],
+            ],
+        )
+    ]
+    out.append(
+        _table(
+            "Encoder tokens per item: vLLM reserves vs the largest item that fits (exact)",
+            ["modality", "limit", "vLLM max/item", "nanovl exact max/item", "largest item"],
+            [
+                [
+                    MODALITY_NAMES[m.modality],
+                    m.item_limit,
+                    m.vllm_max_tokens_per_item,
+                    m.nanovl_max_tokens_per_item,
+                    describe_item(m.largest_item) if m.HasField("largest_item") else "-",
+                ]
+                for m in b.modalities
+            ],
+        )
+    )
     if b.HasField("encoder"):
         e = b.encoder
-        profiled = (f"{e.profiled_items} x {MODALITY_NAMES[e.profiled_modality]}" if e.profiled_modality
-                    else f"no ({e.profile_note})")
-        out.append(_table("Encoder budget", ["", "tokens", "bytes"], [
-            ["compute budget / step", e.compute_budget_tokens, _gib(e.compute_budget_bytes)],
-            ["encoder cache", e.cache_size_tokens, _gib(e.cache_size_bytes)],
-            ["vLLM profile uses", f"{e.vllm_profile_items} x {MODALITY_NAMES[e.vllm_profile_modality]}", ""],
-            ["profiled at start-up", profiled, ""],
-        ]))
+        profiled = (
+            f"{e.profiled_items} x {MODALITY_NAMES[e.profiled_modality]}"
+            if e.profiled_modality
+            else f"no ({e.profile_note})"
+        )
+        out.append(
+            _table(
+                "Encoder budget",
+                ["", "tokens", "bytes"],
+                [
+                    ["compute budget / step", e.compute_budget_tokens, _gib(e.compute_budget_bytes)],
+                    ["encoder cache", e.cache_size_tokens, _gib(e.cache_size_bytes)],
+                    ["vLLM profile uses", f"{e.vllm_profile_items} x {MODALITY_NAMES[e.vllm_profile_modality]}", ""],
+                    ["profiled at start-up", profiled, ""],
+                ],
+            )
+        )
     kv = b.kv_cache
-    out.append(_table("Memory", ["", "value"], [
-        ["KV cache blocks x block size", f"{kv.num_blocks} x {kv.block_size} = {kv.tokens} tokens"],
-        ["KV cache capacity (Mamba set aside)",
-         f"{kv.capacity_tokens} tokens, {kv.max_concurrency:.1f} x max_model_len"],
-        ["KV cache allocation", _gib(kv.bytes)],
-        ["Mamba state per sequence", _gib(b.mamba_state_bytes_per_seq)],
-        ["weights", _gib(b.weights_bytes)],
-        *([["GPU allocated / reserved / peak / total",
-            " / ".join(_gib(x) for x in (b.gpu.allocated_bytes, b.gpu.reserved_bytes, b.gpu.peak_allocated_bytes,
-                                          b.gpu.total_bytes))]] if b.HasField("gpu") else []),
-    ]))
-    out.append(_table("Processes", ["role", "pid", "name", "RSS"], [
-        [ROLE_NAMES[p.role], p.pid, p.name, _gib(p.rss_bytes)] for p in b.processes
-    ]))
+    out.append(
+        _table(
+            "Memory",
+            ["", "value"],
+            [
+                ["KV cache blocks x block size", f"{kv.num_blocks} x {kv.block_size} = {kv.tokens} tokens"],
+                [
+                    "KV cache capacity (Mamba set aside)",
+                    f"{kv.capacity_tokens} tokens, {kv.max_concurrency:.1f} x max_model_len",
+                ],
+                ["KV cache allocation", _gib(kv.bytes)],
+                ["Mamba state per sequence", _gib(b.mamba_state_bytes_per_seq)],
+                ["weights", _gib(b.weights_bytes)],
+                *(
+                    [
+                        [
+                            "GPU allocated / reserved / peak / total",
+                            " / ".join(
+                                _gib(x)
+                                for x in (
+                                    b.gpu.allocated_bytes,
+                                    b.gpu.reserved_bytes,
+                                    b.gpu.peak_allocated_bytes,
+                                    b.gpu.total_bytes,
+                                )
+                            ),
+                        ]
+                    ]
+                    if b.HasField("gpu")
+                    else []
+                ),
+            ],
+        )
+    )
+    out.append(
+        _table(
+            "Processes",
+            ["role", "pid", "name", "RSS"],
+            [[ROLE_NAMES[p.role], p.pid, p.name, _gib(p.rss_bytes)] for p in b.processes],
+        )
+    )
     return out
 
 
 def render_plan(p: pb.BudgetPlan) -> list[Any]:
-    out = [_table(f"Per item (max_model_len {p.max_model_len}, max_num_seqs {p.max_num_seqs}, "
-                  f"max_num_batched_tokens {p.max_num_batched_tokens})",
-                  ["modality", "count", "item", "prompt tok/item", "encoder tok/item (exact)",
-                   "vLLM tok/item", "prompt tokens"], [
-        [MODALITY_NAMES[m.modality], m.count, describe_item(m.item), m.prompt_tokens_per_item,
-         m.encoder_tokens_per_item, m.vllm_max_tokens_per_item, m.prompt_tokens] for m in p.modalities
-    ])]
+    out = [
+        _table(
+            f"Per item (max_model_len {p.max_model_len}, max_num_seqs {p.max_num_seqs}, "
+            f"max_num_batched_tokens {p.max_num_batched_tokens})",
+            [
+                "modality",
+                "count",
+                "item",
+                "prompt tok/item",
+                "encoder tok/item (exact)",
+                "vLLM tok/item",
+                "prompt tokens",
+            ],
+            [
+                [
+                    MODALITY_NAMES[m.modality],
+                    m.count,
+                    describe_item(m.item),
+                    m.prompt_tokens_per_item,
+                    m.encoder_tokens_per_item,
+                    m.vllm_max_tokens_per_item,
+                    m.prompt_tokens,
+                ]
+                for m in p.modalities
+            ],
+        )
+    ]
     c = p.encoder_cache
-    out.append(_table("Encoder cache", ["", "tokens", "bytes"], [
-        ["nanovl: needed by one maximal prompt", c.needed_tokens, _gib(c.needed_bytes)],
-        ["nanovl: largest single item", c.min_tokens, ""],
-        ["vLLM: allocates", c.vllm_tokens, _gib(c.vllm_bytes)],
-        ["vLLM: start-up profile", f"{p.vllm_profiled_items} x {MODALITY_NAMES[p.vllm_profiled_modality]}", ""],
-    ]))
+    out.append(
+        _table(
+            "Encoder cache",
+            ["", "tokens", "bytes"],
+            [
+                ["nanovl: needed by one maximal prompt", c.needed_tokens, _gib(c.needed_bytes)],
+                ["nanovl: largest single item", c.min_tokens, ""],
+                ["vLLM: allocates", c.vllm_tokens, _gib(c.vllm_bytes)],
+                ["vLLM: start-up profile", f"{p.vllm_profiled_items} x {MODALITY_NAMES[p.vllm_profiled_modality]}", ""],
+            ],
+        )
+    )
     vllm = {m.component: m.bytes for m in p.vllm_memory}
-    out.append(_table("Predicted memory", ["component", "nanovl", "vLLM sizing", "how"], [
-        *[[m.component, _gib(m.bytes), _gib(vllm.get(m.component, 0)), m.note] for m in p.memory],
-        ["total", _gib(p.predicted_total_bytes), _gib(p.vllm_predicted_total_bytes), ""],
-    ]))
+    out.append(
+        _table(
+            "Predicted memory",
+            ["component", "nanovl", "vLLM sizing", "how"],
+            [
+                *[[m.component, _gib(m.bytes), _gib(vllm.get(m.component, 0)), m.note] for m in p.memory],
+                ["total", _gib(p.predicted_total_bytes), _gib(p.vllm_predicted_total_bytes), ""],
+            ],
+        )
+    )
     verdict = "accepted" if p.accepted else f"rejected: {p.reason}"
-    out.append(_table("Verdict", ["", "value"], [
-        ["prompt tokens (media + text)", f"{p.prompt_tokens} ({p.media_prompt_tokens} media)"],
-        ["a prompt with this mix", verdict],
-        ["recommended --limit-mm-per-prompt", p.recommended_limit_mm_per_prompt],
-        *[[f"largest {describe_kind(m)} that fits", describe_item(m)] for m in p.largest_items_that_fit],
-    ]))
+    out.append(
+        _table(
+            "Verdict",
+            ["", "value"],
+            [
+                ["prompt tokens (media + text)", f"{p.prompt_tokens} ({p.media_prompt_tokens} media)"],
+                ["a prompt with this mix", verdict],
+                ["recommended --limit-mm-per-prompt", p.recommended_limit_mm_per_prompt],
+                *[[f"largest {describe_kind(m)} that fits", describe_item(m)] for m in p.largest_items_that_fit],
+            ],
+        )
+    )
     return out
 
 
@@ -262,17 +373,45 @@ def describe_kind(m: pb.MediaItems) -> str:
 def render_dummy(r: pb.DummyProfileResult) -> list[Any]:
     rows = []
     for m in r.modalities:
-        error = ((m.predicted_memory_bytes - m.peak_memory_increase_bytes) / m.peak_memory_increase_bytes * 100
-                 if m.peak_memory_increase_bytes else float("nan"))
-        rows.append([
-            MODALITY_NAMES[m.modality], m.count, describe_item(m.item), f"{m.tokens} / {m.predicted_tokens}",
-            f"{m.prompt_tokens} / {m.predicted_prompt_tokens}", f"{m.preprocess_s:.3f}", f"{m.encoder_s:.3f}",
-            f"{_gib(m.peak_memory_increase_bytes)} ({m.memory_source})", _gib(m.predicted_memory_bytes),
-            f"{error:+.0f}%", _gib(m.peak_rss_increase_bytes),
-        ])
-    return [_table("Dummy encoder passes: measured / predicted", [
-        "modality", "count", "item", "encoder tokens", "prompt tokens", "preprocess s", "encoder s",
-        "peak memory", "predicted", "error", "RSS increase"], rows)]
+        error = (
+            (m.predicted_memory_bytes - m.peak_memory_increase_bytes) / m.peak_memory_increase_bytes * 100
+            if m.peak_memory_increase_bytes
+            else float("nan")
+        )
+        rows.append(
+            [
+                MODALITY_NAMES[m.modality],
+                m.count,
+                describe_item(m.item),
+                f"{m.tokens} / {m.predicted_tokens}",
+                f"{m.prompt_tokens} / {m.predicted_prompt_tokens}",
+                f"{m.preprocess_s:.3f}",
+                f"{m.encoder_s:.3f}",
+                f"{_gib(m.peak_memory_increase_bytes)} ({m.memory_source})",
+                _gib(m.predicted_memory_bytes),
+                f"{error:+.0f}%",
+                _gib(m.peak_rss_increase_bytes),
+            ]
+        )
+    return [
+        _table(
+            "Dummy encoder passes: measured / predicted",
+            [
+                "modality",
+                "count",
+                "item",
+                "encoder tokens",
+                "prompt tokens",
+                "preprocess s",
+                "encoder s",
+                "peak memory",
+                "predicted",
+                "error",
+                "RSS increase",
+            ],
+            rows,
+        )
+    ]
 
 
 # ------------------------------------------------------------------------ commands
@@ -300,8 +439,11 @@ def _emit(args: argparse.Namespace, message: Any, render: Any) -> None:
     from google.protobuf import json_format
 
     if args.json:
-        print(json_format.MessageToJson(message, preserving_proto_field_name=True,
-                                        always_print_fields_with_no_presence=True))
+        print(
+            json_format.MessageToJson(
+                message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
         return
     from rich.console import Console
 
@@ -341,11 +483,19 @@ def cmd_cpu(args: argparse.Namespace) -> int:
     import grpc
 
     fmt = {"speedscope": pb.CPU_PROFILE_FORMAT_SPEEDSCOPE, "flamegraph": pb.CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG}
-    roles = {"server": pb.PROCESS_ROLE_SERVER, "engine_core": pb.PROCESS_ROLE_ENGINE_CORE,
-             "worker": pb.PROCESS_ROLE_WORKER}
-    req = pb.CaptureCpuProfileRequest(duration_s=args.duration, rate_hz=args.rate, format=fmt[args.format],
-                                      processes=[roles[r] for r in args.process or ()], native=args.native,
-                                      include_idle=args.idle)
+    roles = {
+        "server": pb.PROCESS_ROLE_SERVER,
+        "engine_core": pb.PROCESS_ROLE_ENGINE_CORE,
+        "worker": pb.PROCESS_ROLE_WORKER,
+    }
+    req = pb.CaptureCpuProfileRequest(
+        duration_s=args.duration,
+        rate_hz=args.rate,
+        format=fmt[args.format],
+        processes=[roles[r] for r in args.process or ()],
+        native=args.native,
+        include_idle=args.idle,
+    )
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[int, dict[str, Any]] = {}
@@ -353,8 +503,12 @@ def cmd_cpu(args: argparse.Namespace) -> int:
         for chunk in _stub(args.target).CaptureCpuProfile(req, timeout=args.duration + 120):
             f = files.setdefault(chunk.file_index, {"data": bytearray()})
             if chunk.file_name:
-                f.update(name=Path(chunk.file_name).name, pid=chunk.pid, role=ROLE_NAMES[chunk.role],
-                         content_type=chunk.content_type)
+                f.update(
+                    name=Path(chunk.file_name).name,
+                    pid=chunk.pid,
+                    role=ROLE_NAMES[chunk.role],
+                    content_type=chunk.content_type,
+                )
             f["data"].extend(chunk.data)
     except grpc.RpcError as exc:
         raise CliError(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
@@ -369,8 +523,13 @@ def cmd_cpu(args: argparse.Namespace) -> int:
     else:
         from rich.console import Console
 
-        Console().print(_table("CPU profiles written", ["role", "pid", "file", "size"],
-                               [[w["role"], w["pid"], w["path"], _gib(w["bytes"])] for w in written]))
+        Console().print(
+            _table(
+                "CPU profiles written",
+                ["role", "pid", "file", "size"],
+                [[w["role"], w["pid"], w["path"], _gib(w["bytes"])] for w in written],
+            )
+        )
     return 0
 
 
@@ -395,8 +554,12 @@ def cmd_torch(args: argparse.Namespace) -> int:
 def add_profile_subparser(subparsers: Any) -> argparse.ArgumentParser:
     """Adds ``profile`` to a CLI's subparsers. ``args.func(args)`` runs the chosen command
     and returns the exit code (errors are printed as one line, exit code 1)."""
-    profile = subparsers.add_parser("profile", help="budgets, capacity plans and profilers (Profiling service)",
-                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile = subparsers.add_parser(
+        "profile",
+        help="budgets, capacity plans and profilers (Profiling service)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = profile.add_subparsers(dest="profile_command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, *, target: bool = True) -> None:
@@ -435,8 +598,12 @@ def add_profile_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds to sample (whole seconds)")
     p.add_argument("--rate", type=int, default=100, help="samples per second")
     p.add_argument("--format", choices=("speedscope", "flamegraph"), default="speedscope")
-    p.add_argument("--process", action="append", choices=("server", "engine_core", "worker"),
-                   help="only these processes (repeatable; default all)")
+    p.add_argument(
+        "--process",
+        action="append",
+        choices=("server", "engine_core", "worker"),
+        help="only these processes (repeatable; default all)",
+    )
     p.add_argument("--native", action="store_true", help="include native (C/C++) frames")
     p.add_argument("--idle", action="store_true", help="include idle threads")
     p.add_argument("--output-dir", default=".", help="where to write the profile files")

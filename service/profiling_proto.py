@@ -59,8 +59,9 @@ def media_items_to_pb(items: MediaItem) -> pb.MediaItems:
     if isinstance(items, ImageItems):
         return pb.MediaItems(count=items.count, image=pb.ImageItem(width=items.width or 0, height=items.height or 0))
     if isinstance(items, VideoItems):
-        return pb.MediaItems(count=items.count, video=pb.VideoItem(
-            num_frames=items.num_frames, width=items.width, height=items.height))
+        return pb.MediaItems(
+            count=items.count, video=pb.VideoItem(num_frames=items.num_frames, width=items.width, height=items.height)
+        )
     return pb.MediaItems(count=items.count, audio=pb.AudioItem(seconds=items.seconds))
 
 
@@ -80,18 +81,24 @@ def budget_to_pb(b: LiveBudget) -> pb.Budget:
         max_num_batched_tokens=b.max_num_batched_tokens,
         limit_mm_per_prompt=dict(b.limit_mm_per_prompt),
         kv_cache=pb.KvCacheCapacity(
-            num_blocks=b.kv_cache.num_blocks, block_size=b.kv_cache.block_size, tokens=b.kv_cache.tokens,
-            bytes=b.kv_cache.bytes, capacity_tokens=b.kv_cache.capacity_tokens,
+            num_blocks=b.kv_cache.num_blocks,
+            block_size=b.kv_cache.block_size,
+            tokens=b.kv_cache.tokens,
+            bytes=b.kv_cache.bytes,
+            capacity_tokens=b.kv_cache.capacity_tokens,
             max_concurrency=b.kv_cache.max_concurrency,
         ),
         mamba_state_bytes_per_seq=b.mamba_state_bytes_per_seq,
         weights_bytes=b.weights_bytes,
-        processes=[pb.ProcessMemory(pid=p.pid, role=ROLE_TO_PB[p.role], rss_bytes=p.rss_bytes, name=p.name)
-                   for p in b.processes],
+        processes=[
+            pb.ProcessMemory(pid=p.pid, role=ROLE_TO_PB[p.role], rss_bytes=p.rss_bytes, name=p.name)
+            for p in b.processes
+        ],
     )
     for m in b.modalities:
         entry = out.modalities.add(
-            modality=modality_pb(m.modality), item_limit=m.item_limit,
+            modality=modality_pb(m.modality),
+            item_limit=m.item_limit,
             vllm_max_tokens_per_item=m.vllm_max_tokens_per_item,
             nanovl_max_tokens_per_item=m.nanovl_max_tokens_per_item,
         )
@@ -99,19 +106,28 @@ def budget_to_pb(b: LiveBudget) -> pb.Budget:
             entry.largest_item.CopyFrom(media_items_to_pb(m.largest.item))
     if b.encoder is not None:
         e = b.encoder
-        out.encoder.CopyFrom(pb.EncoderBudget(
-            compute_budget_tokens=e.compute_budget_tokens, compute_budget_bytes=e.compute_budget_bytes,
-            cache_size_tokens=e.cache_size_tokens, cache_size_bytes=e.cache_size_bytes,
-            profiled_modality=modality_pb(e.profile_modality) if e.profiled else inference_pb2.MODALITY_UNSPECIFIED,
-            profiled_items=e.profile_items if e.profiled else 0,
-            vllm_profile_modality=modality_pb(e.profile_modality), vllm_profile_items=e.profile_items,
-            profile_note=e.profile_note,
-        ))
+        out.encoder.CopyFrom(
+            pb.EncoderBudget(
+                compute_budget_tokens=e.compute_budget_tokens,
+                compute_budget_bytes=e.compute_budget_bytes,
+                cache_size_tokens=e.cache_size_tokens,
+                cache_size_bytes=e.cache_size_bytes,
+                profiled_modality=modality_pb(e.profile_modality) if e.profiled else inference_pb2.MODALITY_UNSPECIFIED,
+                profiled_items=e.profile_items if e.profiled else 0,
+                vllm_profile_modality=modality_pb(e.profile_modality),
+                vllm_profile_items=e.profile_items,
+                profile_note=e.profile_note,
+            )
+        )
     if b.gpu is not None:
-        out.gpu.CopyFrom(pb.GpuMemory(
-            allocated_bytes=b.gpu.allocated_bytes, reserved_bytes=b.gpu.reserved_bytes,
-            peak_allocated_bytes=b.gpu.peak_allocated_bytes, total_bytes=b.gpu.total_bytes,
-        ))
+        out.gpu.CopyFrom(
+            pb.GpuMemory(
+                allocated_bytes=b.gpu.allocated_bytes,
+                reserved_bytes=b.gpu.reserved_bytes,
+                peak_allocated_bytes=b.gpu.peak_allocated_bytes,
+                total_bytes=b.gpu.total_bytes,
+            )
+        )
     return out
 
 
@@ -151,8 +167,10 @@ def plan_to_pb(plan: Plan, order: Sequence[Modality] | None = None) -> pb.Budget
         accepted=plan.accepted,
         reason=plan.reason,
         encoder_cache=pb.EncoderCachePlan(
-            needed_tokens=plan.nanovl.needed_tokens, needed_bytes=plan.nanovl.needed_bytes,
-            vllm_tokens=plan.vllm.cache_size_tokens, vllm_bytes=plan.vllm.cache_size_bytes,
+            needed_tokens=plan.nanovl.needed_tokens,
+            needed_bytes=plan.nanovl.needed_bytes,
+            vllm_tokens=plan.vllm.cache_size_tokens,
+            vllm_bytes=plan.vllm.cache_size_bytes,
             min_tokens=plan.nanovl.min_tokens,
         ),
         memory=_memory_pb(plan.memory_nanovl),
@@ -171,10 +189,12 @@ def plan_to_pb(plan: Plan, order: Sequence[Modality] | None = None) -> pb.Budget
     for modality in order:
         mp = plan.modality(modality)
         entry = out.modalities.add(
-            modality=modality_pb(modality), count=mp.count,
+            modality=modality_pb(modality),
+            count=mp.count,
             prompt_tokens_per_item=mp.item.prompt_tokens if mp.item else 0,
             encoder_tokens_per_item=mp.item.encoder_tokens if mp.item else 0,
-            prompt_tokens=mp.prompt_tokens, vllm_max_tokens_per_item=mp.vllm_max_tokens_per_item,
+            prompt_tokens=mp.prompt_tokens,
+            vllm_max_tokens_per_item=mp.vllm_max_tokens_per_item,
         )
         entry.item.CopyFrom(media_items_to_pb(_planned_item(plan, modality)))
     return out
@@ -193,16 +213,26 @@ def dummy_request_from_pb(req: pb.RunDummyProfileRequest) -> list[DummyItems]:
 
 
 def dummy_to_pb(results: Sequence[DummyProfile]) -> pb.DummyProfileResult:
-    return pb.DummyProfileResult(modalities=[
-        pb.ModalityProfile(
-            modality=modality_pb(r.modality), count=r.count, encoder_s=r.encoder_s,
-            peak_memory_increase_bytes=r.peak_memory_increase_bytes, memory_source=r.memory_source,
-            tokens=r.tokens, predicted_tokens=r.predicted_tokens, predicted_memory_bytes=r.predicted_memory_bytes,
-            item=media_items_to_pb(r.items), preprocess_s=r.preprocess_s, prompt_tokens=r.prompt_tokens,
-            predicted_prompt_tokens=r.predicted_prompt_tokens, peak_rss_increase_bytes=r.peak_rss_increase_bytes,
-        )
-        for r in results
-    ])
+    return pb.DummyProfileResult(
+        modalities=[
+            pb.ModalityProfile(
+                modality=modality_pb(r.modality),
+                count=r.count,
+                encoder_s=r.encoder_s,
+                peak_memory_increase_bytes=r.peak_memory_increase_bytes,
+                memory_source=r.memory_source,
+                tokens=r.tokens,
+                predicted_tokens=r.predicted_tokens,
+                predicted_memory_bytes=r.predicted_memory_bytes,
+                item=media_items_to_pb(r.items),
+                preprocess_s=r.preprocess_s,
+                prompt_tokens=r.prompt_tokens,
+                predicted_prompt_tokens=r.predicted_prompt_tokens,
+                peak_rss_increase_bytes=r.peak_rss_increase_bytes,
+            )
+            for r in results
+        ]
+    )
 
 
 # ------------------------------------------------------------------------ CaptureCpuProfile

@@ -53,9 +53,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 
 
 class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
-    def __init__(
-        self, engine: Engine, engine_args: AsyncEngineArgs, *, metrics: ServiceMetrics | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, engine_args: AsyncEngineArgs, *, metrics: ServiceMetrics | None = None) -> None:
         self._engine = engine
         self._engine_args = engine_args
         # vLLM's config/processor building (every plan) is not safe to run concurrently.

@@ -59,13 +59,19 @@ def _check_part(i: int, part: pb.ContentPart, *, payload_expected: bool) -> None
         raise InvalidArgument(f"parts[{i}] (image) has no bytes")
     if kind == "video":
         source = part.video.WhichOneof("source")
-        if source is None or (source == "encoded" and not part.video.encoded) or (
-                source == "raw_frames" and not part.video.raw_frames.rgb24):
+        if (
+            source is None
+            or (source == "encoded" and not part.video.encoded)
+            or (source == "raw_frames" and not part.video.raw_frames.rgb24)
+        ):
             raise InvalidArgument(f"parts[{i}] (video) has no bytes: set encoded or raw_frames")
     if kind == "audio":
         source = part.audio.WhichOneof("source")
-        if source is None or (source == "encoded" and not part.audio.encoded) or (
-                source == "pcm" and not part.audio.pcm.data):
+        if (
+            source is None
+            or (source == "encoded" and not part.audio.encoded)
+            or (source == "pcm" and not part.audio.pcm.data)
+        ):
             raise InvalidArgument(f"parts[{i}] (audio) has no bytes: set encoded or pcm")
 
 
@@ -82,8 +88,10 @@ def validate(
     payload_expected: bool,
 ) -> ValidatedRequest:
     if bool(parts) == bool(messages):
-        raise InvalidArgument("set exactly one of parts (raw prompt) or messages (chat); "
-                              f"got {len(parts)} parts and {len(messages)} messages")
+        raise InvalidArgument(
+            "set exactly one of parts (raw prompt) or messages (chat); "
+            f"got {len(parts)} parts and {len(messages)} messages"
+        )
     if messages:
         flat = [p for _, ps in messages for p in ps]
         layout: tuple[tuple[str, int], ...] | None = tuple((role, len(ps)) for role, ps in messages)
@@ -101,15 +109,18 @@ def validate(
             enabled = ", ".join(m for m, n in limits.items() if n) or "none"
             raise InvalidArgument(f"this server does not accept {modality} input (enabled modalities: {enabled})")
         if count > limit:
-            raise InvalidArgument(f"{count} {modality} items in one prompt, but this server allows at most {limit} "
-                                  "(--limit-mm-per-prompt); split the request or send fewer items")
+            raise InvalidArgument(
+                f"{count} {modality} items in one prompt, but this server allows at most {limit} "
+                "(--limit-mm-per-prompt); split the request or send fewer items"
+            )
     kwargs = MessageToDict(chat_template.chat_template_kwargs) if chat_template.HasField("chat_template_kwargs") else {}
     return ValidatedRequest(
         request_id=request_id or f"nvl-{uuid.uuid4().hex}",
         parts=tuple(flat),
         messages=layout,
-        add_generation_prompt=chat_template.add_generation_prompt if chat_template.HasField(
-            "add_generation_prompt") else True,
+        add_generation_prompt=chat_template.add_generation_prompt
+        if chat_template.HasField("add_generation_prompt")
+        else True,
         chat_template_kwargs=kwargs,
         sampling=to_sampling_params(sampling, default_max_tokens=settings.default_max_tokens, vocab_size=vocab_size),
         item_counts=counts,
@@ -168,8 +179,8 @@ def with_payload(part: pb.ContentPart, payload: bytes) -> pb.ContentPart:
 
 
 def assemble_prompt(
-    req: ValidatedRequest, decoded: Mapping[int, "DecodedPart"], chat: "ChatRenderer | None"
-) -> "AssembledPrompt":
+    req: ValidatedRequest, decoded: Mapping[int, DecodedPart], chat: ChatRenderer | None
+) -> AssembledPrompt:
     """The validated request with its decoded media → the model's prompt (raw or chat)."""
     from model.prompt import Message, TextPart, assemble_raw
 
@@ -180,7 +191,8 @@ def assemble_prompt(
         raise InvalidArgument("this checkpoint has no chat template; send raw parts instead of messages")
     messages, offset = [], 0
     for role, n in req.messages:
-        messages.append(Message(role, tuple(parts[offset:offset + n])))
+        messages.append(Message(role, tuple(parts[offset : offset + n])))
         offset += n
-    return chat.render(messages, add_generation_prompt=req.add_generation_prompt,
-                       chat_template_kwargs=req.chat_template_kwargs)
+    return chat.render(
+        messages, add_generation_prompt=req.add_generation_prompt, chat_template_kwargs=req.chat_template_kwargs
+    )

@@ -8,9 +8,22 @@ from nanovl.v1 import inference_pb2 as pb
 from service.errors import InvalidArgument
 
 _SCALARS = (
-    "temperature", "top_p", "top_k", "min_p", "max_tokens", "min_tokens", "seed", "repetition_penalty",
-    "presence_penalty", "frequency_penalty", "ignore_eos", "logprobs", "prompt_logprobs",
-    "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "min_tokens",
+    "seed",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "ignore_eos",
+    "logprobs",
+    "prompt_logprobs",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "include_stop_str_in_output",
 )
 
 
@@ -58,5 +71,9 @@ def to_sampling_params(opts: pb.SamplingOptions, *, default_max_tokens: int, voc
         kwargs["structured_outputs"] = _structured(opts.structured_output)
     try:
         return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
-    except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's own range checks, e.g. "top_p must be in (0, 1]"
+    except (
+        ValueError,
+        TypeError,
+        VLLMValidationError,
+    ) as exc:  # vLLM's own range checks, e.g. "top_p must be in (0, 1]"
         raise InvalidArgument(f"invalid sampling options: {exc}") from exc

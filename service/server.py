@@ -50,8 +50,9 @@ class NanovlServer:
             await self.health.set(name, status)
         # "" is liveness: the process is healthy unless its engine died.
         alive = not self.engine.is_dead and state != STOPPED
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING if alive
-                              else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(
+            "", health_pb2.HealthCheckResponse.SERVING if alive else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     async def set_state(self, state: str) -> None:
         self.lifecycle.set_state(state)
@@ -119,8 +120,14 @@ async def build_server(
         chat = ChatRenderer(engine.summary.model)
     except ValueError:
         chat = None  # checkpoint without a chat template: raw parts only
-    inference = InferenceServicer(engine, settings, lifecycle=lifecycle, tracer=get_tracer(tracer_provider),
-                                  metrics=metrics or ServiceMetrics.noop(), chat=chat)
+    inference = InferenceServicer(
+        engine,
+        settings,
+        lifecycle=lifecycle,
+        tracer=get_tracer(tracer_provider),
+        metrics=metrics or ServiceMetrics.noop(),
+        chat=chat,
+    )
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
     services = [INFERENCE, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if profiling_servicer is not None:

@@ -60,8 +60,16 @@ TEST_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 def server_settings(**overrides):
     from service.settings import ServerSettings
 
-    return ServerSettings(**{"host": "127.0.0.1", "port": 0, "max_message_bytes": TEST_MAX_MESSAGE_BYTES,
-                             "max_request_bytes": 64 * 1024 * 1024, "warmup": False, **overrides})
+    return ServerSettings(
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "max_message_bytes": TEST_MAX_MESSAGE_BYTES,
+            "max_request_bytes": 64 * 1024 * 1024,
+            "warmup": False,
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture(scope="session")

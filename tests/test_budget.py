@@ -26,8 +26,11 @@ from service.errors import InvalidArgument
 
 MAX_MODEL_LEN = 4096
 MIX = PlanRequest(
-    image=ImageItems(2, 640, 480), video=VideoItems(1, 8, 320, 240), audio=AudioItems(1, 45.0),
-    max_model_len=MAX_MODEL_LEN, text_tokens=20,
+    image=ImageItems(2, 640, 480),
+    video=VideoItems(1, 8, 320, 240),
+    audio=AudioItems(1, 45.0),
+    max_model_len=MAX_MODEL_LEN,
+    text_tokens=20,
 )
 
 
@@ -47,8 +50,9 @@ def _vllm_budget(checkpoint, **engine_kwargs: Any):
     from vllm.multimodal import MULTIMODAL_REGISTRY
     from vllm.multimodal.encoder_budget import MultiModalBudget
 
-    config = EngineArgs(model=str(checkpoint), trust_remote_code=True, mm_processor_cache_gb=0,
-                        **engine_kwargs).create_engine_config()
+    config = EngineArgs(
+        model=str(checkpoint), trust_remote_code=True, mm_processor_cache_gb=0, **engine_kwargs
+    ).create_engine_config()
     return config, MultiModalBudget(config, MULTIMODAL_REGISTRY, enable_cache=False)
 
 
@@ -61,21 +65,28 @@ def _eager():
 # ------------------------------------------------------------------ vLLM's numbers
 
 
-@pytest.mark.parametrize("counts", [
-    {"image": 2, "video": 1, "audio": 1},
-    {"image": 1, "video": 0, "audio": 0},
-    {"image": 2, "video": 1, "audio": 0},
-    {"image": 0, "video": 0, "audio": 1},
-    {"image": 3, "video": 0, "audio": 2},
-])
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"image": 2, "video": 1, "audio": 1},
+        {"image": 1, "video": 0, "audio": 0},
+        {"image": 2, "video": 1, "audio": 0},
+        {"image": 0, "video": 0, "audio": 1},
+        {"image": 3, "video": 0, "audio": 2},
+    ],
+)
 def test_vllm_numbers_match_vllm(checkpoint, counts):
     request = PlanRequest(
-        image=ImageItems(counts["image"], 640, 480), video=VideoItems(counts["video"], 4, 64, 64),
-        audio=AudioItems(counts["audio"], 5.0), max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=1024,
+        image=ImageItems(counts["image"], 640, 480),
+        video=VideoItems(counts["video"], 4, 64, 64),
+        audio=AudioItems(counts["audio"], 5.0),
+        max_model_len=MAX_MODEL_LEN,
+        max_num_batched_tokens=1024,
     )
     plan = plan_budget(request, checkpoint)
-    _, budget = _vllm_budget(checkpoint, max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=1024,
-                             limit_mm_per_prompt=counts)
+    _, budget = _vllm_budget(
+        checkpoint, max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=1024, limit_mm_per_prompt=counts
+    )
     assert dict(plan.vllm.max_tokens_per_item) == dict(budget.mm_max_toks_per_item)
     assert plan.vllm.compute_budget_tokens == budget.encoder_compute_budget
     assert plan.vllm.cache_size_tokens == budget.encoder_cache_size
@@ -97,8 +108,12 @@ def test_text_only_profiles_nothing(checkpoint):
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
 def test_profiled_dummy_item_matches_vllm_dummy(checkpoint, modality):
     counts = {m: int(m == modality) for m in ("image", "video", "audio")}
-    request = PlanRequest(image=ImageItems(counts["image"]), video=VideoItems(counts["video"], 1, 64, 64),
-                          audio=AudioItems(counts["audio"], 1.0), max_model_len=MAX_MODEL_LEN)
+    request = PlanRequest(
+        image=ImageItems(counts["image"]),
+        video=VideoItems(counts["video"], 1, 64, 64),
+        audio=AudioItems(counts["audio"], 1.0),
+        max_model_len=MAX_MODEL_LEN,
+    )
     plan = plan_budget(request, checkpoint)
     assert plan.vllm.profiled_modality == modality
     _, budget = _vllm_budget(checkpoint, max_model_len=MAX_MODEL_LEN, limit_mm_per_prompt=counts)
@@ -122,8 +137,9 @@ def test_unset_image_size_is_vllms_largest_image(checkpoint):
 def input_processor(checkpoint):
     from vllm.v1.engine.input_processor import InputProcessor
 
-    config, _ = _vllm_budget(checkpoint, max_model_len=MAX_MODEL_LEN,
-                             limit_mm_per_prompt={"image": 2, "video": 1, "audio": 1})
+    config, _ = _vllm_budget(
+        checkpoint, max_model_len=MAX_MODEL_LEN, limit_mm_per_prompt={"image": 2, "video": 1, "audio": 1}
+    )
     return InputProcessor(config)
 
 
@@ -134,10 +150,19 @@ def processed_mix(input_processor):
 
     proc = MULTIMODAL_REGISTRY.create_processor(input_processor.model_config)
     frames = np.zeros((8, 240, 320, 3), np.uint8)
-    meta = {"fps": 2.0, "frames_indices": list(range(8)), "duration": 4.0, "total_num_frames": 8,
-            "video_backend": "opencv", "do_sample_frames": False}
-    data = {"image": [Image.new("RGB", (640, 480))] * 2, "video": [(frames, meta)],
-            "audio": [(np.zeros(16000 * 45, np.float32), 16000)]}
+    meta = {
+        "fps": 2.0,
+        "frames_indices": list(range(8)),
+        "duration": 4.0,
+        "total_num_frames": 8,
+        "video_backend": "opencv",
+        "do_sample_frames": False,
+    }
+    data = {
+        "image": [Image.new("RGB", (640, 480))] * 2,
+        "video": [(frames, meta)],
+        "audio": [(np.zeros(16000 * 45, np.float32), 16000)],
+    }
     with _eager():
         return proc("Compare <image> with <image>; then <video> and <so_embedding>.", proc.info.parse_mm_data(data))
 
@@ -173,8 +198,7 @@ def test_encoder_cache_admission_at_the_boundary(input_processor, processed_mix,
     largest = max(it.encoder_tokens for it in items)
     n = len(processed_mix["prompt_token_ids"])
     ours = admission(prompt_tokens=n, max_model_len=10**6, items=items, encoder_cache_size=largest + delta)
-    theirs, message = _vllm_accepts(input_processor, processed_mix, max_model_len=10**6,
-                                     cache_size=largest + delta)
+    theirs, message = _vllm_accepts(input_processor, processed_mix, max_model_len=10**6, cache_size=largest + delta)
     assert ours.accepted == theirs
     if not theirs:
         # Same condition and same item as vLLM's "exceeds the pre-allocated encoder cache size".
@@ -231,16 +255,21 @@ def test_memory_components(checkpoint, mix_plan):
     ssm = text.mamba_num_heads * text.mamba_head_dim * text.ssm_state_size * 4  # float32 SSM state
     assert llm.mamba_state_bytes_per_seq == sum(s[0] * (s[-1] - 1) * 2 + ssm for s in conv)
 
-    for memory, cache_tokens in ((mix_plan.memory_nanovl, mix_plan.nanovl.needed_tokens),
-                                 (mix_plan.memory_vllm, mix_plan.vllm.cache_size_tokens)):
+    for memory, cache_tokens in (
+        (mix_plan.memory_nanovl, mix_plan.nanovl.needed_tokens),
+        (mix_plan.memory_vllm, mix_plan.vllm.cache_size_tokens),
+    ):
         assert memory.total_bytes == sum(c.bytes for c in memory.components)
         assert memory.bytes_of("weights") == llm.weights_bytes
         assert memory.bytes_of("kv_cache") == llm.kv_bytes_per_token * MAX_MODEL_LEN
         assert memory.bytes_of("mamba_state") == llm.mamba_state_bytes_per_seq * mix_plan.max_num_seqs
         assert memory.bytes_of("encoder_cache") == cache_tokens * mix_plan.geometry.llm_hidden_size * 2
     # vLLM profiles a dummy video that fills the context; nanovl's items are smaller.
-    assert mix_plan.memory_vllm.bytes_of("encoder_activations") > mix_plan.memory_nanovl.bytes_of(
-        "encoder_activations") > 0
+    assert (
+        mix_plan.memory_vllm.bytes_of("encoder_activations")
+        > mix_plan.memory_nanovl.bytes_of("encoder_activations")
+        > 0
+    )
 
 
 def test_activation_estimate_grows_with_the_item(mix_plan):
@@ -297,10 +326,16 @@ def test_memory_budget_reduces_the_limits(checkpoint, mix_plan):
     counts = {m: (v["count"] if isinstance(v, dict) else v) for m, v in limits.items()}
     assert counts != MIX.counts() and all(counts[m] <= MIX.counts()[m] for m in counts)
     # Re-planning with the recommended counts fits the budget.
-    replanned = plan_budget(dataclasses.replace(
-        MIX, memory_budget_bytes=budget, image=dataclasses.replace(MIX.image, count=counts["image"]),
-        video=dataclasses.replace(MIX.video, count=counts["video"]),
-        audio=dataclasses.replace(MIX.audio, count=counts["audio"])), checkpoint)
+    replanned = plan_budget(
+        dataclasses.replace(
+            MIX,
+            memory_budget_bytes=budget,
+            image=dataclasses.replace(MIX.image, count=counts["image"]),
+            video=dataclasses.replace(MIX.video, count=counts["video"]),
+            audio=dataclasses.replace(MIX.audio, count=counts["audio"]),
+        ),
+        checkpoint,
+    )
     assert replanned.accepted
     # The dummy-options form vLLM takes, sizes included for the enabled modalities.
     if counts["video"]:

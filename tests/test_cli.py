@@ -13,7 +13,10 @@ def test_serve_with_a_bad_checkpoint_prints_one_line_and_exits_2(tmp_path: Path)
     (tmp_path / "config.json").write_text("{}")
     proc = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve", "--model", str(tmp_path), "--metrics-port", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -45,8 +45,12 @@ CASES = {
     "video": lambda: [MediaPart("video", _video(8, 320, 240)), TextPart("What happens?")],
     "audio": lambda: [MediaPart("audio", _audio(3.0)), TextPart("Transcribe.")],
     "mixed": lambda: [
-        TextPart("Compare "), MediaPart("image", _image(320, 240)), TextPart(" with "),
-        MediaPart("video", _video(4, 224, 224)), TextPart(" and "), MediaPart("audio", _audio(2.0)),
+        TextPart("Compare "),
+        MediaPart("image", _image(320, 240)),
+        TextPart(" with "),
+        MediaPart("video", _video(4, 224, 224)),
+        TextPart(" and "),
+        MediaPart("audio", _audio(2.0)),
     ],
 }
 

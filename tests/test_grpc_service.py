@@ -24,9 +24,14 @@ MEDIA = {
     "image": lambda: [Part.image(mf.make_png(320, 240, seed=1)), Part.text("Describe.")],
     "video": lambda: [Part.video(mf.make_mp4(16, 128, 96, fps=8, seed=2), num_frames=4), Part.text("What?")],
     "audio": lambda: [Part.audio(mf.make_wav(2.0, 44100, 2, seed=3)), Part.text("Transcribe.")],
-    "mixed": lambda: [Part.text("Compare "), Part.image(mf.make_jpeg(256, 256, seed=4)), Part.text(" and "),
-                      Part.audio(mf.make_flac(1.0, seed=5)), Part.text(" and "),
-                      Part.video(mf.make_webm(8, 64, 64, fps=4, seed=6), num_frames=2)],
+    "mixed": lambda: [
+        Part.text("Compare "),
+        Part.image(mf.make_jpeg(256, 256, seed=4)),
+        Part.text(" and "),
+        Part.audio(mf.make_flac(1.0, seed=5)),
+        Part.text(" and "),
+        Part.video(mf.make_webm(8, 64, 64, fps=4, seed=6), num_frames=2),
+    ],
 }
 
 
@@ -71,14 +76,19 @@ async def test_both_rpcs_give_the_same_greedy_tokens(client):
 
 async def test_logprobs_come_with_every_token(grpc_target):
     async with grpc.aio.insecure_channel(grpc_target) as channel:
-        req = pb.GenerateRequest(parts=[pb.ContentPart(text="logprobs please")],
-                                 sampling=pb.SamplingOptions(max_tokens=4, ignore_eos=True, temperature=0.0, logprobs=2))
-        deltas = [r.delta for r in await _collect(pb_grpc.InferenceStub(channel).Generate(req, timeout=60))
-                  if r.HasField("delta")]
+        req = pb.GenerateRequest(
+            parts=[pb.ContentPart(text="logprobs please")],
+            sampling=pb.SamplingOptions(max_tokens=4, ignore_eos=True, temperature=0.0, logprobs=2),
+        )
+        deltas = [
+            r.delta
+            for r in await _collect(pb_grpc.InferenceStub(channel).Generate(req, timeout=60))
+            if r.HasField("delta")
+        ]
     token_ids = [t for d in deltas for t in d.token_ids]
     entries = [e for d in deltas for e in d.logprobs]
     assert len(token_ids) == 4 and len(entries) == 4
-    for token_id, entry in zip(token_ids, entries):
+    for token_id, entry in zip(token_ids, entries, strict=False):
         assert entry.token.token_id == token_id and entry.token.logprob <= 0.0
         assert len(entry.top) >= 2 and entry.top[0].rank == 1
         # Greedy: the sampled token is the most likely one.
@@ -92,8 +102,9 @@ async def test_chunked_upload_of_a_multi_megabyte_video(client, tmp_path):
     with pytest.raises(InferenceRpcError) as too_big:
         await client.generate_text([Part.video(path, num_frames=4)], sampling=SHORT, upload="unary")
     assert too_big.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    result = await client.generate_text([Part.video(path, num_frames=4), Part.text("?")], sampling=SHORT,
-                                        upload="stream", chunk_size=64 * 1024)
+    result = await client.generate_text(
+        [Part.video(path, num_frames=4), Part.text("?")], sampling=SHORT, upload="stream", chunk_size=64 * 1024
+    )
     assert result.usage.prompt_tokens_by_modality.video > 4 * 49
     assert result.timings.upload_s > 0
 
@@ -127,8 +138,9 @@ async def _wait_until_idle(engine, timeout_s=30.0):
 async def test_cancel_mid_stream_aborts_the_engine_request(grpc_target, engine):
     channel = grpc.aio.insecure_channel(grpc_target)
     stub = pb_grpc.InferenceStub(channel)
-    req = pb.GenerateRequest(parts=[pb.ContentPart(text="count")],
-                             sampling=pb.SamplingOptions(max_tokens=2000, ignore_eos=True))
+    req = pb.GenerateRequest(
+        parts=[pb.ContentPart(text="count")], sampling=pb.SamplingOptions(max_tokens=2000, ignore_eos=True)
+    )
     call = stub.Generate(req)
     deltas = 0
     async for resp in call:
@@ -144,8 +156,9 @@ async def test_cancel_mid_stream_aborts_the_engine_request(grpc_target, engine):
 async def test_deadline_exceeded_aborts(grpc_target, engine):
     async with grpc.aio.insecure_channel(grpc_target) as channel:
         stub = pb_grpc.InferenceStub(channel)
-        req = pb.GenerateRequest(parts=[pb.ContentPart(text="go")],
-                                 sampling=pb.SamplingOptions(max_tokens=2000, ignore_eos=True))
+        req = pb.GenerateRequest(
+            parts=[pb.ContentPart(text="go")], sampling=pb.SamplingOptions(max_tokens=2000, ignore_eos=True)
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _collect(stub.Generate(req, timeout=1.0))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -162,21 +175,47 @@ def _image(data):
 
 ERRORS = {
     "corrupt image": (_req(_image(b"\x89PNG not really")), grpc.StatusCode.INVALID_ARGUMENT, "image"),
-    "unknown audio": (_req(pb.ContentPart(audio=pb.Audio(encoded=b"RIFF????garbage"))),
-                      grpc.StatusCode.INVALID_ARGUMENT, "audio"),
-    "truncated video": (_req(pb.ContentPart(video=pb.Video(encoded=mf.make_mp4(8, 64, 64, seed=1)[:600]))),
-                        grpc.StatusCode.INVALID_ARGUMENT, "video"),
+    "unknown audio": (
+        _req(pb.ContentPart(audio=pb.Audio(encoded=b"RIFF????garbage"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio",
+    ),
+    "truncated video": (
+        _req(pb.ContentPart(video=pb.Video(encoded=mf.make_mp4(8, 64, 64, seed=1)[:600]))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "video",
+    ),
     "bad sampling": (_req(pb.ContentPart(text="x"), top_p=1.5), grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
-    "token id outside vocab": (_req(pb.ContentPart(text="x"), stop_token_ids=[10**6]),
-                               grpc.StatusCode.INVALID_ARGUMENT, "outside the vocabulary"),
-    "too many items": (_req(*[_image(mf.make_png(32, 32, seed=i)) for i in range(5)]),
-                       grpc.StatusCode.INVALID_ARGUMENT, "at most 4"),
-    "placeholder in text": (_req(pb.ContentPart(text="look <image> here")),
-                            grpc.StatusCode.INVALID_ARGUMENT, "reserved string"),
+    "token id outside vocab": (
+        _req(pb.ContentPart(text="x"), stop_token_ids=[10**6]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outside the vocabulary",
+    ),
+    "too many items": (
+        _req(*[_image(mf.make_png(32, 32, seed=i)) for i in range(5)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "at most 4",
+    ),
+    "placeholder in text": (
+        _req(pb.ContentPart(text="look <image> here")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "reserved string",
+    ),
     "empty prompt": (pb.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT, "exactly one of parts"),
-    "too long": (_req(pb.ContentPart(text="y" * 2100)), grpc.StatusCode.OUT_OF_RANGE, "over this server's max_model_len"),
-    "raw frames size": (_req(pb.ContentPart(video=pb.Video(raw_frames=pb.RawFrames(
-        rgb24=b"\0" * 100, width=8, height=8, num_frames=2, fps=1)))), grpc.StatusCode.INVALID_ARGUMENT, "384"),
+    "too long": (
+        _req(pb.ContentPart(text="y" * 2100)),
+        grpc.StatusCode.OUT_OF_RANGE,
+        "over this server's max_model_len",
+    ),
+    "raw frames size": (
+        _req(
+            pb.ContentPart(
+                video=pb.Video(raw_frames=pb.RawFrames(rgb24=b"\0" * 100, width=8, height=8, num_frames=2, fps=1))
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "384",
+    ),
 }
 
 
@@ -192,11 +231,10 @@ async def test_errors_have_precise_statuses(grpc_target, name):
 
 def _header(*parts, sizes=None):
     declared = [pb.DeclaredPart(part=p) for p in parts]
-    for d, size in zip(declared, sizes or []):
+    for d, size in zip(declared, sizes or [], strict=False):
         if size is not None:
             d.size_bytes = size
-    return pb.GenerateChunk(header=pb.StreamGenerateHeader(parts=declared,
-                                                           sampling=pb.SamplingOptions(max_tokens=2)))
+    return pb.GenerateChunk(header=pb.StreamGenerateHeader(parts=declared, sampling=pb.SamplingOptions(max_tokens=2)))
 
 
 def _chunk(i, data, last):
@@ -210,18 +248,33 @@ PNG = mf.make_png(48, 48)
 # client still writing after the server's verdict sees its own failed write instead.
 STREAM_ERRORS = {
     "no header": ([_chunk(0, PNG, True)], False, grpc.StatusCode.INVALID_ARGUMENT, "must be a header"),
-    "interleaved": ([_header(_image(b""), _image(b"")), _chunk(0, PNG[:10], False), _chunk(1, PNG, True)], False,
-                    grpc.StatusCode.INVALID_ARGUMENT, "contiguously"),
-    "no end": ([_header(_image(b"")), _chunk(0, PNG, True)], True, grpc.StatusCode.INVALID_ARGUMENT,
-               "without an End"),
+    "interleaved": (
+        [_header(_image(b""), _image(b"")), _chunk(0, PNG[:10], False), _chunk(1, PNG, True)],
+        False,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "contiguously",
+    ),
+    "no end": ([_header(_image(b"")), _chunk(0, PNG, True)], True, grpc.StatusCode.INVALID_ARGUMENT, "without an End"),
     "missing payload": ([_header(_image(b"")), END], True, grpc.StatusCode.INVALID_ARGUMENT, "no complete payload"),
-    "declared size": ([_header(_image(b""), sizes=[5]), _chunk(0, PNG, True)], False,
-                      grpc.StatusCode.INVALID_ARGUMENT, "declared 5 bytes"),
-    "two headers": ([_header(pb.ContentPart(text="x")), _header(pb.ContentPart(text="x"))], False,
-                    grpc.StatusCode.INVALID_ARGUMENT, "unexpected header"),
+    "declared size": (
+        [_header(_image(b""), sizes=[5]), _chunk(0, PNG, True)],
+        False,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "declared 5 bytes",
+    ),
+    "two headers": (
+        [_header(pb.ContentPart(text="x")), _header(pb.ContentPart(text="x"))],
+        False,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unexpected header",
+    ),
     # 22 x 3 MiB: the 22nd chunk crosses the test server's 64 MiB request limit.
-    "over request bytes": ([_header(_image(b""))] + [_chunk(0, b"\0" * (3 << 20), False)] * 22, False,
-                           grpc.StatusCode.RESOURCE_EXHAUSTED, "limit of"),
+    "over request bytes": (
+        [_header(_image(b""))] + [_chunk(0, b"\0" * (3 << 20), False)] * 22,
+        False,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "limit of",
+    ),
 }
 
 
@@ -247,8 +300,12 @@ async def test_client_keepalive_pings_while_the_server_is_silent_do_not_kill_the
     nothing (here: it pauses its upload; in production: a queue wait or a long prefill).
     With gRPC Core's default server policy the pings earn GOAWAY(too_many_pings) and the
     call fails; the server's options must let it complete."""
-    keepalive = [("grpc.keepalive_time_ms", 100), ("grpc.keepalive_timeout_ms", 10_000),
-                 ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+    keepalive = [
+        ("grpc.keepalive_time_ms", 100),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
     async def send():
         yield _header(_image(b""))
@@ -310,8 +367,9 @@ async def test_health_transitions_and_draining(engine):
         await srv.mark_serving()
         assert await status() == health_pb2.HealthCheckResponse.SERVING
         stub = pb_grpc.InferenceStub(channel)
-        long = pb.GenerateRequest(parts=[pb.ContentPart(text="a")],
-                                  sampling=pb.SamplingOptions(max_tokens=40, ignore_eos=True))
+        long = pb.GenerateRequest(
+            parts=[pb.ContentPart(text="a")], sampling=pb.SamplingOptions(max_tokens=40, ignore_eos=True)
+        )
         in_flight = asyncio.create_task(_collect(stub.Generate(long)))
         while srv.lifecycle.in_flight == 0:
             await asyncio.sleep(0.01)
@@ -333,8 +391,9 @@ async def test_queue_full_is_resource_exhausted(engine):
     try:
         async with grpc.aio.insecure_channel(srv.target) as channel:
             stub = pb_grpc.InferenceStub(channel)
-            long = pb.GenerateRequest(parts=[pb.ContentPart(text="a")],
-                                      sampling=pb.SamplingOptions(max_tokens=60, ignore_eos=True))
+            long = pb.GenerateRequest(
+                parts=[pb.ContentPart(text="a")], sampling=pb.SamplingOptions(max_tokens=60, ignore_eos=True)
+            )
             first = asyncio.create_task(_collect(stub.Generate(long)))
             while srv.lifecycle.in_flight == 0:
                 await asyncio.sleep(0.01)
@@ -350,10 +409,17 @@ async def test_queue_full_is_resource_exhausted(engine):
 async def test_64_concurrent_mixed_streams(client, engine):
     kinds = list(MEDIA)
     prompts = [MEDIA[kinds[i % len(kinds)]]() for i in range(64)]
-    results = await asyncio.gather(*(
-        client.generate_text(p, sampling=Sampling(max_tokens=4, temperature=0.8, seed=i, ignore_eos=True),
-                             upload="stream" if i % 2 else "unary", chunk_size=8192)
-        for i, p in enumerate(prompts)))
+    results = await asyncio.gather(
+        *(
+            client.generate_text(
+                p,
+                sampling=Sampling(max_tokens=4, temperature=0.8, seed=i, ignore_eos=True),
+                upload="stream" if i % 2 else "unary",
+                chunk_size=8192,
+            )
+            for i, p in enumerate(prompts)
+        )
+    )
     assert all(r.usage.completion_tokens == 4 for r in results)
     assert len({r.request_id for r in results}) == 64
     assert await _wait_until_idle(engine)

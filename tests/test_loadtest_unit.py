@@ -51,7 +51,9 @@ def test_percentiles_interpolate_between_order_statistics() -> None:
     assert empty.count == 0 and empty.p50 is None and empty.mean is None
 
 
-def _record(index: int, kind: str, start: float, latency: float, ttft: float | None, tokens: int, **kw) -> RequestRecord:
+def _record(
+    index: int, kind: str, start: float, latency: float, ttft: float | None, tokens: int, **kw
+) -> RequestRecord:
     defaults = dict(scheduled_s=start, prompt_tokens=10, deltas=tokens, itl_s=())
     defaults.update(kw)
     return RequestRecord(
@@ -186,7 +188,11 @@ def test_poisson_arrivals_for_a_duration_and_with_ramp_up() -> None:
     # The rate climbs linearly to `rate` over the ramp: rate*ramp/2 arrivals during it,
     # a quarter of those in its first half; then full rate.
     in_ramp, first_half = np.sum(r < ramp), np.sum(r < ramp / 2)
-    for got, want in ((in_ramp, rate * ramp / 2), (first_half, rate * ramp / 8), (np.sum(r >= ramp), rate * (duration - ramp))):
+    for got, want in (
+        (in_ramp, rate * ramp / 2),
+        (first_half, rate * ramp / 8),
+        (np.sum(r >= ramp), rate * (duration - ramp)),
+    ):
         assert abs(got - want) < 4 * math.sqrt(want), (got, want)
 
 
@@ -513,7 +519,14 @@ async def test_closed_and_open_loop_run(fake, behaviour: FakeBehaviour, tmp_path
     result = await run_load_test_async(cfg, progress=progress)
     assert result.total_errors == 0 and result.server is not None and result.server.model_name == "fake"
     assert [lv.level.label for lv in result.levels] == ["c=1", "c=3", "rate=40/s"]
-    assert progress.events[-6:] == ["start c=1 9", "end c=1", "start c=3 9", "end c=3", "start rate=40/s 9", "end rate=40/s"]
+    assert progress.events[-6:] == [
+        "start c=1 9",
+        "end c=1",
+        "start c=3 9",
+        "end c=3",
+        "start rate=40/s 9",
+        "end rate=40/s",
+    ]
     assert progress.records == 27
     assert result.warmup_requests == 4 and sum(behaviour.seen.values()) == 27 + 4
     for lv in result.levels:
@@ -537,9 +550,13 @@ async def test_errors_are_counted_by_status_with_the_first_message(fake, behavio
     target, _ = fake
     behaviour.fail_kinds = {"video"}
     cfg = _config(
-        target=target, concurrency=(2,), requests=10, warmup_requests=0,
-        mix=Mix.parse("text=1,video=1,image+audio=1"), chunked=True,
-    )  # fmt: skip
+        target=target,
+        concurrency=(2,),
+        requests=10,
+        warmup_requests=0,
+        mix=Mix.parse("text=1,video=1,image+audio=1"),
+        chunked=True,
+    )
     result = await run_load_test_async(cfg)
     lv = result.levels[0]
     videos = sum(r.kind == "video" for r in lv.requests)
@@ -578,7 +595,9 @@ async def test_an_unreachable_target_is_reported() -> None:
 
 
 async def test_duration_levels(fake, behaviour: FakeBehaviour) -> None:
-    cfg = _config(target=fake[0], concurrency=(2,), rates=(30.0,), duration_s=0.3, warmup_requests=0, mix=Mix.parse("text=1"))
+    cfg = _config(
+        target=fake[0], concurrency=(2,), rates=(30.0,), duration_s=0.3, warmup_requests=0, mix=Mix.parse("text=1")
+    )
     result = await run_load_test_async(cfg)
     assert result.total_errors == 0
     for lv in result.levels:
@@ -602,7 +621,9 @@ async def test_client_processes_share_the_load(fake, behaviour: FakeBehaviour) -
 
 @pytest_asyncio.fixture(scope="module")
 async def two_runs(fake) -> tuple[LoadTestResult, LoadTestResult]:
-    base = _config(target=fake[0], concurrency=(1, 2), rates=(50.0,), requests=6, mix=Mix.parse("text=1,image=1,audio=1"))
+    base = _config(
+        target=fake[0], concurrency=(1, 2), rates=(50.0,), requests=6, mix=Mix.parse("text=1,image=1,audio=1")
+    )
     a = await run_load_test_async(replace(base, name="A"))
     b = await run_load_test_async(replace(base, name="B", chunked=True, concurrency=(2, 4)))
     return a, b
@@ -649,13 +670,22 @@ def test_plots_and_tables(two_runs, tmp_path: Path) -> None:
     a, b = two_runs
     files = plot_run(a, tmp_path / "a")
     names = sorted(p.name for p in files)
-    assert names == ["concurrency_sweep.png", "latency_cdf_c1.png", "latency_cdf_c2.png", "latency_cdf_rate50.png", "rate_sweep.png"]
+    assert names == [
+        "concurrency_sweep.png",
+        "latency_cdf_c1.png",
+        "latency_cdf_c2.png",
+        "latency_cdf_rate50.png",
+        "rate_sweep.png",
+    ]
     assert all(_is_png(p) and p.stat().st_size > 10_000 for p in files)
     overlay = plot_compare([a, b], tmp_path / "cmp")
     # Levels both runs measured: c=2 and rate=50.
     assert sorted(p.name for p in overlay) == [
-        "compare_cdf_c2.png", "compare_cdf_rate50.png", "compare_sweep_concurrency.png", "compare_sweep_rate.png",
-    ]  # fmt: skip
+        "compare_cdf_c2.png",
+        "compare_cdf_rate50.png",
+        "compare_sweep_concurrency.png",
+        "compare_sweep_rate.png",
+    ]
     assert all(_is_png(p) for p in overlay)
     from rich.console import Console
 
@@ -681,8 +711,23 @@ def test_compare_command(two_runs, tmp_path: Path) -> None:
 
 async def test_cli_run_writes_everything(fake, behaviour: FakeBehaviour, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = ["--target", fake[0], "--concurrency", "2", "--requests", "4", "--mix", "text=1,image=1",
-            "--image-size", "64x48", "--max-tokens", "3", "--no-progress", "--out", str(out)]  # fmt: skip
+    argv = [
+        "--target",
+        fake[0],
+        "--concurrency",
+        "2",
+        "--requests",
+        "4",
+        "--mix",
+        "text=1,image=1",
+        "--image-size",
+        "64x48",
+        "--max-tokens",
+        "3",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     # The CLI runs its own event loop: give it a thread, as a user's shell would a process.
     assert await asyncio.to_thread(main, argv) == 0
     assert {p.name for p in out.iterdir()} >= {"results.json", "summary.csv", "requests.csv", "latency_cdf_c2.png"}

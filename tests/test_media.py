@@ -270,7 +270,9 @@ def test_video_limits() -> None:
         media.decode_video(data, num_frames=0)
     raw = mf.raw_rgb_frames(9, 64, 32)
     with pytest.raises(ResourceExhausted, match="max_video_frames"):
-        media.video_from_raw_frames(raw, width=64, height=32, num_frames=9, fps=1, limits=MediaLimits(max_video_frames=8))
+        media.video_from_raw_frames(
+            raw, width=64, height=32, num_frames=9, fps=1, limits=MediaLimits(max_video_frames=8)
+        )
 
 
 # --------------------------------------------------------------------------- audio
@@ -404,15 +406,23 @@ def test_bad_audio_bytes(data: bytes, needle: str) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: media.decode_audio(mf.make_wav(3.0, 8000), target_sample_rate=SR, limits=MediaLimits(max_audio_seconds=2)),
-        lambda: media.decode_audio(mf.make_m4a(3.0, 8000), target_sample_rate=SR, limits=MediaLimits(max_audio_seconds=2)),
+        lambda: media.decode_audio(
+            mf.make_wav(3.0, 8000), target_sample_rate=SR, limits=MediaLimits(max_audio_seconds=2)
+        ),
+        lambda: media.decode_audio(
+            mf.make_m4a(3.0, 8000), target_sample_rate=SR, limits=MediaLimits(max_audio_seconds=2)
+        ),
         lambda: media.audio_from_pcm(
-            mf.raw_pcm(3.0, 8000), encoding="s16le", sample_rate=8000, channels=1,
-            target_sample_rate=SR, limits=MediaLimits(max_audio_seconds=2),
+            mf.raw_pcm(3.0, 8000),
+            encoding="s16le",
+            sample_rate=8000,
+            channels=1,
+            target_sample_rate=SR,
+            limits=MediaLimits(max_audio_seconds=2),
         ),
     ],
     ids=["wav", "m4a", "pcm"],
-)  # fmt: skip
+)
 def test_audio_over_duration_limit(make) -> None:
     with pytest.raises(ResourceExhausted) as err:
         make()
@@ -451,9 +461,7 @@ def test_vllm_nemotron_processor_accepts_decoded_media() -> None:
     image = media.decode_image(mf.make_jpeg(320, 240, seed=1))
     video = media.decode_video(mf.make_mp4(30, 160, 96, 24, seed=2), num_frames=4)
     audio = media.decode_audio(mf.make_wav(3.0, 44100, 2, seed=3), target_sample_rate=SR)
-    items = processor.info.parse_mm_data(
-        {"image": image.to_vllm(), "video": video.to_vllm(), "audio": audio.to_vllm()}
-    )
+    items = processor.info.parse_mm_data({"image": image.to_vllm(), "video": video.to_vllm(), "audio": audio.to_vllm()})
     prompt = "<|im_start|>user\n<image><video><so_embedding>describe<|im_end|>\n<|im_start|>assistant\n"
     out = processor(prompt, items)
 

@@ -214,8 +214,16 @@ def test_settings_defaults_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (env.prometheus_port, env.exporters) == (9100, ())
     # The shared --otel-endpoint alone does not push metrics: /metrics already serves them.
     assert parse("--otel-endpoint", "collector:4317").exporters == ()
-    flags = parse("--metrics-port", "0", "--otel-endpoint", "collector:4317", "--otel-metrics-exporter", "otlp",
-                  "--otel-service-name", "edge")  # fmt: skip
+    flags = parse(
+        "--metrics-port",
+        "0",
+        "--otel-endpoint",
+        "collector:4317",
+        "--otel-metrics-exporter",
+        "otlp",
+        "--otel-service-name",
+        "edge",
+    )
     assert flags.prometheus_port == 0
     assert flags.exporters == ("otlp",)
     assert flags.otlp.endpoint == "http://collector:4317"  # shared with tracing's --otel-endpoint

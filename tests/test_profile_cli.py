@@ -27,16 +27,34 @@ def _vllm_max_tokens(checkpoint, limits) -> tuple[dict[str, int], int]:
     from vllm.multimodal import MULTIMODAL_REGISTRY
     from vllm.multimodal.encoder_budget import MultiModalBudget
 
-    config = EngineArgs(model=str(checkpoint), trust_remote_code=True, max_model_len=TEST_MAX_MODEL_LEN,
-                        limit_mm_per_prompt=limits, mm_processor_cache_gb=0).create_engine_config()
+    config = EngineArgs(
+        model=str(checkpoint),
+        trust_remote_code=True,
+        max_model_len=TEST_MAX_MODEL_LEN,
+        limit_mm_per_prompt=limits,
+        mm_processor_cache_gb=0,
+    ).create_engine_config()
     budget = MultiModalBudget(config, MULTIMODAL_REGISTRY, enable_cache=False)
     return dict(budget.mm_max_toks_per_item), budget.encoder_cache_size
 
 
 def test_offline_plan_has_exact_numbers_beside_vllms(capsys, tiny_checkpoint):
     """The issue's "done when": plan a deployment from a checkpoint, no server."""
-    plan = _run_json(capsys, ["plan", "--model", str(tiny_checkpoint), "--max-model-len", str(TEST_MAX_MODEL_LEN),
-                              "--limit", "image=4,video=1,audio=2", "--memory", "4GiB", "--json"])
+    plan = _run_json(
+        capsys,
+        [
+            "plan",
+            "--model",
+            str(tiny_checkpoint),
+            "--max-model-len",
+            str(TEST_MAX_MODEL_LEN),
+            "--limit",
+            "image=4,video=1,audio=2",
+            "--memory",
+            "4GiB",
+            "--json",
+        ],
+    )
     geom = ModelGeometry.from_checkpoint(tiny_checkpoint, max_model_len=TEST_MAX_MODEL_LEN)
     vllm_max, vllm_cache = _vllm_max_tokens(tiny_checkpoint, LIMITS)
     rows = {m["modality"].removeprefix("MODALITY_").lower(): m for m in plan["modalities"]}
@@ -51,7 +69,9 @@ def test_offline_plan_has_exact_numbers_beside_vllms(capsys, tiny_checkpoint):
         else:
             exact = audio_tokens(geom, seconds=item["seconds"])
         assert (row["prompt_tokens_per_item"], row["encoder_tokens_per_item"]) == (
-            exact.prompt_tokens, exact.encoder_tokens)
+            exact.prompt_tokens,
+            exact.encoder_tokens,
+        )
         # Unsized items default to the largest that fits the context alone.
         assert exact.prompt_tokens <= TEST_MAX_MODEL_LEN - 1
     assert rows["video"]["encoder_tokens_per_item"] < rows["video"]["vllm_max_tokens_per_item"]
@@ -66,17 +86,45 @@ def test_offline_plan_has_exact_numbers_beside_vllms(capsys, tiny_checkpoint):
 
 def test_offline_plan_table(capsys, monkeypatch, tiny_checkpoint):
     monkeypatch.setenv("COLUMNS", "250")
-    assert main(["plan", "--model", str(tiny_checkpoint), "--max-model-len", "4096", "--image", "640x480",
-                 "--video", "8x320x240", "--audio", "3", "--memory", "4GiB"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                str(tiny_checkpoint),
+                "--max-model-len",
+                "4096",
+                "--image",
+                "640x480",
+                "--video",
+                "8x320x240",
+                "--audio",
+                "3",
+                "--memory",
+                "4GiB",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     geom = ModelGeometry.from_checkpoint(tiny_checkpoint, max_model_len=4096)
     image = image_tokens(geom, 640, 480)
     video = video_tokens(geom, 8, 320, 240)
-    rows = {cells[1]: cells[2:-1] for line in out.splitlines() if line.count("│") > 5
-            for cells in [[c.strip() for c in line.split("│")]]}
+    rows = {
+        cells[1]: cells[2:-1]
+        for line in out.splitlines()
+        if line.count("│") > 5
+        for cells in [[c.strip() for c in line.split("│")]]
+    }
     # count, item, prompt tok/item, encoder tok/item (exact), vLLM tok/item, prompt tokens
-    assert rows["image"] == ["1", "640x480", str(image.prompt_tokens), str(image.encoder_tokens),
-                             str(image.encoder_tokens), str(image.prompt_tokens)]
+    assert rows["image"] == [
+        "1",
+        "640x480",
+        str(image.prompt_tokens),
+        str(image.encoder_tokens),
+        str(image.encoder_tokens),
+        str(image.prompt_tokens),
+    ]
     assert rows["video"][2:5] == [str(video.prompt_tokens), str(video.encoder_tokens), "4096"]
     assert "accepted" in out
 
@@ -92,8 +140,13 @@ def test_parsers():
     assert parse_limits("image=4,video=1,audio=2") == LIMITS
     assert parse_image("640x480:3") == (640, 480, 3) and parse_video("16x320x240") == (16, 320, 240, 1)
     assert parse_audio("2.5:2") == (2.5, 2)
-    for parse, bad in ((parse_bytes, "4 parsecs"), (parse_limits, "pictures=2"), (parse_image, "640"),
-                       (parse_video, "16x320"), (parse_audio, "long")):
+    for parse, bad in (
+        (parse_bytes, "4 parsecs"),
+        (parse_limits, "pictures=2"),
+        (parse_image, "640"),
+        (parse_video, "16x320"),
+        (parse_audio, "long"),
+    ):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(bad)
 
@@ -125,8 +178,12 @@ async def test_plan_command_online_matches_offline(capsys, grpc_target, tiny_che
     argv = ["plan", "--image", "640x480:2", "--video", "8x320x240", "--text-tokens", "20", "--json"]
     assert await _cli(*argv, "--target", grpc_target) == 0
     online = json.loads(capsys.readouterr().out)
-    assert main([*argv, "--model", str(tiny_checkpoint), "--max-model-len", str(TEST_MAX_MODEL_LEN),
-                 "--max-num-seqs", "64"]) == 0
+    assert (
+        main(
+            [*argv, "--model", str(tiny_checkpoint), "--max-model-len", str(TEST_MAX_MODEL_LEN), "--max-num-seqs", "64"]
+        )
+        == 0
+    )
     offline = json.loads(capsys.readouterr().out)
     assert online["modalities"] == offline["modalities"] and online["accepted"] == offline["accepted"] is True
     assert online["prompt_tokens"] == offline["prompt_tokens"]
@@ -146,8 +203,22 @@ async def test_dummy_command(capsys, monkeypatch, grpc_target):
 
 
 async def test_cpu_command_writes_files(capsys, grpc_target, tmp_path):
-    assert await _cli("cpu", "--target", grpc_target, "--duration", "1", "--process", "server", "--idle",
-                      "--output-dir", str(tmp_path), "--json") == 0
+    assert (
+        await _cli(
+            "cpu",
+            "--target",
+            grpc_target,
+            "--duration",
+            "1",
+            "--process",
+            "server",
+            "--idle",
+            "--output-dir",
+            str(tmp_path),
+            "--json",
+        )
+        == 0
+    )
     (written,) = json.loads(capsys.readouterr().out)["files"]
     assert written["role"] == "server"
     profile = json.loads(open(written["path"]).read())

@@ -17,9 +17,8 @@ from vllm import SamplingParams
 
 from model.prompt import MediaPart, TextPart, assemble_raw
 from model.token_accounting import ModelGeometry, audio_tokens, image_tokens, video_tokens
-from nanovl.v1 import inference_pb2
+from nanovl.v1 import inference_pb2, profiling_pb2_grpc
 from nanovl.v1 import profiling_pb2 as pb
-from nanovl.v1 import profiling_pb2_grpc
 from profiling.budget import PlanRequest, plan_budget
 from service.errors import OutOfRange
 from tests.conftest import TEST_LIMITS, TEST_MAX_MODEL_LEN
@@ -71,8 +70,7 @@ def test_budget_encoder_numbers_are_vllms(budget, engine):
 
     config = engine.llm.vllm_config
     vllm = MultiModalBudget(config, MULTIMODAL_REGISTRY, enable_cache=False)
-    assert {NAMES[m.modality]: m.vllm_max_tokens_per_item for m in budget.modalities} == dict(
-        vllm.mm_max_toks_per_item)
+    assert {NAMES[m.modality]: m.vllm_max_tokens_per_item for m in budget.modalities} == dict(vllm.mm_max_toks_per_item)
     e = budget.encoder
     assert (e.compute_budget_tokens, e.cache_size_tokens) == (vllm.encoder_compute_budget, vllm.encoder_cache_size)
     per_token = config.model_config.get_hidden_size() * config.model_config.dtype.itemsize
@@ -100,8 +98,10 @@ def test_budget_exact_maxima_are_the_largest_items_that_fit(budget, geometry):
     n = video.num_frames
     assert video_tokens(geometry, n, video.width, video.height).prompt_tokens <= limit
     assert video_tokens(geometry, n + 1, video.width, video.height).prompt_tokens > limit
-    assert by_name["video"].nanovl_max_tokens_per_item == video_tokens(
-        geometry, n, video.width, video.height).encoder_tokens
+    assert (
+        by_name["video"].nanovl_max_tokens_per_item
+        == video_tokens(geometry, n, video.width, video.height).encoder_tokens
+    )
 
     seconds = by_name["audio"].largest_item.audio.seconds
     assert audio_tokens(geometry, seconds=seconds).prompt_tokens <= limit
@@ -155,13 +155,16 @@ async def test_encoder_gauges_read_the_budget(engine, budget):
     data = reader.get_metrics_data()
     values = {
         m.name: m.data.data_points[0].value
-        for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
         if m.name.startswith("nanovl.encoder")
     }
     provider.shutdown()
     await servicer.budget_reader.read()  # after a read, the worker's numbers: the same
     assert servicer.encoder_budget_snapshot() == EncoderBudgetSnapshot(
-        budget.encoder.compute_budget_tokens, budget.encoder.cache_size_tokens, budget.encoder.cache_size_bytes)
+        budget.encoder.compute_budget_tokens, budget.encoder.cache_size_tokens, budget.encoder.cache_size_bytes
+    )
     assert values == {
         "nanovl.encoder.budget_tokens": budget.encoder.compute_budget_tokens,
         "nanovl.encoder.cache.size_tokens": budget.encoder.cache_size_tokens,
@@ -172,9 +175,11 @@ async def test_encoder_gauges_read_the_budget(engine, budget):
 # ------------------------------------------------------------------ PlanBudget
 
 
-MIX = [pb.MediaItems(count=1, image=pb.ImageItem(width=640, height=480)),
-       pb.MediaItems(count=1, video=pb.VideoItem(num_frames=8, width=320, height=240)),
-       pb.MediaItems(count=1, audio=pb.AudioItem(seconds=3.0))]
+MIX = [
+    pb.MediaItems(count=1, image=pb.ImageItem(width=640, height=480)),
+    pb.MediaItems(count=1, video=pb.VideoItem(num_frames=8, width=320, height=240)),
+    pb.MediaItems(count=1, audio=pb.AudioItem(seconds=3.0)),
+]
 
 
 def _mix_prompt(text_chars: int):
@@ -182,8 +187,14 @@ def _mix_prompt(text_chars: int):
     # sends only their hashes, which the engine core cannot resolve for items it never
     # received (a prompt rendered but not generated) -- a retryable error, not a verdict.
     seed = uuid.uuid4().int % 2**31
-    return assemble_raw([MediaPart("image", _image(640, 480, seed)), MediaPart("video", _video(8, 320, 240, seed)),
-                         MediaPart("audio", _audio(3.0, seed)), TextPart("a" * text_chars)])
+    return assemble_raw(
+        [
+            MediaPart("image", _image(640, 480, seed)),
+            MediaPart("video", _video(8, 320, 240, seed)),
+            MediaPart("audio", _audio(3.0, seed)),
+            TextPart("a" * text_chars),
+        ]
+    )
 
 
 async def _vllm_verdict(engine, engine_input) -> tuple[bool, str]:
@@ -224,8 +235,9 @@ async def test_plan_verdict_matches_the_engine_at_the_boundary(stub, engine, del
 
 
 async def test_plan_what_if_uses_the_requested_settings(stub, budget):
-    plan = await stub.PlanBudget(pb.PlanBudgetRequest(
-        items=[pb.MediaItems(count=1, video=pb.VideoItem())], max_model_len=4096), timeout=300)
+    plan = await stub.PlanBudget(
+        pb.PlanBudgetRequest(items=[pb.MediaItems(count=1, video=pb.VideoItem())], max_model_len=4096), timeout=300
+    )
     assert plan.max_model_len == 4096 and budget.max_model_len == TEST_MAX_MODEL_LEN
     (video,) = plan.modalities
     assert video.vllm_max_tokens_per_item == 4096 and plan.encoder_cache.vllm_tokens == 4096
@@ -241,14 +253,19 @@ async def test_plan_memory_budget_and_recommendation(stub):
     assert json.loads(small.recommended_limit_mm_per_prompt)["image"] == 0
 
 
-@pytest.mark.parametrize("request_, code", [
-    (pb.PlanBudgetRequest(items=[MIX[0], MIX[0]]), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.PlanBudgetRequest(items=[pb.MediaItems(count=1)]), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.PlanBudgetRequest(items=MIX, max_model_len=0), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.PlanBudgetRequest(items=MIX, model_path="/nonexistent"), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.PlanBudgetRequest(items=[pb.MediaItems(count=1, video=pb.VideoItem())], max_model_len=8),
-     grpc.StatusCode.OUT_OF_RANGE),
-])
+@pytest.mark.parametrize(
+    "request_, code",
+    [
+        (pb.PlanBudgetRequest(items=[MIX[0], MIX[0]]), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.PlanBudgetRequest(items=[pb.MediaItems(count=1)]), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.PlanBudgetRequest(items=MIX, max_model_len=0), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.PlanBudgetRequest(items=MIX, model_path="/nonexistent"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.PlanBudgetRequest(items=[pb.MediaItems(count=1, video=pb.VideoItem())], max_model_len=8),
+            grpc.StatusCode.OUT_OF_RANGE,
+        ),
+    ],
+)
 async def test_plan_errors(stub, request_, code):
     error = await _status(stub.PlanBudget(request_, timeout=300))
     assert error.code() == code, error.details()
@@ -258,11 +275,13 @@ async def test_plan_errors(stub, request_, code):
 
 
 async def test_dummy_profile_measures_every_modality(stub):
-    request = pb.RunDummyProfileRequest(items=[
-        pb.MediaItems(count=2, image=pb.ImageItem(width=320, height=240)),
-        pb.MediaItems(count=2, video=pb.VideoItem(num_frames=3, width=64, height=48)),
-        pb.MediaItems(count=1, audio=pb.AudioItem(seconds=2.5)),
-    ])
+    request = pb.RunDummyProfileRequest(
+        items=[
+            pb.MediaItems(count=2, image=pb.ImageItem(width=320, height=240)),
+            pb.MediaItems(count=2, video=pb.VideoItem(num_frames=3, width=64, height=48)),
+            pb.MediaItems(count=1, audio=pb.AudioItem(seconds=2.5)),
+        ]
+    )
     result = await stub.RunDummyProfile(request, timeout=300)
     assert [NAMES[m.modality] for m in result.modalities] == ["image", "video", "audio"]
     for m, asked in zip(result.modalities, request.items, strict=True):
@@ -274,13 +293,21 @@ async def test_dummy_profile_measures_every_modality(stub):
         assert m.peak_memory_increase_bytes > 0 and m.predicted_memory_bytes > 0
 
 
-@pytest.mark.parametrize("item, code", [
-    (pb.MediaItems(count=1, image=pb.ImageItem(width=0, height=10)), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.MediaItems(count=0, audio=pb.AudioItem(seconds=1)), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.MediaItems(count=1, video=pb.VideoItem(num_frames=64, width=224, height=224)), grpc.StatusCode.OUT_OF_RANGE),
-    (pb.MediaItems(count=1, video=pb.VideoItem(num_frames=10, width=8192, height=8192)),
-     grpc.StatusCode.INVALID_ARGUMENT),
-])
+@pytest.mark.parametrize(
+    "item, code",
+    [
+        (pb.MediaItems(count=1, image=pb.ImageItem(width=0, height=10)), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.MediaItems(count=0, audio=pb.AudioItem(seconds=1)), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.MediaItems(count=1, video=pb.VideoItem(num_frames=64, width=224, height=224)),
+            grpc.StatusCode.OUT_OF_RANGE,
+        ),
+        (
+            pb.MediaItems(count=1, video=pb.VideoItem(num_frames=10, width=8192, height=8192)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ],
+)
 async def test_dummy_profile_errors(stub, item, code):
     error = await _status(stub.RunDummyProfile(pb.RunDummyProfileRequest(items=[item]), timeout=300))
     assert error.code() == code, error.details()
@@ -290,8 +317,10 @@ async def test_dummy_profile_errors(stub, item, code):
 
 
 async def test_cpu_profile_streams_speedscope_for_every_process(stub):
-    chunks = [c async for c in stub.CaptureCpuProfile(
-        pb.CaptureCpuProfileRequest(duration_s=2, include_idle=True), timeout=120)]
+    chunks = [
+        c
+        async for c in stub.CaptureCpuProfile(pb.CaptureCpuProfileRequest(duration_s=2, include_idle=True), timeout=120)
+    ]
     files: dict[int, bytearray] = {}
     meta: dict[int, pb.CpuProfileChunk] = {}
     for c in chunks:
@@ -303,8 +332,7 @@ async def test_cpu_profile_streams_speedscope_for_every_process(stub):
         assert c.last == ends_file
     roles = {meta[i].role: json.loads(bytes(data)) for i, data in files.items()}
     assert set(roles) == {pb.PROCESS_ROLE_SERVER, pb.PROCESS_ROLE_ENGINE_CORE, pb.PROCESS_ROLE_WORKER}
-    assert all(m.content_type == "application/json" and m.file_name.endswith(".speedscope.json")
-               for m in meta.values())
+    assert all(m.content_type == "application/json" and m.file_name.endswith(".speedscope.json") for m in meta.values())
     server = roles[pb.PROCESS_ROLE_SERVER]
     assert server["$schema"] == "https://www.speedscope.app/file-format-schema.json"
     assert server["profiles"] and any(p["samples"] for p in server["profiles"])
@@ -312,11 +340,14 @@ async def test_cpu_profile_streams_speedscope_for_every_process(stub):
     assert any("asyncio" in f or "grpc" in f for f in files_seen), sorted(files_seen)[:20]
 
 
-@pytest.mark.parametrize("request_", [
-    pb.CaptureCpuProfileRequest(duration_s=0),
-    pb.CaptureCpuProfileRequest(duration_s=1000),
-    pb.CaptureCpuProfileRequest(duration_s=1, rate_hz=100000),
-])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.CaptureCpuProfileRequest(duration_s=0),
+        pb.CaptureCpuProfileRequest(duration_s=1000),
+        pb.CaptureCpuProfileRequest(duration_s=1, rate_hz=100000),
+    ],
+)
 async def test_cpu_profile_rejects_bad_arguments(stub, request_):
     error = await _status(_drain(stub.CaptureCpuProfile(request_, timeout=60)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

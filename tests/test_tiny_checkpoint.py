@@ -31,8 +31,16 @@ def test_every_variant_validates(tmp_path, variant):
     assert info.dynamic_resolution == (variant == "dynamic")
 
 
-@pytest.mark.parametrize("field", ["force_image_size", "text_config.hidden_size", "vision_config.args.model",
-                                   "sound_config.sampling_rate", "sound_config"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "force_image_size",
+        "text_config.hidden_size",
+        "vision_config.args.model",
+        "sound_config.sampling_rate",
+        "sound_config",
+    ],
+)
 def test_missing_required_field_is_named(tmp_path, field):
     path = build_tiny_checkpoint(tmp_path / "ck", "full")
     cfg = json.loads((path / "config.json").read_text())

@@ -43,8 +43,9 @@ class Reference:
         # Eager: vLLM torch.compiles its resize/mel helpers on first use, which costs
         # far more than processing these small items.
         with torch.compiler.set_stance("force_eager"):
-            return self.processor(prompt, self.processor.info.parse_mm_data(data),
-                                  hf_processor_mm_kwargs=hf_kwargs or None)
+            return self.processor(
+                prompt, self.processor.info.parse_mm_data(data), hf_processor_mm_kwargs=hf_kwargs or None
+            )
 
 
 def _reference(variant: str, **engine_kwargs: Any) -> Reference:
@@ -53,13 +54,17 @@ def _reference(variant: str, **engine_kwargs: Any) -> Reference:
 
     path = ensure_tiny_checkpoint(variant)
     model_config = EngineArgs(
-        model=str(path), trust_remote_code=True, max_model_len=MAX_MODEL_LEN,
-        mm_processor_cache_gb=0, **engine_kwargs,
+        model=str(path),
+        trust_remote_code=True,
+        max_model_len=MAX_MODEL_LEN,
+        mm_processor_cache_gb=0,
+        **engine_kwargs,
     ).create_model_config()
     processor = MULTIMODAL_REGISTRY.create_processor(model_config)
     # nanovl's side is built independently: AutoConfig + AutoTokenizer from the directory.
     geometry = ModelGeometry.from_checkpoint(
-        path, max_model_len=MAX_MODEL_LEN, video_pruning_rate=engine_kwargs.get("video_pruning_rate"))
+        path, max_model_len=MAX_MODEL_LEN, video_pruning_rate=engine_kwargs.get("video_pruning_rate")
+    )
     return Reference(processor, geometry)
 
 
@@ -86,17 +91,35 @@ def _counts(item: ItemTokens) -> tuple[int, int]:
     return item.prompt_tokens, item.encoder_tokens
 
 
-def _video(num_frames: int, width: int, height: int, fps: float = 2.0,
-           indices: list[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def _video(
+    num_frames: int, width: int, height: int, fps: float = 2.0, indices: list[int] | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     indices = list(range(num_frames)) if indices is None else indices
     frames = np.zeros((num_frames, height, width, 3), np.uint8)
-    metadata = {"fps": fps, "frames_indices": indices, "duration": (indices[-1] + 1) / fps,
-                "total_num_frames": indices[-1] + 1, "video_backend": "opencv", "do_sample_frames": False}
+    metadata = {
+        "fps": fps,
+        "frames_indices": indices,
+        "duration": (indices[-1] + 1) / fps,
+        "total_num_frames": indices[-1] + 1,
+        "video_backend": "opencv",
+        "do_sample_frames": False,
+    }
     return frames, metadata
 
 
-IMAGE_SIZES = [(640, 480), (4000, 100), (100, 4000), (16, 16), (1, 1), (224, 224), (448, 224),
-               (3000, 2000), (1023, 767), (97, 1500), (2240, 2240)]
+IMAGE_SIZES = [
+    (640, 480),
+    (4000, 100),
+    (100, 4000),
+    (16, 16),
+    (1, 1),
+    (224, 224),
+    (448, 224),
+    (3000, 2000),
+    (1023, 767),
+    (97, 1500),
+    (2240, 2240),
+]
 
 
 @pytest.mark.parametrize("variant", ["tiled", "dynamic"])
@@ -112,14 +135,15 @@ def test_image_tokens_match_processor(request, variant, width, height):
         assert (item.detail.tiles, item.detail.tile_height, item.detail.tile_width) == (1, *pixels.shape[-2:])
     else:
         assert (item.detail.tiles, item.detail.tile_height, item.detail.tile_width) == (
-            pixels.shape[0], *pixels.shape[-2:])
+            pixels.shape[0],
+            *pixels.shape[-2:],
+        )
 
 
 @pytest.mark.parametrize("max_num_tiles", [1, 4, 6])
 def test_max_num_tiles_override(tiled, max_num_tiles):
     for width, height in [(4000, 100), (640, 480), (300, 1200)]:
-        out = tiled.process("<image>", {"image": [Image.new("RGB", (width, height))]},
-                            max_num_tiles=max_num_tiles)
+        out = tiled.process("<image>", {"image": [Image.new("RGB", (width, height))]}, max_num_tiles=max_num_tiles)
         item = image_tokens(tiled.geometry, width, height, max_num_tiles=max_num_tiles)
         assert _placeholders(out, "image") == [_counts(item)]
 
@@ -138,8 +162,11 @@ def test_dynamic_images_share_one_budget(dynamic):
 def test_dynamic_images_beside_video_and_audio(dynamic):
     # vLLM feeds its processor one tag per video/audio item, which eats tiler budget.
     sizes = [(3000, 2000)] * 5
-    data = {"image": [Image.new("RGB", s) for s in sizes], "video": [_video(2, 64, 64)],
-            "audio": [(np.zeros(16000, np.float32), 16000)]}
+    data = {
+        "image": [Image.new("RGB", s) for s in sizes],
+        "video": [_video(2, 64, 64)],
+        "audio": [(np.zeros(16000, np.float32), 16000)],
+    }
     out = dynamic.process("<image>" * 5 + "<video><so_embedding>", data)
     text_len = dummy_text_length(dynamic.geometry, num_videos=1, num_audios=1)
     assert text_len > 0
@@ -159,7 +186,9 @@ def test_video_tokens_match_processor(request, variant, num_frames, width, heigh
     assert _placeholders(out, "video") == [_counts(item)]
     pixels = out["mm_kwargs"]["video"][0]["pixel_values_flat_video"].data
     assert (item.detail.frames, item.detail.frame_height, item.detail.frame_width) == (
-        pixels.shape[0], *pixels.shape[-2:])
+        pixels.shape[0],
+        *pixels.shape[-2:],
+    )
     t = ref.geometry.video_temporal_patch_size
     assert item.detail.tubelets == -(-num_frames // t)
     # The separators and <img></img> wrappers are part of what vLLM caches for a video.
@@ -167,8 +196,9 @@ def test_video_tokens_match_processor(request, variant, num_frames, width, heigh
 
 
 @pytest.mark.parametrize("variant", ["tiled", "dynamic"])
-@pytest.mark.parametrize(("fps", "indices"), [(29.97, [0, 15, 30, 45, 60, 75]), (1.0, [3, 9, 200]),
-                                              (60.0, list(range(0, 1200, 100)))])
+@pytest.mark.parametrize(
+    ("fps", "indices"), [(29.97, [0, 15, 30, 45, 60, 75]), (1.0, [3, 9, 200]), (60.0, list(range(0, 1200, 100)))]
+)
 def test_video_timestamps_change_the_count(request, variant, fps, indices):
     ref: Reference = request.getfixturevalue(variant)
     n = len(indices)
@@ -208,13 +238,15 @@ def test_audio_tokens_match_processor(request, variant, seconds):
 
 
 def test_mixed_prompt_adds_up(tiled):
-    data = {"image": [Image.new("RGB", (640, 480)), Image.new("RGB", (50, 900))],
-            "video": [_video(4, 320, 240)], "audio": [(np.zeros(16000 * 40, np.float32), 16000)]}
+    data = {
+        "image": [Image.new("RGB", (640, 480)), Image.new("RGB", (50, 900))],
+        "video": [_video(4, 320, 240)],
+        "audio": [(np.zeros(16000 * 40, np.float32), 16000)],
+    }
     prompt = "Look: <image> and <image>, watch <video>, listen <so_embedding>."
     out = tiled.process(prompt, data)
     g = tiled.geometry
-    items = [*images_tokens(g, [(640, 480), (50, 900)]), video_tokens(g, 4, 320, 240),
-             audio_tokens(g, seconds=40.0)]
+    items = [*images_tokens(g, [(640, 480), (50, 900)]), video_tokens(g, 4, 320, 240), audio_tokens(g, seconds=40.0)]
     text = len(g.processor.tokenizer(prompt, add_special_tokens=False).input_ids) - 4  # minus the 4 tags
     assert len(out["prompt_token_ids"]) == text + sum(it.prompt_tokens for it in items)
 

@@ -29,15 +29,17 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 async def traced(engine, otlp_receiver):
     """A second server on the session engine, tracing into memory AND over OTLP/gRPC."""
     memory = InMemorySpanExporter()
-    settings = tracing.TracingSettings.from_env(exporter="otlp", endpoint=otlp_receiver.endpoint, protocol="grpc",
-                                                service_name="nanovl-test")
+    settings = tracing.TracingSettings.from_env(
+        exporter="otlp", endpoint=otlp_receiver.endpoint, protocol="grpc", service_name="nanovl-test"
+    )
     provider = tracing.setup_tracing(settings, extra_processors=[SimpleSpanProcessor(memory)])
     registry = CollectorRegistry()
     with socket.socket() as sock:  # a free port for /metrics
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    metrics = setup_metrics(MetricsSettings.from_env(prometheus_port=port, prometheus_host="127.0.0.1"),
-                            registry=registry)
+    metrics = setup_metrics(
+        MetricsSettings.from_env(prometheus_port=port, prometheus_host="127.0.0.1"), registry=registry
+    )
     srv = await build_server(engine, server_settings(), tracer_provider=provider, metrics=metrics)
     await srv.mark_serving()
     yield srv, memory, metrics
@@ -59,7 +61,10 @@ async def test_span_tree_of_a_mixed_stream_generate(traced):
     async with AsyncInferenceClient(srv.target) as client:
         result = await client.generate_text(
             [Part.image(mf.make_png(96, 64)), Part.audio(mf.make_wav(1.0, 22050)), Part.text("?")],
-            sampling=SHORT, upload="stream", chunk_size=2048)
+            sampling=SHORT,
+            upload="stream",
+            chunk_size=2048,
+        )
     spans = _by_name(memory.get_finished_spans())
     (server_span,) = spans["/nanovl.v1.Inference/StreamGenerate"]
     trace_id = server_span.context.trace_id
@@ -88,7 +93,8 @@ async def test_error_request_has_error_status(traced):
     async with grpc.aio.insecure_channel(srv.target) as channel:
         with pytest.raises(grpc.aio.AioRpcError):
             async for _ in pb_grpc.InferenceStub(channel).Generate(
-                    pb.GenerateRequest(parts=[pb.ContentPart(image=pb.Image(data=b"not an image"))])):
+                pb.GenerateRequest(parts=[pb.ContentPart(image=pb.Image(data=b"not an image"))])
+            ):
                 pass
     spans = _by_name(memory.get_finished_spans())
     (decode,) = spans["decode.image"]
@@ -129,7 +135,8 @@ async def test_prometheus_endpoint_counts_known_requests(traced):
         for _ in range(3):
             await client.generate_text([Part.image(mf.make_png(32, 32)), Part.text("x")], sampling=SHORT)
     body = await asyncio.to_thread(
-        lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics.prometheus_port}/metrics").read().decode())
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics.prometheus_port}/metrics").read().decode()
+    )
     lines = [ln for ln in body.splitlines() if ln.startswith("nanovl_requests_total{")]
     image_ok = [ln for ln in lines if 'modality="image"' in ln and 'grpc_status="OK"' in ln and "Generate" in ln]
     assert image_ok and float(image_ok[0].split()[-1]) >= 3.0, lines

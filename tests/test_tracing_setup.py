@@ -119,9 +119,15 @@ def test_signal_specific_env_beats_generic_and_flags_beat_env(monkeypatch: pytes
     assert parse().service_name == "from-env"
 
     flags = parse(
-        "--otel-endpoint", "other:4317", "--otel-protocol", "grpc",
-        "--otel-service-name", "from-flag", "--otel-sampler-ratio", "0.25",
-    )  # fmt: skip
+        "--otel-endpoint",
+        "other:4317",
+        "--otel-protocol",
+        "grpc",
+        "--otel-service-name",
+        "from-flag",
+        "--otel-sampler-ratio",
+        "0.25",
+    )
     assert flags.otlp.endpoint == "http://other:4317"  # bare host:port means plaintext
     assert flags.otlp.protocol == "grpc"
     assert flags.service_name == "from-flag"

@@ -26,5 +26,7 @@ class PointOutcome:
     pass_index: int = 0
 
     @staticmethod
-    def of(point: Point, level: LevelResult | None, error: str | None = None, cpu: CpuUsage | None = None) -> PointOutcome:
+    def of(
+        point: Point, level: LevelResult | None, error: str | None = None, cpu: CpuUsage | None = None
+    ) -> PointOutcome:
         return PointOutcome(point.workload, point.concurrency, level, error, point.warmup_only, cpu, point.pass_index)

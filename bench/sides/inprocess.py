@@ -99,10 +99,15 @@ async def _run(points: Sequence[Point], checkpoint: str, overrides: dict[str, An
 
         def prepare(r: Any) -> _Prepared:
             prompt = inprocess_prompt(
-                r.request, renderer, default_video_frames=server.default_video_frames,
-                audio_sample_rate=engine.summary.audio_sample_rate, limits=server.media_limits,
+                r.request,
+                renderer,
+                default_video_frames=server.default_video_frames,
+                audio_sample_rate=engine.summary.audio_sample_rate,
+                limits=server.media_limits,
             )
-            sampling = to_sampling_params(r.request.sampling, default_max_tokens=server.default_max_tokens, vocab_size=vocab)
+            sampling = to_sampling_params(
+                r.request.sampling, default_max_tokens=server.default_max_tokens, vocab_size=vocab
+            )
             return _Prepared(r.kind, prompt, sampling)
 
         async def send(item: _Prepared, index: int) -> RequestRecord:

@@ -42,14 +42,20 @@ async def _send(stub: Any, item: _GrpcRequest, index: int) -> RequestRecord:
             elif which == "complete":
                 prompt_tokens = resp.complete.prompt_tokens
                 if resp.complete.finish_reason in ("abort", "error"):
-                    return clock.record(index, item.kind, prompt_tokens=0,
-                                        error=(f"FINISH_{resp.complete.finish_reason.upper()}", "engine finished the request early"))
+                    return clock.record(
+                        index,
+                        item.kind,
+                        prompt_tokens=0,
+                        error=(f"FINISH_{resp.complete.finish_reason.upper()}", "engine finished the request early"),
+                    )
     except grpc.aio.AioRpcError as e:
         return clock.record(index, item.kind, prompt_tokens=0, error=(e.code().name, e.details() or ""))
     return clock.record(index, item.kind, prompt_tokens=prompt_tokens)
 
 
-async def measure_vllm_grpc(points: Sequence[Point], target: str, checkpoint: str, server_pid: int) -> list[PointOutcome]:
+async def measure_vllm_grpc(
+    points: Sequence[Point], target: str, checkpoint: str, server_pid: int
+) -> list[PointOutcome]:
     from smg_grpc_proto import vllm_engine_pb2_grpc
     from transformers import AutoTokenizer
 

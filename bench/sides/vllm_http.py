@@ -46,7 +46,9 @@ async def _send(session: aiohttp.ClientSession, url: str, item: _HttpRequest, in
                     break
                 chunk = json.loads(payload)
                 if "error" in chunk:
-                    return clock.record(index, item.kind, prompt_tokens=0, error=("STREAM_ERROR", str(chunk["error"])[:500]))
+                    return clock.record(
+                        index, item.kind, prompt_tokens=0, error=("STREAM_ERROR", str(chunk["error"])[:500])
+                    )
                 for choice in chunk.get("choices") or ():
                     clock.tokens_arrived(len(choice.get("token_ids") or ()))
                 usage = chunk.get("usage")
@@ -63,8 +65,10 @@ async def measure_vllm_http(points: Sequence[Point], base_url: str, server_pid: 
     # No connection cap (aiohttp's default is 100) and no total timeout but a generous one.
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+
         async def send(item: _HttpRequest, index: int) -> RequestRecord:
             return await _send(session, url, item, index)
 
-        return await measure_points(points, send, lambda r: _HttpRequest(r.kind, openai_body(r.request, model)),
-                                    server_pid=server_pid)
+        return await measure_points(
+            points, send, lambda r: _HttpRequest(r.kind, openai_body(r.request, model)), server_pid=server_pid
+        )
