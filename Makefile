@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 SERVE_ARGS ?=
 
-.PHONY: setup serve test test-fast protos bench clean
+.PHONY: setup serve test lint test-fast protos bench clean
 
 .venv/.nanovl-synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -23,13 +23,16 @@ setup: .venv/.nanovl-synced
 serve: setup
 	$(RUN) nanovl serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
-test: setup
+test: setup lint
 	$(RUN) pytest -q
 
-ENGINE_TESTS := test_engine test_grpc_service test_tracing_e2e test_profiling_service test_profile_cli test_loadtest_smoke
+lint: setup  ## format, lint and the import-layer contract (docs/architecture.md)
+	$(RUN) ruff format --check .
+	$(RUN) ruff check .
+	$(RUN) lint-imports
 
 test-fast: setup  ## the tests that need no engine (seconds, not minutes)
-	$(RUN) pytest -q $(foreach t,$(ENGINE_TESTS),--ignore=tests/$(t).py)
+	$(RUN) pytest -q -m "not engine"
 
 protos: setup
 	$(RUN) python scripts/gen_protos.py

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from service.errors import InvalidArgument
+from nanovl.errors import InvalidArgument
 
 __all__ = [
     "ALL_SIDES",
@@ -77,11 +77,11 @@ class EngineSettings:
 
     def engine_kwargs(self) -> dict[str, Any]:
         """``AsyncEngineArgs`` fields, exactly as nanovl's ``default_engine_args`` sets them."""
-        from service.engine import CPU_ENGINE_DEFAULTS, on_cpu
+        from service.engine import CPU_ENGINE_DEFAULTS, WORKER_EXTENSION_CLS, on_cpu
 
         kwargs: dict[str, Any] = {
             "trust_remote_code": True,
-            "worker_extension_cls": "profiling.worker_extension.NanovlWorkerExtension",
+            "worker_extension_cls": WORKER_EXTENSION_CLS,
         }
         if on_cpu():
             kwargs.update(CPU_ENGINE_DEFAULTS)

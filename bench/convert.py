@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nanovl.errors import InvalidArgument
 from nanovl.v1 import inference_pb2 as pb
-from service.errors import InvalidArgument
 
 __all__ = [
     "BenchSampling",
@@ -157,12 +156,3 @@ def inprocess_prompt(
                 ).part
             )
     return renderer.render([Message("user", tuple(parts))])
-
-
-def media_kinds(req: pb.GenerateRequest) -> Mapping[str, int]:
-    counts: dict[str, int] = {}
-    for p in chat_parts(req):
-        kind = p.WhichOneof("kind")
-        if kind != "text":
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts

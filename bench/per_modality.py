@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from service import event_loop
+from nanovl import event_loop
 
 WORKLOADS = ("text", "image", "video", "audio", "mixed")
 
@@ -29,7 +29,7 @@ WORKLOADS = ("text", "image", "video", "audio", "mixed")
 def media_parts(kind: str):
     """Client-side parts (encoded bytes, as users send them)."""
     from loadtest.media import make_mp4, make_png, make_wav
-    from service.client import Part
+    from nanovl.client import Part
 
     text = Part.text("Describe what you see and hear.")
     image = Part.image(make_png(640, 480, seed=1))
@@ -64,7 +64,7 @@ async def _in_process(engine, kind: str, n: int, max_tokens: int) -> list[Sample
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    from service.client import build_generate_request
+    from nanovl.client import build_generate_request
     from service.part_decoding import decode_part
     from service.request import assemble_prompt, from_generate_request
     from service.settings import ServerSettings
@@ -102,7 +102,7 @@ async def _in_process(engine, kind: str, n: int, max_tokens: int) -> list[Sample
 
 def _grpc_client(target: str, kind: str, n: int, max_tokens: int, queue) -> None:
     """Runs in a child process."""
-    from service.client import Delta, InferenceClient, Sampling
+    from nanovl.client import Delta, InferenceClient, Sampling
 
     parts = media_parts(kind)
     sampling = Sampling(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)

@@ -140,7 +140,7 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         f"and (d); it is {pin}. Every request is built and serialised (protobuf, JSON with base64 media, token ids) "
         "before its level starts; one event loop sends them; no logging or display runs during a level. "
         "Every event loop in the run is uvloop: the benchmark client's, the in-process child's, nanovl's "
-        "(`service.event_loop`), and vLLM's servers' own (both of their entry points call `uvloop.run`), so no "
+        "(`nanovl.event_loop`), and vLLM's servers' own (both of their entry points call `uvloop.run`), so no "
         "side is measured on a slower loop than another. "
         "With only 2 cores the client still shares a core with one of the engine's two OpenMP threads, so the CPU "
         "time of the client, of the server's frontend and engine processes, and of *every other process on the "

@@ -32,7 +32,7 @@ from bench.plan import Point, build_points, with_target
 from bench.results import BenchResult, PointResult, ProfileSummary, SideRun, write_json
 from bench.servers import REPO_ROOT, ServerFailed, ServerProcess, free_port, grpc_health_ready, http_ready, server_argv
 from bench.sides import PointOutcome
-from service import event_loop
+from nanovl import event_loop
 
 __all__ = ["main", "parse_args", "run_bench"]
 

@@ -39,7 +39,7 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _MODULES: dict[Side, tuple[str, ...]] = {
-    "nanovl": ("service.cli", "serve"),
+    "nanovl": ("nanovl.cli", "serve"),
     "vllm-http": ("vllm.entrypoints.launchers.api_server.entry",),
     "vllm-grpc": ("vllm.entrypoints.launchers.grpc_server",),
 }

@@ -17,7 +17,7 @@ import multiprocessing as mp
 import statistics
 from pathlib import Path
 
-from service import event_loop
+from nanovl import event_loop
 
 
 def _receiver(queue, stop) -> None:
@@ -65,7 +65,7 @@ async def _run_client(ctx, target: str, args) -> dict:
 
 async def main(args: argparse.Namespace) -> dict:
     from model.tiny import cache_root, ensure_tiny_checkpoint
-    from profiling import tracing
+    from profiling.telemetry import tracing
     from service.engine import Engine, apply_process_environment, default_engine_args
     from service.server import build_server
     from service.settings import ServerSettings

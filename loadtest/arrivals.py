@@ -7,7 +7,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import InvalidArgument
+from nanovl.errors import InvalidArgument
 
 __all__ = ["poisson_arrivals", "worker_start_offsets"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from loadtest.mix import Mix
-from service.client import DEFAULT_CHUNK_SIZE
-from service.errors import InvalidArgument
+from nanovl.client import DEFAULT_CHUNK_SIZE
+from nanovl.errors import InvalidArgument
 
 __all__ = [
     "DEFAULT_MIX",
@@ -17,7 +17,6 @@ __all__ = [
     "LoadLevel",
     "LoadTestConfig",
     "VideoSpec",
-    "parse_size",
 ]
 
 DEFAULT_MIX = "text=0.2,image=0.4,video=0.2,audio=0.2"
@@ -42,19 +41,6 @@ class LoadLevel:
         if self.mode == "concurrency":
             return f"c={int(self.value)}"
         return f"rate={self.value:g}/s"
-
-
-def parse_size(text: str, dims: int, what: str) -> tuple[int, ...]:
-    """``"640x480"`` → (640, 480); ``dims`` positive integers joined by ``x``."""
-    parts = text.lower().split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != dims or any(v <= 0 for v in values):
-        shape = "x".join(["N"] * dims)
-        raise InvalidArgument(f"{what}: expected {dims} positive integers as {shape}, got {text!r}")
-    return values
 
 
 @dataclass(frozen=True)

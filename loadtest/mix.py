@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import InvalidArgument
+from nanovl.errors import InvalidArgument
+from nanovl.modalities import MODALITIES as MEDIA_MODALITIES
 
 __all__ = ["MEDIA_MODALITIES", "MODALITIES", "Mix", "MixEntry", "kind_schedule"]
 
-MODALITIES = ("text", "image", "video", "audio")
-MEDIA_MODALITIES = ("image", "video", "audio")
+MODALITIES = ("text", *MEDIA_MODALITIES)  # the kinds of request a mix names
 
 
 @dataclass(frozen=True)

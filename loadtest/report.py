@@ -18,7 +18,7 @@ from rich.table import Table
 
 from loadtest.config import LoadLevel
 from loadtest.results import SCHEMA_VERSION, GroupStats, LatencySummary, LevelResult, LoadTestResult, RequestRecord
-from service.errors import InvalidArgument, NanovlError
+from nanovl.errors import InvalidArgument, NanovlError
 
 __all__ = [
     "ReportFiles",

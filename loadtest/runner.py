@@ -31,8 +31,8 @@ from loadtest.mix import kind_schedule
 from loadtest.results import LevelResult, LoadTestResult, MediaPoolInfo, RequestRecord, ServerInfo
 from loadtest.stats import level_result
 from loadtest.workload import PreparedRequest, Workload, prepare_workload
-from service import event_loop
-from service.client import (
+from nanovl import event_loop
+from nanovl.client import (
     AsyncGeneration,
     AsyncInferenceClient,
     Delta,
@@ -41,7 +41,7 @@ from service.client import (
     InferenceRpcError,
     ModelInfo,
 )
-from service.errors import FailedPrecondition, InvalidArgument, NanovlError, Unavailable
+from nanovl.errors import FailedPrecondition, InvalidArgument, NanovlError, Unavailable
 
 __all__ = [
     "ProgressListener",

@@ -25,7 +25,7 @@ from loadtest.plots import plot_run
 from loadtest.report import write_reports
 from loadtest.results import LoadTestResult
 from loadtest.runner import run_load_test_async
-from service.errors import NanovlError
+from nanovl.errors import NanovlError
 
 __all__ = ["SmokeOutcome", "check_outputs", "main", "run_smoke_async", "smoke_config"]
 
@@ -89,7 +89,7 @@ async def run_smoke_async(config: LoadTestConfig, out_dir: str | Path) -> SmokeO
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from service import event_loop
+    from nanovl import event_loop
 
     p = argparse.ArgumentParser(prog="python -m loadtest.smoke", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--target", required=True, metavar="HOST:PORT")

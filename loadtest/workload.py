@@ -22,9 +22,9 @@ from loadtest import media
 from loadtest.config import LoadTestConfig
 from loadtest.mix import MEDIA_MODALITIES
 from loadtest.results import MediaPoolInfo
+from nanovl.client import Message, Part, Prompt, Sampling, build_generate_request, iter_stream_chunks
+from nanovl.errors import InvalidArgument
 from nanovl.v1 import inference_pb2 as pb
-from service.client import Message, Part, Prompt, Sampling, build_generate_request, iter_stream_chunks
-from service.errors import InvalidArgument
 
 __all__ = [
     "MEDIA_EXTENSIONS",

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from model.config import MODEL_TYPE, SOUND_KEYS_OWNED_BY_VLLM
+from nanovl.errors import FailedPrecondition
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FailedPrecondition, ValueError):
     """The checkpoint cannot be served; the message names what is wrong."""
 
 

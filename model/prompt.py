@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidArgument
-
-Modality = Literal["image", "video", "audio"]
-MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")
+from nanovl.errors import InvalidArgument
+from nanovl.modalities import MODALITIES, Modality
 
 PLACEHOLDERS: Mapping[Modality, str] = {"image": "<image>", "video": "<video>", "audio": "<so_embedding>"}
 

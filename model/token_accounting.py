@@ -30,17 +30,17 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from service.errors import FailedPrecondition, InvalidArgument
+from nanovl.errors import FailedPrecondition, InvalidArgument
+from nanovl.modalities import Modality
 
 if TYPE_CHECKING:
     from vllm.transformers_utils.processors.nano_nemotron_vl import NanoNemotronVLProcessor
 
-Modality = Literal["image", "video", "audio"]
 
 # vLLM's dummy video metadata uses 2 fps; the frame separators' timestamps depend on it.
 DEFAULT_VIDEO_FPS = 2.0
@@ -84,11 +84,6 @@ class ItemTokens:
     encoder_tokens: int
     feature_tokens: int
     detail: ImageDetail | VideoDetail | AudioDetail
-
-    @property
-    def wrapper_tokens(self) -> int:
-        """Prompt tokens that are not encoder features (tags, frame separators)."""
-        return self.prompt_tokens - self.feature_tokens
 
 
 @dataclass(frozen=True)

@@ -177,8 +177,8 @@ def _dummy_media(
 
 
 class NanovlProfilingMixin:
-    """Worker-side halves of the Profiling service (``profiling.live_budget`` and
-    ``profiling.dummy`` call these through ``collective_rpc``)."""
+    """Worker-side halves of the Profiling service (``profiling.sizing.live_budget`` and
+    ``profiling.sizing.dummy`` call these through ``collective_rpc``)."""
 
     def nanovl_budget_facts(self) -> dict:
         """The live worker's KV cache, encoder budget, weights and device memory."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -20,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.prompt import MODALITIES, AssembledPrompt, Modality, video_item
-from service.errors import InvalidArgument, NanovlError, OutOfRange, Unavailable
+from model.prompt import AssembledPrompt, video_item
+from nanovl.errors import InvalidArgument, NanovlError, OutOfRange, Unavailable
+from nanovl.modalities import MODALITIES, Modality
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -75,6 +75,13 @@ def apply_process_environment(cache_dir: Path) -> None:
         os.environ.setdefault(key, value)
 
 
+# The vLLM worker extension that carries nanovl's in-worker methods (weight check, live
+# budget, dummy profile). A string, not an import: vLLM resolves it inside its worker
+# processes, and this layer must not import the sizing layer above it
+# (tests/profiling/test_worker_extension.py checks that it resolves).
+WORKER_EXTENSION_CLS = "profiling.worker_extension.NanovlWorkerExtension"
+
+
 def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
     """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden."""
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -83,7 +90,7 @@ def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
     kwargs: dict[str, Any] = {
         "model": model,
         "trust_remote_code": True,
-        "worker_extension_cls": "profiling.worker_extension.NanovlWorkerExtension",
+        "worker_extension_cls": WORKER_EXTENSION_CLS,
     }
     if on_cpu():
         kwargs.update(CPU_ENGINE_DEFAULTS)
@@ -251,14 +258,22 @@ class Engine:
                 )
 
     def _translate_render_error(self, exc: Exception) -> NanovlError:
+        """vLLM's rejection of a request, by type: ``VLLMValidationError`` carries the
+        offending parameter and value (``renderers/params.py``); the model's processor
+        raises plain ``ValueError``/``TypeError`` for media it cannot process."""
+        from vllm.exceptions import VLLMValidationError
+
         message = str(exc).strip() or type(exc).__name__
-        if "longer than the maximum model length" in message or "maximum context length" in message:
-            # vLLM stops tokenizing just past the limit, so it knows a lower bound only.
-            found = re.search(r"value=(\d+)", message)
-            if found:
-                n = int(found.group(1))
-                return OutOfRange(self._too_long_message(n, exact=False))
-            return OutOfRange(message)
+        if isinstance(exc, VLLMValidationError):
+            if exc.parameter == "input_tokens" and isinstance(exc.value, int):
+                # vLLM stops tokenizing just past the limit, so it knows a lower bound only.
+                return OutOfRange(self._too_long_message(exc.value, exact=False))
+            if exc.parameter == "input_text":
+                return OutOfRange(
+                    f"the prompt text is {exc.value} characters, more than this server's max_model_len of "
+                    f"{self.summary.max_model_len} tokens can hold; send shorter text"
+                )
+            return InvalidArgument(f"vLLM rejected the request: {message}")
         return InvalidArgument(f"the model's processor rejected the input: {message}")
 
     async def generate(

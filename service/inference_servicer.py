@@ -23,14 +23,15 @@ import grpc
 
 import nanovl
 from model.prompt import ChatRenderer
+from nanovl.errors import InvalidArgument, ResourceExhausted, Unavailable
+from nanovl.modalities import MODALITY_TO_PB, TOKEN_MODALITIES
 from nanovl.v1 import inference_pb2 as pb
 from nanovl.v1 import inference_pb2_grpc as pb_grpc
-from profiling import tracing
-from profiling.metrics import ServiceMetrics
-from profiling.tracing import StageTracer
+from profiling.telemetry import tracing
+from profiling.telemetry.metrics import ServiceMetrics
+from profiling.telemetry.tracing import StageTracer
 from service import media
 from service.engine import Engine, RenderedPrompt
-from service.errors import InvalidArgument, NanovlError, ResourceExhausted, Unavailable
 from service.lifecycle import Lifecycle
 from service.part_decoding import DecodedPart, decode_part, modality_of, payload_size
 from service.request import (
@@ -42,6 +43,7 @@ from service.request import (
     with_payload,
 )
 from service.settings import ServerSettings
+from service.status import abort_with, status_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,12 +54,6 @@ _FINISH = {
     "abort": pb.FINISH_REASON_ABORT,
     "error": pb.FINISH_REASON_ERROR,
     "repetition": pb.FINISH_REASON_REPETITION,
-}
-_MODALITY_ENUM = {
-    "text": pb.MODALITY_TEXT,
-    "image": pb.MODALITY_IMAGE,
-    "video": pb.MODALITY_VIDEO,
-    "audio": pb.MODALITY_AUDIO,
 }
 
 
@@ -73,7 +69,7 @@ class _RequestClock:
 
 
 def _modality_tokens(by_modality: Mapping[str, int]) -> pb.ModalityTokens:
-    return pb.ModalityTokens(**{k: v for k, v in by_modality.items() if k in ("text", "image", "video", "audio")})
+    return pb.ModalityTokens(**{k: v for k, v in by_modality.items() if k in TOKEN_MODALITIES})
 
 
 def _logprobs(token_ids: list[int], logprobs: Any) -> list[pb.TokenLogprobs]:
@@ -130,7 +126,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         ):
             limit = s.limits.get(m, 0)
             info = pb.ModalityInfo(
-                modality=_MODALITY_ENUM[m],
+                modality=MODALITY_TO_PB[m],
                 enabled=limit > 0,
                 max_items_per_prompt=limit,
                 accepted_formats=list(accepted),
@@ -210,9 +206,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 )
             with self._lifecycle.track(), self._metrics.in_flight(rpc):
                 yield outcome
-        except NanovlError as exc:
-            code = exc.code
-            await context.abort(exc.code, exc.message)
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
@@ -220,9 +213,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("request failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            code = status_of(exc)[0]
+            await abort_with(context, exc)
         finally:
             self._metrics.record_request(rpc, outcome["modality"], code, time.perf_counter() - start)
 

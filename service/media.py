@@ -30,7 +30,7 @@ import soundfile
 import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidArgument, MediaDecodeError, ResourceExhausted
+from nanovl.errors import InvalidArgument, MediaDecodeError, ResourceExhausted
 
 __all__ = [
     "ACCEPTED_FORMATS",

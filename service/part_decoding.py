@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from model.prompt import MediaPart, Modality
+from model.prompt import MediaPart
+from nanovl.errors import InvalidArgument
+from nanovl.modalities import Modality
 from nanovl.v1 import inference_pb2 as pb
 from service import media
-from service.errors import InvalidArgument
 
 _PCM = {pb.PCM_ENCODING_S16LE: "s16le", pb.PCM_ENCODING_F32LE: "f32le"}
 

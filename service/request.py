@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
 
-from model.prompt import Modality
+from nanovl.errors import InvalidArgument
+from nanovl.modalities import Modality
 from nanovl.v1 import inference_pb2 as pb
-from service.errors import InvalidArgument
 from service.sampling import to_sampling_params
 from service.settings import ServerSettings
 

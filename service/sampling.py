@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nanovl.errors import InvalidArgument
 from nanovl.v1 import inference_pb2 as pb
-from service.errors import InvalidArgument
 
 _SCALARS = (
     "temperature",

@@ -13,8 +13,8 @@ from grpc_reflection.v1alpha import reflection
 
 from model.prompt import ChatRenderer
 from nanovl.v1 import inference_pb2, inference_pb2_grpc, profiling_pb2, profiling_pb2_grpc
-from profiling.metrics import ServiceMetrics
-from profiling.tracing import get_tracer, server_interceptors
+from profiling.telemetry.metrics import ServiceMetrics
+from profiling.telemetry.tracing import get_tracer, server_interceptors
 from service.engine import Engine
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nanovl.units import MiB
 from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
-
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,17 @@ TEST_MAX_MODEL_LEN = 2048
 TEST_LIMITS = {"image": 4, "video": 2, "audio": 2}
 
 
+# Fixtures that start (or stand on) the session's real vLLM engine: a test using any of
+# them is marked `engine`, so `make test-fast` (-m "not engine") skips it by marker.
+ENGINE_FIXTURES = frozenset({"engine", "server", "grpc_target"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
     return ensure_tiny_checkpoint("full")
@@ -84,7 +95,7 @@ async def server(engine):
 
 
 def _profiling_servicer(engine):
-    from service.profiling_servicer import ProfilingServicer
+    from profiling.servicer import ProfilingServicer
 
     return ProfilingServicer(engine, engine.engine_args)
 

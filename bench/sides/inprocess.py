@@ -25,8 +25,8 @@ from bench.loop import StreamClock, measure_points
 from bench.plan import Point
 from bench.sides import PointOutcome
 from loadtest.results import RequestRecord
-from service import event_loop
-from service.errors import NanovlError
+from nanovl import event_loop
+from nanovl.errors import NanovlError
 
 __all__ = ["InprocessJob", "InprocessRun", "main", "run_inprocess"]
 

@@ -11,7 +11,7 @@ from bench.sides import PointOutcome
 from loadtest.config import LoadLevel
 from loadtest.results import LevelResult, RequestRecord
 from loadtest.runner import run_load_test_async
-from service.errors import NanovlError
+from nanovl.errors import NanovlError
 
 __all__ = ["measure_nanovl"]
 

@@ -1,0 +1,5 @@
+import sys
+
+from nanovl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,81 @@
+"""``nanovl generate``: send one prompt to a server and stream the answer.
+
+Imports only the client (grpc, protobuf, numpy) and rich: no torch, transformers or vLLM,
+so the first RPC goes out a fraction of a second after the command starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nanovl.cli.common import default_target
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="send one prompt to a server and stream the answer")
+    p.add_argument("prompt", help="the text of the prompt (placed after the media)")
+    p.add_argument("--target", default=default_target(), help="server address (env NANOVL_TARGET)")
+    p.add_argument("--image", action="append", default=[], type=Path)
+    p.add_argument("--video", action="append", default=[], type=Path)
+    p.add_argument("--audio", action="append", default=[], type=Path)
+    p.add_argument("--num-frames", type=int, help="frames to sample from each video")
+    p.add_argument("--chunked", action="store_true", help="upload media in chunks with StreamGenerate")
+    p.add_argument("--chunk-size", type=int, default=1 << 20, help="bytes per StreamGenerate chunk")
+    p.add_argument("--chat", action="store_true", help="send as a user message through the chat template")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--timeout", type=float, default=300)
+    p.set_defaults(func=_generate_main)
+
+
+def _generate_main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nanovl.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling
+
+    err = Console(stderr=True)
+    parts = (
+        [Part.image(p) for p in args.image]
+        + [Part.video(p, num_frames=args.num_frames) for p in args.video]
+        + [Part.audio(p) for p in args.audio]
+        + [Part.text(args.prompt)]
+    )
+    prompt = [Message.user(*parts)] if args.chat else parts
+    sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    final = None
+    with InferenceClient(args.target, timeout=args.timeout) as client:
+        try:
+            call = (
+                client.stream_generate(prompt, sampling=sampling, chunk_size=args.chunk_size)
+                if args.chunked
+                else client.generate(prompt, sampling=sampling)
+            )
+            with call:
+                for event in call:
+                    if isinstance(event, Delta):
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                    elif isinstance(event, Final):
+                        final = event
+        except InferenceRpcError as exc:
+            err.print(f"[red]error {exc.code.name}[/red]: {exc.message}")
+            return 1
+    sys.stdout.write("\n")
+    if final is not None:
+        u, t = final.usage, final.timings
+        table = Table(title=f"request {final.request_id} — {final.finish_reason.name.lower()}", show_header=False)
+        by = u.prompt_tokens_by_modality
+        table.add_row(
+            "prompt tokens", f"{u.prompt_tokens} (text {by.text}, image {by.image}, video {by.video}, audio {by.audio})"
+        )
+        table.add_row("completion tokens", str(u.completion_tokens))
+        for name in ("upload_s", "decode_media_s", "queue_s", "prefill_s", "ttft_s", "decode_s", "total_s"):
+            table.add_row(name.replace("_s", "").replace("_", " "), f"{getattr(t, name) * 1000:.1f} ms")
+        if u.completion_tokens > 1 and t.decode_s > 0:
+            table.add_row("decode speed", f"{(u.completion_tokens - 1) / t.decode_s:.1f} tokens/s")
+        err.print(table)
+    return 0

@@ -1,0 +1,618 @@
+"""``nanovl profile``: the Profiling service from a terminal (rich tables, or ``--json``).
+
+    nanovl profile budget --target HOST:PORT
+    nanovl profile plan   --target HOST:PORT --limit image=2,video=1 --video 16x640x360
+    nanovl profile plan   --model CKPT --max-model-len 2048 --limit image=4,video=1,audio=2 --memory 4GiB
+    nanovl profile dummy  --target HOST:PORT --image 640x480:2 --video 8x320x240 --audio 30
+    nanovl profile cpu    --target HOST:PORT --duration 10 --output-dir profiles/
+    nanovl profile torch  start|stop --target HOST:PORT
+
+``plan --model`` runs offline (checkpoint config and tokenizer only: no server, no
+weights, no device), so a GPU deployment can be planned from a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nanovl import units
+from nanovl.cli.common import default_target
+from nanovl.errors import InvalidArgument
+from nanovl.media_specs import parse_dims, parse_seconds, split_count
+from nanovl.modalities import modality_name
+from nanovl.units import format_bytes
+from nanovl.v1 import profiling_pb2 as pb
+
+T = TypeVar("T")
+ROLE_NAMES = {
+    pb.PROCESS_ROLE_SERVER: "server",
+    pb.PROCESS_ROLE_ENGINE_CORE: "engine_core",
+    pb.PROCESS_ROLE_WORKER: "worker",
+    pb.PROCESS_ROLE_UNSPECIFIED: "-",
+}
+
+
+class CliError(Exception):
+    """A usage or RPC failure, printed as one line."""
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+def _argument_type(fn: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=`` from a core parser: its ``InvalidArgument`` becomes argparse's
+    one-line usage error."""
+
+    @functools.wraps(fn)
+    def parse(text: str) -> T:
+        try:
+            return fn(text)
+        except InvalidArgument as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+parse_bytes = _argument_type(units.parse_bytes)
+
+
+def parse_limits(text: str) -> dict[str, int]:
+    """``image=4,video=1,audio=2``."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name not in ("image", "video", "audio") or not value.isdigit():
+            raise argparse.ArgumentTypeError(f"bad limit {part!r}: use image=N,video=N,audio=N")
+        out[name] = int(value)
+    return out
+
+
+@_argument_type
+def parse_image(text: str) -> tuple[int, int, int]:
+    """``WIDTHxHEIGHT[:COUNT]`` -> (width, height, count)."""
+    size, count = split_count(text, "image")
+    width, height = parse_dims(size, 2, "image size (WIDTHxHEIGHT[:COUNT], e.g. 1024x768)")
+    return width, height, count
+
+
+@_argument_type
+def parse_video(text: str) -> tuple[int, int, int, int]:
+    """``FRAMESxWIDTHxHEIGHT[:COUNT]`` -> (frames, width, height, count)."""
+    size, count = split_count(text, "video")
+    frames, width, height = parse_dims(size, 3, "video size (FRAMESxWIDTHxHEIGHT[:COUNT], e.g. 16x640x360)")
+    return frames, width, height, count
+
+
+@_argument_type
+def parse_audio(text: str) -> tuple[float, int]:
+    """``SECONDS[:COUNT]`` -> (seconds, count)."""
+    size, count = split_count(text, "audio")
+    return parse_seconds(size, "audio length (SECONDS[:COUNT], e.g. 30)"), count
+
+
+# ------------------------------------------------------------------------ requests
+
+
+def plan_request(args: argparse.Namespace) -> pb.PlanBudgetRequest:
+    """The PlanBudget request for ``plan``'s flags: counts from --limit (a size flag alone
+    means one item), sizes from --image/--video/--audio (none: the largest item that
+    fits the context alone)."""
+    limits = dict(args.limit or {})
+    sizes = {"image": args.image, "video": args.video, "audio": args.audio}
+    req = pb.PlanBudgetRequest()
+    for modality in ("image", "video", "audio"):
+        count = limits.get(modality, 1 if sizes[modality] else 0)
+        if modality not in limits and not sizes[modality]:
+            continue
+        item = req.items.add(count=count)
+        size = sizes[modality]
+        if modality == "image":
+            item.image.CopyFrom(pb.ImageItem(width=size[0], height=size[1]) if size else pb.ImageItem())
+        elif modality == "video":
+            item.video.CopyFrom(
+                pb.VideoItem(num_frames=size[0], width=size[1], height=size[2]) if size else pb.VideoItem()
+            )
+        else:
+            item.audio.CopyFrom(pb.AudioItem(seconds=size[0]) if size else pb.AudioItem())
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "text_tokens"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(req, name, value)
+    if args.memory is not None:
+        req.memory_budget_bytes = args.memory
+    if getattr(args, "model", None):
+        req.model_path = os.path.abspath(args.model)
+    return req
+
+
+def dummy_request(args: argparse.Namespace) -> pb.RunDummyProfileRequest:
+    req = pb.RunDummyProfileRequest()
+    for w, h, n in args.image or ():
+        req.items.add(count=n, image=pb.ImageItem(width=w, height=h))
+    for f, w, h, n in args.video or ():
+        req.items.add(count=n, video=pb.VideoItem(num_frames=f, width=w, height=h))
+    for s, n in args.audio or ():
+        req.items.add(count=n, audio=pb.AudioItem(seconds=s))
+    if not req.items:
+        raise CliError("give at least one --image, --video or --audio item to profile")
+    return req
+
+
+def plan_offline(request: pb.PlanBudgetRequest) -> pb.BudgetPlan:
+    """PlanBudget without a server: the same planner and conversion the server uses."""
+    from profiling.proto import plan_request_from_pb, plan_to_pb
+    from profiling.sizing.budget import plan_budget
+    from profiling.sizing.live_budget import resolve_unsized
+
+    plan_req, order = plan_request_from_pb(request)
+    plan_req = resolve_unsized(plan_req, request.model_path)
+    return plan_to_pb(plan_budget(plan_req, request.model_path), order)
+
+
+# ------------------------------------------------------------------------ rendering
+
+
+def describe_item(m: pb.MediaItems) -> str:
+    kind = m.WhichOneof("item")
+    if kind == "image":
+        return f"{m.image.width}x{m.image.height}"
+    if kind == "video":
+        return f"{m.video.num_frames} frames {m.video.width}x{m.video.height}"
+    if kind == "audio":
+        return f"{m.audio.seconds:g} s"
+    return "-"
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    return table
+
+
+def render_budget(b: pb.Budget) -> list[Any]:
+    out = [
+        _table(
+            "Engine settings",
+            ["setting", "value"],
+            [
+                ["max_model_len", b.max_model_len],
+                ["max_num_seqs", b.max_num_seqs],
+                ["max_num_batched_tokens", b.max_num_batched_tokens],
+                ["limit_mm_per_prompt", json.dumps(dict(b.limit_mm_per_prompt))],
+            ],
+        )
+    ]
+    out.append(
+        _table(
+            "Encoder tokens per item: vLLM reserves vs the largest item that fits (exact)",
+            ["modality", "limit", "vLLM max/item", "nanovl exact max/item", "largest item"],
+            [
+                [
+                    modality_name(m.modality),
+                    m.item_limit,
+                    m.vllm_max_tokens_per_item,
+                    m.nanovl_max_tokens_per_item,
+                    describe_item(m.largest_item) if m.HasField("largest_item") else "-",
+                ]
+                for m in b.modalities
+            ],
+        )
+    )
+    if b.HasField("encoder"):
+        e = b.encoder
+        profiled = (
+            f"{e.profiled_items} x {modality_name(e.profiled_modality)}"
+            if e.profiled_modality
+            else f"no ({e.profile_note})"
+        )
+        out.append(
+            _table(
+                "Encoder budget",
+                ["", "tokens", "bytes"],
+                [
+                    ["compute budget / step", e.compute_budget_tokens, format_bytes(e.compute_budget_bytes)],
+                    ["encoder cache", e.cache_size_tokens, format_bytes(e.cache_size_bytes)],
+                    ["vLLM profile uses", f"{e.vllm_profile_items} x {modality_name(e.vllm_profile_modality)}", ""],
+                    ["profiled at start-up", profiled, ""],
+                ],
+            )
+        )
+    kv = b.kv_cache
+    out.append(
+        _table(
+            "Memory",
+            ["", "value"],
+            [
+                ["KV cache blocks x block size", f"{kv.num_blocks} x {kv.block_size} = {kv.tokens} tokens"],
+                [
+                    "KV cache capacity (Mamba set aside)",
+                    f"{kv.capacity_tokens} tokens, {kv.max_concurrency:.1f} x max_model_len",
+                ],
+                ["KV cache allocation", format_bytes(kv.bytes)],
+                ["Mamba state per sequence", format_bytes(b.mamba_state_bytes_per_seq)],
+                ["weights", format_bytes(b.weights_bytes)],
+                *(
+                    [
+                        [
+                            "GPU allocated / reserved / peak / total",
+                            " / ".join(
+                                format_bytes(x)
+                                for x in (
+                                    b.gpu.allocated_bytes,
+                                    b.gpu.reserved_bytes,
+                                    b.gpu.peak_allocated_bytes,
+                                    b.gpu.total_bytes,
+                                )
+                            ),
+                        ]
+                    ]
+                    if b.HasField("gpu")
+                    else []
+                ),
+            ],
+        )
+    )
+    out.append(
+        _table(
+            "Processes",
+            ["role", "pid", "name", "RSS"],
+            [[ROLE_NAMES[p.role], p.pid, p.name, format_bytes(p.rss_bytes)] for p in b.processes],
+        )
+    )
+    return out
+
+
+def render_plan(p: pb.BudgetPlan) -> list[Any]:
+    out = [
+        _table(
+            f"Per item (max_model_len {p.max_model_len}, max_num_seqs {p.max_num_seqs}, "
+            f"max_num_batched_tokens {p.max_num_batched_tokens})",
+            [
+                "modality",
+                "count",
+                "item",
+                "prompt tok/item",
+                "encoder tok/item (exact)",
+                "vLLM tok/item",
+                "prompt tokens",
+            ],
+            [
+                [
+                    modality_name(m.modality),
+                    m.count,
+                    describe_item(m.item),
+                    m.prompt_tokens_per_item,
+                    m.encoder_tokens_per_item,
+                    m.vllm_max_tokens_per_item,
+                    m.prompt_tokens,
+                ]
+                for m in p.modalities
+            ],
+        )
+    ]
+    c = p.encoder_cache
+    out.append(
+        _table(
+            "Encoder cache",
+            ["", "tokens", "bytes"],
+            [
+                ["nanovl: needed by one maximal prompt", c.needed_tokens, format_bytes(c.needed_bytes)],
+                ["nanovl: largest single item", c.min_tokens, ""],
+                ["vLLM: allocates", c.vllm_tokens, format_bytes(c.vllm_bytes)],
+                ["vLLM: start-up profile", f"{p.vllm_profiled_items} x {modality_name(p.vllm_profiled_modality)}", ""],
+            ],
+        )
+    )
+    vllm = {m.component: m.bytes for m in p.vllm_memory}
+    out.append(
+        _table(
+            "Predicted memory",
+            ["component", "nanovl", "vLLM sizing", "how"],
+            [
+                *[
+                    [m.component, format_bytes(m.bytes), format_bytes(vllm.get(m.component, 0)), m.note]
+                    for m in p.memory
+                ],
+                ["total", format_bytes(p.predicted_total_bytes), format_bytes(p.vllm_predicted_total_bytes), ""],
+            ],
+        )
+    )
+    verdict = "accepted" if p.accepted else f"rejected: {p.reason}"
+    out.append(
+        _table(
+            "Verdict",
+            ["", "value"],
+            [
+                ["prompt tokens (media + text)", f"{p.prompt_tokens} ({p.media_prompt_tokens} media)"],
+                ["a prompt with this mix", verdict],
+                ["recommended --limit-mm-per-prompt", p.recommended_limit_mm_per_prompt],
+                *[[f"largest {describe_kind(m)} that fits", describe_item(m)] for m in p.largest_items_that_fit],
+            ],
+        )
+    )
+    return out
+
+
+def describe_kind(m: pb.MediaItems) -> str:
+    return m.WhichOneof("item") or "-"
+
+
+def render_dummy(r: pb.DummyProfileResult) -> list[Any]:
+    rows = []
+    for m in r.modalities:
+        error = (
+            (m.predicted_memory_bytes - m.peak_memory_increase_bytes) / m.peak_memory_increase_bytes * 100
+            if m.peak_memory_increase_bytes
+            else float("nan")
+        )
+        rows.append(
+            [
+                modality_name(m.modality),
+                m.count,
+                describe_item(m.item),
+                f"{m.tokens} / {m.predicted_tokens}",
+                f"{m.prompt_tokens} / {m.predicted_prompt_tokens}",
+                f"{m.preprocess_s:.3f}",
+                f"{m.encoder_s:.3f}",
+                f"{format_bytes(m.peak_memory_increase_bytes)} ({m.memory_source})",
+                format_bytes(m.predicted_memory_bytes),
+                f"{error:+.0f}%",
+                format_bytes(m.peak_rss_increase_bytes),
+            ]
+        )
+    return [
+        _table(
+            "Dummy encoder passes: measured / predicted",
+            [
+                "modality",
+                "count",
+                "item",
+                "encoder tokens",
+                "prompt tokens",
+                "preprocess s",
+                "encoder s",
+                "peak memory",
+                "predicted",
+                "error",
+                "RSS increase",
+            ],
+            rows,
+        )
+    ]
+
+
+# ------------------------------------------------------------------------ commands
+
+
+def _stub(target: str) -> Any:
+    import grpc
+
+    from nanovl.v1 import profiling_pb2_grpc
+
+    channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+    return profiling_pb2_grpc.ProfilingStub(channel)
+
+
+def _call(fn: Any, request: Any, timeout: float | None) -> Any:
+    import grpc
+
+    try:
+        return fn(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise CliError(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+
+
+def _emit(args: argparse.Namespace, message: Any, render: Any) -> None:
+    from google.protobuf import json_format
+
+    if args.json:
+        print(
+            json_format.MessageToJson(
+                message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+        return
+    from rich.console import Console
+
+    console = Console()
+    for table in render(message):
+        console.print(table)
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    _emit(args, _call(_stub(args.target).GetBudget, pb.GetBudgetRequest(), args.timeout), render_budget)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    request = plan_request(args)
+    if args.model:
+        # vLLM logs to stdout by default, which would corrupt --json output.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        from nanovl.errors import NanovlError
+
+        try:
+            plan = plan_offline(request)
+        except NanovlError as exc:
+            raise CliError(f"{exc.code.name}: {exc.message}") from None
+    else:
+        plan = _call(_stub(args.target).PlanBudget, request, args.timeout)
+    _emit(args, plan, render_plan)
+    return 0
+
+
+def cmd_dummy(args: argparse.Namespace) -> int:
+    _emit(args, _call(_stub(args.target).RunDummyProfile, dummy_request(args), args.timeout), render_dummy)
+    return 0
+
+
+def cmd_cpu(args: argparse.Namespace) -> int:
+    import grpc
+
+    fmt = {"speedscope": pb.CPU_PROFILE_FORMAT_SPEEDSCOPE, "flamegraph": pb.CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG}
+    roles = {
+        "server": pb.PROCESS_ROLE_SERVER,
+        "engine_core": pb.PROCESS_ROLE_ENGINE_CORE,
+        "worker": pb.PROCESS_ROLE_WORKER,
+    }
+    req = pb.CaptureCpuProfileRequest(
+        duration_s=args.duration,
+        rate_hz=args.rate,
+        format=fmt[args.format],
+        processes=[roles[r] for r in args.process or ()],
+        native=args.native,
+        include_idle=args.idle,
+    )
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[int, dict[str, Any]] = {}
+    try:
+        for chunk in _stub(args.target).CaptureCpuProfile(req, timeout=args.duration + 120):
+            f = files.setdefault(chunk.file_index, {"data": bytearray()})
+            if chunk.file_name:
+                f.update(
+                    name=Path(chunk.file_name).name,
+                    pid=chunk.pid,
+                    role=ROLE_NAMES[chunk.role],
+                    content_type=chunk.content_type,
+                )
+            f["data"].extend(chunk.data)
+    except grpc.RpcError as exc:
+        raise CliError(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+    written = []
+    for index in sorted(files):
+        f = files[index]
+        path = out_dir / f["name"]
+        path.write_bytes(bytes(f["data"]))
+        written.append({"role": f["role"], "pid": f["pid"], "path": str(path), "bytes": len(f["data"])})
+    if args.json:
+        print(json.dumps({"files": written}, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(
+            _table(
+                "CPU profiles written",
+                ["role", "pid", "file", "size"],
+                [[w["role"], w["pid"], w["path"], format_bytes(w["bytes"])] for w in written],
+            )
+        )
+    return 0
+
+
+def cmd_torch(args: argparse.Namespace) -> int:
+    stub = _stub(args.target)
+    if args.action == "start":
+        req = pb.StartTorchProfileRequest()
+        if args.prefix:
+            req.profile_prefix = args.prefix
+        if args.delay_iterations is not None:
+            req.delay_iterations = args.delay_iterations
+        if args.max_iterations is not None:
+            req.max_iterations = args.max_iterations
+        resp = _call(stub.StartTorchProfile, req, args.timeout)
+        _emit(args, resp, lambda r: [_table("Torch profile started", ["", ""], [["trace dir", r.trace_dir]])])
+    else:
+        resp = _call(stub.StopTorchProfile, pb.StopTorchProfileRequest(), args.timeout)
+        _emit(args, resp, lambda r: [_table(f"Torch traces in {r.trace_dir}", ["file"], [[f] for f in r.files])])
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds ``profile`` to a CLI's subparsers. ``args.func(args)`` runs the chosen command
+    and returns the exit code (errors are printed as one line, exit code 1)."""
+    profile = subparsers.add_parser(
+        "profile",
+        help="budgets, capacity plans and profilers (Profiling service)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = profile.add_subparsers(dest="profile_command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, *, target: bool = True) -> None:
+        if target:
+            p.add_argument("--target", default=default_target(), help="server HOST:PORT (env NANOVL_TARGET)")
+        p.add_argument("--json", action="store_true", help="print the response as JSON")
+        p.add_argument("--timeout", type=float, default=600.0, help="RPC deadline in seconds")
+
+    p = sub.add_parser("budget", help="the running server's budgets, caches and memory")
+    common(p)
+    p.set_defaults(func=functools.partial(_run, cmd_budget))
+
+    p = sub.add_parser("plan", help="what a configuration needs and whether a media mix fits (offline with --model)")
+    common(p)
+    p.add_argument("--model", help="plan offline for this checkpoint directory (no server)")
+    p.add_argument("--limit", type=parse_limits, help="items per prompt: image=N,video=N,audio=N")
+    p.add_argument("--image", type=parse_image, help="image size WIDTHxHEIGHT (default: the largest that fits)")
+    p.add_argument("--video", type=parse_video, help="video FRAMESxWIDTHxHEIGHT (default: the longest that fits)")
+    p.add_argument("--audio", type=parse_audio, help="audio length in seconds (default: the longest that fits)")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--max-num-seqs", type=int)
+    p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--text-tokens", type=int, help="prompt tokens besides the media (text, chat template)")
+    p.add_argument("--memory", type=parse_bytes, help="device memory budget, e.g. 4GiB")
+    p.set_defaults(func=functools.partial(_run, cmd_plan))
+
+    p = sub.add_parser("dummy", help="encode synthetic items in the live engine and measure them")
+    common(p)
+    p.add_argument("--image", type=parse_image, action="append", help="WIDTHxHEIGHT[:COUNT] (repeatable)")
+    p.add_argument("--video", type=parse_video, action="append", help="FRAMESxWIDTHxHEIGHT[:COUNT] (repeatable)")
+    p.add_argument("--audio", type=parse_audio, action="append", help="SECONDS[:COUNT] (repeatable)")
+    p.set_defaults(func=functools.partial(_run, cmd_dummy))
+
+    p = sub.add_parser("cpu", help="sample the server's processes with py-spy")
+    common(p)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds to sample (whole seconds)")
+    p.add_argument("--rate", type=int, default=100, help="samples per second")
+    p.add_argument("--format", choices=("speedscope", "flamegraph"), default="speedscope")
+    p.add_argument(
+        "--process",
+        action="append",
+        choices=("server", "engine_core", "worker"),
+        help="only these processes (repeatable; default all)",
+    )
+    p.add_argument("--native", action="store_true", help="include native (C/C++) frames")
+    p.add_argument("--idle", action="store_true", help="include idle threads")
+    p.add_argument("--output-dir", default=".", help="where to write the profile files")
+    p.set_defaults(func=functools.partial(_run, cmd_cpu))
+
+    p = sub.add_parser("torch", help="start/stop vLLM's torch profiler (server-side traces)")
+    common(p)
+    p.add_argument("action", choices=("start", "stop"))
+    p.add_argument("--prefix", help="trace file name prefix")
+    p.add_argument("--delay-iterations", type=int)
+    p.add_argument("--max-iterations", type=int)
+    p.set_defaults(func=functools.partial(_run, cmd_torch))
+    return profile
+
+
+def _run(command: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(command(args))
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m nanovl.cli.profile plan ...`` (the same as ``nanovl profile plan ...``)."""
+    parser = argparse.ArgumentParser(prog="nanovl")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["profile", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Python client for the nanovl ``Inference`` API: an asyncio client and a blocking one.
+
+Build a prompt from :class:`Part` s (or chat :class:`Message` s), then either iterate typed
+events::
+
+    async with AsyncInferenceClient("localhost:50051") as client:
+        async with client.generate([Part.image("cat.jpg"), "What is this?"]) as stream:
+            async for event in stream:
+                if isinstance(event, Delta):
+                    print(event.text, end="")
+
+or take the whole answer with ``await client.generate_text(...)`` (a :class:`Result`).
+``stream_generate`` uploads media in chunks straight from the files, so multi-megabyte
+media are never held twice in memory and the server decodes each part while the next
+one uploads. Leaving the ``async with`` block (or calling ``cancel()``) cancels the RPC,
+and the server aborts the generation. Failed RPCs raise :class:`InferenceRpcError`;
+prompts that cannot be built raise ``nanovl.errors.InvalidArgument``.
+
+The raw protobuf layer stays available: ``client.stub`` is the generated stub,
+:func:`build_generate_request` / :func:`iter_stream_chunks` build the request messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from nanovl.client._base import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    CallOptions,
+    ClientCore,
+    InferenceRpcError,
+    channel_options,
+)
+from nanovl.client.events import Event, ModelInfo, Result, Started, _ResultBuilder, event_from_proto
+from nanovl.client.parts import DEFAULT_CHUNK_SIZE, PromptLike
+from nanovl.client.sampling import ChatTemplate, Sampling
+
+_T = TypeVar("_T")
+
+
+async def _aiter_in_thread(it: Iterator[_T]) -> AsyncIterator[_T]:
+    """Drive a blocking iterator (file reads) from a worker thread, one item at a time."""
+    done = object()
+    try:
+        while (item := await asyncio.to_thread(next, it, done)) is not done:
+            yield item  # type: ignore[misc]
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # still running in the worker thread: it closes on GC
+                pass
+
+
+class AsyncGeneration:
+    """The events of one generation; cancelling it (or leaving ``async with``) cancels the RPC."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call  # the raw grpc.aio call (for metadata, code, ...)
+        self.request_id: str | None = None
+        self._cancelled = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._cancelled:
+            raise StopAsyncIteration
+        try:
+            resp = await self.call.read()
+        except grpc.RpcError as e:
+            raise InferenceRpcError(e) from e
+        except asyncio.CancelledError:
+            # grpc.aio reports a locally cancelled call as CancelledError; after our own
+            # cancel() that is a normal end, unless this task itself is being cancelled.
+            task = asyncio.current_task()
+            if self._cancelled and (task is None or task.cancelling() == 0):
+                raise StopAsyncIteration from None
+            raise
+        if resp is grpc.aio.EOF:
+            raise StopAsyncIteration
+        event = event_from_proto(resp)
+        if isinstance(event, Started):
+            self.request_id = event.request_id
+        return event
+
+    def cancel(self) -> bool:
+        """Cancel the RPC; the server aborts the generation. Iteration then stops."""
+        self._cancelled = True
+        return bool(self.call.cancel())
+
+    async def result(self) -> Result:
+        builder = _ResultBuilder()
+        async for event in self:
+            builder.add(event)
+        return builder.build()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.call.done():
+            self.cancel()
+
+
+class AsyncInferenceClient(ClientCore):
+    """asyncio client for ``nanovl.v1.Inference``.
+
+    ``interceptors`` are grpc.aio client interceptors (e.g. OpenTelemetry's, which
+    propagate the trace context); ``timeout`` is the default deadline per call in seconds.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        opts = channel_options(max_message_bytes, options)
+        ic = list(interceptors) or None
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(target, options=opts, interceptors=ic)
+        else:
+            channel = grpc.aio.secure_channel(target, credentials, options=opts, interceptors=ic)
+        self._init(channel, timeout, metadata)
+
+    @classmethod
+    def from_channel(
+        cls, channel: grpc.aio.Channel, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()
+    ) -> AsyncInferenceClient:
+        self = cls.__new__(cls)
+        self._init(channel, timeout, metadata)
+        return self
+
+    def _init(self, channel: grpc.aio.Channel, timeout: float | None, metadata: Sequence[tuple[str, str]]) -> None:
+        self.channel = channel
+        self._init_core(channel, timeout, metadata)
+
+    def generate(
+        self,
+        prompt: PromptLike,
+        *,
+        sampling: Sampling | None = None,
+        request_id: str | None = None,
+        chat_template: ChatTemplate | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> AsyncGeneration:
+        """Generate with the whole prompt in one message (media read into memory)."""
+        o = CallOptions(sampling, request_id, chat_template, timeout, metadata)
+        return AsyncGeneration(self._start_generate(prompt, o))
+
+    def stream_generate(
+        self,
+        prompt: PromptLike,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        sampling: Sampling | None = None,
+        request_id: str | None = None,
+        chat_template: ChatTemplate | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> AsyncGeneration:
+        """Generate, uploading media in ``chunk_size`` pieces read lazily from their files."""
+        o = CallOptions(sampling, request_id, chat_template, timeout, metadata)
+        return AsyncGeneration(self._start_stream_generate(prompt, o, chunk_size, adapt=_aiter_in_thread))
+
+    async def generate_text(
+        self,
+        prompt: PromptLike,
+        *,
+        sampling: Sampling | None = None,
+        request_id: str | None = None,
+        chat_template: ChatTemplate | None = None,
+        upload: Literal["auto", "unary", "stream"] = "auto",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> Result:
+        """The whole generation. ``upload="auto"`` streams the upload when the media are
+        larger than one chunk."""
+        o = CallOptions(sampling, request_id, chat_template, timeout, metadata)
+        async with self._start_text(prompt, o, upload, chunk_size) as gen:
+            return await gen.result()
+
+    async def get_model_info(
+        self, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] | None = None
+    ) -> ModelInfo:
+        try:
+            info = await self._start_get_model_info(timeout, metadata)
+        except grpc.RpcError as e:
+            raise InferenceRpcError(e) from e
+        return ModelInfo.from_proto(info)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self.channel.close(grace)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

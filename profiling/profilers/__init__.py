@@ -1,0 +1,1 @@
+"""Profilers that drive a running server: py-spy CPU captures and vLLM's torch profiler."""

@@ -1,0 +1,257 @@
+"""``nanovl.v1`` Profiling messages <-> the profiling layer's dataclasses.
+
+Shared by the servicer and by ``nanovl profile`` (which renders an offline plan through
+the same messages, so online and offline output are identical).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nanovl.errors import InvalidArgument
+from nanovl.modalities import MODALITIES, Modality
+from nanovl.modalities import modality_to_pb as modality_pb
+from nanovl.v1 import inference_pb2
+from nanovl.v1 import profiling_pb2 as pb
+from profiling.profilers.cpu_profile import DEFAULT_DURATION_S, DEFAULT_RATE_HZ, CpuProfileChunk, CpuProfileRequest
+from profiling.sizing.budget import AudioItems, ImageItems, MemoryPlan, Plan, PlanRequest, VideoItems
+from profiling.sizing.dummy import DummyItems, DummyProfile
+from profiling.sizing.live_budget import LiveBudget, MediaItem
+
+ROLE_TO_PB: dict[str, int] = {
+    "server": pb.PROCESS_ROLE_SERVER,
+    "engine_core": pb.PROCESS_ROLE_ENGINE_CORE,
+    "worker": pb.PROCESS_ROLE_WORKER,
+}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+FORMAT_FROM_PB = {
+    pb.CPU_PROFILE_FORMAT_UNSPECIFIED: "speedscope",
+    pb.CPU_PROFILE_FORMAT_SPEEDSCOPE: "speedscope",
+    pb.CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG: "flamegraph",
+}
+
+
+# ------------------------------------------------------------------------ media items
+
+
+def media_items_from_pb(m: pb.MediaItems, *, where: str) -> MediaItem:
+    """One ``MediaItems`` as the planner's dataclass; zero sizes stay zero (unsized)."""
+    kind = m.WhichOneof("item")
+    if kind is None:
+        raise InvalidArgument(f"{where}: set one of image, video or audio")
+    if kind == "image":
+        return ImageItems(m.count, m.image.width or None, m.image.height or None)
+    if kind == "video":
+        return VideoItems(m.count, m.video.num_frames, m.video.width, m.video.height)
+    return AudioItems(m.count, m.audio.seconds)
+
+
+def media_items_to_pb(items: MediaItem) -> pb.MediaItems:
+    if isinstance(items, ImageItems):
+        return pb.MediaItems(count=items.count, image=pb.ImageItem(width=items.width or 0, height=items.height or 0))
+    if isinstance(items, VideoItems):
+        return pb.MediaItems(
+            count=items.count, video=pb.VideoItem(num_frames=items.num_frames, width=items.width, height=items.height)
+        )
+    return pb.MediaItems(count=items.count, audio=pb.AudioItem(seconds=items.seconds))
+
+
+def modality_of(items: MediaItem) -> Modality:
+    if isinstance(items, ImageItems):
+        return "image"
+    return "video" if isinstance(items, VideoItems) else "audio"
+
+
+# ------------------------------------------------------------------------ GetBudget
+
+
+def budget_to_pb(b: LiveBudget) -> pb.Budget:
+    out = pb.Budget(
+        max_model_len=b.max_model_len,
+        max_num_seqs=b.max_num_seqs,
+        max_num_batched_tokens=b.max_num_batched_tokens,
+        limit_mm_per_prompt=dict(b.limit_mm_per_prompt),
+        kv_cache=pb.KvCacheCapacity(
+            num_blocks=b.kv_cache.num_blocks,
+            block_size=b.kv_cache.block_size,
+            tokens=b.kv_cache.tokens,
+            bytes=b.kv_cache.bytes,
+            capacity_tokens=b.kv_cache.capacity_tokens,
+            max_concurrency=b.kv_cache.max_concurrency,
+        ),
+        mamba_state_bytes_per_seq=b.mamba_state_bytes_per_seq,
+        weights_bytes=b.weights_bytes,
+        processes=[
+            pb.ProcessMemory(pid=p.pid, role=ROLE_TO_PB[p.role], rss_bytes=p.rss_bytes, name=p.name)
+            for p in b.processes
+        ],
+    )
+    for m in b.modalities:
+        entry = out.modalities.add(
+            modality=modality_pb(m.modality),
+            item_limit=m.item_limit,
+            vllm_max_tokens_per_item=m.vllm_max_tokens_per_item,
+            nanovl_max_tokens_per_item=m.nanovl_max_tokens_per_item,
+        )
+        if m.largest is not None:
+            entry.largest_item.CopyFrom(media_items_to_pb(m.largest.item))
+    if b.encoder is not None:
+        e = b.encoder
+        out.encoder.CopyFrom(
+            pb.EncoderBudget(
+                compute_budget_tokens=e.compute_budget_tokens,
+                compute_budget_bytes=e.compute_budget_bytes,
+                cache_size_tokens=e.cache_size_tokens,
+                cache_size_bytes=e.cache_size_bytes,
+                profiled_modality=modality_pb(e.profile_modality) if e.profiled else inference_pb2.MODALITY_UNSPECIFIED,
+                profiled_items=e.profile_items if e.profiled else 0,
+                vllm_profile_modality=modality_pb(e.profile_modality),
+                vllm_profile_items=e.profile_items,
+                profile_note=e.profile_note,
+            )
+        )
+    if b.gpu is not None:
+        out.gpu.CopyFrom(
+            pb.GpuMemory(
+                allocated_bytes=b.gpu.allocated_bytes,
+                reserved_bytes=b.gpu.reserved_bytes,
+                peak_allocated_bytes=b.gpu.peak_allocated_bytes,
+                total_bytes=b.gpu.total_bytes,
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------ PlanBudget
+
+
+def plan_request_from_pb(req: pb.PlanBudgetRequest) -> tuple[PlanRequest, tuple[Modality, ...]]:
+    """The planner's request (unsized items left zero) and the modalities in request order."""
+    kwargs: dict[str, object] = {}
+    order: list[Modality] = []
+    for i, m in enumerate(req.items):
+        items = media_items_from_pb(m, where=f"items[{i}]")
+        modality = modality_of(items)
+        if modality in order:
+            raise InvalidArgument(f"items[{i}]: {modality} appears twice; give at most one entry per modality")
+        order.append(modality)
+        kwargs[modality] = items
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "memory_budget_bytes"):
+        if req.HasField(name):
+            kwargs[name] = getattr(req, name)
+    if req.HasField("text_tokens"):
+        kwargs["text_tokens"] = req.text_tokens
+    return PlanRequest(**kwargs), tuple(order)  # type: ignore[arg-type]
+
+
+def _memory_pb(memory: MemoryPlan) -> list[pb.MemoryComponent]:
+    return [pb.MemoryComponent(component=c.component, bytes=c.bytes, note=c.note) for c in memory.components]
+
+
+def plan_to_pb(plan: Plan, order: Sequence[Modality] | None = None) -> pb.BudgetPlan:
+    """``order``: the modalities to report, in order (default: those with items)."""
+    if order is None:
+        order = tuple(m for m in MODALITIES if plan.request.counts()[m] > 0)
+    rec = plan.recommendation
+    out = pb.BudgetPlan(
+        media_prompt_tokens=plan.media_prompt_tokens,
+        accepted=plan.accepted,
+        reason=plan.reason,
+        encoder_cache=pb.EncoderCachePlan(
+            needed_tokens=plan.nanovl.needed_tokens,
+            needed_bytes=plan.nanovl.needed_bytes,
+            vllm_tokens=plan.vllm.cache_size_tokens,
+            vllm_bytes=plan.vllm.cache_size_bytes,
+            min_tokens=plan.nanovl.min_tokens,
+        ),
+        memory=_memory_pb(plan.memory_nanovl),
+        predicted_total_bytes=plan.memory_nanovl.total_bytes,
+        recommended_limit_mm_per_prompt=rec.limit_mm_per_prompt_json,
+        largest_items_that_fit=[media_items_to_pb(it) for it in rec.largest_items()],
+        max_model_len=plan.max_model_len,
+        max_num_seqs=plan.max_num_seqs,
+        max_num_batched_tokens=plan.max_num_batched_tokens,
+        prompt_tokens=plan.prompt_tokens,
+        vllm_memory=_memory_pb(plan.memory_vllm),
+        vllm_predicted_total_bytes=plan.memory_vllm.total_bytes,
+        vllm_profiled_modality=modality_pb(plan.vllm.profiled_modality),
+        vllm_profiled_items=plan.vllm.profiled_items,
+    )
+    for modality in order:
+        mp = plan.modality(modality)
+        entry = out.modalities.add(
+            modality=modality_pb(modality),
+            count=mp.count,
+            prompt_tokens_per_item=mp.item.prompt_tokens if mp.item else 0,
+            encoder_tokens_per_item=mp.item.encoder_tokens if mp.item else 0,
+            prompt_tokens=mp.prompt_tokens,
+            vllm_max_tokens_per_item=mp.vllm_max_tokens_per_item,
+        )
+        entry.item.CopyFrom(media_items_to_pb(_planned_item(plan, modality)))
+    return out
+
+
+def _planned_item(plan: Plan, modality: Modality) -> MediaItem:
+    req = plan.request
+    return req.image if modality == "image" else req.video if modality == "video" else req.audio
+
+
+# ------------------------------------------------------------------------ RunDummyProfile
+
+
+def dummy_request_from_pb(req: pb.RunDummyProfileRequest) -> list[DummyItems]:
+    return [media_items_from_pb(m, where=f"items[{i}]") for i, m in enumerate(req.items)]
+
+
+def dummy_to_pb(results: Sequence[DummyProfile]) -> pb.DummyProfileResult:
+    return pb.DummyProfileResult(
+        modalities=[
+            pb.ModalityProfile(
+                modality=modality_pb(r.modality),
+                count=r.count,
+                encoder_s=r.encoder_s,
+                peak_memory_increase_bytes=r.peak_memory_increase_bytes,
+                memory_source=r.memory_source,
+                tokens=r.tokens,
+                predicted_tokens=r.predicted_tokens,
+                predicted_memory_bytes=r.predicted_memory_bytes,
+                item=media_items_to_pb(r.items),
+                preprocess_s=r.preprocess_s,
+                prompt_tokens=r.prompt_tokens,
+                predicted_prompt_tokens=r.predicted_prompt_tokens,
+                peak_rss_increase_bytes=r.peak_rss_increase_bytes,
+            )
+            for r in results
+        ]
+    )
+
+
+# ------------------------------------------------------------------------ CaptureCpuProfile
+
+
+def cpu_request_from_pb(req: pb.CaptureCpuProfileRequest) -> CpuProfileRequest:
+    roles = set()
+    for role in req.processes:
+        if role not in ROLE_FROM_PB:
+            raise InvalidArgument(f"processes: {role} is not a process role (SERVER, ENGINE_CORE or WORKER)")
+        roles.add(ROLE_FROM_PB[role])
+    if req.format not in FORMAT_FROM_PB:
+        raise InvalidArgument(f"format: unknown CpuProfileFormat {req.format}")
+    return CpuProfileRequest(
+        duration_s=req.duration_s if req.HasField("duration_s") else DEFAULT_DURATION_S,
+        rate_hz=req.rate_hz if req.HasField("rate_hz") else DEFAULT_RATE_HZ,
+        format=FORMAT_FROM_PB[req.format],  # type: ignore[arg-type]
+        roles=frozenset(roles),  # type: ignore[arg-type]
+        native=req.native,
+        include_idle=req.include_idle,
+    )
+
+
+def chunk_to_pb(chunk: CpuProfileChunk) -> pb.CpuProfileChunk:
+    out = pb.CpuProfileChunk(file_index=chunk.file_index, data=chunk.data, last=chunk.last)
+    if chunk.first:
+        out.file_name = chunk.file.file_name
+        out.content_type = chunk.file.content_type
+        out.pid = chunk.file.pid
+        out.role = ROLE_TO_PB[chunk.file.role]  # type: ignore[assignment]
+    return out

@@ -1,0 +1,903 @@
+"""The budget planner behind ``PlanBudget`` and ``nanovl profile plan``.
+
+Offline: reads a checkpoint's config, tokenizer and safetensors headers, builds vLLM's
+own ``VllmConfig`` and ``MultiModalBudget`` (no engine, no weights, no device), and
+sets nanovl's exact per-item accounting (``model.token_accounting``) beside what vLLM
+would reserve for the same settings.
+
+What vLLM does for this model, and what the plan reports next to it:
+
+- Max tokens per item: vLLM's ``get_mm_max_tokens_per_item`` answers the tiler's worst
+  case for images but ``max_model_len`` for video and audio. The plan reports vLLM's
+  numbers by calling that code, and the exact numbers for the declared item sizes.
+- Encoder compute budget and cache size: ``compute_mm_encoder_budget`` =
+  ``max(max_num_batched_tokens, largest max-tokens-per-item)``, i.e. at least the whole
+  context once video or audio is enabled. vLLM profiles only the modality with the most
+  tokens per item (ties: the alphabetically last), with ``encoder_budget // tokens``
+  dummy items.
+- Admission: vLLM rejects a prompt whose length is >= ``max_model_len`` (a generate
+  request needs room for one output token) and an item whose embeddings exceed the
+  encoder cache size (``... exceeds the pre-allocated encoder cache size``).
+
+nanovl's encoder need (``EncoderNeed``):
+
+- ``min_tokens``: the largest single item's encoder tokens. Below it that item can never
+  be admitted; that is the whole of vLLM's own admission rule.
+- ``needed_tokens``: what one maximal prompt keeps resident. An item's embeddings stay
+  in the encoder cache from its encoding until prefill has consumed its placeholders. A
+  prefill step covers at most ``max_num_batched_tokens`` prompt tokens, and every item
+  whose placeholders start inside the step must be fully resident, so one prompt keeps
+  at most ``min(all its items, max_num_batched_tokens + largest item)`` resident
+  (the item straddling the step's end is the "+ largest"). Less cache never fails a
+  request; vLLM then prefills in shorter chunks.
+
+Memory is predicted per component; encoder activations are estimates (documented at
+``encoder_activation_bytes``), the rest is exact arithmetic over vLLM's own shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from model.token_accounting import (
+    DEFAULT_VIDEO_FPS,
+    AudioDetail,
+    ImageDetail,
+    ItemTokens,
+    ModelGeometry,
+    VideoDetail,
+    audio_num_samples,
+    audio_tokens,
+    dummy_text_length,
+    image_tokens,
+    images_tokens,
+    video_frame_geometry,
+    video_tokens,
+)
+from nanovl.errors import FailedPrecondition, InvalidArgument
+from nanovl.modalities import MODALITIES, Modality
+from nanovl.units import format_bytes
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.engine.arg_utils import EngineArgs
+
+
+# safetensors dtype names -> bytes per element; floating ones are cast to the serving
+# dtype by vLLM's loader, the others (quantized, integer) load as stored.
+_SAFETENSORS_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F4": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+}
+_SAFETENSORS_FLOATS = {"F64", "F32", "F16", "BF16"}
+
+
+# ------------------------------------------------------------------------ request
+
+
+@dataclass(frozen=True)
+class ImageItems:
+    """``count`` images per prompt of ``width`` x ``height`` (None: vLLM's largest image)."""
+
+    count: int = 0
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class VideoItems:
+    """``count`` videos per prompt of ``num_frames`` sampled frames of ``width`` x ``height``."""
+
+    count: int = 0
+    num_frames: int = 0
+    width: int = 0
+    height: int = 0
+    fps: float = DEFAULT_VIDEO_FPS  # only changes the timestamp text before each frame
+
+
+@dataclass(frozen=True)
+class AudioItems:
+    """``count`` audio items per prompt of ``seconds`` each (vLLM's dummy ``length`` is
+    this times the model's sample rate)."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A media mix for one prompt plus the engine settings to plan for.
+
+    Counts are also the ``limit_mm_per_prompt`` planned for (0 disables a modality).
+    Unset engine settings take vLLM's defaults for the checkpoint (or those of the
+    ``EngineArgs`` handed to :func:`plan_budget`).
+    """
+
+    image: ImageItems = ImageItems()
+    video: VideoItems = VideoItems()
+    audio: AudioItems = AudioItems()
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    memory_budget_bytes: int | None = None
+    text_tokens: int = 0  # prompt tokens besides the media placeholders (text, chat template)
+    max_num_tiles: int | None = None  # mm_processor_kwargs; default 12
+    video_pruning_rate: float | None = None  # EVS
+
+    def counts(self) -> dict[Modality, int]:
+        return {"image": self.image.count, "video": self.video.count, "audio": self.audio.count}
+
+
+# ------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class ModalityPlan:
+    modality: Modality
+    count: int
+    item: ItemTokens | None  # one item of the declared size; None when count is 0
+    vllm_max_tokens_per_item: int  # what vLLM reserves per item; 0 when disabled
+    encoder_activation_bytes: int  # estimated peak for encoding this modality's items of one prompt
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.count * self.item.prompt_tokens if self.item else 0
+
+    @property
+    def encoder_tokens(self) -> int:
+        return self.count * self.item.encoder_tokens if self.item else 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What vLLM's input processor would do with one prompt carrying the whole mix."""
+
+    accepted: bool
+    prompt_tokens: int
+    max_model_len: int
+    over_by_tokens: int  # tokens to drop for the length check to pass; 0 if it passes
+    oversized_items: tuple[str, ...]  # items over the encoder cache size, in vLLM's words
+    reason: str  # empty when accepted
+
+
+@dataclass(frozen=True)
+class VllmSizing:
+    """vLLM's own numbers, computed by vLLM's code for these settings."""
+
+    max_tokens_per_item: Mapping[str, int]
+    compute_budget_tokens: int
+    cache_size_tokens: int
+    cache_size_bytes: int  # tokens x LLM hidden size x dtype bytes
+    max_items_per_batch: Mapping[str, int]
+    profiled_modality: Modality | None  # None: text-only, nothing profiled
+    profiled_items: int
+    profiled_item: ItemTokens | None  # the dummy item vLLM generates, counted exactly
+    profiled_activation_bytes: int  # estimate for encoding the profiled dummy batch
+
+
+@dataclass(frozen=True)
+class EncoderNeed:
+    """nanovl's encoder cache need for the mix (see the module docstring)."""
+
+    min_tokens: int
+    needed_tokens: int
+    needed_bytes: int
+
+
+@dataclass(frozen=True)
+class LlmState:
+    """Model-resident memory that does not depend on media."""
+
+    weights_bytes: int
+    attention_layers: int
+    mamba_layers: int
+    kv_bytes_per_token: int  # all attention layers, K and V
+    mamba_state_bytes_per_seq: int  # all Mamba layers, conv + SSM state
+
+
+@dataclass(frozen=True)
+class MemoryComponent:
+    component: str
+    bytes: int
+    note: str
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    components: tuple[MemoryComponent, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.bytes for c in self.components)
+
+    def bytes_of(self, component: str) -> int:
+        return sum(c.bytes for c in self.components if c.component == component)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Settings for this mix: counts reduced until it fits (context, and memory when a
+    budget is given), and for each requested modality the largest single item that
+    still fits beside the other modalities at their recommended counts."""
+
+    limit_mm_per_prompt: Mapping[str, Any]  # vLLM's dummy-options form
+    fits: bool  # whether the recommended counts fit (False: not even one item of any)
+    largest_image: ImageItems | None
+    largest_video: VideoItems | None
+    largest_audio: AudioItems | None
+
+    @property
+    def limit_mm_per_prompt_json(self) -> str:
+        return json.dumps(self.limit_mm_per_prompt, sort_keys=False)
+
+    def largest_items(self) -> tuple[ImageItems | VideoItems | AudioItems, ...]:
+        return tuple(x for x in (self.largest_image, self.largest_video, self.largest_audio) if x)
+
+
+@dataclass(frozen=True)
+class Plan:
+    request: PlanRequest
+    model_path: str
+    geometry: ModelGeometry
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    modalities: tuple[ModalityPlan, ...]
+    media_prompt_tokens: int
+    prompt_tokens: int  # media + request.text_tokens
+    admission: Admission
+    vllm: VllmSizing
+    nanovl: EncoderNeed
+    llm: LlmState
+    memory_vllm: MemoryPlan  # vLLM's sizing (its encoder cache and profiled dummy batch)
+    memory_nanovl: MemoryPlan  # the same with nanovl's exact encoder need
+    recommendation: Recommendation
+
+    def modality(self, modality: Modality) -> ModalityPlan:
+        return next(m for m in self.modalities if m.modality == modality)
+
+    @property
+    def memory_fits(self) -> bool | None:
+        budget = self.request.memory_budget_bytes
+        return None if budget is None else self.memory_nanovl.total_bytes <= budget
+
+    @property
+    def accepted(self) -> bool:
+        return self.admission.accepted and self.memory_fits is not False
+
+    @property
+    def reason(self) -> str:
+        reasons = [self.admission.reason] if self.admission.reason else []
+        if self.memory_fits is False:
+            reasons.append(
+                f"predicted memory {format_bytes(self.memory_nanovl.total_bytes)} exceeds the budget "
+                f"{format_bytes(self.request.memory_budget_bytes or 0)}; use the recommended "
+                f"--limit-mm-per-prompt {self.recommendation.limit_mm_per_prompt_json}"
+            )
+        return "; ".join(reasons)
+
+
+# ------------------------------------------------------------------------ admission
+
+
+def admission(
+    *,
+    prompt_tokens: int,
+    max_model_len: int,
+    items: Sequence[ItemTokens],
+    encoder_cache_size: int,
+) -> Admission:
+    """vLLM's input-processor checks (``InputProcessor._validate_model_input``)."""
+    # prompt_len == max_model_len is refused too: generation needs one free position.
+    limit = max_model_len - 1
+    over = max(0, prompt_tokens - limit)
+    oversized = tuple(
+        f"a(n) {it.modality} item with {it.encoder_tokens} embedding tokens exceeds the "
+        f"pre-allocated encoder cache size {encoder_cache_size}"
+        for it in items
+        if it.encoder_tokens > encoder_cache_size
+    )
+    reasons = []
+    if over:
+        reasons.append(
+            f"the prompt takes {prompt_tokens} tokens; vLLM accepts at most {limit} with "
+            f"max_model_len {max_model_len} (one position is kept for output): remove "
+            f"{over} tokens or raise max_model_len"
+        )
+    reasons.extend(oversized)
+    return Admission(
+        accepted=not reasons,
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_model_len,
+        over_by_tokens=over,
+        oversized_items=oversized,
+        reason="; ".join(reasons),
+    )
+
+
+# ------------------------------------------------------------------------ vLLM side
+
+
+def _limit_mm_per_prompt(request: PlanRequest, geom_supports_audio: bool) -> dict[str, int]:
+    limits = {"image": request.image.count, "video": request.video.count}
+    if geom_supports_audio:
+        limits["audio"] = request.audio.count
+    return limits
+
+
+def build_vllm_config(
+    model_path: str, request: PlanRequest, *, engine_args: EngineArgs | None = None, supports_audio: bool = True
+) -> VllmConfig:
+    """vLLM's ``VllmConfig`` for the request's settings, built offline (no engine)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    overrides: dict[str, Any] = {
+        "model": model_path,
+        "trust_remote_code": True,
+        "limit_mm_per_prompt": _limit_mm_per_prompt(request, supports_audio),
+        "mm_processor_cache_gb": 0,
+    }
+    for key in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "video_pruning_rate"):
+        value = getattr(request, key)
+        if value is not None:
+            overrides[key] = value
+    if request.max_num_tiles is not None:
+        base = (engine_args.mm_processor_kwargs if engine_args else None) or {}
+        overrides["mm_processor_kwargs"] = {**base, "max_num_tiles": request.max_num_tiles}
+    if engine_args is None:
+        engine_args = EngineArgs(**overrides)
+    else:
+        engine_args = dataclasses.replace(engine_args, **overrides)
+    try:
+        return engine_args.create_engine_config()
+    except (ValueError, TypeError) as exc:  # vLLM's config validation (e.g. pydantic)
+        raise InvalidArgument(f"vLLM rejects these engine settings: {exc}") from exc
+
+
+def _model_supports_audio(model_path: str) -> bool:
+    with open(os.path.join(model_path, "config.json")) as f:
+        return json.load(f).get("sound_config") is not None
+
+
+# ------------------------------------------------------------------------ memory
+
+
+def weights_bytes(model_path: str, dtype_bytes: int) -> int:
+    """Bytes of the checkpoint's tensors once loaded: floating tensors in the serving
+    dtype, quantized/integer ones as stored. Reads safetensors headers only."""
+    from safetensors import safe_open
+
+    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        raise FailedPrecondition(f"no *.safetensors files in {model_path!r}: cannot size the weights")
+    total = 0
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                piece = f.get_slice(name)
+                dtype = piece.get_dtype()
+                numel = math.prod(piece.get_shape())
+                size = dtype_bytes if dtype in _SAFETENSORS_FLOATS else _SAFETENSORS_BYTES.get(dtype, 2)
+                total += numel * size
+    return total
+
+
+def llm_state(vllm_config: VllmConfig, model_path: str) -> LlmState:
+    """Weights, KV bytes per token and Mamba state per sequence, from vLLM's own shapes."""
+    from vllm.model_executor.models.nano_nemotron_vl import NemotronH_Nano_VL_V2
+    from vllm.model_executor.models.nemotron_h import (
+        ALL_DECODER_LAYER_TYPES,
+        NemotronHAttentionDecoderLayer,
+        NemotronHMambaDecoderLayer,
+    )
+    from vllm.utils.torch_utils import kv_cache_dtype_str_to_dtype
+
+    mc = vllm_config.model_config
+    pc = vllm_config.parallel_config
+    dtype_bytes = mc.dtype.itemsize
+    kv_dtype = kv_cache_dtype_str_to_dtype(vllm_config.cache_config.cache_dtype, mc)
+    # Count layers the way NemotronH builds them, from hybrid_override_pattern:
+    # ModelConfig.get_num_layers_by_block_type reads `layers_block_type`, whose values
+    # transformers 5 renamed ("full_attention", "linear_attention"), and answers 0.
+    kinds = [ALL_DECODER_LAYER_TYPES[c] for c in mc.hf_text_config.hybrid_override_pattern]
+    attention_layers = sum(k is NemotronHAttentionDecoderLayer for k in kinds)
+    mamba_layers = sum(k is NemotronHMambaDecoderLayer for k in kinds)
+    kv_per_token = attention_layers * 2 * mc.get_num_kv_heads(pc) * mc.get_head_size() * kv_dtype.itemsize
+    shapes = NemotronH_Nano_VL_V2.get_mamba_state_shape_from_config(vllm_config)
+    dtypes = NemotronH_Nano_VL_V2.get_mamba_state_dtype_from_config(vllm_config)
+    per_layer = sum(math.prod(s) * d.itemsize for s, d in zip(shapes, dtypes, strict=True))
+    return LlmState(
+        weights_bytes=weights_bytes(model_path, dtype_bytes),
+        attention_layers=attention_layers,
+        mamba_layers=mamba_layers,
+        kv_bytes_per_token=kv_per_token,
+        mamba_state_bytes_per_seq=mamba_layers * per_layer,
+    )
+
+
+def encoder_activation_bytes(hf_config: Any, items: Sequence[ItemTokens], dtype_bytes: int) -> int:
+    """Estimated peak activation memory for encoding ``items`` (one modality) in one
+    forward pass. An estimate, not a measurement: ``RunDummyProfile`` measures it.
+
+    Vision (RADIO ViT + pixel-shuffle projector), per pass over N patch tokens (all
+    tiles/tubelets of the items, plus RADIO's cls/register tokens per tile): pixel input
+    + N x (two residual-stream copies + the larger of qkv/attention-output and the MLP
+    hidden layer) x dtype + the projector on the output tokens. Attention scores are not
+    counted (fused/flash attention does not materialise them).
+    Audio (Parakeet): fp32 mel features + the first subsampling conv output + the
+    conformer's largest layer (feed-forward hidden) + its attention scores, which the
+    Hugging Face encoder does materialise, + the projector on the output tokens.
+    """
+    if not items:
+        return 0
+    modality = items[0].modality
+    if modality == "audio":
+        return _audio_activation_bytes(hf_config, items, dtype_bytes)
+    from vllm.transformers_utils.configs.radio import RadioConfig
+
+    vc = hf_config.vision_config
+    radio = RadioConfig(model_name=vc.args["model"], **{k: v for k, v in vc.args.items() if k != "model"})
+    p = hf_config.patch_size
+    extra = radio.register_multiple or max(1, len(radio.teachers))  # cls + registers per tile
+    pixels = tokens = out_tokens = 0
+    for it in items:
+        d = it.detail
+        if isinstance(d, ImageDetail):
+            n_tiles, w, h, frames_per_tile = d.tiles, d.tile_width, d.tile_height, 1
+        else:
+            assert isinstance(d, VideoDetail)
+            n_tiles, w, h = d.tubelets, d.frame_width, d.frame_height
+            frames_per_tile = math.ceil(d.frames / d.tubelets)
+        pixels += n_tiles * frames_per_tile * 3 * w * h
+        tokens += n_tiles * ((w // p) * (h // p) + extra)
+        out_tokens += it.feature_tokens
+    hidden, inter = radio.hidden_size, radio.intermediate_size
+    per_token = 2 * hidden + max(4 * hidden, inter + hidden)
+    shuffled = hidden * int(round(1 / hf_config.downsample_ratio)) ** 2
+    projector = out_tokens * (shuffled + hf_config.projector_hidden_size + hf_config.text_config.hidden_size)
+    return (pixels + tokens * per_token + projector) * dtype_bytes
+
+
+def _audio_activation_bytes(hf_config: Any, items: Sequence[ItemTokens], dtype_bytes: int) -> int:
+    sc = hf_config.sound_config
+    hop = getattr(sc, "hop_length", 160)
+    mel, channels = sc.num_mel_bins, sc.subsampling_conv_channels
+    total = 0
+    clips = 0
+    longest = 0
+    out_tokens = 0
+    for it in items:
+        d = it.detail
+        assert isinstance(d, AudioDetail)
+        clips += d.clips
+        longest = max(longest, max(d.clip_samples) // hop)
+        out_tokens += it.feature_tokens
+    frames = longest  # clips are padded to the longest in a batch
+    steps = math.ceil(frames / sc.subsampling_factor)
+    total += clips * frames * mel * 4  # fp32 features
+    total += clips * channels * (frames // 2) * (mel // 2) * dtype_bytes  # first conv
+    total += clips * steps * (2 * sc.hidden_size + sc.intermediate_size) * dtype_bytes
+    total += clips * sc.num_attention_heads * steps * steps * dtype_bytes * 2  # scores + rel. pos.
+    total += out_tokens * (sc.projection_hidden_size + hf_config.text_config.hidden_size) * dtype_bytes
+    return total
+
+
+# ------------------------------------------------------------------------ planner
+
+
+@dataclass(frozen=True)
+class _Mix:
+    """Items of one prompt, evaluated."""
+
+    plans: tuple[ModalityPlan, ...]
+    media_prompt_tokens: int
+    need: EncoderNeed
+    activation_bytes: int  # the largest modality's (modalities are encoded one after another)
+
+
+class _Planner:
+    def __init__(
+        self,
+        request: PlanRequest,
+        vllm_config: VllmConfig,
+        geom: ModelGeometry,
+        vllm_max: Mapping[str, int],
+        llm: LlmState,
+    ) -> None:
+        self.request = request
+        self.vllm_config = vllm_config
+        self.geom = geom
+        self.vllm_max = vllm_max
+        self.llm = llm
+        self.hf_config = vllm_config.model_config.hf_config
+        self.dtype_bytes = vllm_config.model_config.dtype.itemsize
+        self.max_model_len = vllm_config.model_config.max_model_len
+        self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
+        self.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+
+    def token_bytes(self, tokens: int) -> int:
+        return tokens * self.geom.llm_hidden_size * self.dtype_bytes
+
+    def items(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> dict[Modality, list[ItemTokens]]:
+        g = self.geom
+        out: dict[Modality, list[ItemTokens]] = {"image": [], "video": [], "audio": []}
+        if image.count:
+            w, h = image.width, image.height
+            assert w is not None and h is not None
+            text_len = dummy_text_length(g, num_videos=video.count, num_audios=audio.count)
+            out["image"] = images_tokens(g, [(w, h)] * image.count, text_prompt_length=text_len)
+        if video.count:
+            out["video"] = [video_tokens(g, video.num_frames, video.width, video.height, fps=video.fps)] * video.count
+        if audio.count:
+            out["audio"] = [audio_tokens(g, seconds=audio.seconds)] * audio.count
+        return out
+
+    def evaluate(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> _Mix:
+        items = self.items(image, video, audio)
+        counts = {"image": image.count, "video": video.count, "audio": audio.count}
+        plans = []
+        for m in MODALITIES:
+            its = items[m]
+            # This model encodes videos one at a time (requires_sequential_video_encoding).
+            batch = its[:1] if m == "video" else its
+            plans.append(
+                ModalityPlan(
+                    modality=m,
+                    count=counts[m],
+                    item=its[0] if its else None,
+                    vllm_max_tokens_per_item=self.vllm_max.get(m, 0),
+                    encoder_activation_bytes=encoder_activation_bytes(self.hf_config, batch, self.dtype_bytes),
+                )
+            )
+        flat = [it for m in MODALITIES for it in items[m]]
+        largest = max((it.encoder_tokens for it in flat), default=0)
+        total = sum(it.encoder_tokens for it in flat)
+        needed = max(largest, min(total, self.max_num_batched_tokens + largest))
+        return _Mix(
+            plans=tuple(plans),
+            media_prompt_tokens=sum(it.prompt_tokens for it in flat),
+            need=EncoderNeed(min_tokens=largest, needed_tokens=needed, needed_bytes=self.token_bytes(needed)),
+            activation_bytes=max((p.encoder_activation_bytes for p in plans), default=0),
+        )
+
+    def fixed_memory(self) -> list[MemoryComponent]:
+        llm = self.llm
+        return [
+            MemoryComponent("weights", llm.weights_bytes, "checkpoint tensors in the serving dtype"),
+            MemoryComponent(
+                "kv_cache",
+                llm.kv_bytes_per_token * self.max_model_len,
+                f"{llm.attention_layers} attention layers x {llm.kv_bytes_per_token} B/token for one "
+                f"max_model_len sequence (vLLM's start-up minimum; it gives the KV cache all memory left)",
+            ),
+            MemoryComponent(
+                "mamba_state",
+                llm.mamba_state_bytes_per_seq * self.max_num_seqs,
+                f"{llm.mamba_layers} Mamba layers x conv+SSM state for max_num_seqs={self.max_num_seqs} sequences",
+            ),
+        ]
+
+    def memory(self, cache_tokens: int, activation_bytes: int, note: str) -> MemoryPlan:
+        return MemoryPlan(
+            tuple(self.fixed_memory())
+            + (
+                MemoryComponent(
+                    "encoder_cache",
+                    self.token_bytes(cache_tokens),
+                    f"{cache_tokens} tokens x hidden {self.geom.llm_hidden_size} x {self.dtype_bytes} B",
+                ),
+                MemoryComponent("encoder_activations", activation_bytes, note),
+            )
+        )
+
+    def fits(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> bool:
+        mix = self.evaluate(image, video, audio)
+        if mix.media_prompt_tokens + self.request.text_tokens > self.max_model_len - 1:
+            return False
+        budget = self.request.memory_budget_bytes
+        if budget is None:
+            return True
+        return self.memory(mix.need.needed_tokens, mix.activation_bytes, "").total_bytes <= budget
+
+
+def _search_max(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
+    """Largest x in [lo, hi] with ok(x), for a predicate true then false; None if ok(lo) fails."""
+    if not ok(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: AudioItems) -> Recommendation:
+    req = planner.request
+    geom = planner.geom
+
+    # Counts: drop one item at a time from the modality whose item costs the most
+    # prompt tokens until the mix fits (every count can reach 0).
+    counts = dict(planner.request.counts())
+
+    def with_counts(c: Mapping[str, int]) -> tuple[ImageItems, VideoItems, AudioItems]:
+        return (
+            dataclasses.replace(image, count=c["image"]),
+            dataclasses.replace(video, count=c["video"]),
+            dataclasses.replace(audio, count=c["audio"]),
+        )
+
+    items = planner.items(image, video, audio)
+    cost = {m: (items[m][0].prompt_tokens if items[m] else 0) for m in MODALITIES}
+    while any(counts.values()) and not planner.fits(*with_counts(counts)):
+        m = max((m for m in MODALITIES if counts[m]), key=lambda m: cost[m])
+        counts[m] -= 1
+    fits = planner.fits(*with_counts(counts))
+
+    limit: dict[str, Any] = {}
+    for m in MODALITIES:
+        if m == "audio" and not geom.supports_audio:
+            continue
+        if not counts[m]:
+            limit[m] = 0
+        elif m == "image":
+            limit[m] = {"count": counts[m], "width": image.width, "height": image.height}
+        elif m == "video":
+            limit[m] = {
+                "count": counts[m],
+                "num_frames": video.num_frames,
+                "width": video.width,
+                "height": video.height,
+            }
+        else:
+            limit[m] = {"count": counts[m], "length": audio_num_samples(geom, audio.seconds)}
+
+    # Largest single item per requested modality, the rest of the mix at the
+    # recommended counts (so an answer exists whenever one item of it fits at all).
+    rest = dict(zip(MODALITIES, with_counts(counts), strict=True))
+
+    def alone(m: str, item: Any) -> tuple[ImageItems, VideoItems, AudioItems]:
+        parts = dict(rest)
+        parts[m] = item
+        return parts["image"], parts["video"], parts["audio"]
+
+    largest_image = largest_video = largest_audio = None
+    if req.image.count:
+        largest_image = _largest_image(planner, lambda it: planner.fits(*alone("image", it)))
+    if req.video.count:
+        largest_video = _largest_video(planner, video, lambda it: planner.fits(*alone("video", it)))
+    if req.audio.count:
+        largest_audio = _largest_audio(planner, lambda it: planner.fits(*alone("audio", it)))
+    return Recommendation(
+        limit_mm_per_prompt=limit,
+        fits=fits,
+        largest_image=largest_image,
+        largest_video=largest_video,
+        largest_audio=largest_audio,
+    )
+
+
+def _largest_image(planner: _Planner, ok: Callable[[ImageItems], bool]) -> ImageItems | None:
+    geom = planner.geom
+    if geom.dynamic_resolution:
+        # Square images in whole patches, up to the side where the tiler stops growing.
+        p = geom.patch_size
+        assert geom.dynamic_max_patches is not None
+        hi = max(2, math.isqrt(geom.dynamic_max_patches) + 2)
+        k = _search_max(1, hi, lambda k: ok(ImageItems(1, k * p, k * p)))
+        return ImageItems(1, k * p, k * p) if k else None
+    from vllm.transformers_utils.processors.internvl import get_internvl_target_ratios
+
+    # The tile grids the tiler can choose (vLLM's own worst-case candidates), most tokens first.
+    candidates = [
+        ImageItems(1, geom.image_size * wr, geom.image_size * hr)
+        for wr, hr in get_internvl_target_ratios(1, geom.max_num_tiles)
+    ]
+    candidates.sort(key=lambda it: -image_tokens(geom, it.width or 0, it.height or 0).encoder_tokens)
+    return next((it for it in candidates if ok(it)), None)
+
+
+def _largest_video(planner: _Planner, video: VideoItems, ok: Callable[[VideoItems], bool]) -> VideoItems | None:
+    geom = planner.geom
+    *_, per_tubelet = video_frame_geometry(geom, video.width, video.height)
+    # Every tubelet costs at least its separator and <img></img> (2+ tokens), plus its
+    # features unless EVS moves them all to the first frame: a bound for the search.
+    evs = bool(geom.video_pruning_rate)
+    t = geom.video_temporal_patch_size
+    hi = (planner.max_model_len // (2 + (0 if evs else per_tubelet)) + 1) * t
+
+    def video_of(k: int) -> VideoItems:
+        return dataclasses.replace(video, count=1, num_frames=k)
+
+    n = _search_max(1, hi, lambda k: ok(video_of(k)))
+    return video_of(n) if n else None
+
+
+def _largest_audio(planner: _Planner, ok: Callable[[AudioItems], bool]) -> AudioItems | None:
+    from vllm.model_executor.models.parakeet import ParakeetExtractor
+
+    rate = planner.geom.audio_sampling_rate
+    assert rate is not None
+    step = rate // 100  # 10 ms resolution
+
+    def audio_of(k: int) -> AudioItems:
+        return AudioItems(1, k * step / rate)
+
+    # Up to the audio whose tokens alone would fill the context.
+    hi = ParakeetExtractor.audio_length(planner.hf_config.sound_config, planner.max_model_len + 1) // step + 1
+    k = _search_max(1, hi, lambda k: ok(audio_of(k)))
+    return audio_of(k) if k else None
+
+
+def _validate(request: PlanRequest, *, supports_audio: bool) -> None:
+    for name, value in (
+        ("image", request.image.count),
+        ("video", request.video.count),
+        ("audio", request.audio.count),
+        ("text_tokens", request.text_tokens),
+    ):
+        if value < 0:
+            raise InvalidArgument(f"{name} must not be negative, got {value}")
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "memory_budget_bytes", "max_num_tiles"):
+        value = getattr(request, name)
+        if value is not None and value <= 0:
+            raise InvalidArgument(f"{name} must be positive, got {value}")
+    if request.image.count and (request.image.width is None) != (request.image.height is None):
+        raise InvalidArgument("give both image width and height, or neither (vLLM's largest image)")
+    if request.video.count and min(request.video.num_frames, request.video.width, request.video.height) <= 0:
+        raise InvalidArgument("a video needs num_frames, width and height (all positive)")
+    if request.audio.count:
+        if not supports_audio:
+            raise InvalidArgument("this checkpoint has no audio encoder: set the audio count to 0")
+        if request.audio.seconds <= 0:
+            raise InvalidArgument("an audio item needs a positive length in seconds")
+
+
+def plan_budget(
+    request: PlanRequest,
+    model_path: str | os.PathLike[str],
+    *,
+    engine_args: EngineArgs | None = None,
+) -> Plan:
+    """Plan the request's media mix for the checkpoint at ``model_path``.
+
+    ``engine_args``: the engine settings to start from (the running server's); the
+    request's settings override them. Takes a few seconds (vLLM builds its config and
+    processor); no engine is started and no weights are read.
+    """
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.multimodal.encoder_budget import MultiModalBudget
+
+    model_path = os.fspath(model_path)
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        raise InvalidArgument(f"{model_path!r} is not a checkpoint directory: it has no config.json")
+    supports_audio = _model_supports_audio(model_path)
+    _validate(request, supports_audio=supports_audio)
+    vllm_config = build_vllm_config(model_path, request, engine_args=engine_args, supports_audio=supports_audio)
+    max_model_len = vllm_config.model_config.max_model_len
+
+    # vLLM's own budget object: the numbers its scheduler and input processor use.
+    mm_budget = MultiModalBudget(vllm_config, MULTIMODAL_REGISTRY, enable_cache=False)
+    info = mm_budget.processor.info
+    geom = ModelGeometry.from_processor(info.get_hf_processor(), max_model_len=max_model_len)
+
+    image = request.image
+    if image.count and image.width is None:
+        (w, h), _ = info.get_dummy_image_size_and_max_tokens({"image": 1})
+        image = dataclasses.replace(image, width=w, height=h)
+
+    llm = llm_state(vllm_config, model_path)
+    planner = _Planner(request, vllm_config, geom, dict(mm_budget.mm_max_toks_per_item), llm)
+    mix = planner.evaluate(image, request.video, request.audio)
+    prompt_tokens = mix.media_prompt_tokens + request.text_tokens
+    flat = [p.item for p in mix.plans if p.item is not None]
+    verdict = admission(
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_model_len,
+        items=flat,
+        encoder_cache_size=mm_budget.encoder_cache_size,
+    )
+
+    vllm_sizing = _vllm_sizing(planner, mm_budget)
+    memory_vllm = planner.memory(
+        vllm_sizing.cache_size_tokens,
+        vllm_sizing.profiled_activation_bytes,
+        f"vLLM's start-up profile: {vllm_sizing.profiled_items} dummy {vllm_sizing.profiled_modality} item(s) "
+        "(estimate)"
+        if vllm_sizing.profiled_modality
+        else "no multimodal profiling (text-only)",
+    )
+    memory_nanovl = planner.memory(
+        mix.need.needed_tokens,
+        mix.activation_bytes,
+        "the largest modality's items of one prompt, encoded together (estimate)",
+    )
+    return Plan(
+        request=request,
+        model_path=model_path,
+        geometry=geom,
+        max_model_len=max_model_len,
+        max_num_seqs=planner.max_num_seqs,
+        max_num_batched_tokens=planner.max_num_batched_tokens,
+        modalities=mix.plans,
+        media_prompt_tokens=mix.media_prompt_tokens,
+        prompt_tokens=prompt_tokens,
+        admission=verdict,
+        vllm=vllm_sizing,
+        nanovl=mix.need,
+        llm=llm,
+        memory_vllm=memory_vllm,
+        memory_nanovl=memory_nanovl,
+        recommendation=_recommend(planner, image, request.video, request.audio),
+    )
+
+
+def _vllm_sizing(planner: _Planner, mm_budget: Any) -> VllmSizing:
+    """vLLM's budget and the dummy batch its start-up profile would encode."""
+    max_toks = dict(mm_budget.mm_max_toks_per_item)
+    modality: Modality | None = None
+    n_items = 0
+    dummy: ItemTokens | None = None
+    activation = 0
+    if mm_budget.get_encoder_budget() > 0 and max_toks:
+        modality = mm_budget.get_modality_with_max_tokens()
+        n_items = int(mm_budget.mm_max_items_per_batch[modality])
+        dummy = _vllm_dummy_item(planner, mm_budget, modality)
+        batch = [dummy] if modality == "video" else [dummy] * n_items
+        activation = encoder_activation_bytes(planner.hf_config, batch, planner.dtype_bytes)
+    return VllmSizing(
+        max_tokens_per_item=max_toks,
+        compute_budget_tokens=int(mm_budget.encoder_compute_budget),
+        cache_size_tokens=int(mm_budget.encoder_cache_size),
+        cache_size_bytes=planner.token_bytes(int(mm_budget.encoder_cache_size)),
+        max_items_per_batch=dict(mm_budget.mm_max_items_per_batch),
+        profiled_modality=modality,
+        profiled_items=n_items,
+        profiled_item=dummy,
+        profiled_activation_bytes=activation,
+    )
+
+
+def _vllm_dummy_item(planner: _Planner, mm_budget: Any, modality: Modality) -> ItemTokens:
+    """The dummy item ``NanoNemotronVLDummyInputsBuilder.get_dummy_mm_data`` builds for
+    ``{modality: 1}``, sized without allocating it (a real-scale dummy video is hundreds
+    of MB of frames). Dummy-option overrides are not applied: the planner passes counts."""
+    from vllm.model_executor.models.nano_nemotron_vl import MAX_AUDIO_LEN_S
+    from vllm.model_executor.models.parakeet import ParakeetExtractor
+
+    info = mm_budget.processor.info
+    geom = planner.geom
+    seq_len = planner.max_model_len  # get_dummy_mm_inputs is called without a scheduler config
+    if modality == "image":
+        (w, h), _ = info.get_dummy_image_size_and_max_tokens({"image": 1})
+        return images_tokens(geom, [(w, h)])[0]
+    if modality == "video":
+        frames = info.get_num_frames_with_most_features(seq_len, {"video": 1})
+        side = planner.hf_config.force_image_size
+        w, h, _ = video_frame_geometry(geom, side, side)
+        return video_tokens(geom, frames, w, h, fps=2.0)
+    sound = planner.hf_config.sound_config
+    samples = min(MAX_AUDIO_LEN_S * sound.sampling_rate, ParakeetExtractor.audio_length(sound, max(1, seq_len)))
+    return audio_tokens(geom, num_samples=samples)

@@ -1,0 +1,1 @@
+"""Telemetry: tracing, metrics and logs (imported by the service layer; imports neither ``service`` nor sizing)."""
