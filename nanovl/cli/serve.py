@@ -22,6 +22,21 @@ log = logging.getLogger("nanovl")
 HELP = "run the gRPC service (default model: the embedded tiny checkpoint)"
 
 
+ENGINE_FLAGS_EPILOG = """\
+engine flags:
+  Every vLLM engine flag is accepted as well: --model, --max-model-len,
+  --limit-mm-per-prompt, --max-num-seqs, --otlp-traces-endpoint, ...
+  `nanovl serve --help-engine` lists them all.
+  Without --model the embedded tiny checkpoint is served (--tiny-variant).
+  On a CPU-only machine nanovl defaults to --no-enable-prefix-caching
+  --dtype bfloat16 --enforce-eager --no-enable-chunked-prefill; any flag you pass wins.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every flag; the epilog kept as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """nanovl's own ``serve`` flags, each with its default (fast: imports no vLLM)."""
     from nanovl.event_loop import EVENT_LOOPS
@@ -31,11 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nanovl serve",
         description="Run the nanovl gRPC service.",
-        epilog="Engine flags: every vLLM engine flag is accepted as well (--model, --max-model-len, "
-        "--limit-mm-per-prompt, --max-num-seqs, --otlp-traces-endpoint, ...); `nanovl serve --help-engine` "
-        "lists them. Without --model the embedded tiny checkpoint is served. On a CPU-only machine nanovl "
-        "defaults to --no-enable-prefix-caching --dtype bfloat16 --enforce-eager --no-enable-chunked-prefill.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=ENGINE_FLAGS_EPILOG,
+        formatter_class=_HelpFormatter,
         # Prefixes of vLLM's flags must reach vLLM's parser, not match one of nanovl's.
         allow_abbrev=False,
     )

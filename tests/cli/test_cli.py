@@ -22,3 +22,67 @@ def test_serve_with_a_bad_checkpoint_prints_one_line_and_exits_2(tmp_path: Path)
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("nanovl serve: error: ") and str(tmp_path) in last, last
+
+
+def _nanovl(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "nanovl.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _imports_after(code: str) -> set[str]:
+    """Which of torch, vllm, transformers a fresh interpreter holds after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(eval(out.stdout.strip().splitlines()[-1]))
+
+
+def test_serve_help_lists_nanovl_flags_with_defaults_without_importing_vllm() -> None:
+    assert _imports_after("from nanovl.cli import serve; serve.build_parser().format_help()") == set()
+    proc = _nanovl("serve", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    # nanovl's own flags come first, each with its default, then the pointer to vLLM's.
+    assert text.index("--port") < text.index("engine flags:")
+    assert "(default: 50051)" in text and "(default: 127.0.0.1)" in text
+    assert "--help-engine" in text and "--max-model-len" in text  # named in the epilog
+    assert "--kv-cache-dtype" not in text  # vLLM's ~300 lines stay behind --help-engine
+
+
+def test_serve_help_engine_lists_vllm_flags() -> None:
+    proc = _nanovl("serve", "--help-engine", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--max-model-len" in proc.stdout and "--limit-mm-per-prompt" in proc.stdout
+
+
+def test_serve_rejects_an_unknown_flag_in_one_line() -> None:
+    proc = _nanovl("serve", "--no-such-flag", "1", timeout=300)
+    assert proc.returncode == 2
+    assert "--no-such-flag" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_client_commands_import_no_engine_code() -> None:
+    loaded = _imports_after(
+        "import nanovl\nfrom nanovl import AsyncInferenceClient, InferenceClient, Part, Sampling\n"
+        "from nanovl.cli import build_parser\n"
+        "for c in ('generate', 'profile', 'loadtest'): build_parser(c)"
+    )
+    assert loaded == set()
+
+
+def test_client_commands_honour_nanovl_target() -> None:
+    env = {"NANOVL_TARGET": "127.0.0.1:1"}
+    gen = _nanovl("generate", "--timeout", "2", "hello", env=env)
+    assert gen.returncode == 1 and "127.0.0.1:1" in gen.stderr, gen.stderr
+    budget = _nanovl("profile", "budget", "--timeout", "2", env=env)
+    assert budget.returncode != 0 and "127.0.0.1:1" in budget.stderr, budget.stderr
+    lt = _nanovl("loadtest", "--requests", "1", "--concurrency", "1", "--no-progress", "--out", "/dev/null", env=env)
+    assert lt.returncode == 2 and "127.0.0.1:1" in lt.stderr + lt.stdout, lt.stderr[-2000:]
