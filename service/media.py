@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -242,6 +243,10 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> Dec
     """Decode PNG/JPEG/WebP/GIF (first frame)/BMP into an upright RGB PIL image."""
     if not data:
         raise MediaDecodeError(f"image: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.image)}")
+    return _guard("image", ACCEPTED_FORMATS.image, lambda: _decode_image(data, limits))
+
+
+def _decode_image(data: bytes, limits: MediaLimits) -> DecodedImage:
     try:
         # Image.open reads only the header, so the size check below runs before any
         # pixel is decoded. Pillow raises DecompressionBombError itself above
@@ -252,6 +257,13 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> Dec
     except UnidentifiedImageError as e:
         raise MediaDecodeError(
             f"image: cannot identify image format ({_head(data)}); accepted: {_accepted(ACCEPTED_FORMATS.image)}"
+        ) from e
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        # The header itself is cut short or inconsistent (e.g. a PNG cut inside IHDR:
+        # "Truncated File Read").
+        raise MediaDecodeError(
+            f"image: the header is truncated or corrupt ({e}; {_head(data)}); "
+            f"send a complete file in one of {_accepted(ACCEPTED_FORMATS.image)}"
         ) from e
     with im:
         fmt = _PIL_FORMATS[im.format or ""]
@@ -268,7 +280,7 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> Dec
             im.load()
         except Image.DecompressionBombError as e:
             raise ResourceExhausted(f"image: {e}; downscale the image") from e
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as e:
             raise MediaDecodeError(f"image: corrupt or truncated {_DISPLAY[fmt]} data ({e})") from e
         rgb = _to_rgb(_upright(im))
     return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data))
@@ -924,37 +936,66 @@ def _check_target_rate(target_sample_rate: int) -> None:
 
 
 def decode_audio(data: bytes, *, target_sample_rate: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> DecodedAudio:
-    """Decode WAV/FLAC/OGG/MP3 (libsndfile) or M4A/AAC/WebM/... (PyAV) to mono float32."""
+    """Decode an encoded clip to mono float32 at ``target_sample_rate`` (Hz).
+
+    WAV and Ogg go through libsndfile; FLAC, MP3, M4A, AAC and WebM through PyAV
+    (FFmpeg). Lengths come from the samples actually in the bytes, not from headers,
+    which streaming writers leave wrong: a WAV written to a pipe has data size 0 (or
+    0xFFFFFFFF), a streamed FLAC has total samples 0, a concatenated or cut MP3 keeps its
+    first Xing frame count. libsndfile stops at (and ``soundfile.blocks`` pads short reads
+    up to) the header's count, so FLAC/MP3 go to FFmpeg, which decodes every frame there
+    is, as players do; a WAV in which libsndfile finds no samples is retried with FFmpeg,
+    which reads a zero-size data chunk to the end of the bytes. A WAV data size smaller
+    than the bytes is honoured, as players honour it (what follows may be other chunks).
+
+    Returns ``DecodedAudio``: ``waveform`` ``[samples] float32`` in [-1, 1].
+    Raises ``MediaDecodeError`` (INVALID_ARGUMENT) for bytes that are not an accepted,
+    intact clip, ``InvalidArgument`` for a bad target rate, ``ResourceExhausted`` over
+    ``max_audio_seconds``.
+    """
     if not data:
         raise MediaDecodeError(f"audio: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.audio)}")
     _check_target_rate(target_sample_rate)
-    decoded = _decode_with_soundfile(data, target_sample_rate, limits)
-    if decoded is None:
-        decoded = _decode_with_pyav(data, target_sample_rate, limits)
-    return decoded
+
+    def decode() -> DecodedAudio:
+        decoded = _decode_with_soundfile(data, target_sample_rate, limits)
+        return decoded if decoded is not None else _decode_with_pyav(data, target_sample_rate, limits)
+
+    return _guard("audio", ACCEPTED_FORMATS.audio, decode)
+
+
+# libsndfile formats whose length we take from libsndfile. FLAC and MP3 headers carry
+# a length that libsndfile obeys even when the stream says otherwise (see decode_audio).
+_SNDFILE_TRUSTED = ("wav", "ogg")
+# libsndfile reports SF_COUNT_MAX frames for a stream of unknown length.
+_SF_UNKNOWN_FRAMES = 2**62
 
 
 def _decode_with_soundfile(data: bytes, target_rate: int, limits: MediaLimits) -> DecodedAudio | None:
-    """None when libsndfile does not handle this format (PyAV gets a try)."""
+    """None when PyAV should decode this (format not ours to trust, or no samples found)."""
     try:
         sf = soundfile.SoundFile(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
         return None
     with sf:
         fmt = _SNDFILE_FORMATS.get(sf.format)
-        if fmt is None:
+        if fmt not in _SNDFILE_TRUSTED:
             return None
         sr, channels = int(sf.samplerate), int(sf.channels)
         if sr <= 0 or channels <= 0:
             raise MediaDecodeError(f"audio: {fmt.upper()} header declares {sr} Hz, {channels} channels")
-        if sf.frames > 0:  # 0 / unknown for some streams; the sink checks as it goes
+        if 0 < sf.frames < _SF_UNKNOWN_FRAMES:  # the sink checks as it goes in any case
             _check_duration(sf.frames / sr, limits)
         sink = _MonoSink(sr, target_rate, limits)
         try:
-            for block in sf.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+            # Not sf.blocks(): it sizes blocks from the header's frame count and yields a
+            # short read's unfilled tail (uninitialised memory) as samples.
+            while len(block := sf.read(1 << 16, dtype="float32", always_2d=True)):
                 sink.add(block)
         except (soundfile.LibsndfileError, RuntimeError) as e:
             raise MediaDecodeError(f"audio: corrupt or truncated {fmt.upper()} data ({e})") from e
+    if sink.source_samples == 0:
+        return None  # e.g. a streamed WAV (data size 0): FFmpeg reads to the end
     return _finish_audio(sink, fmt, channels, len(data))
 
 
@@ -972,10 +1013,18 @@ def _decode_with_pyav(data: bytes, target_rate: int, limits: MediaLimits) -> Dec
             if not container.streams.audio:
                 raise MediaDecodeError(f"audio: the {_DISPLAY.get(fmt, fmt)} container has no audio stream")
             stream = container.streams.audio[0]
-            sr = int(stream.codec_context.sample_rate or 0)
-            channels = int(stream.codec_context.channels or 0)
+            ctx = stream.codec_context
+            if ctx is None:
+                # FFmpeg found no decoder for the declared encoding, e.g. a WAV header
+                # with 0 bits per sample or an unknown format tag.
+                raise MediaDecodeError(
+                    f"audio: the {_DISPLAY.get(fmt, fmt)} header declares an encoding that cannot be decoded "
+                    "(unknown codec, or a sample size such as 0 bits); the header is corrupt"
+                )
+            sr = int(ctx.sample_rate or 0)
+            channels = int(ctx.channels or 0)
             if sr <= 0:
-                raise MediaDecodeError(f"audio: the {stream.codec_context.name} stream declares no sample rate")
+                raise MediaDecodeError(f"audio: the {ctx.name} stream declares no sample rate")
             if container.duration and container.duration > 0:
                 _check_duration(container.duration / av.time_base, limits)
             sink = _MonoSink(sr, target_rate, limits)
