@@ -52,6 +52,18 @@ def build_serve_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-concurrent-requests", type=int, default=d.max_concurrent_requests)
     g.add_argument("--decode-threads", type=int, default=d.decode_threads)
     g.add_argument("--default-video-frames", type=int, default=d.default_video_frames)
+    g.add_argument(
+        "--default-video-fps",
+        type=float,
+        default=d.default_video_fps,
+        help="sample videos at this fps when a request sets neither num_frames nor fps",
+    )
+    g.add_argument(
+        "--default-video-max-frames",
+        type=int,
+        default=d.default_video_max_frames,
+        help="cap on frames sampled from a video when a request sets no max_frames",
+    )
     g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens)
     g.add_argument("--drain-grace-s", type=float, default=d.drain_grace_s)
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
@@ -129,6 +141,8 @@ async def _serve(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests,
         decode_threads=args.decode_threads,
         default_video_frames=args.default_video_frames,
+        default_video_fps=args.default_video_fps,
+        default_video_max_frames=args.default_video_max_frames,
         default_max_tokens=args.default_max_tokens,
         drain_grace_s=args.drain_grace_s,
         warmup=not args.no_warmup,
@@ -175,6 +189,11 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video", action="append", default=[], type=Path)
     p.add_argument("--audio", action="append", default=[], type=Path)
     p.add_argument("--num-frames", type=int, help="frames to sample from each video")
+    p.add_argument("--fps", type=float, help="sample each video at this many frames per second")
+    p.add_argument("--max-frames", type=int, help="cap on frames sampled from each video")
+    p.add_argument(
+        "--verbose", action="store_true", help="print what the model received for each media part (to stderr)"
+    )
     p.add_argument("--chunked", action="store_true", help="upload media in chunks with StreamGenerate")
     p.add_argument("--chunk-size", type=int, default=1 << 20)
     p.add_argument("--chat", action="store_true", help="send as a user message through the chat template")
@@ -189,12 +208,12 @@ def _generate_main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from service.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling
+    from service.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling, Started
 
     err = Console(stderr=True)
     parts = (
         [Part.image(p) for p in args.image]
-        + [Part.video(p, num_frames=args.num_frames) for p in args.video]
+        + [Part.video(p, num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames) for p in args.video]
         + [Part.audio(p) for p in args.audio]
         + [Part.text(args.prompt)]
     )
@@ -210,6 +229,9 @@ def _generate_main(args: argparse.Namespace) -> int:
             )
             with call:
                 for event in call:
+                    if isinstance(event, Started) and args.verbose:
+                        for item in event.media:
+                            err.print(f"[dim]part {item.part_index}: {item.describe()}[/dim]", highlight=False)
                     if isinstance(event, Delta):
                         sys.stdout.write(event.text)
                         sys.stdout.flush()

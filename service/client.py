@@ -57,6 +57,7 @@ __all__ = [
     "Logprob",
     "Message",
     "Modality",
+    "MediaItem",
     "ModalityInfo",
     "ModalityTokens",
     "ModelInfo",
@@ -137,6 +138,8 @@ class Part:
     data: bytes | None = field(default=None, repr=False)  # megabytes: keep out of logs
     format: str = ""
     num_frames: int | None = None  # video: frames the server samples
+    fps: float | None = None  # video: sample one frame every 1/fps seconds
+    max_frames: int | None = None  # video: cap on sampled frames
     raw_frames: RawFramesSpec | None = None  # video payload is decoded RGB24 frames
     pcm_spec: PcmSpec | None = None  # audio payload is raw PCM
     # Payload size captured when the part was built, so a file that changes before it is
@@ -155,11 +158,22 @@ class Part:
         return Part._media("image", source, format=format)
 
     @staticmethod
-    def video(source: MediaSource, *, num_frames: int | None = None, format: str = "") -> Part:
+    def video(
+        source: MediaSource,
+        *,
+        num_frames: int | None = None,
+        format: str = "",
+        fps: float | None = None,
+        max_frames: int | None = None,
+    ) -> Part:
         """An encoded video (MP4, WebM, ...) from a file path or bytes; the server samples
-        ``num_frames`` frames uniformly (its default when None)."""
+        ``num_frames`` frames uniformly over the clip by presentation time, or one every
+        ``1 / fps`` seconds, at most ``max_frames`` (its defaults when None)."""
         _check_positive("num_frames", num_frames)
-        return Part._media("video", source, format=format, num_frames=num_frames)
+        _check_positive("max_frames", max_frames)
+        if fps is not None and not fps > 0:
+            raise InvalidArgument(f"fps must be > 0, got {fps}")
+        return Part._media("video", source, format=format, num_frames=num_frames, fps=fps, max_frames=max_frames)
 
     @staticmethod
     def video_frames(
@@ -331,6 +345,10 @@ class Part:
                 video.encoded = payload  # sets the oneof even when empty (header)
             if self.num_frames is not None:
                 video.num_frames = self.num_frames
+            if self.fps is not None:
+                video.fps = self.fps
+            if self.max_frames is not None:
+                video.max_frames = self.max_frames
             return pb.ContentPart(video=video)
         audio = pb.Audio(format=self.format)
         if self.pcm_spec is not None:
@@ -764,11 +782,60 @@ class TokenLogprobs:
 
 
 @dataclass(frozen=True)
+class MediaItem:
+    """What the model received for one media part (``Started.media``).
+
+    ``kind`` is "image", "video" or "audio"; ``details`` holds that kind's fields
+    (``ImageItemInfo`` / ``VideoItemInfo`` / ``AudioItemInfo`` in inference.proto) as
+    plain Python values, e.g. ``details["frame_timestamps_s"]`` for a video."""
+
+    part_index: int
+    kind: str
+    details: Mapping[str, Any]
+
+    @staticmethod
+    def from_proto(m: pb.MediaItemInfo) -> MediaItem:
+        kind = m.WhichOneof("kind") or ""
+        info = getattr(m, kind) if kind else None
+        details = (
+            {
+                f.name: (list(v) if f.label == f.LABEL_REPEATED else v)
+                for f in info.DESCRIPTOR.fields
+                for v in [getattr(info, f.name)]
+            }
+            if info is not None
+            else {}
+        )
+        return MediaItem(part_index=m.part_index, kind=kind, details=details)
+
+    def describe(self) -> str:
+        """One line for humans, e.g. ``video: 8 frames 64x96 at 0.00, 1.00 … s, rotated 90°``."""
+        d = self.details
+        if self.kind == "image":
+            return f"image: {d['width']}x{d['height']} {d['format']} (source mode {d['source_mode']})"
+        if self.kind == "video":
+            times = ", ".join(f"{t:.2f}" for t in d["frame_timestamps_s"])
+            turn = f", rotated {d['rotation_degrees']}°" if d["rotation_degrees"] else ""
+            mirror = ", mirrored" if d["mirrored"] else ""
+            return (
+                f"video: {len(d['frame_timestamps_s'])} of {d['source_frame_count']} frames, "
+                f"{d['width']}x{d['height']}{turn}{mirror}, at [{times}] s of {d['duration_s']:.2f} s"
+            )
+        if self.kind == "audio":
+            return (
+                f"audio: {d['duration_s']:.2f} s {d['format']} ({d['source_channels']} ch at "
+                f"{d['source_sample_rate']} Hz) → {d['num_samples']} samples at {d['sample_rate']} Hz mono"
+            )
+        return f"{self.kind or 'unknown'} item"
+
+
+@dataclass(frozen=True)
 class Started:
     """First event: the server accepted the request."""
 
     request_id: str
     prompt_tokens_by_modality: ModalityTokens | None
+    media: tuple[MediaItem, ...] = ()  # what the model received, per media part
 
 
 @dataclass(frozen=True)
@@ -802,7 +869,11 @@ def event_from_proto(resp: pb.GenerateResponse) -> Event:
         by_modality = (
             ModalityTokens.from_proto(s.prompt_tokens_by_modality) if s.HasField("prompt_tokens_by_modality") else None
         )
-        return Started(request_id=s.request_id, prompt_tokens_by_modality=by_modality)
+        return Started(
+            request_id=s.request_id,
+            prompt_tokens_by_modality=by_modality,
+            media=tuple(MediaItem.from_proto(m) for m in s.media),
+        )
     if kind == "delta":
         d = resp.delta
         return Delta(
@@ -913,6 +984,8 @@ class ModalityInfo:
     max_tokens_per_item: int | None
     default_num_frames: int | None
     max_num_frames: int | None
+    default_fps: float | None = None
+    default_max_frames: int | None = None
 
     @staticmethod
     def from_proto(m: pb.ModalityInfo) -> ModalityInfo:
@@ -925,6 +998,8 @@ class ModalityInfo:
             max_tokens_per_item=_opt(m, "max_tokens_per_item"),
             default_num_frames=_opt(m, "default_num_frames"),
             max_num_frames=_opt(m, "max_num_frames"),
+            default_fps=_opt(m, "default_fps"),
+            default_max_frames=_opt(m, "default_max_frames"),
         )
 
 

@@ -170,6 +170,7 @@ class DecodedImage:
     width: int
     height: int
     nbytes: int  # encoded size
+    source_mode: str = "RGB"  # Pillow mode before conversion ("I;16", "P", "CMYK", ...)
 
     def to_vllm(self) -> Image.Image:
         return self.image
@@ -282,8 +283,11 @@ def _decode_image(data: bytes, limits: MediaLimits) -> DecodedImage:
             raise ResourceExhausted(f"image: {e}; downscale the image") from e
         except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as e:
             raise MediaDecodeError(f"image: corrupt or truncated {_DISPLAY[fmt]} data ({e})") from e
+        source_mode = im.mode
         rgb = _to_rgb(_upright(im))
-    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data))
+    return DecodedImage(
+        image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data), source_mode=source_mode
+    )
 
 
 def _upright(im: Image.Image) -> Image.Image:
