@@ -398,12 +398,10 @@ class VideoSampling:
         cap = min(n for n in (self.num_frames, self.max_frames, limits.max_video_frames) if n is not None)
         if self.fps is not None:
             # +1 µs: a frame exactly on the grid is not lost to float rounding.
-            count = math.floor(last_s * self.fps + 1e-6) + 1
-            if count <= cap:
-                return np.arange(count, dtype=np.float64) / self.fps
-        else:
-            count = cap
-        return np.linspace(0.0, last_s, count) if count > 1 else np.zeros(1)
+            on_grid = math.floor(last_s * self.fps + 1e-6) + 1
+            if on_grid <= cap:
+                return np.arange(on_grid, dtype=np.float64) / self.fps
+        return np.linspace(0.0, last_s, cap) if cap > 1 else np.zeros(1)
 
 
 _MAX_SAMPLING_FPS = 240.0
