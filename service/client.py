@@ -799,7 +799,7 @@ class MediaItem:
         info = getattr(m, kind) if kind else None
         details = (
             {
-                f.name: (list(v) if f.label == f.LABEL_REPEATED else v)
+                f.name: (v if isinstance(v, str | bytes | int | float) else list(v))  # repeated → list
                 for f in info.DESCRIPTOR.fields
                 for v in [getattr(info, f.name)]
             }
