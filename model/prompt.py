@@ -97,6 +97,46 @@ def video_item(
     return frames, metadata
 
 
+# The processor turns metadata into the prompt's "Frame i sampled at t seconds" text as
+# ``int(frames_indices[i]) * int(1000 / fps) / 1000`` (vLLM
+# ``transformers_utils/processors/nano_nemotron_vl.py::calculate_timestamps``; the model's
+# ``get_video_repl`` rebuilds the same text from the same two fields), and uses ``fps``
+# and ``frames_indices`` for nothing else. Source frame indices and the average frame rate
+# give false times for variable-frame-rate clips, and ``int(1000 / fps)`` truncates
+# (29.97 fps → 33 ms, 2.4 s off after 10 minutes). A millisecond clock makes the formula
+# exact: fps = 1000 → frame duration 1 ms, and each "index" is the frame's presentation
+# time in milliseconds, so the prompt says each frame's real time (to the 10 ms it prints).
+TIMESTAMP_CLOCK_HZ = 1000
+
+
+def video_item_at_times(
+    frames: np.ndarray,
+    *,
+    timestamps_s: Sequence[float],
+    total_num_frames: int,
+    duration_s: float,
+    backend: str = "nanovl",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A video whose frames are placed at their real presentation times (seconds).
+
+    Same shape contract as :func:`video_item`; the metadata encodes each time as a
+    millisecond count on a 1000 Hz clock (see ``TIMESTAMP_CLOCK_HZ``), which this
+    model's processor turns back into exactly ``round(t * 1000) / 1000`` seconds.
+    """
+    if any(not np.isfinite(t) or t < 0 for t in timestamps_s):
+        raise InvalidArgument(f"video timestamps must be finite and >= 0, got {list(timestamps_s)[:8]}")
+    ms = [round(float(t) * TIMESTAMP_CLOCK_HZ) for t in timestamps_s]
+    frames, metadata = video_item(
+        frames,
+        fps=float(TIMESTAMP_CLOCK_HZ),
+        frames_indices=ms,
+        total_num_frames=total_num_frames,
+        duration_s=duration_s,
+        backend=backend,
+    )
+    return frames, metadata
+
+
 def _check_text(text: str) -> None:
     for reserved in RESERVED_STRINGS:
         if reserved in text:

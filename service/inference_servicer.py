@@ -72,22 +72,29 @@ def _modality_tokens(by_modality: Mapping[str, int]) -> pb.ModalityTokens:
     return pb.ModalityTokens(**{k: v for k, v in by_modality.items() if k in TOKEN_MODALITIES})
 
 
+def _position_logprobs(token_id: int, entry: Any) -> pb.TokenLogprobs:
+    def one(tid: int, lp: Any) -> pb.TokenLogprob:
+        msg = pb.TokenLogprob(token_id=tid, text=lp.decoded_token or "", logprob=float(lp.logprob))
+        if lp.rank is not None:
+            msg.rank = int(lp.rank)
+        return msg
+
+    chosen = entry.get(token_id)
+    top = sorted(((t, lp) for t, lp in entry.items()), key=lambda kv: kv[1].rank or 0)
+    return pb.TokenLogprobs(token=one(token_id, chosen) if chosen else None, top=[one(t, lp) for t, lp in top])
+
+
 def _logprobs(token_ids: list[int], logprobs: Any) -> list[pb.TokenLogprobs]:
-    out = []
-    for token_id, entry in zip(token_ids, logprobs or [], strict=False):
-        if not entry:
-            continue
+    return [_position_logprobs(t, entry) for t, entry in zip(token_ids, logprobs or [], strict=False) if entry]
 
-        def one(tid: int, lp: Any) -> pb.TokenLogprob:
-            msg = pb.TokenLogprob(token_id=tid, text=lp.decoded_token or "", logprob=float(lp.logprob))
-            if lp.rank is not None:
-                msg.rank = int(lp.rank)
-            return msg
 
-        chosen = entry.get(token_id)
-        top = sorted(((t, lp) for t, lp in entry.items()), key=lambda kv: kv[1].rank or 0)
-        out.append(pb.TokenLogprobs(token=one(token_id, chosen) if chosen else None, top=[one(t, lp) for t, lp in top]))
-    return out
+def _prompt_logprobs(prompt_token_ids: list[int], logprobs: Any) -> list[pb.TokenLogprobs]:
+    """One entry per prompt token, as the proto promises: the first (and any position
+    vLLM leaves without logprobs) is an empty entry, not skipped."""
+    return [
+        _position_logprobs(t, entry) if entry else pb.TokenLogprobs()
+        for t, entry in zip(prompt_token_ids, logprobs, strict=False)
+    ]
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -135,6 +142,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             if m == "video":
                 info.default_num_frames = self._settings.default_video_frames
                 info.max_num_frames = self._settings.media_limits.max_video_frames
+                if self._settings.default_video_fps:
+                    info.default_fps = self._settings.default_video_fps
+                info.default_max_frames = (
+                    self._settings.default_video_max_frames or self._settings.media_limits.max_video_frames
+                )
             modalities.append(info)
         config = self._engine.llm.vllm_config
         return pb.ModelInfo(
@@ -235,6 +247,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     decode_part,
                     part,
                     default_video_frames=self._settings.default_video_frames,
+                    default_video_fps=self._settings.default_video_fps,
+                    default_video_max_frames=self._settings.default_video_max_frames,
                     audio_sample_rate=self._engine.summary.audio_sample_rate,
                     limits=self._settings.media_limits,
                 )
@@ -342,15 +356,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             span.set_attribute("prompt.tokens", rendered.num_prompt_tokens)
             for modality, n in rendered.tokens_by_modality.items():
                 span.set_attribute(f"prompt.tokens.{modality}", n)
-        yield pb.GenerateResponse(
-            started=pb.Started(
-                request_id=req.request_id, prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality)
-            )
+        started = pb.Started(
+            request_id=req.request_id, prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality)
         )
+        for index in sorted(decoded):
+            item = started.media.add()
+            item.CopyFrom(decoded[index].info)
+            item.part_index = index
+        yield pb.GenerateResponse(started=started)
 
         finished = False
         completion_tokens = 0
         final_output = None
+        prompt_logprobs: list[pb.TokenLogprobs] = []
         with self._tracer.stage_span(tracing.ENGINE_GENERATE, request_id=req.request_id) as span:
             try:
                 async for output in self._engine.generate(
@@ -360,6 +378,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     trace_headers=tracing.trace_headers_for_vllm() if self._tracer.enabled else None,
                 ):
                     final_output = output
+                    # With DELTA outputs vLLM sends all prompt logprobs once, after prefill.
+                    if output.prompt_logprobs and not prompt_logprobs:
+                        prompt_logprobs = _prompt_logprobs(list(output.prompt_token_ids or []), output.prompt_logprobs)
                     completion = output.outputs[0]
                     if token_ids := list(completion.token_ids):
                         now = time.perf_counter()
@@ -405,6 +426,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 upload_s=clock.upload_s,
             ),
         )
+        final.prompt_logprobs.extend(prompt_logprobs)
         if isinstance(completion.stop_reason, str):
             final.stop_string = completion.stop_reason
         elif isinstance(completion.stop_reason, int):

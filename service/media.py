@@ -18,9 +18,10 @@ from __future__ import annotations
 import bisect
 import io
 import math
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import av
 import av.container
@@ -30,7 +31,9 @@ import soundfile
 import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from nanovl.errors import InvalidArgument, MediaDecodeError, ResourceExhausted
+from nanovl.errors import InvalidArgument, MediaDecodeError, NanovlError, ResourceExhausted
+
+T = TypeVar("T")
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -41,6 +44,7 @@ __all__ = [
     "DecodedVideo",
     "MediaLimits",
     "PcmEncoding",
+    "VideoSampling",
     "audio_from_pcm",
     "decode_audio",
     "decode_image",
@@ -166,6 +170,7 @@ class DecodedImage:
     width: int
     height: int
     nbytes: int  # encoded size
+    source_mode: str = "RGB"  # Pillow mode before conversion ("I;16", "P", "CMYK", ...)
 
     def to_vllm(self) -> Image.Image:
         return self.image
@@ -173,32 +178,44 @@ class DecodedImage:
 
 @dataclass(frozen=True, eq=False)
 class DecodedVideo:
-    frames: npt.NDArray[np.uint8]  # [T, H, W, 3] RGB; treat as read-only
-    frame_indices: tuple[int, ...]  # index of each frame in the source clip
-    fps: float  # source frame rate
+    """Sampled frames plus what the model is told about them.
+
+    ``frames[i]`` is the source frame at presentation position ``frame_indices[i]``,
+    shown at ``timestamps_s[i]`` seconds after the clip's first frame, already turned
+    upright (``rotation_degrees`` clockwise, after a left-right mirror if ``mirrored``)
+    as the container's display matrix asks.
+    """
+
+    frames: npt.NDArray[np.uint8]  # [T, H, W, 3] RGB, upright; treat as read-only
+    frame_indices: tuple[int, ...]  # presentation-order position of each frame in the source clip
+    fps: float  # source frame rate (average; informational for VFR clips)
     source_frame_count: int
     duration_s: float
     container_format: str  # one of ACCEPTED_FORMATS.video, or "raw"
     codec: str  # e.g. "h264", "vp8", "rgb24"
     nbytes: int  # request bytes
+    timestamps_s: tuple[float, ...] = ()  # presentation time of each frame; () = index / fps
+    rotation_degrees: int = 0  # clockwise rotation applied for display: 0, 90, 180 or 270
+    mirrored: bool = False  # a left-right mirror was applied before the rotation
     width: int = field(init=False)
     height: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "height", int(self.frames.shape[1]))
         object.__setattr__(self, "width", int(self.frames.shape[2]))
+        if not self.timestamps_s:
+            object.__setattr__(self, "timestamps_s", tuple(i / self.fps for i in self.frame_indices))
 
     @property
     def sampled_frame_count(self) -> int:
         return int(self.frames.shape[0])
 
     def to_vllm(self) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
-        from model.prompt import video_item
+        from model.prompt import video_item_at_times
 
-        return video_item(
+        return video_item_at_times(
             self.frames,
-            fps=self.fps,
-            frames_indices=self.frame_indices,
+            timestamps_s=self.timestamps_s,
             total_num_frames=self.source_frame_count,
             duration_s=self.duration_s,
             backend="pyav",
@@ -227,6 +244,10 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> Dec
     """Decode PNG/JPEG/WebP/GIF (first frame)/BMP into an upright RGB PIL image."""
     if not data:
         raise MediaDecodeError(f"image: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.image)}")
+    return _guard("image", ACCEPTED_FORMATS.image, lambda: _decode_image(data, limits))
+
+
+def _decode_image(data: bytes, limits: MediaLimits) -> DecodedImage:
     try:
         # Image.open reads only the header, so the size check below runs before any
         # pixel is decoded. Pillow raises DecompressionBombError itself above
@@ -237,6 +258,13 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> Dec
     except UnidentifiedImageError as e:
         raise MediaDecodeError(
             f"image: cannot identify image format ({_head(data)}); accepted: {_accepted(ACCEPTED_FORMATS.image)}"
+        ) from e
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        # The header itself is cut short or inconsistent (e.g. a PNG cut inside IHDR:
+        # "Truncated File Read").
+        raise MediaDecodeError(
+            f"image: the header is truncated or corrupt ({e}; {_head(data)}); "
+            f"send a complete file in one of {_accepted(ACCEPTED_FORMATS.image)}"
         ) from e
     with im:
         fmt = _PIL_FORMATS[im.format or ""]
@@ -253,10 +281,13 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> Dec
             im.load()
         except Image.DecompressionBombError as e:
             raise ResourceExhausted(f"image: {e}; downscale the image") from e
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as e:
             raise MediaDecodeError(f"image: corrupt or truncated {_DISPLAY[fmt]} data ({e})") from e
+        source_mode = im.mode
         rgb = _to_rgb(_upright(im))
-    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data))
+    return DecodedImage(
+        image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data), source_mode=source_mode
+    )
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -266,33 +297,154 @@ def _upright(im: Image.Image) -> Image.Image:
         return im
 
 
+# Modes whose samples are wider than 8 bits. Pillow's own convert("RGB") clips them at
+# 255 instead of rescaling (a 16-bit ramp becomes black/white), so they are scaled here.
+# The PNG plugin opens 16-bit grayscale as "I;16" (older Pillow: "I", holding the same
+# 16-bit sample values); 16-bit RGB/RGBA/LA PNGs already arrive reduced to 8 bits.
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
+    """Any Pillow mode → the 8-bit RGB picture an image viewer shows.
+
+    The reference is what a viewer renders: full-range samples mapped linearly to 0–255
+    (16-bit: ``v / 257``, so 65535 → 255 and the 256-level ramp ``x * 257`` stays 256
+    levels), palettes expanded, transparency (alpha channel, palette alpha or a PNG tRNS
+    colour key) composited on white like vLLM's own ``convert_image_mode`` does, CMYK and
+    YCbCr through Pillow's conversions. "F" (32-bit float) has no accepted file format
+    that produces it; it is read as intensities in [0, 1], the float-image convention.
+
+    Raises ``MediaDecodeError`` for a mode Pillow cannot convert to RGB.
+    """
+    if im.mode == "RGB" and "transparency" not in im.info:
         return im
-    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-        # Composite on white like vLLM does: a plain convert() would expose whatever
-        # colour sits under transparent pixels (often black).
-        rgba = im.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
-    return im.convert("RGB")
+    if im.mode in _HIGH_DEPTH_MODES:
+        im = _high_depth_to_8bit(im)
+    try:
+        if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+            # Composite on white like vLLM does: a plain convert() would expose whatever
+            # colour sits under transparent pixels (often black).
+            rgba = im.convert("RGBA")
+            out = Image.new("RGB", rgba.size, (255, 255, 255))
+            out.paste(rgba, mask=rgba.getchannel("A"))
+            return out
+        return im.convert("RGB")
+    except ValueError as e:  # a mode without an RGB conversion (e.g. LAB from a plugin)
+        raise MediaDecodeError(f"image: pixel mode {im.mode!r} cannot be shown as RGB ({e})") from e
+
+
+def _high_depth_to_8bit(im: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale → "L" (or "LA" for a tRNS colour key)."""
+    samples = np.asarray(im)
+    if im.mode == "F":
+        scaled = np.clip(np.nan_to_num(samples.astype(np.float64)), 0.0, 1.0) * 255.0
+    else:
+        # 16-bit full scale; "I" from the accepted formats also holds 16-bit samples.
+        scaled = np.clip(samples.astype(np.float64), 0, 65535) / 257.0
+    gray = np.rint(scaled).astype(np.uint8)
+    key = im.info.get("transparency")
+    if isinstance(key, int | float) and im.mode != "F":
+        # PNG tRNS for grayscale: pixels equal to this 16-bit value are transparent.
+        alpha = np.where(samples == key, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray, alpha], axis=-1), "LA")
+    return Image.fromarray(gray, "L")
 
 
 # --------------------------------------------------------------------------- video
 
 
-def decode_video(data: bytes, *, num_frames: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> DecodedVideo:
-    """Decode an MP4/MOV/WebM/MKV/AVI clip, sampling ``num_frames`` frames uniformly.
+@dataclass(frozen=True)
+class VideoSampling:
+    """How to choose frames from a clip, by presentation time (the controls vLLM's HTTP
+    server takes as ``media_io_kwargs``: ``num_frames``, ``fps``, ``max_frames``).
+
+    - ``fps`` unset: ``num_frames`` frames at times spread uniformly from the first to
+      the last frame's presentation time.
+    - ``fps`` set: one frame every ``1 / fps`` seconds from the first frame on; if that
+      gives more than ``num_frames`` (when set) or ``max_frames``, that many frames
+      uniformly over the clip instead ("whichever gives fewer", as vLLM's loader does).
+    - ``max_frames`` caps both modes.
+
+    The frame taken for a time ``t`` is the one on screen at ``t`` (the last frame whose
+    presentation time is <= ``t``), so a variable-frame-rate clip is sampled evenly in
+    time, not in frame count. Times that land on the same frame give it once: a clip
+    with fewer frames than asked (or a long still) yields fewer frames, never
+    duplicates; ``DecodedVideo`` / ``Started`` report what was taken.
+    """
+
+    num_frames: int | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+
+    def validate(self, limits: MediaLimits) -> None:
+        if self.num_frames is None and self.fps is None:
+            raise InvalidArgument("video: set num_frames or fps to say how to sample frames")
+        if self.num_frames is not None:
+            if self.num_frames < 1:
+                raise InvalidArgument(f"video: num_frames must be >= 1, got {self.num_frames}")
+            _check_num_frames(self.num_frames, limits)
+        if self.max_frames is not None:
+            if self.max_frames < 1:
+                raise InvalidArgument(f"video: max_frames must be >= 1, got {self.max_frames}")
+            _check_num_frames(self.max_frames, limits, name="max_frames")
+        if self.fps is not None and not (math.isfinite(self.fps) and 0 < self.fps <= _MAX_SAMPLING_FPS):
+            raise InvalidArgument(
+                f"video: fps must be > 0 and <= {_MAX_SAMPLING_FPS:g} frames per second, got {self.fps}"
+            )
+
+    def target_times(self, last_s: float, limits: MediaLimits) -> npt.NDArray[np.float64]:
+        """Times (s, from the first frame) to take frames at, for a clip whose last frame
+        is shown at ``last_s``."""
+        cap = min(n for n in (self.num_frames, self.max_frames, limits.max_video_frames) if n is not None)
+        if self.fps is not None:
+            # +1 µs: a frame exactly on the grid is not lost to float rounding.
+            on_grid = math.floor(last_s * self.fps + 1e-6) + 1
+            if on_grid <= cap:
+                return np.arange(on_grid, dtype=np.float64) / self.fps
+        return np.linspace(0.0, last_s, cap) if cap > 1 else np.zeros(1)
+
+
+_MAX_SAMPLING_FPS = 240.0
+
+
+def decode_video(
+    data: bytes,
+    *,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+) -> DecodedVideo:
+    """Decode an MP4/MOV/WebM/MKV/AVI clip into upright RGB frames sampled by time.
+
+    Sampling (see ``VideoSampling``): ``num_frames`` uniformly over the clip, or one
+    frame every ``1 / fps`` seconds, capped by ``max_frames``; frames are chosen by
+    presentation timestamp, so variable-frame-rate clips (phones, screen recorders,
+    streaming encoders) are sampled evenly in time and ``timestamps_s`` holds each
+    frame's real time. Streams without usable timestamps fall back to ``index / fps``.
+
+    Orientation: the container's display matrix (MP4/MOV ``tkhd`` matrix, Matroska
+    projection, H.264 display-orientation SEI; what a phone writes for portrait video)
+    is applied to every frame, as players and vLLM's default OpenCV loader do.
 
     Only the sampled frames are converted to RGB and kept. When keyframes allow, the
     decoder seeks to the keyframe before each sampled frame instead of decoding the whole
     clip; if seeking is unusable (no timestamps, inexact seek) it falls back to one
     sequential pass.
+
+    Returns ``DecodedVideo`` with ``frames`` ``[T, H, W, 3] uint8``. Raises
+    ``MediaDecodeError`` (INVALID_ARGUMENT) for bytes that are not an accepted, intact
+    clip, ``InvalidArgument`` for bad sampling values and ``ResourceExhausted`` over a
+    ``MediaLimits`` bound.
     """
     if not data:
         raise MediaDecodeError(f"video: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.video)}")
-    _check_num_frames(num_frames, limits)
+    sampling = VideoSampling(num_frames=num_frames, fps=fps, max_frames=max_frames)
+    sampling.validate(limits)
+    return _guard("video", ACCEPTED_FORMATS.video, lambda: _decode_video(data, sampling, limits))
+
+
+def _decode_video(data: bytes, sampling: VideoSampling, limits: MediaLimits) -> DecodedVideo:
     container = _open_av_or_raise("video", data, ACCEPTED_FORMATS.video)
     fmt = "video"
     try:
@@ -325,7 +477,13 @@ def decode_video(data: bytes, *, num_frames: int, limits: MediaLimits = DEFAULT_
             duration = _duration(stream, container, probe.count, fps)
             stream_index = stream.index
 
-        indices = _uniform_indices(probe.count, num_frames)
+        times = _presentation_times(probe, stream_time_base=probe.time_base, fps=fps)
+        # MP4 durations come from decode timestamps, which can end before the last frame's
+        # presentation time (B-frames in a VFR clip); the clip lasts at least until its
+        # last frame has been shown for as long as the one before it.
+        last_gap = float(times[-1] - times[-2]) if len(times) > 1 else 1.0 / fps
+        duration = max(duration, float(times[-1]) + last_gap)
+        indices = _indices_at(times, sampling.target_times(float(times[-1]), limits))
         decoded_bytes = len(indices) * width * height * 3
         if decoded_bytes > limits.max_video_decoded_bytes:
             raise _over_limit(
@@ -335,15 +493,15 @@ def decode_video(data: bytes, *, num_frames: int, limits: MediaLimits = DEFAULT_
                 "max_video_decoded_bytes",
                 "request fewer frames or send a lower-resolution video",
             )
-        frames = np.empty((len(indices), height, width, 3), dtype=np.uint8)
-        done = probe.seekable and _decode_by_seeking(data, stream_index, probe, indices, frames)
+        sink = _FrameSink(len(indices), width, height)
+        done = probe.seekable and _decode_by_seeking(data, stream_index, probe, indices, sink)
         if not done:
-            _decode_sequentially(data, stream_index, indices, frames)
+            _decode_sequentially(data, stream_index, indices, sink)
     except av.FFmpegError as e:
         raise MediaDecodeError(f"video: corrupt or truncated {_DISPLAY.get(fmt, fmt)} data: {_av_reason(e)}") from e
 
     return DecodedVideo(
-        frames=frames,
+        frames=sink.frames,
         frame_indices=tuple(indices),
         fps=fps,
         source_frame_count=probe.count,
@@ -351,6 +509,9 @@ def decode_video(data: bytes, *, num_frames: int, limits: MediaLimits = DEFAULT_
         container_format=fmt,
         codec=codec,
         nbytes=len(data),
+        timestamps_s=tuple(float(times[i]) for i in indices),
+        rotation_degrees=sink.orientation.rotation_degrees,
+        mirrored=sink.orientation.mirrored,
     )
 
 
@@ -409,12 +570,12 @@ def video_from_raw_frames(
     )
 
 
-def _check_num_frames(num_frames: int, limits: MediaLimits) -> None:
+def _check_num_frames(num_frames: int, limits: MediaLimits, *, name: str = "num_frames") -> None:
     if num_frames < 1:
-        raise InvalidArgument(f"video: num_frames must be >= 1, got {num_frames}")
+        raise InvalidArgument(f"video: {name} must be >= 1, got {num_frames}")
     if num_frames > limits.max_video_frames:
         raise _over_limit(
-            "video: num_frames",
+            f"video: {name}",
             str(num_frames),
             f"{limits.max_video_frames} frames",
             "max_video_frames",
@@ -439,6 +600,30 @@ def _audio_container_name(container: av.container.InputContainer) -> str:
     if name == "m4a" and not container.metadata.get("major_brand", "").startswith("M4A"):
         return "mp4"  # the audio track of an MP4 video
     return name
+
+
+def _guard(kind: str, accepted: tuple[str, ...], decode: Callable[[], T]) -> T:
+    """Run a decoder on client bytes; whatever escapes it becomes a status.
+
+    Pillow, FFmpeg and libsndfile raise a zoo of exception types on hostile bytes
+    (``OSError``, ``struct.error``, ``IndexError``, ``AttributeError`` on a missing codec
+    context, ...). The specific ones are caught where they happen, with precise
+    messages; this net guarantees the rest still reach the client as INVALID_ARGUMENT
+    (or RESOURCE_EXHAUSTED for memory), never as INTERNAL.
+    """
+    try:
+        return decode()
+    except NanovlError:
+        raise
+    except MemoryError as e:
+        raise ResourceExhausted(
+            f"{kind}: decoding needs more memory than this server allows for one item; send a smaller {kind}"
+        ) from e
+    except Exception as e:  # noqa: BLE001 — see docstring
+        raise MediaDecodeError(
+            f"{kind}: the data could not be decoded ({type(e).__name__}: {e}); it is truncated, corrupt, "
+            f"or not one of the accepted formats: {_accepted(accepted)}"
+        ) from e
 
 
 def _av_reason(e: av.FFmpegError) -> str:
@@ -472,6 +657,7 @@ class _PacketProbe:
     pts: tuple[int, ...]  # presentation timestamps in presentation order
     keyframe_pts: tuple[int, ...]  # sorted
     seekable: bool  # every packet carried a distinct pts
+    time_base: float  # seconds per pts unit (0 when the stream declares none)
 
 
 def _probe_packets(container: av.container.InputContainer, stream: av.VideoStream) -> _PacketProbe:
@@ -493,7 +679,13 @@ def _probe_packets(container: av.container.InputContainer, stream: av.VideoStrea
                 keys.append(packet.pts)
     pts.sort()
     seekable = len(pts) == count and bool(keys) and len(set(pts)) == count
-    return _PacketProbe(count=count, pts=tuple(pts), keyframe_pts=tuple(sorted(keys)), seekable=seekable)
+    return _PacketProbe(
+        count=count,
+        pts=tuple(pts),
+        keyframe_pts=tuple(sorted(keys)),
+        seekable=seekable,
+        time_base=float(stream.time_base) if stream.time_base else 0.0,
+    )
 
 
 def _frame_rate(stream: av.VideoStream, container: av.container.InputContainer, count: int) -> float:
@@ -513,18 +705,118 @@ def _duration(stream: av.VideoStream, container: av.container.InputContainer, co
     return count / fps
 
 
-def _uniform_indices(total: int, wanted: int) -> list[int]:
-    if wanted >= total:
-        return list(range(total))
-    # Rounded linspace: first and last frame included, gaps differ by at most one.
-    return [int(i) for i in np.rint(np.linspace(0, total - 1, wanted))]
+def _presentation_times(probe: _PacketProbe, *, stream_time_base: float, fps: float) -> npt.NDArray[np.float64]:
+    """Seconds from the first frame, per frame in presentation order.
+
+    From the packets' timestamps when every frame has a distinct one (what a player
+    uses); otherwise (e.g. AVI without pts) frames are assumed evenly spaced at ``fps``.
+    """
+    if probe.seekable and stream_time_base > 0 and len(probe.pts) == probe.count:
+        pts = np.asarray(probe.pts, dtype=np.float64)
+        return (pts - pts[0]) * stream_time_base
+    return np.arange(probe.count, dtype=np.float64) / fps
 
 
-def _rgb(frame: av.VideoFrame, out: npt.NDArray[np.uint8]) -> None:
-    h, w = out.shape[:2]
-    # width/height force every frame to the stream's declared size, so a mid-stream
-    # resolution change cannot break the [T, H, W, 3] layout.
-    out[...] = frame.to_ndarray(format="rgb24", width=w, height=h)
+def _indices_at(times: npt.NDArray[np.float64], targets: npt.NDArray[np.float64]) -> list[int]:
+    """For each target time, the frame on screen then (last frame with time <= target);
+    each frame at most once, in order."""
+    # 1 µs slack: a target computed in float that sits on a frame's time takes that frame.
+    positions = np.searchsorted(times, targets + 1e-6, side="right") - 1
+    return sorted({int(p) for p in np.clip(positions, 0, len(times) - 1)})
+
+
+@dataclass(frozen=True)
+class _Orientation:
+    """The display matrix reduced to a quarter-turn rotation and an optional mirror.
+
+    FFmpeg's display matrix maps stored pixel (p, q) to display position
+    ``(a*p + c*q, b*p + d*q)`` (``a, b, c, d`` = matrix[0], [1], [3], [4], 16.16 fixed
+    point). Phones write pure quarter turns, possibly mirrored (front cameras); any other
+    angle is snapped to the nearest quarter turn, as OpenCV's loader does (players would
+    rotate by the exact angle and pad with black, which no sampled frame benefits from).
+    """
+
+    swap: bool = False  # output rows come from source columns
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> _Orientation:
+        try:
+            side = frame.side_data[av.sidedata.sidedata.Type.DISPLAYMATRIX]
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return cls()
+        raw = bytes(side)
+        if len(raw) < 36:
+            return cls()
+        m = np.frombuffer(raw[:36], dtype="<i4").astype(np.float64)
+        a, b, c, d = m[0], m[1], m[3], m[4]
+        if not np.isfinite([a, b, c, d]).all() or (a == b == 0) or (c == d == 0):
+            return cls()  # degenerate matrix: ignore rather than guess
+        if abs(b) > abs(a):  # quarter turn: x' from q, y' from p
+            return cls(swap=True, flip_rows=b < 0, flip_cols=c < 0)
+        return cls(swap=False, flip_rows=d < 0, flip_cols=a < 0)
+
+    def apply(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        out = rgb.transpose(1, 0, 2) if self.swap else rgb
+        if self.flip_rows:
+            out = out[::-1]
+        if self.flip_cols:
+            out = out[:, ::-1]
+        return out
+
+    def shape(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) after orientation."""
+        return (width, height) if self.swap else (height, width)
+
+    @property
+    def mirrored(self) -> bool:
+        # A signed permutation is a mirror image when its determinant is negative.
+        det = (-1 if self.flip_rows else 1) * (-1 if self.flip_cols else 1)
+        return (det < 0) != self.swap
+
+    @property
+    def rotation_degrees(self) -> int:
+        """Clockwise rotation applied (after the left-right mirror, when ``mirrored``)."""
+        # Undo the mirror (negate the source x axis), then read the pure rotation.
+        swap, fr, fc = self.swap, self.flip_rows, self.flip_cols
+        if self.mirrored:
+            if swap:
+                fr = not fr  # x' = c*q, y' = b*p: negating p flips rows
+            else:
+                fc = not fc
+        if not swap:
+            return 180 if fr else 0
+        return 90 if fc else 270
+
+
+class _FrameSink:
+    """The sampled frames, oriented as the display matrix says; the output array is
+    allocated at the first frame, when the orientation is known."""
+
+    def __init__(self, count: int, width: int, height: int) -> None:
+        self.count, self.width, self.height = count, width, height
+        self.orientation = _Orientation()
+        self._frames: npt.NDArray[np.uint8] | None = None
+
+    def put(self, slot: int, frame: av.VideoFrame) -> None:
+        if self._frames is None:
+            self.orientation = _Orientation.of(frame)
+            h, w = self.orientation.shape(self.width, self.height)
+            self._frames = np.empty((self.count, h, w, 3), dtype=np.uint8)
+        # width/height force every frame to the stream's declared size, so a mid-stream
+        # resolution change cannot break the [T, H, W, 3] layout.
+        rgb = frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        self._frames[slot] = self.orientation.apply(rgb)
+
+    def copy(self, slot: int, source_slot: int) -> None:
+        assert self._frames is not None
+        self._frames[slot] = self._frames[source_slot]
+
+    @property
+    def frames(self) -> npt.NDArray[np.uint8]:
+        assert self._frames is not None, "no frame was decoded"
+        return self._frames
 
 
 def _decode_by_seeking(
@@ -532,7 +824,7 @@ def _decode_by_seeking(
     stream_index: int,
     probe: _PacketProbe,
     indices: list[int],
-    out: npt.NDArray[np.uint8],
+    out: _FrameSink,
 ) -> bool:
     """Fill ``out`` seeking keyframe to keyframe; False means 'use the sequential path'."""
     first_key = probe.keyframe_pts[0]
@@ -551,7 +843,7 @@ def _decode_by_seeking(
                 frames = container.decode(stream)
                 last_pts = None
             if last_pts is not None and last_pts >= target and last_slot >= 0:
-                out[slot] = out[last_slot]  # decoder skipped ahead; reuse nearest frame
+                out.copy(slot, last_slot)  # decoder skipped ahead; reuse nearest frame
                 continue
             for frame in frames:
                 if frame.pts is None:
@@ -560,7 +852,7 @@ def _decode_by_seeking(
                     return False  # the seek overshot: timestamps cannot be trusted
                 last_pts = frame.pts
                 if frame.pts >= target:
-                    _rgb(frame, out[slot])
+                    out.put(slot, frame)
                     last_slot = slot
                     break
             else:
@@ -568,7 +860,7 @@ def _decode_by_seeking(
     return True
 
 
-def _decode_sequentially(data: bytes, stream_index: int, indices: list[int], out: npt.NDArray[np.uint8]) -> None:
+def _decode_sequentially(data: bytes, stream_index: int, indices: list[int], out: _FrameSink) -> None:
     wanted = {index: slot for slot, index in enumerate(indices)}
     filled = 0
     with _open_av(data) as container:
@@ -576,7 +868,7 @@ def _decode_sequentially(data: bytes, stream_index: int, indices: list[int], out
         for position, frame in enumerate(container.decode(stream)):
             slot = wanted.get(position)
             if slot is not None:
-                _rgb(frame, out[slot])
+                out.put(slot, frame)
                 filled += 1
                 if filled == len(indices):
                     return
@@ -646,37 +938,66 @@ def _check_target_rate(target_sample_rate: int) -> None:
 
 
 def decode_audio(data: bytes, *, target_sample_rate: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> DecodedAudio:
-    """Decode WAV/FLAC/OGG/MP3 (libsndfile) or M4A/AAC/WebM/... (PyAV) to mono float32."""
+    """Decode an encoded clip to mono float32 at ``target_sample_rate`` (Hz).
+
+    WAV and Ogg go through libsndfile; FLAC, MP3, M4A, AAC and WebM through PyAV
+    (FFmpeg). Lengths come from the samples actually in the bytes, not from headers,
+    which streaming writers leave wrong: a WAV written to a pipe has data size 0 (or
+    0xFFFFFFFF), a streamed FLAC has total samples 0, a concatenated or cut MP3 keeps its
+    first Xing frame count. libsndfile stops at (and ``soundfile.blocks`` pads short reads
+    up to) the header's count, so FLAC/MP3 go to FFmpeg, which decodes every frame there
+    is, as players do; a WAV in which libsndfile finds no samples is retried with FFmpeg,
+    which reads a zero-size data chunk to the end of the bytes. A WAV data size smaller
+    than the bytes is honoured, as players honour it (what follows may be other chunks).
+
+    Returns ``DecodedAudio``: ``waveform`` ``[samples] float32`` in [-1, 1].
+    Raises ``MediaDecodeError`` (INVALID_ARGUMENT) for bytes that are not an accepted,
+    intact clip, ``InvalidArgument`` for a bad target rate, ``ResourceExhausted`` over
+    ``max_audio_seconds``.
+    """
     if not data:
         raise MediaDecodeError(f"audio: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.audio)}")
     _check_target_rate(target_sample_rate)
-    decoded = _decode_with_soundfile(data, target_sample_rate, limits)
-    if decoded is None:
-        decoded = _decode_with_pyav(data, target_sample_rate, limits)
-    return decoded
+
+    def decode() -> DecodedAudio:
+        decoded = _decode_with_soundfile(data, target_sample_rate, limits)
+        return decoded if decoded is not None else _decode_with_pyav(data, target_sample_rate, limits)
+
+    return _guard("audio", ACCEPTED_FORMATS.audio, decode)
+
+
+# libsndfile formats whose length we take from libsndfile. FLAC and MP3 headers carry
+# a length that libsndfile obeys even when the stream says otherwise (see decode_audio).
+_SNDFILE_TRUSTED = ("wav", "ogg")
+# libsndfile reports SF_COUNT_MAX frames for a stream of unknown length.
+_SF_UNKNOWN_FRAMES = 2**62
 
 
 def _decode_with_soundfile(data: bytes, target_rate: int, limits: MediaLimits) -> DecodedAudio | None:
-    """None when libsndfile does not handle this format (PyAV gets a try)."""
+    """None when PyAV should decode this (format not ours to trust, or no samples found)."""
     try:
         sf = soundfile.SoundFile(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
         return None
     with sf:
         fmt = _SNDFILE_FORMATS.get(sf.format)
-        if fmt is None:
+        if fmt not in _SNDFILE_TRUSTED:
             return None
         sr, channels = int(sf.samplerate), int(sf.channels)
         if sr <= 0 or channels <= 0:
             raise MediaDecodeError(f"audio: {fmt.upper()} header declares {sr} Hz, {channels} channels")
-        if sf.frames > 0:  # 0 / unknown for some streams; the sink checks as it goes
+        if 0 < sf.frames < _SF_UNKNOWN_FRAMES:  # the sink checks as it goes in any case
             _check_duration(sf.frames / sr, limits)
         sink = _MonoSink(sr, target_rate, limits)
         try:
-            for block in sf.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+            # Not sf.blocks(): it sizes blocks from the header's frame count and yields a
+            # short read's unfilled tail (uninitialised memory) as samples.
+            while len(block := sf.read(1 << 16, dtype="float32", always_2d=True)):
                 sink.add(block)
         except (soundfile.LibsndfileError, RuntimeError) as e:
             raise MediaDecodeError(f"audio: corrupt or truncated {fmt.upper()} data ({e})") from e
+    if sink.source_samples == 0:
+        return None  # e.g. a streamed WAV (data size 0): FFmpeg reads to the end
     return _finish_audio(sink, fmt, channels, len(data))
 
 
@@ -694,10 +1015,18 @@ def _decode_with_pyav(data: bytes, target_rate: int, limits: MediaLimits) -> Dec
             if not container.streams.audio:
                 raise MediaDecodeError(f"audio: the {_DISPLAY.get(fmt, fmt)} container has no audio stream")
             stream = container.streams.audio[0]
-            sr = int(stream.codec_context.sample_rate or 0)
-            channels = int(stream.codec_context.channels or 0)
+            ctx = stream.codec_context
+            if ctx is None:
+                # FFmpeg found no decoder for the declared encoding, e.g. a WAV header
+                # with 0 bits per sample or an unknown format tag.
+                raise MediaDecodeError(
+                    f"audio: the {_DISPLAY.get(fmt, fmt)} header declares an encoding that cannot be decoded "
+                    "(unknown codec, or a sample size such as 0 bits); the header is corrupt"
+                )
+            sr = int(ctx.sample_rate or 0)
+            channels = int(ctx.channels or 0)
             if sr <= 0:
-                raise MediaDecodeError(f"audio: the {stream.codec_context.name} stream declares no sample rate")
+                raise MediaDecodeError(f"audio: the {ctx.name} stream declares no sample rate")
             if container.duration and container.duration > 0:
                 _check_duration(container.duration / av.time_base, limits)
             sink = _MonoSink(sr, target_rate, limits)

@@ -22,6 +22,7 @@ class DecodedPart:
     part: MediaPart
     nbytes: int
     attributes: dict[str, Any]  # for the decode span
+    info: pb.MediaItemInfo  # what the model gets, for Started.media (part_index set by the caller)
 
 
 def payload_size(part: pb.ContentPart) -> int:
@@ -41,7 +42,13 @@ def decode_part(
     default_video_frames: int,
     audio_sample_rate: int | None,
     limits: media.MediaLimits,
+    default_video_fps: float | None = None,
+    default_video_max_frames: int | None = None,
 ) -> DecodedPart:
+    """Decode one media part. Video sampling: the request's num_frames / fps /
+    max_frames; when it sets neither num_frames nor fps, ``default_video_fps`` if the
+    server has one, else ``default_video_frames``; max_frames defaults to
+    ``default_video_max_frames`` (``service.media.VideoSampling`` has the rules)."""
     kind = part.WhichOneof("kind")
     if kind == "image":
         img = media.decode_image(part.image.data, limits)
@@ -49,6 +56,11 @@ def decode_part(
             MediaPart("image", img.to_vllm()),
             img.nbytes,
             {"format": img.format, "width": img.width, "height": img.height, "bytes": img.nbytes},
+            pb.MediaItemInfo(
+                image=pb.ImageItemInfo(
+                    width=img.width, height=img.height, format=img.format, source_mode=img.source_mode
+                )
+            ),
         )
     if kind == "video":
         v = part.video
@@ -58,10 +70,19 @@ def decode_part(
                 raw.rgb24, width=raw.width, height=raw.height, num_frames=raw.num_frames, fps=raw.fps, limits=limits
             )
         else:
-            num_frames = v.num_frames if v.HasField("num_frames") else default_video_frames
+            num_frames = v.num_frames if v.HasField("num_frames") else None
+            fps = v.fps if v.HasField("fps") else None
+            max_frames = v.max_frames if v.HasField("max_frames") else default_video_max_frames
             if num_frames == 0:
                 raise InvalidArgument("video.num_frames must be at least 1")
-            video = media.decode_video(v.encoded, num_frames=num_frames, limits=limits)
+            if v.HasField("max_frames") and max_frames == 0:
+                raise InvalidArgument("video.max_frames must be at least 1")
+            if num_frames is None and fps is None:
+                if default_video_fps:
+                    fps = default_video_fps
+                else:
+                    num_frames = default_video_frames
+            video = media.decode_video(v.encoded, num_frames=num_frames, fps=fps, max_frames=max_frames, limits=limits)
         return DecodedPart(
             MediaPart("video", video.to_vllm()),
             video.nbytes,
@@ -75,7 +96,22 @@ def decode_part(
                 "width": video.width,
                 "height": video.height,
                 "bytes": video.nbytes,
+                "rotation_degrees": video.rotation_degrees,
             },
+            pb.MediaItemInfo(
+                video=pb.VideoItemInfo(
+                    width=video.width,
+                    height=video.height,
+                    frame_timestamps_s=list(video.timestamps_s),
+                    frame_indices=list(video.frame_indices),
+                    rotation_degrees=video.rotation_degrees,
+                    mirrored=video.mirrored,
+                    source_frame_count=video.source_frame_count,
+                    duration_s=video.duration_s,
+                    format=video.container_format,
+                    codec=video.codec,
+                )
+            ),
         )
     if kind == "audio":
         if audio_sample_rate is None:
@@ -106,6 +142,16 @@ def decode_part(
                 "resampled": audio.resampled,
                 "bytes": audio.nbytes,
             },
+            pb.MediaItemInfo(
+                audio=pb.AudioItemInfo(
+                    duration_s=audio.duration_s,
+                    sample_rate=audio.sample_rate,
+                    num_samples=len(audio.waveform),
+                    source_sample_rate=audio.source_sample_rate,
+                    source_channels=audio.source_channels,
+                    format=audio.format,
+                )
+            ),
         )
     raise InvalidArgument(f"part of kind {kind!r} carries no media")
 

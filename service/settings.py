@@ -23,6 +23,10 @@ class ServerSettings:
     decode_threads: int = 2
     # Frames sampled from an encoded video when the client does not say.
     default_video_frames: int = 8
+    # If set, sample at this fps instead when the client sets neither num_frames nor fps.
+    default_video_fps: float | None = None
+    # Cap on sampled frames when the client sets no max_frames (None: media_limits.max_video_frames).
+    default_video_max_frames: int | None = None
     # Completion length when the client does not say (vLLM's own default is 16).
     default_max_tokens: int = 256
     # SIGTERM: stop admitting, let in-flight requests finish for this long, then exit.

@@ -12,6 +12,9 @@ re-exported here; the formats only tests need are defined below.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -153,3 +156,182 @@ def make_aac(seconds: float, sample_rate: int = 44100, channels: int = 1, seed: 
 def make_webm_audio(seconds: float, sample_rate: int = 48000, channels: int = 1, seed: int = 0) -> bytes:
     """Opus in WebM (what browsers' MediaRecorder produces); Opus runs at 8/12/16/24/48 kHz."""
     return encode_audio(waveform(seconds, sample_rate, channels, seed), sample_rate, container="webm", codec="libopus")
+
+
+# --------------------------------------------------------------------------- corpus: hand-built PNGs
+
+
+def png_bytes(
+    width: int,
+    height: int,
+    bit_depth: int,
+    color_type: int,
+    samples: npt.NDArray[np.integer],
+    *,
+    palette: npt.NDArray[np.uint8] | None = None,
+    trns: bytes | None = None,
+) -> bytes:
+    """A PNG written chunk by chunk (Pillow cannot write 16-bit RGB/GA or 2/4-bit gray).
+
+    ``samples`` is [H, W, channels] (or [H, W]) of raw sample values at ``bit_depth``;
+    colour types: 0 gray, 2 RGB, 3 palette, 4 gray+alpha, 6 RGBA.
+    """
+    samples = samples.reshape(height, width, -1)
+    rows = []
+    for row in samples:
+        flat = row.reshape(-1).astype(np.uint32)
+        if bit_depth == 16:
+            data = flat.astype(">u2").tobytes()
+        elif bit_depth == 8:
+            data = flat.astype(np.uint8).tobytes()
+        else:  # 1, 2, 4 bits: pack big-endian within each byte
+            per_byte = 8 // bit_depth
+            padded = np.zeros(-(-len(flat) // per_byte) * per_byte, np.uint32)
+            padded[: len(flat)] = flat
+            groups = padded.reshape(-1, per_byte)
+            shifts = np.array([8 - bit_depth * (i + 1) for i in range(per_byte)], np.uint32)
+            data = (groups << shifts).sum(axis=1).astype(np.uint8).tobytes()
+        rows.append(b"\0" + data)  # filter type 0
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
+    if palette is not None:
+        out += chunk(b"PLTE", palette.astype(np.uint8).tobytes())
+    if trns is not None:
+        out += chunk(b"tRNS", trns)
+    return out + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+
+
+def gray16_ramp_png() -> bytes:
+    """The reproducer: 256x32, bit depth 16, colour type 0, each row ``x * 257``."""
+    ramp = np.tile((np.arange(256, dtype=np.uint32) * 257), (32, 1))
+    return png_bytes(256, 32, 16, 0, ramp)
+
+
+# --------------------------------------------------------------------------- corpus: video
+
+
+def band_frames(num_frames: int, width: int, height: int) -> npt.NDArray[np.uint8]:
+    """Gray frames with a white band along the top and a black band down the left: where
+    the two bands end up identifies each of the 8 orientations, through lossy codecs."""
+    frames = np.full((num_frames, height, width, 3), 128, np.uint8)
+    frames[:, :16] = 255
+    frames[:, :, :16] = 0
+    return frames
+
+
+def make_oriented_video(
+    container: str,
+    codec: str,
+    *,
+    degrees: int,
+    hflip: bool = False,
+    num_frames: int = 4,
+    width: int = 96,
+    height: int = 64,
+) -> bytes:
+    """A clip whose display matrix says: rotate ``degrees`` counter-clockwise (PyAV's
+    convention, as ``VideoFrame.rotation`` reads it; phones' "rotate 90" is -90), then
+    mirror left-right if ``hflip``."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.set_display_rotation(degrees, hflip=hflip)
+        for array in band_frames(num_frames, width, height):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def make_vfr_video(
+    times_s: list[float],
+    width: int = 64,
+    height: int = 48,
+    seed: int = 0,
+    *,
+    container: str = "mp4",
+    codec: str = "libx264",
+) -> bytes:
+    """Frames (``video_frames``: frame i carries marker i) at the given presentation times,
+    on a 1/1000 s time base (what phones and streaming encoders write for VFR)."""
+    frames = video_frames(len(times_s), width, height, seed)
+    buf = io.BytesIO()
+    # MP4 would otherwise pick its own track timescale; Matroska is 1/1000 by design.
+    options = {"video_track_timescale": "1000"} if container == "mp4" else {}
+    with av.open(buf, mode="w", format=container, options=options) as out:
+        stream = out.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "bf": "2", "g": "12"}
+        for array, t in zip(frames, times_s, strict=True):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+# The issue's reproducer: 30 frames at 30 fps, then 10 frames one second apart (2 s … 11 s).
+VFR_TIMES_S = [i / 30 for i in range(30)] + [float(s) for s in range(2, 12)]
+
+
+# --------------------------------------------------------------------------- corpus: audio headers
+
+
+def _riff_chunk(data: bytes, kind: bytes) -> int:
+    """Offset of a RIFF sub-chunk's header."""
+    pos = 12
+    while pos + 8 <= len(data):
+        if data[pos : pos + 4] == kind:
+            return pos
+        pos += 8 + struct.unpack("<I", data[pos + 4 : pos + 8])[0] + (data[pos + 4] & 1)
+    raise ValueError(f"no {kind!r} chunk")
+
+
+def with_wav_data_size(wav: bytes, size: int) -> bytes:
+    """The WAV with its data chunk's size field set to ``size`` (0: a recorder writing to
+    a pipe; 0xFFFFFFFF: the other streaming convention)."""
+    pos = _riff_chunk(wav, b"data")
+    return wav[: pos + 4] + struct.pack("<I", size) + wav[pos + 8 :]
+
+
+def with_wav_riff_size(wav: bytes, size: int) -> bytes:
+    return wav[:4] + struct.pack("<I", size) + wav[8:]
+
+
+def with_wav_bits_per_sample(wav: bytes, bits: int) -> bytes:
+    pos = _riff_chunk(wav, b"fmt ")
+    return wav[: pos + 22] + struct.pack("<H", bits) + wav[pos + 24 :]
+
+
+def with_flac_total_samples(flac: bytes, total: int) -> bytes:
+    """STREAMINFO's 36-bit total-samples field (0 = unknown, what streaming encoders write)."""
+    b = bytearray(flac)
+    si = 8  # "fLaC" + the STREAMINFO block header
+    b[si + 13] = (b[si + 13] & 0xF0) | ((total >> 32) & 0x0F)
+    b[si + 14 : si + 18] = struct.pack(">I", total & 0xFFFFFFFF)
+    return bytes(b)
+
+
+def with_mp3_xing_frames(mp3: bytes, frames: int) -> bytes:
+    """The Xing/Info header's frame count set to ``frames`` (misstated, as after cutting or
+    concatenating MP3s without rewriting it)."""
+    pos = max(mp3.find(b"Xing"), mp3.find(b"Info"))
+    if pos < 0:
+        raise ValueError("no Xing/Info header")
+    return mp3[: pos + 8] + struct.pack(">I", frames) + mp3[pos + 12 :]
+
+
+def make_mp3_pyav(seconds: float, sample_rate: int = 44100, channels: int = 1, seed: int = 0) -> bytes:
+    """MP3 written by FFmpeg (libmp3lame), the other common writer."""
+    return encode_audio(
+        waveform(seconds, sample_rate, channels, seed), sample_rate, container="mp3", codec="libmp3lame"
+    )

@@ -21,6 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video", action="append", default=[], type=Path)
     p.add_argument("--audio", action="append", default=[], type=Path)
     p.add_argument("--num-frames", type=int, help="frames to sample from each video")
+    p.add_argument("--fps", type=float, help="sample each video at this many frames per second")
+    p.add_argument("--max-frames", type=int, help="cap on frames sampled from each video")
+    p.add_argument(
+        "--verbose", action="store_true", help="print what the model received for each media part (to stderr)"
+    )
     p.add_argument("--chunked", action="store_true", help="upload media in chunks with StreamGenerate")
     p.add_argument("--chunk-size", type=int, default=1 << 20, help="bytes per StreamGenerate chunk")
     p.add_argument("--chat", action="store_true", help="send as a user message through the chat template")
@@ -35,12 +40,12 @@ def _generate_main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from nanovl.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling
+    from nanovl.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling, Started
 
     err = Console(stderr=True)
     parts = (
         [Part.image(p) for p in args.image]
-        + [Part.video(p, num_frames=args.num_frames) for p in args.video]
+        + [Part.video(p, num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames) for p in args.video]
         + [Part.audio(p) for p in args.audio]
         + [Part.text(args.prompt)]
     )
@@ -56,6 +61,9 @@ def _generate_main(args: argparse.Namespace) -> int:
             )
             with call:
                 for event in call:
+                    if isinstance(event, Started) and args.verbose:
+                        for item in event.media:
+                            err.print(f"[dim]part {item.part_index}: {item.describe()}[/dim]", highlight=False)
                     if isinstance(event, Delta):
                         sys.stdout.write(event.text)
                         sys.stdout.flush()

@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames sampled from a video when the request does not say",
     )
     g.add_argument(
+        "--default-video-fps",
+        type=float,
+        default=d.default_video_fps,
+        help="sample videos at this fps when a request sets neither num_frames nor fps",
+    )
+    g.add_argument(
+        "--default-video-max-frames",
+        type=int,
+        default=d.default_video_max_frames,
+        help="cap on frames sampled from a video when a request sets no max_frames",
+    )
+    g.add_argument(
         "--default-max-tokens", type=int, default=d.default_max_tokens, help="completion length when not given"
     )
     g.add_argument(
@@ -187,6 +199,8 @@ async def _serve(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests,
         decode_threads=args.decode_threads,
         default_video_frames=args.default_video_frames,
+        default_video_fps=args.default_video_fps,
+        default_video_max_frames=args.default_video_max_frames,
         default_max_tokens=args.default_max_tokens,
         drain_grace_s=args.drain_grace_s,
         warmup=not args.no_warmup,

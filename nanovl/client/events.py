@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -115,11 +115,60 @@ class TokenLogprobs:
 
 
 @dataclass(frozen=True)
+class MediaItem:
+    """What the model received for one media part (``Started.media``).
+
+    ``kind`` is "image", "video" or "audio"; ``details`` holds that kind's fields
+    (``ImageItemInfo`` / ``VideoItemInfo`` / ``AudioItemInfo`` in inference.proto) as
+    plain Python values, e.g. ``details["frame_timestamps_s"]`` for a video."""
+
+    part_index: int
+    kind: str
+    details: Mapping[str, Any]
+
+    @staticmethod
+    def from_proto(m: pb.MediaItemInfo) -> MediaItem:
+        kind = m.WhichOneof("kind") or ""
+        info = getattr(m, kind) if kind else None
+        details = (
+            {
+                f.name: (v if isinstance(v, str | bytes | int | float) else list(v))  # repeated → list
+                for f in info.DESCRIPTOR.fields
+                for v in [getattr(info, f.name)]
+            }
+            if info is not None
+            else {}
+        )
+        return MediaItem(part_index=m.part_index, kind=kind, details=details)
+
+    def describe(self) -> str:
+        """One line for humans, e.g. ``video: 8 frames 64x96 at 0.00, 1.00 … s, rotated 90°``."""
+        d = self.details
+        if self.kind == "image":
+            return f"image: {d['width']}x{d['height']} {d['format']} (source mode {d['source_mode']})"
+        if self.kind == "video":
+            times = ", ".join(f"{t:.2f}" for t in d["frame_timestamps_s"])
+            turn = f", rotated {d['rotation_degrees']}°" if d["rotation_degrees"] else ""
+            mirror = ", mirrored" if d["mirrored"] else ""
+            return (
+                f"video: {len(d['frame_timestamps_s'])} of {d['source_frame_count']} frames, "
+                f"{d['width']}x{d['height']}{turn}{mirror}, at [{times}] s of {d['duration_s']:.2f} s"
+            )
+        if self.kind == "audio":
+            return (
+                f"audio: {d['duration_s']:.2f} s {d['format']} ({d['source_channels']} ch at "
+                f"{d['source_sample_rate']} Hz) → {d['num_samples']} samples at {d['sample_rate']} Hz mono"
+            )
+        return f"{self.kind or 'unknown'} item"
+
+
+@dataclass(frozen=True)
 class Started:
     """First event: the server accepted the request."""
 
     request_id: str
     prompt_tokens_by_modality: ModalityTokens | None
+    media: tuple[MediaItem, ...] = ()  # what the model received, per media part
 
 
 @dataclass(frozen=True)
@@ -153,7 +202,11 @@ def event_from_proto(resp: pb.GenerateResponse) -> Event:
         by_modality = (
             ModalityTokens.from_proto(s.prompt_tokens_by_modality) if s.HasField("prompt_tokens_by_modality") else None
         )
-        return Started(request_id=s.request_id, prompt_tokens_by_modality=by_modality)
+        return Started(
+            request_id=s.request_id,
+            prompt_tokens_by_modality=by_modality,
+            media=tuple(MediaItem.from_proto(m) for m in s.media),
+        )
     if kind == "delta":
         d = resp.delta
         return Delta(
@@ -255,6 +308,8 @@ class ModalityInfo:
     max_tokens_per_item: int | None
     default_num_frames: int | None
     max_num_frames: int | None
+    default_fps: float | None = None
+    default_max_frames: int | None = None
 
     @staticmethod
     def from_proto(m: pb.ModalityInfo) -> ModalityInfo:
@@ -267,6 +322,8 @@ class ModalityInfo:
             max_tokens_per_item=_opt(m, "max_tokens_per_item"),
             default_num_frames=_opt(m, "default_num_frames"),
             max_num_frames=_opt(m, "max_num_frames"),
+            default_fps=_opt(m, "default_fps"),
+            default_max_frames=_opt(m, "default_max_frames"),
         )
 
 

@@ -68,6 +68,8 @@ class Part:
     data: bytes | None = field(default=None, repr=False)  # megabytes: keep out of logs
     format: str = ""
     num_frames: int | None = None  # video: frames the server samples
+    fps: float | None = None  # video: sample one frame every 1/fps seconds
+    max_frames: int | None = None  # video: cap on sampled frames
     raw_frames: RawFramesSpec | None = None  # video payload is decoded RGB24 frames
     pcm_spec: PcmSpec | None = None  # audio payload is raw PCM
     # Payload size captured when the part was built, so a file that changes before it is
@@ -86,11 +88,22 @@ class Part:
         return Part._media("image", source, format=format)
 
     @staticmethod
-    def video(source: MediaSource, *, num_frames: int | None = None, format: str = "") -> Part:
+    def video(
+        source: MediaSource,
+        *,
+        num_frames: int | None = None,
+        format: str = "",
+        fps: float | None = None,
+        max_frames: int | None = None,
+    ) -> Part:
         """An encoded video (MP4, WebM, ...) from a file path or bytes; the server samples
-        ``num_frames`` frames uniformly (its default when None)."""
+        ``num_frames`` frames uniformly over the clip by presentation time, or one every
+        ``1 / fps`` seconds, at most ``max_frames`` (its defaults when None)."""
         _check_positive("num_frames", num_frames)
-        return Part._media("video", source, format=format, num_frames=num_frames)
+        _check_positive("max_frames", max_frames)
+        if fps is not None and not fps > 0:
+            raise InvalidArgument(f"fps must be > 0, got {fps}")
+        return Part._media("video", source, format=format, num_frames=num_frames, fps=fps, max_frames=max_frames)
 
     @staticmethod
     def video_frames(
@@ -266,6 +279,10 @@ class Part:
                 video.encoded = payload  # sets the oneof even when empty (header)
             if self.num_frames is not None:
                 video.num_frames = self.num_frames
+            if self.fps is not None:
+                video.fps = self.fps
+            if self.max_frames is not None:
+                video.max_frames = self.max_frames
             return pb.ContentPart(video=video)
         audio = pb.Audio(format=self.format)
         if self.pcm_spec is not None:

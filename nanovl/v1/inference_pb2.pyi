@@ -66,16 +66,20 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Video(_message.Message):
-    __slots__ = ("encoded", "raw_frames", "num_frames", "format")
+    __slots__ = ("encoded", "raw_frames", "num_frames", "format", "fps", "max_frames")
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RAW_FRAMES_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     encoded: bytes
     raw_frames: RawFrames
     num_frames: int
     format: str
-    def __init__(self, encoded: _Optional[bytes] = ..., raw_frames: _Optional[_Union[RawFrames, _Mapping]] = ..., num_frames: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
+    fps: float
+    max_frames: int
+    def __init__(self, encoded: _Optional[bytes] = ..., raw_frames: _Optional[_Union[RawFrames, _Mapping]] = ..., num_frames: _Optional[int] = ..., format: _Optional[str] = ..., fps: _Optional[float] = ..., max_frames: _Optional[int] = ...) -> None: ...
 
 class RawFrames(_message.Message):
     __slots__ = ("rgb24", "width", "height", "num_frames", "fps")
@@ -289,12 +293,78 @@ class GenerateResponse(_message.Message):
     def __init__(self, started: _Optional[_Union[Started, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens_by_modality")
+    __slots__ = ("request_id", "prompt_tokens_by_modality", "media")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_BY_MODALITY_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens_by_modality: ModalityTokens
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens_by_modality: _Optional[_Union[ModalityTokens, _Mapping]] = ...) -> None: ...
+    media: _containers.RepeatedCompositeFieldContainer[MediaItemInfo]
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens_by_modality: _Optional[_Union[ModalityTokens, _Mapping]] = ..., media: _Optional[_Iterable[_Union[MediaItemInfo, _Mapping]]] = ...) -> None: ...
+
+class MediaItemInfo(_message.Message):
+    __slots__ = ("part_index", "image", "video", "audio")
+    PART_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    part_index: int
+    image: ImageItemInfo
+    video: VideoItemInfo
+    audio: AudioItemInfo
+    def __init__(self, part_index: _Optional[int] = ..., image: _Optional[_Union[ImageItemInfo, _Mapping]] = ..., video: _Optional[_Union[VideoItemInfo, _Mapping]] = ..., audio: _Optional[_Union[AudioItemInfo, _Mapping]] = ...) -> None: ...
+
+class ImageItemInfo(_message.Message):
+    __slots__ = ("width", "height", "format", "source_mode")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODE_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    format: str
+    source_mode: str
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ..., source_mode: _Optional[str] = ...) -> None: ...
+
+class VideoItemInfo(_message.Message):
+    __slots__ = ("width", "height", "frame_timestamps_s", "frame_indices", "rotation_degrees", "mirrored", "source_frame_count", "duration_s", "format", "codec")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FRAME_TIMESTAMPS_S_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDICES_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_DEGREES_FIELD_NUMBER: _ClassVar[int]
+    MIRRORED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    frame_timestamps_s: _containers.RepeatedScalarFieldContainer[float]
+    frame_indices: _containers.RepeatedScalarFieldContainer[int]
+    rotation_degrees: int
+    mirrored: bool
+    source_frame_count: int
+    duration_s: float
+    format: str
+    codec: str
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., frame_timestamps_s: _Optional[_Iterable[float]] = ..., frame_indices: _Optional[_Iterable[int]] = ..., rotation_degrees: _Optional[int] = ..., mirrored: _Optional[bool] = ..., source_frame_count: _Optional[int] = ..., duration_s: _Optional[float] = ..., format: _Optional[str] = ..., codec: _Optional[str] = ...) -> None: ...
+
+class AudioItemInfo(_message.Message):
+    __slots__ = ("duration_s", "sample_rate", "num_samples", "source_sample_rate", "source_channels", "format")
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    duration_s: float
+    sample_rate: int
+    num_samples: int
+    source_sample_rate: int
+    source_channels: int
+    format: str
+    def __init__(self, duration_s: _Optional[float] = ..., sample_rate: _Optional[int] = ..., num_samples: _Optional[int] = ..., source_sample_rate: _Optional[int] = ..., source_channels: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("text", "token_ids", "logprobs")
@@ -419,7 +489,7 @@ class ModelInfo(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., max_model_len: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[ModalityInfo, _Mapping]]] = ..., audio_sample_rate: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., vllm_version: _Optional[str] = ..., nanovl_version: _Optional[str] = ...) -> None: ...
 
 class ModalityInfo(_message.Message):
-    __slots__ = ("modality", "enabled", "max_items_per_prompt", "accepted_formats", "accepted_raw_formats", "max_tokens_per_item", "default_num_frames", "max_num_frames")
+    __slots__ = ("modality", "enabled", "max_items_per_prompt", "accepted_formats", "accepted_raw_formats", "max_tokens_per_item", "default_num_frames", "max_num_frames", "default_fps", "default_max_frames")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -428,6 +498,8 @@ class ModalityInfo(_message.Message):
     MAX_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FPS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     modality: Modality
     enabled: bool
     max_items_per_prompt: int
@@ -436,4 +508,6 @@ class ModalityInfo(_message.Message):
     max_tokens_per_item: int
     default_num_frames: int
     max_num_frames: int
-    def __init__(self, modality: _Optional[_Union[Modality, str]] = ..., enabled: _Optional[bool] = ..., max_items_per_prompt: _Optional[int] = ..., accepted_formats: _Optional[_Iterable[str]] = ..., accepted_raw_formats: _Optional[_Iterable[str]] = ..., max_tokens_per_item: _Optional[int] = ..., default_num_frames: _Optional[int] = ..., max_num_frames: _Optional[int] = ...) -> None: ...
+    default_fps: float
+    default_max_frames: int
+    def __init__(self, modality: _Optional[_Union[Modality, str]] = ..., enabled: _Optional[bool] = ..., max_items_per_prompt: _Optional[int] = ..., accepted_formats: _Optional[_Iterable[str]] = ..., accepted_raw_formats: _Optional[_Iterable[str]] = ..., max_tokens_per_item: _Optional[int] = ..., default_num_frames: _Optional[int] = ..., max_num_frames: _Optional[int] = ..., default_fps: _Optional[float] = ..., default_max_frames: _Optional[int] = ...) -> None: ...

@@ -593,3 +593,43 @@ async def test_opentelemetry_interceptors_keep_streaming_and_cancellation(fake_s
 
     assert json.loads(await asyncio.to_thread(run)) == [["image", _digest(image)]]
     await asyncio.wait_for(servicer.cancelled.wait(), timeout=30)
+
+
+def test_started_media_items_from_proto() -> None:
+    from nanovl.v1 import inference_pb2 as pb
+    from nanovl.client import Started, event_from_proto
+
+    started = pb.Started(request_id="r")
+    started.media.add(
+        part_index=1,
+        video=pb.VideoItemInfo(
+            width=64,
+            height=96,
+            frame_timestamps_s=[0.0, 0.5],
+            frame_indices=[0, 12],
+            rotation_degrees=90,
+            source_frame_count=24,
+            duration_s=1.0,
+            format="mp4",
+        ),
+    )
+    started.media.add(
+        part_index=2,
+        audio=pb.AudioItemInfo(
+            duration_s=3.0,
+            sample_rate=16000,
+            num_samples=48000,
+            source_sample_rate=44100,
+            source_channels=2,
+            format="wav",
+        ),
+    )
+    started.media.add(part_index=0, image=pb.ImageItemInfo(width=8, height=4, format="png", source_mode="I;16"))
+    event = event_from_proto(pb.GenerateResponse(started=started))
+    assert isinstance(event, Started)
+    video, audio, image = event.media
+    assert (video.part_index, video.kind, video.details["frame_timestamps_s"]) == (1, "video", [0.0, 0.5])
+    assert video.details["frame_indices"] == [0, 12] and video.details["mirrored"] is False
+    assert video.describe() == "video: 2 of 24 frames, 64x96, rotated 90°, at [0.00, 0.50] s of 1.00 s"
+    assert audio.describe() == "audio: 3.00 s wav (2 ch at 44100 Hz) → 48000 samples at 16000 Hz mono"
+    assert image.describe() == "image: 8x4 png (source mode I;16)"

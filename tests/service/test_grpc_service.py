@@ -423,3 +423,65 @@ async def test_64_concurrent_mixed_streams(client, engine):
     assert all(r.usage.completion_tokens == 4 for r in results)
     assert len({r.request_id for r in results}) == 64
     assert await _wait_until_idle(engine)
+
+
+async def test_prompt_logprobs_are_returned_one_per_prompt_token(grpc_target):
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        req = pb.GenerateRequest(
+            parts=[pb.ContentPart(text="prompt logprobs please")],
+            sampling=pb.SamplingOptions(max_tokens=2, ignore_eos=True, temperature=0.0, prompt_logprobs=3),
+        )
+        responses = await _collect(pb_grpc.InferenceStub(channel).Generate(req, timeout=60))
+    final = responses[-1].final
+    entries = list(final.prompt_logprobs)
+    assert len(entries) == final.usage.prompt_tokens > 5
+    assert not entries[0].HasField("token") and not entries[0].top  # the first token has no logprob
+    for entry in entries[1:]:
+        assert entry.token.logprob <= 0.0 and 3 <= len(entry.top) <= 4
+        assert entry.top[0].rank == 1 and entry.token.rank >= 1
+    # The byte-level tokenizer maps the prompt's bytes to these token ids, in order.
+    assert "".join(e.token.text for e in entries[1:]) == "rompt logprobs please"
+
+
+async def test_started_reports_what_the_model_received(client):
+    vfr = mf.make_vfr_video(mf.VFR_TIMES_S, width=64, height=48)
+    rotated = mf.make_oriented_video("mp4", "libx264", degrees=-90)
+    prompt = [
+        Part.image(mf.gray16_ramp_png()),
+        Part.video(vfr, num_frames=8),
+        Part.video(rotated, fps=8.0, max_frames=3),
+        Part.audio(mf.with_wav_data_size(mf.make_wav(3.0, 16000, 1, seed=1), 0)),
+        Part.text("?"),
+    ]
+    call = client.generate(prompt, sampling=SHORT)
+    started = None
+    async for event in call:
+        if type(event).__name__ == "Started":
+            started = event
+    assert started is not None
+    image, video, turned, audio = started.media
+    assert [m.part_index for m in started.media] == [0, 1, 2, 3]
+    assert image.kind == "image" and image.details["source_mode"] == "I;16"
+    assert (image.details["width"], image.details["height"]) == (256, 32)
+    assert video.details["frame_timestamps_s"] == pytest.approx([0, 29 / 30, 3, 4, 6, 7, 9, 11], abs=1e-3)
+    assert video.details["frame_indices"] == [0, 29, 31, 32, 34, 35, 37, 39]
+    assert (turned.details["width"], turned.details["height"], turned.details["rotation_degrees"]) == (64, 96, 90)
+    # 8 fps would take all 4 frames; max_frames=3 takes 3 uniformly (0, 0.1875, 0.375 s → frames shown then).
+    assert turned.details["frame_timestamps_s"] == pytest.approx([0.0, 0.125, 0.375])
+    assert audio.details["num_samples"] == 48000 and audio.details["sample_rate"] == 16000
+    assert "rotated 90°" in turned.describe() and "0.97" in video.describe()
+
+
+async def test_video_sampling_controls_change_what_the_model_gets(client):
+    clip = mf.make_mp4(48, 64, 48, fps=24, seed=3)  # 2 s
+    by_fps = await client.generate_text([Part.video(clip, fps=2.0), Part.text("?")], sampling=SHORT)
+    by_count = await client.generate_text([Part.video(clip, num_frames=2), Part.text("?")], sampling=SHORT)
+    per_frame = (by_fps.usage.prompt_tokens_by_modality.video - by_count.usage.prompt_tokens_by_modality.video) / 2
+    assert per_frame > 0  # 4 frames at 2 fps vs 2 frames: two more frames' tokens
+
+
+async def test_model_info_reports_video_sampling_defaults(client):
+    info = await client.get_model_info()
+    video = next(m for m in info.modalities if m.modality == "video")
+    assert video.default_num_frames == 8 and video.default_fps is None
+    assert video.default_max_frames == video.max_num_frames

@@ -195,11 +195,18 @@ def test_video_with_fewer_frames_than_requested_keeps_all() -> None:
 
 
 def test_video_to_vllm_metadata() -> None:
+    from vllm.transformers_utils.processors.nano_nemotron_vl import calculate_timestamps
+
     video = media.decode_video(mf.make_mp4(30, 64, 48, 15, seed=4), num_frames=4)
     frames, meta = video.to_vllm()
     assert frames is video.frames
-    assert meta["fps"] == pytest.approx(15)
-    assert meta["frames_indices"] == list(video.frame_indices)
+    # Times on a 1000 Hz clock (model.prompt.TIMESTAMP_CLOCK_HZ): vLLM's own formula
+    # must give back each frame's real presentation time.
+    assert meta["fps"] == 1000.0
+    assert meta["frames_indices"] == [round(t * 1000) for t in video.timestamps_s]
+    assert calculate_timestamps(meta["frames_indices"], int(1000 / meta["fps"])) == pytest.approx(
+        [i / 15 for i in video.frame_indices], abs=5e-4
+    )
     assert meta["total_num_frames"] == 30
     assert meta["duration"] == pytest.approx(2.0, abs=0.1)
     assert meta["do_sample_frames"] is False and isinstance(meta["video_backend"], str)
@@ -212,7 +219,8 @@ def test_raw_frames_round_trip() -> None:
     assert video.frames.flags.writeable and video.frames.flags.owndata
     assert video.frame_indices == (0, 1, 2) and video.duration_s == pytest.approx(1.5)
     assert (video.container_format, video.codec, video.width, video.height) == ("raw", "rgb24", 64, 32)
-    assert video.to_vllm()[1]["fps"] == 2.0
+    assert video.timestamps_s == (0.0, 0.5, 1.0)
+    assert video.to_vllm()[1]["frames_indices"] == [0, 500, 1000]
 
 
 @pytest.mark.parametrize(("delta", "needle"), [(-1, "got 18431 (1 bytes short)"), (5, "got 18437 (5 bytes too many)")])
@@ -469,15 +477,14 @@ def test_vllm_nemotron_processor_accepts_decoded_media() -> None:
     assert {m: len(p) for m, p in placeholders.items()} == {"image": 1, "video": 1, "audio": 1}
     kwargs = out["mm_kwargs"]
     video_item = kwargs["video"][0]
-    assert video_item["frames_indices"].data.tolist() == list(video.frame_indices)
+    assert video_item["frames_indices"].data.tolist() == [round(t * 1000) for t in video.timestamps_s]
     assert video_item["pixel_values_flat_video"].data.shape[0] == video.sampled_frame_count
-    # Per-frame timestamps in the prompt come from our fps and source indices.
+    # Per-frame timestamps in the prompt are the frames' real presentation times.
     tokenizer = processor.info.get_tokenizer()
     video_ph = placeholders["video"][0]
     video_text = tokenizer.decode(out["prompt_token_ids"][video_ph.offset : video_ph.offset + video_ph.length])
-    frame_ms = int(1000 / video.fps)
     for n, index in enumerate(video.frame_indices, start=1):
-        assert f"Frame {n} sampled at {index * frame_ms / 1000:.2f} seconds" in video_text
+        assert f"Frame {n} sampled at {index / 24:.2f} seconds" in video_text
     # Audio: <so_start> + one token per encoder step + <so_end>, for our 16 kHz length.
     extractor = processor.info.get_hf_processor().audio_extractor
     assert placeholders["audio"][0].length == extractor.audio_token_count(len(audio.waveform)) + 2
