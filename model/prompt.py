@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nanovl.errors import InvalidArgument
+from nanovl.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 from nanovl.modalities import MODALITIES, Modality
 
 PLACEHOLDERS: Mapping[Modality, str] = {"image": "<image>", "video": "<video>", "audio": "<so_embedding>"}
@@ -168,6 +168,91 @@ def assemble_raw(parts: Sequence[ContentPart]) -> AssembledPrompt:
     return AssembledPrompt(prompt=prompt, multi_modal_data=_freeze(media))
 
 
+# apply_chat_template's own parameters and the variables render_jinja_template sets
+# itself (transformers.utils.chat_template_utils): a client's chat_template_kwargs may not
+# name them (a duplicate keyword is a TypeError deep inside transformers).
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation",
+        "conversations",
+        "messages",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tokenize",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
+REQUEST_TEMPLATE_KEY = "chat_template"
+
+
+def check_template_kwargs(kwargs: Mapping[str, Any], *, allow_request_template: bool) -> None:
+    """Refuse ``chat_template_kwargs`` the renderer cannot take: reserved names, ``tools``
+    and ``documents`` not shaped as lists of objects, and a per-request template unless the
+    server allows one. Raises ``InvalidArgument`` (``PermissionDenied`` for the template)."""
+    if bad := sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs)):
+        raise InvalidArgument(
+            f"chat_template_kwargs may not set {', '.join(bad)}: the server sets them "
+            "(use ChatTemplateOptions.add_generation_prompt for that one)"
+        )
+    for key in ("tools", "documents"):
+        value = kwargs.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            raise InvalidArgument(f"chat_template_kwargs.{key} must be a list of objects, got {type(value).__name__}")
+    if REQUEST_TEMPLATE_KEY in kwargs:
+        if not isinstance(kwargs[REQUEST_TEMPLATE_KEY], str):
+            raise InvalidArgument("chat_template_kwargs.chat_template must be a string (a Jinja template)")
+        if not allow_request_template:
+            raise PermissionDenied(
+                "this server does not accept per-request chat templates (chat_template_kwargs.chat_template); "
+                "remove it to use the checkpoint's template, or ask the operator for --allow-request-chat-template"
+            )
+
+
+@dataclass(frozen=True)
+class TemplateJob:
+    """Everything a chat template render needs, as plain data (it crosses into the
+    sandbox process for per-request templates): the arguments of transformers'
+    ``render_jinja_template``."""
+
+    template: str
+    conversation: list[dict[str, Any]]
+    add_generation_prompt: bool
+    tools: list[dict[str, Any]] | None
+    documents: list[dict[str, Any]] | None
+    variables: dict[str, Any]  # special tokens, then the request's own kwargs
+
+
+def render_template(job: TemplateJob) -> str:
+    """Render ``job`` exactly as ``tokenizer.apply_chat_template(tokenize=False)`` would
+    (same function, same sandboxed Jinja environment). A template that fails — a Jinja
+    error, ``raise_exception(...)``, a type error on the client's values — is the
+    request's fault: ``InvalidArgument`` with the template's own message."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, _ = render_jinja_template(
+            conversations=[job.conversation],
+            tools=job.tools,
+            documents=job.documents,
+            chat_template=job.template,
+            add_generation_prompt=job.add_generation_prompt,
+            **job.variables,
+        )
+    except RecursionError:
+        raise InvalidArgument("the chat template recursed too deeply for these messages") from None
+    except MemoryError:
+        raise ResourceExhausted("the chat template needed more memory than this server allows") from None
+    except Exception as exc:
+        raise InvalidArgument(f"the chat template failed for these messages: {type(exc).__name__}: {exc}") from None
+    return rendered[0]
+
+
 class ChatRenderer:
     """Renders messages with a checkpoint's chat template.
 
@@ -183,13 +268,15 @@ class ChatRenderer:
         if not getattr(self._tokenizer, "chat_template", None):
             raise ValueError(f"checkpoint {model_path} has no chat template; send raw parts instead of messages")
 
-    def render(
+    def job(
         self,
         messages: Sequence[Message],
         *,
         add_generation_prompt: bool = True,
         chat_template_kwargs: Mapping[str, Any] | None = None,
-    ) -> AssembledPrompt:
+    ) -> tuple[TemplateJob, dict[Modality, tuple[Any, ...]]]:
+        """The render job for ``messages`` (the request's template if its kwargs carry one,
+        else the checkpoint's) and the media in prompt order."""
         if not messages:
             raise InvalidArgument("messages is empty: send at least one message")
         media: dict[Modality, list[Any]] = {}
@@ -207,10 +294,30 @@ class ChatRenderer:
                     ],
                 }
             )
-        prompt = self._tokenizer.apply_chat_template(
-            conversation,
-            tokenize=False,
+        kwargs = dict(chat_template_kwargs or {})
+        tools, documents = kwargs.pop("tools", None), kwargs.pop("documents", None)
+        # The checkpoint's template may be a set of named ones (e.g. "tool_use"):
+        # get_chat_template picks as apply_chat_template does.
+        template = kwargs.pop(REQUEST_TEMPLATE_KEY, None) or self._tokenizer.get_chat_template(None, tools)
+        job = TemplateJob(
+            template=template,
+            conversation=conversation,
             add_generation_prompt=add_generation_prompt,
-            **dict(chat_template_kwargs or {}),
+            tools=tools,
+            documents=documents,
+            variables={**self._tokenizer.special_tokens_map, **kwargs},
         )
-        return AssembledPrompt(prompt=prompt, multi_modal_data=_freeze(media))
+        return job, _freeze(media)
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> AssembledPrompt:
+        """Render in this process (the checkpoint's own, trusted template)."""
+        job, media = self.job(
+            messages, add_generation_prompt=add_generation_prompt, chat_template_kwargs=chat_template_kwargs
+        )
+        return AssembledPrompt(prompt=render_template(job), multi_modal_data=media)

@@ -44,5 +44,17 @@ class Unavailable(NanovlError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(NanovlError):
+    """A server-side time limit (upload idle time, whole upload, template rendering)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class PermissionDenied(NanovlError):
+    """The server's configuration forbids what the request asks (the flag is named)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPrecondition(NanovlError):
     code = grpc.StatusCode.FAILED_PRECONDITION

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from service import server_watch
+
+# vLLM imports this module inside its worker process: from here on, that process stops
+# when the nanovl server that started it is gone (even after a kill -9).
+server_watch.start()
+
 
 def _unpacked_weight(module: torch.nn.Module) -> torch.Tensor | None:
     """The weight of a linear layer whose weight vLLM's CPU path repacked.

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 import grpc
 
 import nanovl
-from model.prompt import ChatRenderer
-from nanovl.errors import InvalidArgument, ResourceExhausted, Unavailable
+from model.prompt import AssembledPrompt, ChatRenderer
+from nanovl.errors import DeadlineExceeded, InvalidArgument, NanovlError, ResourceExhausted, Unavailable
 from nanovl.modalities import MODALITY_TO_PB, TOKEN_MODALITIES
 from nanovl.v1 import inference_pb2 as pb
 from nanovl.v1 import inference_pb2_grpc as pb_grpc
@@ -37,13 +37,16 @@ from service.part_decoding import DecodedPart, decode_part, modality_of, payload
 from service.request import (
     ValidatedRequest,
     assemble_prompt,
+    chat_job,
     declared_sizes,
     from_generate_request,
     from_stream_header,
+    has_request_template,
     with_payload,
 )
 from service.settings import ServerSettings
 from service.status import abort_with, status_of
+from service.template_sandbox import TemplateSandbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,6 +100,21 @@ def _prompt_logprobs(prompt_token_ids: list[int], logprobs: Any) -> list[pb.Toke
     ]
 
 
+async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError | None:
+    """Reads the request stream after End: None when the client closes it; the protocol
+    error when the client sends anything more (a chunk, a second End)."""
+    try:
+        msg = await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+    except Exception:  # the call ended (cancelled, finished): nothing to police
+        return None
+    return InvalidArgument(
+        f"a {msg.WhichOneof('kind') or 'empty'} message arrived after End; End must be the last message "
+        "of a StreamGenerate request"
+    )
+
+
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(
         self,
@@ -115,7 +133,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._metrics = metrics
         self._chat = chat
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="nanovl-decode")
+        self._sandbox = (
+            TemplateSandbox(settings.chat_template_timeout_s) if settings.allow_request_chat_template else None
+        )
         self._vocab_size = engine.llm.vllm_config.model_config.get_vocab_size()
+
+    async def start(self) -> None:
+        """Warm what the first request would otherwise pay for (the template sandbox's
+        fork server imports transformers: seconds)."""
+        if self._sandbox is not None:
+            await asyncio.to_thread(self._sandbox.start)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -169,6 +196,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         async with self._admitted("Generate", context) as outcome:
             clock = _RequestClock()
+            outcome["release"].enter_context(self._lifecycle.admission())
             req = from_generate_request(request, **self._validation_kwargs())
             outcome["modality"] = req.modality_label()
             for i in req.media_indices:
@@ -182,7 +210,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         async with self._admitted("StreamGenerate", context) as outcome:
             clock = _RequestClock()
-            req, decode_tasks = await self._receive(request_iterator, clock)
+            with self._lifecycle.upload():
+                req, decode_tasks, rest = await self._receive(request_iterator, clock)
+            outcome["release"].callback(rest.cancel)
+            outcome["release"].enter_context(self._lifecycle.admission())
             outcome["modality"] = req.modality_label()
             try:
                 decoded = await asyncio.gather(*decode_tasks.values())
@@ -190,6 +221,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 for task in decode_tasks.values():
                     task.cancel()
             async for response in self._run(req, dict(zip(decode_tasks, decoded, strict=False)), clock, outcome):
+                if rest.done() and (violation := rest.result()) is not None:
+                    raise violation
                 yield response
 
     # ------------------------------------------------------------------ stages
@@ -200,23 +233,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     @contextlib.asynccontextmanager
     async def _admitted(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[dict[str, Any]]:
         """Admission control, metrics and the one place errors become gRPC statuses."""
-        outcome: dict[str, Any] = {"modality": "unknown"}
+        outcome: dict[str, Any] = {"modality": "unknown", "release": contextlib.ExitStack()}
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         try:
+            if self._engine.is_dead or self._lifecycle.engine_dead.is_set():
+                raise Unavailable("the inference engine has stopped; the server must be restarted")
             if not self._lifecycle.accepting:
                 raise Unavailable(
                     f"the server is {self._lifecycle.state.lower()} and accepts no new requests; "
                     "retry on another replica"
                 )
-            if self._engine.is_dead:
-                raise Unavailable("the inference engine has stopped; the server must be restarted")
-            if self._lifecycle.in_flight >= self._settings.max_concurrent_requests:
-                raise ResourceExhausted(
-                    f"the server is at its limit of {self._settings.max_concurrent_requests} "
-                    "concurrent requests; retry with backoff"
-                )
-            with self._lifecycle.track(), self._metrics.in_flight(rpc):
+            with self._lifecycle.track(), self._metrics.in_flight(rpc), outcome["release"]:
                 yield outcome
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
@@ -229,6 +257,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await abort_with(context, exc)
         finally:
             self._metrics.record_request(rpc, outcome["modality"], code, time.perf_counter() - start)
+
+    async def _assemble(self, req: ValidatedRequest, decoded: Mapping[int, DecodedPart]) -> AssembledPrompt:
+        """The prompt, never rendered on the event loop: a request's own chat template in
+        the sandbox process (time- and memory-limited), the checkpoint's in the pool."""
+        if has_request_template(req):
+            if self._sandbox is None:  # validation refuses these unless allowed
+                raise InvalidArgument("this server does not accept per-request chat templates")
+            job, media = chat_job(req, decoded, self._chat)
+            return AssembledPrompt(prompt=await self._sandbox.render(job), multi_modal_data=dict(media))
+        return await self._in_pool(functools.partial(assemble_prompt, req, decoded, self._chat))
 
     async def _in_pool(self, fn: Callable[[], T]) -> T:
         # The pool's threads do not inherit the caller's context; copy it so their logs
@@ -260,23 +298,67 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._metrics.observe_media_decode(modality, elapsed)
         return decoded
 
+    async def _next_message(
+        self, iterator: AsyncIterator[pb.GenerateChunk], upload_deadline: float
+    ) -> pb.GenerateChunk | None:
+        """The client's next StreamGenerate message (None at the end of its stream), bounded
+        by the idle timeout and the whole upload's deadline; UNAVAILABLE at once if the
+        engine dies meanwhile (the upload could never be served)."""
+        s = self._settings
+        idle = s.upload_idle_timeout_s
+        timeout = min(idle, upload_deadline - time.monotonic())
+        read = asyncio.ensure_future(iterator.__anext__())
+        dead = asyncio.ensure_future(self._lifecycle.engine_dead.wait())
+        try:
+            done, _ = await asyncio.wait({read, dead}, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dead.cancel()
+            if not read.done():
+                read.cancel()
+        if read in done:
+            try:
+                return read.result()
+            except StopAsyncIteration:
+                return None
+        if dead in done:
+            raise Unavailable("the inference engine has stopped; the server must be restarted")
+        if timeout < idle:
+            raise DeadlineExceeded(
+                f"the upload took longer than this server's limit of {s.upload_timeout_s:g} s "
+                "(--upload-timeout-s); send smaller media or split the request"
+            )
+        raise DeadlineExceeded(
+            f"no StreamGenerate message for {idle:g} s (--upload-idle-timeout-s); "
+            "send chunks without long pauses, then End"
+        )
+
     async def _receive(
         self, chunks: AsyncIterator[pb.GenerateChunk], clock: _RequestClock
-    ) -> tuple[ValidatedRequest, dict[int, asyncio.Task[DecodedPart]]]:
+    ) -> tuple[ValidatedRequest, dict[int, asyncio.Task[DecodedPart]], asyncio.Task[NanovlError | None]]:
         """Read header, media chunks and End; start decoding each part as soon as its
-        last chunk arrives, so decoding overlaps the rest of the upload."""
+        last chunk arrives, so decoding overlaps the rest of the upload.
+
+        Returns the request, its decode tasks, and a task that keeps reading the request
+        stream after End: the protocol allows nothing more, so any further message is a
+        violation the caller turns into INVALID_ARGUMENT."""
+        upload_deadline = time.monotonic() + self._settings.upload_timeout_s
         with self._tracer.stage_span(tracing.RECEIVE) as span:
             iterator = chunks.__aiter__()
-            try:
-                first = await iterator.__anext__()
-            except StopAsyncIteration:
-                raise InvalidArgument("StreamGenerate received no messages: send a header first") from None
+            first = await self._next_message(iterator, upload_deadline)
+            if first is None:
+                raise InvalidArgument("StreamGenerate received no messages: send a header first")
             if first.WhichOneof("kind") != "header":
                 raise InvalidArgument(
                     f"the first StreamGenerate message must be a header, got {first.WhichOneof('kind')}"
                 )
             req = from_stream_header(first.header, **self._validation_kwargs())
             sizes = declared_sizes(first.header)
+            declared_total = sum(n for n in sizes if n is not None)
+            if declared_total > self._settings.max_request_bytes:
+                raise ResourceExhausted(
+                    f"the header declares {declared_total} bytes of media, over this server's limit of "
+                    f"{self._settings.max_request_bytes} bytes (--max-request-bytes); send smaller media"
+                )
             pending = list(req.media_indices)
             parts = list(req.parts)
             tasks: dict[int, asyncio.Task[DecodedPart]] = {}
@@ -284,7 +366,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             buffered = total = num_chunks = 0
             first_chunk_at: float | None = None
             try:
-                async for msg in iterator:
+                while (msg := await self._next_message(iterator, upload_deadline)) is not None:
                     kind = msg.WhichOneof("kind")
                     if kind == "end":
                         break
@@ -300,6 +382,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         raise InvalidArgument(
                             f"media chunk for part {chunk.part_index} while part {pending[0]} is "
                             "incomplete: send each part's chunks contiguously, in declared order"
+                        )
+                    if not chunk.data and not chunk.last:
+                        raise InvalidArgument(
+                            f"empty media chunk for part {chunk.part_index}: only the last chunk of a part "
+                            "(last=true) may be empty"
                         )
                     first_chunk_at = first_chunk_at or time.perf_counter()
                     num_chunks += 1
@@ -342,7 +429,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             span.set_attribute("receive.chunks", num_chunks)
             span.set_attribute("receive.bytes", total)
             span.set_attribute("receive.upload_s", clock.upload_s)
-        return dataclasses.replace(req, parts=tuple(parts)), tasks
+        rest = asyncio.create_task(_after_end(iterator))
+        return dataclasses.replace(req, parts=tuple(parts)), tasks, rest
 
     async def _run(
         self,
@@ -352,7 +440,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         outcome: dict[str, Any],
     ) -> AsyncIterator[pb.GenerateResponse]:
         with self._tracer.stage_span(tracing.PROMPT_ASSEMBLE) as span:
-            rendered: RenderedPrompt = await self._engine.render(assemble_prompt(req, decoded, self._chat))
+            rendered: RenderedPrompt = await self._engine.render(await self._assemble(req, decoded))
             span.set_attribute("prompt.tokens", rendered.num_prompt_tokens)
             for modality, n in rendered.tokens_by_modality.items():
                 span.set_attribute(f"prompt.tokens.{modality}", n)
@@ -369,12 +457,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         completion_tokens = 0
         final_output = None
         prompt_logprobs: list[pb.TokenLogprobs] = []
-        with self._tracer.stage_span(tracing.ENGINE_GENERATE, request_id=req.request_id) as span:
+        with self._tracer.stage_span(
+            tracing.ENGINE_GENERATE, request_id=req.request_id, engine_request_id=req.engine_request_id
+        ) as span:
             try:
                 async for output in self._engine.generate(
                     rendered,
                     req.sampling,
-                    request_id=req.request_id,
+                    request_id=req.engine_request_id,
                     trace_headers=tracing.trace_headers_for_vllm() if self._tracer.enabled else None,
                 ):
                     final_output = output
@@ -402,7 +492,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             finally:
                 if not finished:
                     # Client cancel, deadline, or an error: free the engine's slot at once.
-                    await self._engine.abort(req.request_id)
+                    await self._engine.abort(req.engine_request_id)
             timeline = self._tracer.record_engine_stats(span, final_output.metrics if final_output else None)
 
         completion = final_output.outputs[0]

@@ -14,21 +14,27 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
 
+from model.prompt import check_template_kwargs
 from nanovl.errors import InvalidArgument
 from nanovl.modalities import Modality
 from nanovl.v1 import inference_pb2 as pb
+from service.part_decoding import payload_size
 from service.sampling import to_sampling_params
 from service.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from model.prompt import AssembledPrompt, ChatRenderer
+    from model.prompt import AssembledPrompt, ChatRenderer, TemplateJob
     from service.part_decoding import DecodedPart
 
 MEDIA_KINDS: Mapping[str, Modality] = {"image": "image", "video": "video", "audio": "audio"}
 
 
+MAX_REQUEST_ID_CHARS = 256
+
+
 @dataclass(frozen=True)
 class ValidatedRequest:
+    # The caller's id (or a generated one), echoed in responses, logs and spans.
     request_id: str
     # Every content part, in order (across messages for chat requests).
     parts: tuple[pb.ContentPart, ...]
@@ -38,6 +44,9 @@ class ValidatedRequest:
     chat_template_kwargs: Mapping[str, Any]
     sampling: Any  # vllm.SamplingParams
     item_counts: Mapping[Modality, int] = field(default_factory=dict)
+    # The engine's id for this call alone: the caller's id need not be unique, and vLLM
+    # aborts every engine request mapped to an id, so two calls never share one.
+    engine_request_id: str = ""
 
     @property
     def media_indices(self) -> tuple[int, ...]:
@@ -54,6 +63,13 @@ def _check_part(i: int, part: pb.ContentPart, *, payload_expected: bool) -> None
     if kind is None:
         raise InvalidArgument(f"parts[{i}] is empty: set one of text, image, video, audio")
     if not payload_expected:
+        # StreamGenerate: bytes travel in MediaChunks only; bytes in the header would be
+        # silently replaced by the upload.
+        if payload_size(part):
+            raise InvalidArgument(
+                f"parts[{i}] ({kind}) carries media bytes inside the StreamGenerate header; "
+                "declare the part there and send its bytes in MediaChunks"
+            )
         return
     if kind == "image" and not part.image.data:
         raise InvalidArgument(f"parts[{i}] (image) has no bytes")
@@ -114,8 +130,16 @@ def validate(
                 "(--limit-mm-per-prompt); split the request or send fewer items"
             )
     kwargs = MessageToDict(chat_template.chat_template_kwargs) if chat_template.HasField("chat_template_kwargs") else {}
+    if messages:
+        check_template_kwargs(kwargs, allow_request_template=settings.allow_request_chat_template)
+    if request_id is not None and (len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable()):
+        raise InvalidArgument(
+            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters, got {len(request_id)} characters"
+        )
+    client_id = request_id or f"nvl-{uuid.uuid4().hex}"
     return ValidatedRequest(
-        request_id=request_id or f"nvl-{uuid.uuid4().hex}",
+        request_id=client_id,
+        engine_request_id=f"{client_id}-{uuid.uuid4().hex[:12]}",
         parts=tuple(flat),
         messages=layout,
         add_generation_prompt=chat_template.add_generation_prompt
@@ -178,21 +202,53 @@ def with_payload(part: pb.ContentPart, payload: bytes) -> pb.ContentPart:
     return filled
 
 
+def _parts(req: ValidatedRequest, decoded: Mapping[int, DecodedPart]) -> list[Any]:
+    from model.prompt import TextPart
+
+    return [decoded[i].part if i in decoded else TextPart(p.text) for i, p in enumerate(req.parts)]
+
+
+def _messages(req: ValidatedRequest, decoded: Mapping[int, DecodedPart], chat: ChatRenderer | None) -> list[Any]:
+    from model.prompt import Message
+
+    if chat is None:
+        raise InvalidArgument("this checkpoint has no chat template; send raw parts instead of messages")
+    parts, messages, offset = _parts(req, decoded), [], 0
+    for role, n in req.messages or ():
+        messages.append(Message(role, tuple(parts[offset : offset + n])))
+        offset += n
+    return messages
+
+
+def has_request_template(req: ValidatedRequest) -> bool:
+    """The request brings its own chat template (rendered in the sandbox, if allowed)."""
+    from model.prompt import REQUEST_TEMPLATE_KEY
+
+    return req.messages is not None and REQUEST_TEMPLATE_KEY in req.chat_template_kwargs
+
+
+def chat_job(
+    req: ValidatedRequest, decoded: Mapping[int, DecodedPart], chat: ChatRenderer | None
+) -> tuple[TemplateJob, Mapping[Modality, tuple[Any, ...]]]:
+    """A chat request's template render job and its media, for rendering elsewhere."""
+    return chat.job(  # type: ignore[union-attr]  # _messages checked it
+        _messages(req, decoded, chat),
+        add_generation_prompt=req.add_generation_prompt,
+        chat_template_kwargs=req.chat_template_kwargs,
+    )
+
+
 def assemble_prompt(
     req: ValidatedRequest, decoded: Mapping[int, DecodedPart], chat: ChatRenderer | None
 ) -> AssembledPrompt:
-    """The validated request with its decoded media → the model's prompt (raw or chat)."""
-    from model.prompt import Message, TextPart, assemble_raw
+    """The validated request with its decoded media → the model's prompt (raw, or chat
+    with the checkpoint's template rendered in this thread)."""
+    from model.prompt import assemble_raw
 
-    parts = [decoded[i].part if i in decoded else TextPart(p.text) for i, p in enumerate(req.parts)]
     if req.messages is None:
-        return assemble_raw(parts)
-    if chat is None:
-        raise InvalidArgument("this checkpoint has no chat template; send raw parts instead of messages")
-    messages, offset = [], 0
-    for role, n in req.messages:
-        messages.append(Message(role, tuple(parts[offset : offset + n])))
-        offset += n
-    return chat.render(
-        messages, add_generation_prompt=req.add_generation_prompt, chat_template_kwargs=req.chat_template_kwargs
+        return assemble_raw(_parts(req, decoded))
+    return chat.render(  # type: ignore[union-attr]  # _messages checked it
+        _messages(req, decoded, chat),
+        add_generation_prompt=req.add_generation_prompt,
+        chat_template_kwargs=req.chat_template_kwargs,
     )

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 PROFILING = profiling_pb2.DESCRIPTOR.services_by_name["Profiling"].full_name
 READINESS_SERVICES = (INFERENCE, PROFILING)
+# How often the engine's state is read (a cheap property) and its health RPC made.
+ENGINE_DEATH_POLL_S = 0.5
 ENGINE_HEALTH_INTERVAL_S = 5.0
 
 
@@ -38,38 +40,66 @@ class NanovlServer:
     health: health.aio.HealthServicer
     inference: InferenceServicer
     _watch: asyncio.Task | None = field(default=None, repr=False)
+    _health_update: asyncio.Task | None = field(default=None, repr=False)
 
     @property
     def target(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
-    async def _set_health(self, state: str) -> None:
-        ready = state == SERVING and not self.engine.is_dead
+    @property
+    def engine_died(self) -> asyncio.Event:
+        """Set when the engine died: the process should exit (non-zero) so its supervisor restarts it."""
+        return self.lifecycle.engine_dead
+
+    async def _set_health(self) -> None:
+        # Readiness: serving, engine alive, and a free admission slot (a full server asks
+        # balancers to route elsewhere instead of answering RESOURCE_EXHAUSTED).
+        ready = self.lifecycle.ready and not self.engine.is_dead
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in READINESS_SERVICES:
             await self.health.set(name, status)
         # "" is liveness: the process is healthy unless its engine died.
-        alive = not self.engine.is_dead and state != STOPPED
+        alive = not (self.engine.is_dead or self.lifecycle.engine_dead.is_set()) and self.lifecycle.state != STOPPED
         await self.health.set(
             "", health_pb2.HealthCheckResponse.SERVING if alive else health_pb2.HealthCheckResponse.NOT_SERVING
         )
 
+    def health_changed(self) -> None:
+        """Lifecycle callback (synchronous): refresh the health statuses soon, in order."""
+        previous = self._health_update
+
+        async def update() -> None:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._set_health()
+
+        self._health_update = asyncio.get_running_loop().create_task(update())
+
     async def set_state(self, state: str) -> None:
         self.lifecycle.set_state(state)
-        await self._set_health(state)
+        await self._set_health()
 
     async def mark_serving(self) -> None:
         await self.set_state(SERVING)
         self._watch = asyncio.create_task(self._watch_engine())
 
     async def _watch_engine(self) -> None:
-        """Turns health NOT_SERVING as soon as the engine dies, so load balancers stop routing here."""
+        """Notices the engine's death within ENGINE_DEATH_POLL_S: health NOT_SERVING,
+        uploads in progress fail UNAVAILABLE at once, and ``engine_died`` tells the
+        process to exit so its supervisor restarts it."""
+        loop = asyncio.get_running_loop()
+        next_rpc = loop.time() + ENGINE_HEALTH_INTERVAL_S
         while self.lifecycle.state in (SERVING, DRAINING):
-            if not await self.engine.check_health():
-                log.error("the inference engine is dead; reporting NOT_SERVING")
-                await self._set_health(self.lifecycle.state)
+            dead = self.engine.is_dead
+            if not dead and loop.time() >= next_rpc:
+                dead = not await self.engine.check_health()
+                next_rpc = loop.time() + ENGINE_HEALTH_INTERVAL_S
+            if dead:
+                log.error("the inference engine is dead; reporting NOT_SERVING and failing in-flight calls")
+                self.lifecycle.mark_engine_dead()
+                await self._set_health()
                 return
-            await asyncio.sleep(ENGINE_HEALTH_INTERVAL_S)
+            await asyncio.sleep(ENGINE_DEATH_POLL_S)
 
     async def drain_and_stop(self, grace_s: float | None = None) -> bool:
         """SIGTERM path: NOT_SERVING, refuse new calls, let in-flight calls finish, stop."""
@@ -114,7 +144,7 @@ async def build_server(
 ) -> NanovlServer:
     """Build and start listening (readiness NOT_SERVING until ``mark_serving``)."""
     server = grpc.aio.server(interceptors=server_interceptors(tracer_provider), options=server_options(settings))
-    lifecycle = Lifecycle()
+    lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
     health_servicer = health.aio.HealthServicer()
     try:
         chat = ChatRenderer(engine.summary.model)
@@ -139,7 +169,9 @@ async def build_server(
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
     nanovl = NanovlServer(engine, settings, server, port, lifecycle, health_servicer, inference)
-    await nanovl._set_health(lifecycle.state)
+    lifecycle.on_change = nanovl.health_changed
+    await nanovl._set_health()
+    await inference.start()
     await server.start()
     log.info("listening on %s:%d", settings.host, port)
     return nanovl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nanovl.errors import InvalidArgument
 from nanovl.units import MiB
 from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 
@@ -17,8 +18,21 @@ class ServerSettings:
     # All bytes of one request, however they arrive; StreamGenerate is how clients
     # send more than max_message_bytes.
     max_request_bytes: int = 512 * MiB
-    # Requests admitted at once (decoding + queued + running); more → RESOURCE_EXHAUSTED.
+    # Requests admitted at once (decoding + queued + running); more → RESOURCE_EXHAUSTED,
+    # and readiness reports NOT_SERVING while the server is full.
     max_concurrent_requests: int = 512
+    # StreamGenerate calls still uploading (header received, End not yet): a budget of
+    # their own, so slow or stalled uploads never take the slots of admitted requests.
+    max_concurrent_uploads: int = 64
+    # StreamGenerate: longest silence between two client messages (header included) and
+    # longest whole upload (header to End); past either the call ends DEADLINE_EXCEEDED.
+    upload_idle_timeout_s: float = 30.0
+    upload_timeout_s: float = 600.0
+    # Per-request chat templates (chat_template_kwargs["chat_template"]) are client code:
+    # off unless the operator allows them; then rendered in a separate, niced,
+    # memory-capped process, killed after chat_template_timeout_s.
+    allow_request_chat_template: bool = False
+    chat_template_timeout_s: float = 2.0
     # Media decoding threads (CPU-bound; never on the event loop).
     decode_threads: int = 2
     # Frames sampled from an encoded video when the client does not say.
@@ -30,6 +44,20 @@ class ServerSettings:
     # Completion length when the client does not say (vLLM's own default is 16).
     default_max_tokens: int = 256
     # SIGTERM: stop admitting, let in-flight requests finish for this long, then exit.
-    drain_grace_s: float = 30.0
+    drain_grace_s: float = 20.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_message_bytes",
+            "max_request_bytes",
+            "max_concurrent_requests",
+            "max_concurrent_uploads",
+            "decode_threads",
+            "upload_idle_timeout_s",
+            "upload_timeout_s",
+            "chat_template_timeout_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)!r}")

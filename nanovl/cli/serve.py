@@ -16,6 +16,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import ServerSettings
 
 log = logging.getLogger("nanovl")
 
@@ -71,6 +75,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_concurrent_requests,
         help="requests admitted at once; more get RESOURCE_EXHAUSTED",
     )
+    g.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        default=d.max_concurrent_uploads,
+        help="StreamGenerate calls still uploading, a budget apart from --max-concurrent-requests",
+    )
+    g.add_argument(
+        "--upload-idle-timeout-s",
+        type=float,
+        default=d.upload_idle_timeout_s,
+        help="StreamGenerate: longest pause between client messages before DEADLINE_EXCEEDED",
+    )
+    g.add_argument(
+        "--upload-timeout-s",
+        type=float,
+        default=d.upload_timeout_s,
+        help="StreamGenerate: longest whole upload (header to End)",
+    )
+    g.add_argument(
+        "--allow-request-chat-template",
+        action="store_true",
+        help="accept a per-request chat template (chat_template_kwargs.chat_template); it is client code, "
+        "rendered in a separate, niced, memory-capped process. Off by default: a template is a program",
+    )
+    g.add_argument(
+        "--chat-template-timeout-s",
+        type=float,
+        default=d.chat_template_timeout_s,
+        help="a per-request chat template rendering longer than this is killed (DEADLINE_EXCEEDED)",
+    )
     g.add_argument("--decode-threads", type=int, default=d.decode_threads, help="media decoding threads")
     g.add_argument(
         "--default-video-frames",
@@ -109,10 +143,55 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("full", "no-audio", "dynamic"),
         help="which embedded tiny checkpoint to serve when --model is not given",
     )
+    m = p.add_argument_group("media limits (each item is checked before the expensive part of decoding)")
+    lim = d.media_limits
+    m.add_argument("--max-image-pixels", type=int, default=lim.max_image_pixels, help="pixels of one image")
+    m.add_argument("--max-video-frames", type=int, default=lim.max_video_frames, help="frames sampled from one video")
+    m.add_argument(
+        "--max-video-pixels-per-frame", type=int, default=lim.max_video_pixels_per_frame, help="pixels of one frame"
+    )
+    m.add_argument(
+        "--max-video-decoded-bytes",
+        type=int,
+        default=lim.max_video_decoded_bytes,
+        help="decoded RGB bytes of one video's sampled frames",
+    )
+    m.add_argument(
+        "--max-audio-seconds", type=float, default=lim.max_audio_seconds, help="length of one audio item (vLLM's cap)"
+    )
     tracing.add_cli_args(p)
     metrics.add_cli_args(p)
     logs.add_cli_args(p)
     return p
+
+
+# Items per prompt when the operator gives no --limit-mm-per-prompt (vLLM's own default is
+# 999 each). They bound what one request can pin in decoded media (8 images at the
+# 40-megapixel cap are ~1 GB of RGB; a video up to --max-video-decoded-bytes) and the
+# work one request can queue, while leaving room for multi-image prompts.
+DEFAULT_LIMIT_MM_PER_PROMPT = {"image": 8, "video": 2, "audio": 4}
+
+# Exit codes of `nanovl serve` (README "Running under a supervisor").
+EXIT_DRAINED = 0  # SIGTERM/SIGINT, every in-flight call finished within --drain-grace-s
+EXIT_OPERATOR_ERROR = 2  # bad flags, bad checkpoint, busy port (nanovl.cli.common.EXIT_USAGE)
+EXIT_DRAIN_CUT = 3  # SIGTERM/SIGINT, but calls were still running when the grace ran out
+EXIT_ENGINE_DIED = 4  # the engine died; in-flight calls got UNAVAILABLE; restart the process
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """``ServerSettings`` (and its ``MediaLimits``) from the parsed flags, field by field."""
+    import dataclasses
+
+    from service.media import MediaLimits
+    from service.settings import ServerSettings
+
+    def pick(cls: type) -> dict[str, object]:
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+    values = pick(ServerSettings)
+    values["warmup"] = not args.no_warmup
+    values["media_limits"] = MediaLimits(**pick(MediaLimits))
+    return ServerSettings(**values)
 
 
 def build_engine_parser() -> argparse.ArgumentParser:
@@ -128,6 +207,7 @@ def build_engine_parser() -> argparse.ArgumentParser:
     p.set_defaults(
         model=None,
         trust_remote_code=True,
+        limit_mm_per_prompt=DEFAULT_LIMIT_MM_PER_PROMPT,
         worker_extension_cls=WORKER_EXTENSION_CLS,
         **(CPU_ENGINE_DEFAULTS if on_cpu() else {}),
     )
@@ -173,7 +253,6 @@ async def _serve(args: argparse.Namespace) -> int:
     from profiling.telemetry import tracing
     from service.engine import Engine, apply_process_environment
     from service.server import build_server
-    from service.settings import ServerSettings
 
     apply_process_environment(cache_root())
     if args.model is None:
@@ -191,20 +270,10 @@ async def _serve(args: argparse.Namespace) -> int:
     service_metrics = metrics_mod.setup_metrics(metrics_mod.MetricsSettings.from_args(args))
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
-    settings = ServerSettings(
-        host=args.host,
-        port=args.port,
-        max_message_bytes=args.max_message_bytes,
-        max_request_bytes=args.max_request_bytes,
-        max_concurrent_requests=args.max_concurrent_requests,
-        decode_threads=args.decode_threads,
-        default_video_frames=args.default_video_frames,
-        default_video_fps=args.default_video_fps,
-        default_video_max_frames=args.default_video_max_frames,
-        default_max_tokens=args.default_max_tokens,
-        drain_grace_s=args.drain_grace_s,
-        warmup=not args.no_warmup,
-    )
+    settings = settings_from_args(args)
+    # Engine processes watch this process and stop when it is gone, even after a kill -9
+    # (profiling/worker_extension.py starts the watch inside them).
+    os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
     engine = await Engine.start(engine_args, warmup=False)
     server = None
     try:
@@ -221,11 +290,28 @@ async def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        stopped, died = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.engine_died.wait())
+        await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        died.cancel()
+        if server.engine_died.is_set():
+            # In-flight calls already failed UNAVAILABLE; give their statuses a moment to
+            # reach the clients, then exit so the supervisor starts a fresh process.
+            log.error("the engine died: exiting with status %d so the supervisor restarts nanovl", EXIT_ENGINE_DIED)
+            await server.stop(grace=1.0)
+            return EXIT_ENGINE_DIED
         log.info("shutdown requested: draining for up to %.0fs", settings.drain_grace_s)
         clean = await server.drain_and_stop()
-        log.info("drained %s", "cleanly" if clean else "with requests still running at the deadline")
-        return 0
+        if clean:
+            log.info("drained cleanly")
+            return EXIT_DRAINED
+        log.warning(
+            "drain grace of %.0fs ran out with %d call(s) still running; they were cut (exit status %d)",
+            settings.drain_grace_s,
+            server.lifecycle.cut_calls,
+            EXIT_DRAIN_CUT,
+        )
+        return EXIT_DRAIN_CUT
     finally:
         if server is not None and server.lifecycle.state != "STOPPED":
             await server.stop()

@@ -1,0 +1,109 @@
+"""Per-request chat templates run as someone else's code: in a separate process.
+
+A Jinja template is a program. transformers renders chat templates in Jinja's sandbox,
+which stops attribute tricks but not a loop of 10^8 iterations or a string of 10 GB, and a
+thread cannot be stopped. So a template that came with a request is rendered in a process
+forked from a clean fork server (``multiprocessing``'s ``forkserver``, with transformers'
+chat-template module preloaded), at the lowest CPU priority, under an address-space cap,
+and killed when it runs past the time limit. The server's event loop only waits on a pipe.
+
+Only per-request templates take this path (``--allow-request-chat-template``); the
+checkpoint's own template is the operator's and renders in the decode thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import resource
+from multiprocessing.connection import Connection
+
+from model.prompt import TemplateJob, render_template
+from nanovl.errors import DeadlineExceeded, NanovlError, ResourceExhausted
+from nanovl.units import GiB
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BYTES = 1 * GiB
+
+
+def _render_in_child(conn: Connection, job: TemplateJob, memory_bytes: int) -> None:
+    os.nice(19)  # never compete with the engine's threads for a core
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    try:
+        conn.send(("ok", render_template(job)))
+    except NanovlError as exc:
+        conn.send(("error", exc))
+    except MemoryError:
+        conn.send(("error", ResourceExhausted("the chat template needed more memory than this server allows")))
+    finally:
+        conn.close()
+
+
+class TemplateSandbox:
+    """Renders :class:`TemplateJob` s in short-lived processes; one per render.
+
+    ``render`` raises ``DeadlineExceeded`` past ``timeout_s`` (the process is killed),
+    ``ResourceExhausted`` past ``memory_bytes``, ``InvalidArgument`` for a template that
+    fails."""
+
+    def __init__(self, timeout_s: float, *, memory_bytes: int = DEFAULT_MEMORY_BYTES, max_concurrent: int = 2) -> None:
+        self.timeout_s = timeout_s
+        self.memory_bytes = memory_bytes
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._ctx = mp.get_context("forkserver")
+        # The fork server imports this once; every render then forks in milliseconds.
+        self._ctx.set_forkserver_preload(["transformers.utils.chat_template_utils", "model.prompt"])
+
+    def start(self) -> None:
+        """Start the fork server now (it takes seconds to import transformers), not on
+        the first request. Blocking: call it from a thread."""
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+    async def render(self, job: TemplateJob) -> str:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
+        except TimeoutError:
+            raise ResourceExhausted(
+                "every chat-template sandbox is busy with other requests' templates; retry with backoff"
+            ) from None
+        try:
+            return await self._render(job)
+        finally:
+            self._slots.release()
+
+    async def _render(self, job: TemplateJob) -> str:
+        loop = asyncio.get_running_loop()
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=_render_in_child, args=(sender, job, self.memory_bytes), name="nanovl-template", daemon=True
+        )
+        try:
+            await loop.run_in_executor(None, process.start)
+            sender.close()
+            ready = await loop.run_in_executor(None, receiver.poll, self.timeout_s)
+            if not ready:
+                raise DeadlineExceeded(
+                    f"the request's chat template ran longer than this server's limit of {self.timeout_s:g} s "
+                    "(--chat-template-timeout-s) and was stopped; simplify the template"
+                )
+            try:
+                kind, value = receiver.recv()
+            except EOFError:
+                # The child died without answering: the address-space cap (or a crash).
+                raise ResourceExhausted(
+                    "the request's chat template was stopped: it needed more than "
+                    f"{self.memory_bytes // 2**20} MiB of memory"
+                ) from None
+            if kind == "error":
+                raise value
+            return value
+        finally:
+            receiver.close()
+            if process.is_alive():
+                process.kill()
+            await loop.run_in_executor(None, process.join, 5)
