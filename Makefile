@@ -26,7 +26,7 @@ serve: setup
 test: setup
 	$(RUN) pytest -q
 
-ENGINE_TESTS := test_engine test_grpc_service test_tracing_e2e test_profiling_service test_profile_cli test_loadtest_smoke
+ENGINE_TESTS := test_engine test_engine_v3 test_grpc_service test_tracing_e2e test_profiling_service test_profile_cli test_loadtest_smoke
 
 test-fast: setup  ## the tests that need no engine (seconds, not minutes)
 	$(RUN) pytest -q $(foreach t,$(ENGINE_TESTS),--ignore=tests/$(t).py)
