@@ -64,7 +64,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tiny-variant",
         default="full",
-        choices=("full", "no-audio", "dynamic"),
+        choices=("full", "no-audio", "dynamic", "omni-v3", "omni-v3-no-audio"),
         help="which embedded tiny checkpoint to serve when --model is not given",
     )
     tracing.add_cli_args(p)
@@ -243,7 +243,7 @@ def _add_model(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="model_command", required=True)
     b = sub.add_parser("build-tiny", help="build a tiny, randomly initialised NemotronH_Nano_VL_V2 checkpoint")
     b.add_argument("out_dir", type=Path)
-    b.add_argument("--variant", default="full", choices=("full", "no-audio", "dynamic"))
+    b.add_argument("--variant", default="full", choices=("full", "no-audio", "dynamic", "omni-v3", "omni-v3-no-audio"))
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_build_tiny_main)
     v = sub.add_parser("validate", help="check a checkpoint directory has every field vLLM needs")
