@@ -1,4 +1,4 @@
-"""Where each checkpoint tensor of a ``NemotronH_Nano_VL_V2`` checkpoint lives inside vLLM's model.
+"""Where each checkpoint tensor of a ``NemotronH_Nano_VL_V2`` (or V3) checkpoint lives inside vLLM's model.
 
 Used to prove that what vLLM loaded is exactly what the checkpoint holds (the guard
 against silent weight corruption during loading). The mapping is written out here
@@ -27,10 +27,22 @@ _RENAMES: tuple[tuple[str, str], ...] = (
 )
 
 
+# A routed expert's linear weight in a Hugging Face MoE checkpoint (Nemotron 3 / V3).
+# vLLM's fused MoE holds all experts of a block in one tensor per projection, expert
+# index first: up_proj → w13_weight[i] (non-gated MoE: w13 holds only the "w1" half),
+# down_proj → w2_weight[i]; the router (gate.weight, gate.e_score_correction_bias)
+# keeps its checkpoint names.
+_EXPERT = re.compile(r"^(?P<block>.*\.mixer\.experts)\.(?P<index>\d+)\.(?P<proj>up|down)_proj\.weight$")
+_FUSED_EXPERT_PARAM = {"up": "routed_experts.w13_weight", "down": "routed_experts.w2_weight"}
+
+
 def vllm_name(checkpoint_name: str) -> str:
     name = checkpoint_name
     for pattern, repl in _RENAMES:
         name = re.sub(pattern, repl, name)
+    expert = _EXPERT.match(name)
+    if expert:
+        return f"{expert['block']}.{_FUSED_EXPERT_PARAM[expert['proj']]}"
     return name
 
 
@@ -38,9 +50,13 @@ def expected_vllm_tensors(checkpoint_tensors: Mapping[str, torch.Tensor]) -> dic
     """vLLM parameter name → the value it must hold, derived from checkpoint tensors."""
     expected: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
+    experts: dict[str, dict[int, torch.Tensor]] = {}
     for name, tensor in checkpoint_tensors.items():
         target = vllm_name(name)
-        if name.endswith(("_proj.weight",)) and target.endswith(".qkv_proj.weight"):
+        expert = _EXPERT.match(name)
+        if expert:
+            experts.setdefault(target, {})[int(expert["index"])] = tensor
+        elif name.endswith(("_proj.weight",)) and target.endswith(".qkv_proj.weight"):
             qkv.setdefault(target, {})[name.rsplit(".", 2)[-2][0]] = tensor
         elif name.endswith(".mixer.A_log"):
             expected[target] = -torch.exp(tensor.float())  # vLLM stores A, not log(-A)
@@ -50,6 +66,11 @@ def expected_vllm_tensors(checkpoint_tensors: Mapping[str, torch.Tensor]) -> dic
             expected[target] = tensor
     for target, parts in qkv.items():
         expected[target] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    for target, by_index in experts.items():
+        if sorted(by_index) != list(range(len(by_index))):
+            missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+            raise ValueError(f"checkpoint lacks experts {missing} of {target}")
+        expected[target] = torch.stack([by_index[i] for i in range(len(by_index))])  # [E, out, in]
     return expected
 
 

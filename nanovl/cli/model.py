@@ -9,11 +9,13 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from model.variants import VARIANTS
+
     p = subparsers.add_parser("model", help="checkpoint tools")
     sub = p.add_subparsers(dest="model_command", required=True)
     b = sub.add_parser("build-tiny", help="build a tiny, randomly initialised NemotronH_Nano_VL_V2 checkpoint")
     b.add_argument("out_dir", type=Path)
-    b.add_argument("--variant", default="full", choices=("full", "no-audio", "dynamic"))
+    b.add_argument("--variant", default="full", choices=VARIANTS)
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_build_tiny_main)
     v = sub.add_parser("validate", help="check a checkpoint directory has every field vLLM needs")

@@ -43,6 +43,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def build_parser() -> argparse.ArgumentParser:
     """nanovl's own ``serve`` flags, each with its default (fast: imports no vLLM)."""
+    from model.variants import VARIANTS
     from nanovl.event_loop import EVENT_LOOPS
     from profiling.telemetry import logs, metrics, tracing
     from service.settings import ServerSettings
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tiny-variant",
         default="full",
-        choices=("full", "no-audio", "dynamic"),
+        choices=VARIANTS,
         help="which embedded tiny checkpoint to serve when --model is not given",
     )
     m = p.add_argument_group("media limits (each item is checked before the expensive part of decoding)")

@@ -267,3 +267,99 @@ def test_invalid_sizes_are_rejected(tiled):
         audio_tokens(tiled.geometry, seconds=1.0, num_samples=16000)
     with pytest.raises(InvalidArgument):
         ModelGeometry.from_checkpoint("/nonexistent/checkpoint")
+
+
+# ---------------------------------------------------------------- V3 (Nemotron 3 Omni)
+# Dynamic tiles, tubelets, a fixed per-frame video patch budget with the aspect kept,
+# EVS, 30 s audio clips; checked on seeded random sizes against vLLM's processor.
+
+
+@pytest.fixture(scope="module")
+def omni_v3() -> Reference:
+    return _reference("omni-v3")
+
+
+@pytest.fixture(scope="module")
+def omni_v3_evs() -> Reference:
+    return _reference("omni-v3", video_pruning_rate=0.6)
+
+
+@pytest.fixture(scope="module")
+def omni_v3_no_audio() -> Reference:
+    return _reference("omni-v3-no-audio")
+
+
+V3_REFERENCES = ["omni_v3", "omni_v3_evs", "omni_v3_no_audio"]
+V3_CASES = range(8)  # seeds
+
+
+@pytest.mark.parametrize("variant", V3_REFERENCES)
+@pytest.mark.parametrize("seed", V3_CASES)
+def test_v3_image_tokens_match_processor(request, variant, seed):
+    ref: Reference = request.getfixturevalue(variant)
+    rng = np.random.default_rng(seed)
+    width, height = (int(x) for x in rng.integers(1, 4000, size=2))
+    out = ref.process("<image>", {"image": [Image.new("RGB", (width, height))]})
+    item = image_tokens(ref.geometry, width, height)
+    assert _placeholders(out, "image") == [_counts(item)]
+    pixels = out["mm_kwargs"]["image"][0]["pixel_values_flat"].data
+    assert (item.detail.tiles, item.detail.tile_height, item.detail.tile_width) == (1, *pixels.shape[-2:])
+
+
+@pytest.mark.parametrize("variant", V3_REFERENCES)
+@pytest.mark.parametrize("seed", V3_CASES)
+def test_v3_video_tokens_match_processor(request, variant, seed):
+    ref: Reference = request.getfixturevalue(variant)
+    rng = np.random.default_rng(100 + seed)
+    num_frames = int(rng.integers(1, 14))
+    width, height = (int(x) for x in rng.integers(16, 1600, size=2))
+    fps = float(rng.choice([1.0, 2.0, 29.97]))
+    indices = sorted(int(i) for i in rng.choice(400, size=num_frames, replace=False))
+    out = ref.process("<video>", {"video": [_video(num_frames, width, height, fps, indices)]})
+    item = video_tokens(ref.geometry, num_frames, width, height, fps=fps, frame_indices=indices)
+    assert _placeholders(out, "video") == [_counts(item)]
+    pixels = out["mm_kwargs"]["video"][0]["pixel_values_flat_video"].data
+    assert (item.detail.frames, item.detail.frame_height, item.detail.frame_width) == (
+        pixels.shape[0],
+        *pixels.shape[-2:],
+    )
+    assert item.detail.tubelets == -(-num_frames // 2)
+    if ref.geometry.video_pruning_rate and item.detail.tubelets > 1:
+        assert item.detail.retained_tokens < item.detail.tubelets * item.detail.tokens_per_tubelet
+
+
+@pytest.mark.parametrize("seed", V3_CASES)
+def test_v3_audio_tokens_match_processor(omni_v3, seed):
+    # Up to vLLM's 600 s audio limit: 30 s clips, the tail clip padded.
+    seconds = float(np.random.default_rng(200 + seed).uniform(0.01, 600.0))
+    samples = int(round(seconds * 16000))
+    out = omni_v3.process("<so_embedding>", {"audio": [(np.zeros(samples, np.float32), 16000)]})
+    item = audio_tokens(omni_v3.geometry, num_samples=samples)
+    assert _placeholders(out, "audio") == [_counts(item)]
+    assert item.detail.clips == out["mm_kwargs"]["audio"][0]["input_audio_features"].data.shape[0]
+
+
+def test_v3_mixed_prompt_shares_the_tiler_budget(omni_v3):
+    # Large images beside a video and an audio item: the dynamic tiler's budget is shared
+    # and reduced by the other items' tags, as in vLLM.
+    sizes = [(3000, 2000), (2000, 3000), (2500, 2500)]
+    data = {
+        "image": [Image.new("RGB", s) for s in sizes],
+        "video": [_video(5, 320, 240)],
+        "audio": [(np.zeros(16000 * 40, np.float32), 16000)],
+    }
+    prompt = "<image><image><image> then <video> and <so_embedding>."
+    out = omni_v3.process(prompt, data)
+    g = omni_v3.geometry
+    text_len = dummy_text_length(g, num_videos=1, num_audios=1)
+    images = images_tokens(g, sizes, text_prompt_length=text_len)
+    assert _placeholders(out, "image") == [_counts(it) for it in images]
+    items = [*images, video_tokens(g, 5, 320, 240), audio_tokens(g, seconds=40.0)]
+    text = len(g.processor.tokenizer(prompt, add_special_tokens=False).input_ids) - 5  # minus the 5 tags
+    assert len(out["prompt_token_ids"]) == text + sum(it.prompt_tokens for it in items)
+
+
+def test_v3_no_audio_checkpoint_has_no_audio(omni_v3_no_audio):
+    assert not omni_v3_no_audio.geometry.supports_audio
+    with pytest.raises(FailedPrecondition):
+        audio_tokens(omni_v3_no_audio.geometry, seconds=1.0)
