@@ -75,9 +75,19 @@ class InferenceServicer:
         2. `media` chunks carrying the payload of each declared media part. A part's chunks
         are contiguous (chunks of different parts never interleave) and parts are sent in
         declaration order. Each part ends with a chunk that has `last = true`.
-        3. exactly one `end`, after the last chunk of the last media part.
+        3. exactly one `end`, after the last chunk of the last media part. Nothing may
+        follow it: a message after `end` (a chunk, a second `end`) fails the call with
+        INVALID_ARGUMENT, even while tokens are already streaming.
         The server decodes each media part as soon as its `last` chunk arrives and starts
         generation when `end` arrives. The response stream is the same as Generate's.
+
+        Bounds (server flags): a header whose declared sizes add up to more than
+        --max-request-bytes is refused (RESOURCE_EXHAUSTED) before any chunk is sent; more
+        than --upload-idle-timeout-s between two client messages, or more than
+        --upload-timeout-s from the call's start to `end`, ends the call with
+        DEADLINE_EXCEEDED; calls still uploading have their own budget
+        (--max-concurrent-uploads, RESOURCE_EXHAUSTED past it) and take an admission slot
+        (--max-concurrent-requests) only once `end` arrives.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
