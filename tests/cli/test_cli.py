@@ -55,6 +55,17 @@ def test_serve_help_lists_nanovl_flags_with_defaults_without_importing_vllm() ->
     assert "(default: 50051)" in text and "(default: 127.0.0.1)" in text
     assert "--help-engine" in text and "--max-model-len" in text  # named in the epilog
     assert "--kv-cache-dtype" not in text  # vLLM's ~300 lines stay behind --help-engine
+    # The limits error messages tell operators to raise are flags, defaults shown.
+    for flag, default in [
+        ("--max-video-frames", "256"),
+        ("--max-image-pixels", "40000000"),
+        ("--max-audio-seconds", "600.0"),
+        ("--upload-idle-timeout-s", "30.0"),
+        ("--max-concurrent-uploads", "64"),
+        ("--drain-grace-s", "20.0"),
+    ]:
+        described = " ".join(text.rsplit(f"  {flag} ", 1)[1].split("\n  -", 1)[0].split())  # its help, unwrapped
+        assert f"(default: {default})" in described, (flag, described)
 
 
 def test_serve_help_engine_lists_vllm_flags() -> None:

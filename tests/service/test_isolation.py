@@ -329,3 +329,18 @@ async def test_a_hostile_template_does_not_delay_health_checks_or_other_streams(
         stream.cancel()
     assert statistics.median(during_health) <= statistics.median(base_health) + 0.050, (base_health, during_health)
     assert statistics.median(during_gaps) <= statistics.median(base_gaps) + 0.050, (base_gaps, during_gaps)
+
+
+async def test_a_drain_that_cuts_calls_says_so(make_server):
+    """The SIGTERM path with calls still running at the end of the grace: `nanovl serve`
+    exits 3 (not 0) from this result."""
+    srv = await make_server()
+    long = pb.GenerateRequest(
+        parts=[pb.ContentPart(text="a")], sampling=pb.SamplingOptions(max_tokens=4000, ignore_eos=True)
+    )
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        call = pb_grpc.InferenceStub(channel).Generate(long)
+        await call.read()
+        assert await srv.drain_and_stop(grace_s=0.5) is False
+        assert srv.lifecycle.cut_calls == 1
+        call.cancel()
