@@ -46,3 +46,15 @@ class Unavailable(NanovlError):
 
 class FailedPrecondition(NanovlError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(NanovlError):
+    """No credentials, or credentials this server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(NanovlError):
+    """Known credentials (or a request) that this surface does not allow."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nanovl.units import MiB
+from service.auth import AuthSettings
 from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
+from service.tls import TlsSettings
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,11 @@ class ServerSettings:
     drain_grace_s: float = 30.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)
+    # TLS (mTLS with a client CA) for every port; None: plaintext.
+    tls: TlsSettings | None = None
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    # The operator surface (Profiling) on a second port; None: no admin port.
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
+    # The old layout: Profiling on the inference port too (operator tokens still apply).
+    profiling_on_inference_port: bool = False
