@@ -48,6 +48,9 @@ class NanovlServer:
     # The operator surface (Profiling) on its own port; None when --admin-port is not given.
     admin: grpc.aio.Server | None = None
     admin_port: int | None = None
+    # Plaintext health only (``settings.health_port``), for probes.
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
     _watch: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -100,8 +103,9 @@ class NanovlServer:
         if self._watch is not None:
             self._watch.cancel()
         await self.server.stop(grace)
-        if self.admin is not None:
-            await self.admin.stop(grace)
+        for extra in (self.admin, self.health_server):
+            if extra is not None:
+                await extra.stop(grace)
         self.inference.close()
 
 
@@ -247,12 +251,35 @@ async def build_server(
     elif profiling_servicer is not None and not on_inference_port:
         log.info("the Profiling service is not served: pass --admin-port to serve it to operators")
 
-    nanovl = NanovlServer(engine, settings, server, port, lifecycle, health_servicer, inference, admin, admin_port)
+    health_server, health_port = None, None
+    if settings.health_port is not None:
+        # Kubernetes' gRPC probes speak neither TLS nor metadata; this port says only
+        # SERVING / NOT_SERVING, so it needs neither.
+        health_server = grpc.aio.server(options=server_options(settings))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        if health_port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.health_port}")
+
+    nanovl = NanovlServer(
+        engine,
+        settings,
+        server,
+        port,
+        lifecycle,
+        health_servicer,
+        inference,
+        admin,
+        admin_port,
+        health_server,
+        health_port,
+    )
     await nanovl._set_health(lifecycle.state)
     await server.start()
-    if admin is not None:
-        await admin.start()
-        log.info("admin (operator) port listening on %s", nanovl.admin_target)
+    for extra, name, at in ((admin, "admin (operator)", nanovl.admin_target), (health_server, "health", health_port)):
+        if extra is not None:
+            await extra.start()
+            log.info("%s port listening on %s", name, at)
     log.info(
         "listening on %s:%d (%s%s)",
         settings.host,

@@ -43,3 +43,6 @@ class ServerSettings:
     admin_port: int | None = None
     # The old layout: Profiling on the inference port too (operator tokens still apply).
     profiling_on_inference_port: bool = False
+    # A plaintext port on ``host`` with only grpc.health.v1, for probes that speak neither TLS
+    # nor metadata (Kubernetes' gRPC probes); None: no such port.
+    health_port: int | None = None

@@ -136,6 +136,12 @@ def _add_security_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--inference-token-file", metavar="FILE", help="tokens accepted by the Inference service")
     a.add_argument("--admin-token-file", metavar="FILE", help="tokens accepted by the operator surface (Profiling)")
     a.add_argument("--auth-reflection", action="store_true", help="server reflection needs a token too")
+    t.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="also serve grpc.health.v1 alone, in plaintext, on --host:PORT (for probes without TLS, e.g. Kubernetes)",
+    )
     o = p.add_argument_group("operator surface (the Profiling service)")
     o.add_argument(
         "--admin-port",
@@ -197,6 +203,7 @@ def security_settings(args: argparse.Namespace, environ: dict[str, str] | None =
         "admin_host": args.admin_host,
         "admin_port": args.admin_port,
         "profiling_on_inference_port": args.profiling_on_inference_port,
+        "health_port": args.health_port,
     }
     check_exposure(ServerSettings(host=args.host, port=args.port, **fields), load_token_sets(auth))
     return fields

@@ -121,9 +121,19 @@ async def test_tls_round_trip_and_certificate_reload(engine, pki, tmp_path):
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"
     shutil.copy(pki["server"].cert, cert)
     shutil.copy(pki["server"].key, key)
-    srv = await build_server(engine, server_settings(tls=TlsSettings(cert, key)))
+    srv = await build_server(engine, server_settings(tls=TlsSettings(cert, key), health_port=0))
     await srv.mark_serving()
     try:
+        # The plaintext health port answers probes that speak no TLS; it serves nothing else.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.health_port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="nanovl.v1.Inference"), timeout=10
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            code, _ = await _code(
+                profiling_pb2_grpc.ProfilingStub(channel).StopTorchProfile(ppb.StopTorchProfileRequest())
+            )
+            assert code == grpc.StatusCode.UNIMPLEMENTED
         async with AsyncInferenceClient(srv.target, tls=TlsConfig(ca_file=pki["ca"].cert_file)) as client:
             info = await client.get_model_info(timeout=30)
             assert info.max_model_len > 0
