@@ -135,7 +135,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def check_exposure(settings: ServerSettings, token_sets: dict[Role, TokenSet]) -> None:
+def check_exposure(settings: ServerSettings, token_sets: dict[Role, TokenSet], *, warn: bool = True) -> None:
     """Refuses to serve the operator surface beyond loopback without operator tokens, and warns
     about an inference port open to the network without TLS or tokens."""
     admin_env = TOKEN_ENV["admin"]
@@ -150,7 +150,7 @@ def check_exposure(settings: ServerSettings, token_sets: dict[Role, TokenSet]) -
                 f"--profiling-on-inference-port with --host {settings.host}: the operator surface needs operator "
                 f"tokens (--admin-token-file or {admin_env}); better, serve it on --admin-port instead"
             )
-    if not is_loopback(settings.host):
+    if warn and not is_loopback(settings.host):
         if settings.tls is None:
             log.warning("the inference port %s is plaintext: use --tls-cert-file/--tls-key-file", settings.host)
         if "inference" not in token_sets:

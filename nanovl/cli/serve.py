@@ -205,7 +205,7 @@ def security_settings(args: argparse.Namespace, environ: dict[str, str] | None =
         "profiling_on_inference_port": args.profiling_on_inference_port,
         "health_port": args.health_port,
     }
-    check_exposure(ServerSettings(host=args.host, port=args.port, **fields), load_token_sets(auth))
+    check_exposure(ServerSettings(host=args.host, port=args.port, **fields), load_token_sets(auth), warn=False)
     return fields
 
 
