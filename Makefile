@@ -9,6 +9,8 @@ UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 RUN := $(UV) run --no-sync
 HOST ?= 127.0.0.1
 PORT ?= 50051
+# The operator surface (Profiling), on 127.0.0.1.
+ADMIN_PORT ?= 50052
 SERVE_ARGS ?=
 
 .PHONY: setup serve test lint test-fast protos bench clean
@@ -21,7 +23,7 @@ SERVE_ARGS ?=
 setup: .venv/.nanovl-synced
 
 serve: setup
-	$(RUN) nanovl serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+	$(RUN) nanovl serve --host $(HOST) --port $(PORT) --admin-port $(ADMIN_PORT) $(SERVE_ARGS)
 
 test: setup lint
 	$(RUN) pytest -q

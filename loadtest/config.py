@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from loadtest.mix import Mix
-from nanovl.client import DEFAULT_CHUNK_SIZE
+from nanovl.client import DEFAULT_CHUNK_SIZE, TlsConfig
 from nanovl.errors import InvalidArgument
 
 __all__ = [
@@ -105,6 +105,10 @@ class LoadTestConfig:
     seed: int = 0
     client_processes: int = 1
     name: str = ""
+    # A secured server: TLS, and the file the bearer token is read from (else $NANOVL_TOKEN).
+    # The token itself is never part of the config, so it never reaches results.json.
+    tls: TlsConfig | None = None
+    token_file: str | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
@@ -227,4 +231,16 @@ class LoadTestConfig:
         args.append(f"--timeout {self.timeout_s:g} --seed {self.seed}")
         if self.client_processes > 1:
             args.append(f"--client-processes {self.client_processes}")
+        if self.tls is not None:
+            args.append("--tls")
+            for flag, value in (
+                ("--tls-ca-file", self.tls.ca_file),
+                ("--tls-cert-file", self.tls.cert_file),
+                ("--tls-key-file", self.tls.key_file),
+                ("--tls-server-name", self.tls.server_name),
+            ):
+                if value:
+                    args.append(f"{flag} {value}")
+        if self.token_file:
+            args.append(f"--token-file {self.token_file}")
         return " ".join(args)

@@ -40,6 +40,7 @@ from nanovl.client import (
     FinishReason,
     InferenceRpcError,
     ModelInfo,
+    read_token_file,
 )
 from nanovl.errors import FailedPrecondition, InvalidArgument, NanovlError, Unavailable
 
@@ -369,6 +370,14 @@ async def _open_loop(
     await asyncio.gather(*tasks)
 
 
+def client_token(config: LoadTestConfig) -> str | None:
+    """The bearer token: from ``config.token_file``, else ``$NANOVL_TOKEN`` (read in each
+    client process, so it is never pickled or written to a report)."""
+    if config.token_file:
+        return read_token_file(config.token_file)
+    return os.environ.get("NANOVL_TOKEN", "").strip() or None
+
+
 async def _run_shard(
     config: LoadTestConfig,
     plan: ShardPlan,
@@ -379,7 +388,7 @@ async def _run_shard(
 ) -> None:
     """Everything one client process does: connect, prepare, warm up, run each level."""
     p = progress or _NoProgress()
-    async with AsyncInferenceClient(config.target) as client:
+    async with AsyncInferenceClient(config.target, tls=config.tls, token=client_token(config)) as client:
         p.phase(f"connecting to {config.target}")
         info = await wait_for_server(client, config.connect_timeout_s)
         check_server(config, info)

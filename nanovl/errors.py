@@ -50,11 +50,18 @@ class DeadlineExceeded(NanovlError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class PermissionDenied(NanovlError):
-    """The server's configuration forbids what the request asks (the flag is named)."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
 class FailedPrecondition(NanovlError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(NanovlError):
+    """No credentials, or credentials this server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(NanovlError):
+    """Known credentials (or a request) that this surface or the server's configuration
+    does not allow; the message names the flag."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

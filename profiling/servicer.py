@@ -4,6 +4,12 @@ Each RPC delegates to the profiling layer (``profiling.sizing.live_budget``, ``b
 ``dummy``, ``cpu_profile``, ``torch_profile``) and turns its ``NanovlError``s into
 ``context.abort`` with their status. Blocking work (vLLM config and processor building
 for plans) runs in threads, serialized by one lock.
+
+Operator bounds (``OperatorLimits``, from ``nanovl serve`` flags): PlanBudget plans for the
+served checkpoint, or for one under a ``--plan-model-dir`` directory, loaded with nanovl's own
+config class and no checkpoint code; captures (CPU profile, torch profile session, dummy
+profile) run one at a time, CPU profiles within the server's maxima; server paths are never
+returned.
 """
 
 from __future__ import annotations
@@ -11,16 +17,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
-from nanovl.errors import FailedPrecondition
+from nanovl.errors import FailedPrecondition, PermissionDenied
 from nanovl.v1 import profiling_pb2 as pb
 from nanovl.v1 import profiling_pb2_grpc
-from profiling.profilers.cpu_profile import capture_cpu_profile, iter_chunks
+from profiling.profilers.cpu_profile import CpuProfileLimits, capture_cpu_profile, iter_chunks
 from profiling.profilers.cpu_profile import validate as validate_cpu_request
 from profiling.profilers.torch_profile import TorchProfiler
 from profiling.proto import (
@@ -45,17 +55,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PLAN_MODEL_DIR_FLAG = "--plan-model-dir"
+
+
+@dataclass(frozen=True)
+class OperatorLimits:
+    """What the operator surface may do on this server."""
+
+    # Directories PlanBudget.model_path may point into (resolved; symlinks followed).
+    plan_model_dirs: tuple[Path, ...] = ()
+    cpu_profile: CpuProfileLimits = field(default_factory=CpuProfileLimits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan_model_dirs", tuple(Path(os.path.realpath(d)) for d in self.plan_model_dirs))
+
 
 class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
-    def __init__(self, engine: Engine, engine_args: AsyncEngineArgs, *, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        engine_args: AsyncEngineArgs,
+        *,
+        metrics: ServiceMetrics | None = None,
+        limits: OperatorLimits | None = None,
+    ) -> None:
         self._engine = engine
         self._engine_args = engine_args
+        self._limits = limits or OperatorLimits()
+        # The capture running now (CPU profile, torch profile session, dummy profile), if any.
+        self._capturing: str | None = None
         # vLLM's config/processor building (every plan) is not safe to run concurrently.
         self._plan_lock = threading.Lock()
         self._budget = LiveBudgetReader(engine, engine_args, plan_lock=self._plan_lock)
         self._dummy = DummyProfiler(engine, engine_args, plan_lock=self._plan_lock)
         self._torch = TorchProfiler(engine)
-        self._cpu_busy = False
         if metrics is not None:
             metrics.set_encoder_budget_source(self.encoder_budget_snapshot)
 
@@ -71,11 +104,41 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
     async def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.aio.ServicerContext) -> pb.Budget:
         return budget_to_pb(await self._budget.read())
 
+    @contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """One capture at a time: they skew each other and pause or slow live traffic."""
+        self._begin(what)
+        try:
+            yield
+        finally:
+            self._capturing = None
+
+    def _begin(self, what: str) -> None:
+        if self._capturing is not None:
+            raise FailedPrecondition(f"{self._capturing} is running: one capture at a time; retry when it ends")
+        self._capturing = what
+
+    def _other_checkpoint(self, model_path: str) -> str | None:
+        """The allow-listed checkpoint ``model_path`` names, or None for the served one."""
+        real = Path(os.path.realpath(model_path))
+        served = self._engine.summary.model
+        if os.path.isdir(served) and real == Path(os.path.realpath(served)):
+            return None
+        if any(real.is_relative_to(d) for d in self._limits.plan_model_dirs):
+            return str(real)
+        raise PermissionDenied(
+            "PlanBudget plans for the served checkpoint (leave model_path unset); another checkpoint must be in a "
+            f"directory the operator allow-lists with `nanovl serve {PLAN_MODEL_DIR_FLAG} DIR`"
+            + ("" if self._limits.plan_model_dirs else " (this server allow-lists none)")
+        )
+
     def _plan(self, request: pb.PlanBudgetRequest) -> pb.BudgetPlan:
         plan_request, order = plan_request_from_pb(request)
-        if request.HasField("model_path"):
-            # Another checkpoint: vLLM's defaults for it, plus the request's settings.
-            model_path, engine_args = request.model_path, None
+        other = self._other_checkpoint(request.model_path) if request.HasField("model_path") else None
+        if other is not None:
+            # Another checkpoint: vLLM's defaults for it, plus the request's settings; its
+            # config through nanovl's own class, none of its code run (budget.plan_budget).
+            model_path, engine_args = other, None
         else:
             model_path, engine_args = self._engine.summary.model, self._engine_args
             if plan_request.max_model_len not in (None, self._engine.summary.max_model_len) and (
@@ -98,21 +161,26 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
     async def RunDummyProfile(
         self, request: pb.RunDummyProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.DummyProfileResult:
-        return dummy_to_pb(await self._dummy.run(dummy_request_from_pb(request)))
+        entries = dummy_request_from_pb(request)
+        with self._exclusive("a dummy profile"):
+            return dummy_to_pb(await self._dummy.run(entries))
 
     @grpc_errors
     async def CaptureCpuProfile(
         self, request: pb.CaptureCpuProfileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CpuProfileChunk]:
+        limits = self._limits.cpu_profile
         cpu_request = cpu_request_from_pb(request)
+        if not request.HasField("rate_hz"):
+            cpu_request = dataclasses.replace(cpu_request, rate_hz=min(cpu_request.rate_hz, limits.max_rate_hz))
+        if not request.HasField("duration_s"):
+            cpu_request = dataclasses.replace(
+                cpu_request, duration_s=min(cpu_request.duration_s, limits.max_duration_s)
+            )
         validate_cpu_request(cpu_request)
-        if self._cpu_busy:
-            raise FailedPrecondition("a CPU profile capture is already running; retry when it ends")
-        self._cpu_busy = True
-        try:
+        limits.check(cpu_request)
+        with self._exclusive("a CPU profile capture"):
             files = await capture_cpu_profile(cpu_request)
-        finally:
-            self._cpu_busy = False
         for chunk in iter_chunks(files):
             yield chunk_to_pb(chunk)
 
@@ -120,16 +188,25 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
     async def StartTorchProfile(
         self, request: pb.StartTorchProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartTorchProfileResponse:
-        trace_dir = await self._torch.start(
-            prefix=request.profile_prefix if request.HasField("profile_prefix") else None,
-            delay_iterations=request.delay_iterations if request.HasField("delay_iterations") else None,
-            max_iterations=request.max_iterations if request.HasField("max_iterations") else None,
-        )
-        return pb.StartTorchProfileResponse(trace_dir=trace_dir)
+        self._begin("a torch profile (StopTorchProfile ends it)")
+        try:
+            await self._torch.start(
+                prefix=request.profile_prefix if request.HasField("profile_prefix") else None,
+                delay_iterations=request.delay_iterations if request.HasField("delay_iterations") else None,
+                max_iterations=request.max_iterations if request.HasField("max_iterations") else None,
+            )
+        except BaseException:
+            self._capturing = None
+            raise
+        # trace_dir stays empty: server paths never go back to callers.
+        return pb.StartTorchProfileResponse()
 
     @grpc_errors
     async def StopTorchProfile(
         self, request: pb.StopTorchProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.StopTorchProfileResponse:
         result = await self._torch.stop()
-        return pb.StopTorchProfileResponse(trace_dir=result.trace_dir, files=list(result.files))
+        if self._capturing is not None and self._capturing.startswith("a torch profile"):
+            self._capturing = None
+        # File names relative to the server's torch profiler directory; never the directory.
+        return pb.StopTorchProfileResponse(files=list(result.files))

@@ -1,9 +1,12 @@
-"""Assembles the ``grpc.aio`` server: Inference + Profiling services, standard health
-checking and reflection, OpenTelemetry interceptors, and graceful draining."""
+"""Assembles the ``grpc.aio`` servers: Inference (the inference port) and, on an admin port
+bound to loopback by default, the operator surface (Profiling); standard health checking and
+reflection on both, TLS/mTLS and bearer tokens (``service.tls``, ``service.auth``),
+OpenTelemetry interceptors, and graceful draining."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 
@@ -12,13 +15,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from model.prompt import ChatRenderer
+from nanovl.errors import InvalidArgument
 from nanovl.v1 import inference_pb2, inference_pb2_grpc, profiling_pb2, profiling_pb2_grpc
 from profiling.telemetry.metrics import ServiceMetrics
 from profiling.telemetry.tracing import get_tracer, server_interceptors
+from service.auth import TOKEN_ENV, Authenticator, AuthInterceptor, Role, TokenSet, load_token_sets
 from service.engine import Engine
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
 from service.settings import ServerSettings
+from service.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +33,8 @@ PROFILING = profiling_pb2.DESCRIPTOR.services_by_name["Profiling"].full_name
 READINESS_SERVICES = (INFERENCE, PROFILING)
 # How often the engine's state is read (a cheap property) and its health RPC made.
 ENGINE_DEATH_POLL_S = 0.5
+# Every reflection service (v1alpha, v1): one auth rule covers them all.
+REFLECTION_RULE = "grpc.reflection.*"
 ENGINE_HEALTH_INTERVAL_S = 5.0
 
 
@@ -39,6 +47,12 @@ class NanovlServer:
     lifecycle: Lifecycle
     health: health.aio.HealthServicer
     inference: InferenceServicer
+    # The operator surface (Profiling) on its own port; None when --admin-port is not given.
+    admin: grpc.aio.Server | None = None
+    admin_port: int | None = None
+    # Plaintext health only (``settings.health_port``), for probes.
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
     _watch: asyncio.Task | None = field(default=None, repr=False)
     _health_update: asyncio.Task | None = field(default=None, repr=False)
 
@@ -50,6 +64,10 @@ class NanovlServer:
     def engine_died(self) -> asyncio.Event:
         """Set when the engine died: the process should exit (non-zero) so its supervisor restarts it."""
         return self.lifecycle.engine_dead
+
+    @property
+    def admin_target(self) -> str | None:
+        return None if self.admin_port is None else f"{self.settings.admin_host}:{self.admin_port}"
 
     async def _set_health(self) -> None:
         # Readiness: serving, engine alive, and a free admission slot (a full server asks
@@ -115,6 +133,9 @@ class NanovlServer:
         if self._watch is not None:
             self._watch.cancel()
         await self.server.stop(grace)
+        for extra in (self.admin, self.health_server):
+            if extra is not None:
+                await extra.stop(grace)
         self.inference.close()
 
 
@@ -134,6 +155,63 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as ``--host`` / ``--admin-host`` take it) reaches only this machine."""
+    if host.startswith("unix:") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(settings: ServerSettings, token_sets: dict[Role, TokenSet], *, warn: bool = True) -> None:
+    """Refuses to serve the operator surface beyond loopback without operator tokens, and warns
+    about an inference port open to the network without TLS or tokens."""
+    admin_env = TOKEN_ENV["admin"]
+    if "admin" not in token_sets:
+        if settings.admin_port is not None and not is_loopback(settings.admin_host):
+            raise InvalidArgument(
+                f"--admin-host {settings.admin_host} is reachable from other machines: the operator surface "
+                f"needs operator tokens there (--admin-token-file or {admin_env}), or bind it to 127.0.0.1"
+            )
+        if settings.profiling_on_inference_port and not is_loopback(settings.host):
+            raise InvalidArgument(
+                f"--profiling-on-inference-port with --host {settings.host}: the operator surface needs operator "
+                f"tokens (--admin-token-file or {admin_env}); better, serve it on --admin-port instead"
+            )
+    if warn and not is_loopback(settings.host):
+        if settings.tls is None:
+            log.warning("the inference port %s is plaintext: use --tls-cert-file/--tls-key-file", settings.host)
+        if "inference" not in token_sets:
+            log.warning(
+                "the inference port %s accepts anyone: use --inference-token-file or %s",
+                settings.host,
+                TOKEN_ENV["inference"],
+            )
+
+
+def _listen(server: grpc.aio.Server, settings: ServerSettings, host: str, port: int) -> int:
+    address = f"{host}:{port}"
+    if settings.tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, server_credentials(settings.tls))
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}")
+    return bound
+
+
+def _interceptors(
+    tracer_provider, token_sets: dict[Role, TokenSet], rules: dict[str, frozenset[Role]], surface: str
+) -> list[grpc.aio.ServerInterceptor]:
+    # Tracing outermost, so refused calls still appear as spans with their status.
+    interceptors = list(server_interceptors(tracer_provider))
+    if token_sets:
+        interceptors.append(AuthInterceptor(Authenticator(rules, token_sets), surface=surface))
+    return interceptors
+
+
 async def build_server(
     engine: Engine,
     settings: ServerSettings,
@@ -142,8 +220,24 @@ async def build_server(
     metrics: ServiceMetrics | None = None,
     profiling_servicer: profiling_pb2_grpc.ProfilingServicer | None = None,
 ) -> NanovlServer:
-    """Build and start listening (readiness NOT_SERVING until ``mark_serving``)."""
-    server = grpc.aio.server(interceptors=server_interceptors(tracer_provider), options=server_options(settings))
+    """Build and start listening (readiness NOT_SERVING until ``mark_serving``).
+
+    ``profiling_servicer`` is served on the admin port (``settings.admin_port``), and on the
+    inference port only with ``settings.profiling_on_inference_port``; otherwise nowhere."""
+    token_sets = load_token_sets(settings.auth)
+    check_exposure(settings, token_sets)
+    any_token: frozenset[Role] = frozenset({"inference", "admin"})
+    admin_only: frozenset[Role] = frozenset({"admin"})
+    on_inference_port = profiling_servicer is not None and settings.profiling_on_inference_port
+    rules: dict[str, frozenset[Role]] = {INFERENCE: frozenset({"inference"})}
+    if on_inference_port:
+        rules[PROFILING] = admin_only
+    if settings.auth.reflection_requires_token:
+        rules[REFLECTION_RULE] = any_token
+    server = grpc.aio.server(
+        interceptors=_interceptors(tracer_provider, token_sets, rules, "inference"),
+        options=server_options(settings),
+    )
     lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
     health_servicer = health.aio.HealthServicer()
     try:
@@ -160,18 +254,69 @@ async def build_server(
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
     services = [INFERENCE, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    if profiling_servicer is not None:
+    if on_inference_port:
         profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, server)
         services.insert(1, PROFILING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(services, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
-    nanovl = NanovlServer(engine, settings, server, port, lifecycle, health_servicer, inference)
+    port = _listen(server, settings, settings.host, settings.port)
+
+    admin, admin_port = None, None
+    if settings.admin_port is not None:
+        admin_rules: dict[str, frozenset[Role]] = {PROFILING: admin_only}
+        if settings.auth.reflection_requires_token:
+            admin_rules[REFLECTION_RULE] = admin_only
+        admin = grpc.aio.server(
+            interceptors=_interceptors(tracer_provider, token_sets, admin_rules, "admin"),
+            options=server_options(settings),
+        )
+        admin_services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if profiling_servicer is not None:
+            profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, admin)
+            admin_services.insert(0, PROFILING)
+        # One health servicer, so both ports report the same states.
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin)
+        reflection.enable_server_reflection(admin_services, admin)
+        admin_port = _listen(admin, settings, settings.admin_host, settings.admin_port)
+    elif profiling_servicer is not None and not on_inference_port:
+        log.info("the Profiling service is not served: pass --admin-port to serve it to operators")
+
+    health_server, health_port = None, None
+    if settings.health_port is not None:
+        # Kubernetes' gRPC probes speak neither TLS nor metadata; this port says only
+        # SERVING / NOT_SERVING, so it needs neither.
+        health_server = grpc.aio.server(options=server_options(settings))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        if health_port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.health_port}")
+
+    nanovl = NanovlServer(
+        engine,
+        settings,
+        server,
+        port,
+        lifecycle,
+        health_servicer,
+        inference,
+        admin,
+        admin_port,
+        health_server,
+        health_port,
+    )
     lifecycle.on_change = nanovl.health_changed
     await nanovl._set_health()
     await inference.start()
     await server.start()
-    log.info("listening on %s:%d", settings.host, port)
+    for extra, name, at in ((admin, "admin (operator)", nanovl.admin_target), (health_server, "health", health_port)):
+        if extra is not None:
+            await extra.start()
+            log.info("%s port listening on %s", name, at)
+    log.info(
+        "listening on %s:%d (%s%s)",
+        settings.host,
+        port,
+        "plaintext" if settings.tls is None else ("mTLS" if settings.tls.mutual else "TLS"),
+        ", tokens: " + "+".join(sorted(token_sets)) if token_sets else ", no tokens",
+    )
     return nanovl

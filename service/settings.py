@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from nanovl.errors import InvalidArgument
 from nanovl.units import MiB
+from service.auth import AuthSettings
 from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
+from service.tls import TlsSettings
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,17 @@ class ServerSettings:
     drain_grace_s: float = 20.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)
+    # TLS (mTLS with a client CA) for every port; None: plaintext.
+    tls: TlsSettings | None = None
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    # The operator surface (Profiling) on a second port; None: no admin port.
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
+    # The old layout: Profiling on the inference port too (operator tokens still apply).
+    profiling_on_inference_port: bool = False
+    # A plaintext port on ``host`` with only grpc.health.v1, for probes that speak neither TLS
+    # nor metadata (Kubernetes' gRPC probes); None: no such port.
+    health_port: int | None = None
 
     def __post_init__(self) -> None:
         for name in (

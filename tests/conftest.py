@@ -26,7 +26,7 @@ TEST_LIMITS = {"image": 4, "video": 2, "audio": 2}
 
 # Fixtures that start (or stand on) the session's real vLLM engine: a test using any of
 # them is marked `engine`, so `make test-fast` (-m "not engine") skips it by marker.
-ENGINE_FIXTURES = frozenset({"engine", "server", "grpc_target"})
+ENGINE_FIXTURES = frozenset({"engine", "server", "grpc_target", "admin_target"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -85,10 +85,11 @@ def server_settings(**overrides):
 
 @pytest.fixture(scope="session")
 async def server(engine):
-    """The real gRPC server on a real socket, sharing the session engine."""
+    """The real gRPC server on a real socket, sharing the session engine; the Profiling
+    service on its admin port (127.0.0.1, an ephemeral port), as `nanovl serve --admin-port`."""
     from service.server import build_server
 
-    srv = await build_server(engine, server_settings(), profiling_servicer=_profiling_servicer(engine))
+    srv = await build_server(engine, server_settings(admin_port=0), profiling_servicer=_profiling_servicer(engine))
     await srv.mark_serving()
     yield srv
     await srv.stop()
@@ -103,3 +104,9 @@ def _profiling_servicer(engine):
 @pytest.fixture(scope="session")
 def grpc_target(server) -> str:
     return server.target
+
+
+@pytest.fixture(scope="session")
+def admin_target(server) -> str:
+    """The session server's admin (operator) port: the Profiling service."""
+    return server.admin_target

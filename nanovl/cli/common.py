@@ -1,8 +1,11 @@
-"""What every ``nanovl`` subcommand shares: the default target and the exit codes."""
+"""What every ``nanovl`` subcommand shares: the default targets, the connection security
+flags and the exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import os
+from typing import Any
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -15,3 +18,47 @@ EXIT_USAGE = 2  # the command could not run: bad arguments, bad files, operator 
 def default_target() -> str:
     """``$NANOVL_TARGET`` when set, else 127.0.0.1:50051 (read when the parser is built)."""
     return os.environ.get("NANOVL_TARGET") or DEFAULT_TARGET
+
+
+DEFAULT_ADMIN_TARGET = "127.0.0.1:50052"
+TOKEN_ENV = "NANOVL_TOKEN"
+ADMIN_TOKEN_ENV = "NANOVL_ADMIN_TOKEN"
+
+
+def default_admin_target() -> str:
+    """``$NANOVL_ADMIN_TARGET`` when set, else 127.0.0.1:50052 (the operator surface)."""
+    return os.environ.get("NANOVL_ADMIN_TARGET") or DEFAULT_ADMIN_TARGET
+
+
+def add_connection_args(p: argparse.ArgumentParser, *, token_env: str = TOKEN_ENV) -> None:
+    """TLS and token flags of a client command (README "Securing a deployment")."""
+    g = p.add_argument_group("connection security (flags win over the NANOVL_TLS_* variables)")
+    g.add_argument("--tls", action="store_true", help="use TLS, verifying the server with the system's CAs")
+    g.add_argument("--tls-ca-file", metavar="PEM", help="verify the server with this CA bundle (implies --tls)")
+    g.add_argument("--tls-cert-file", metavar="PEM", help="client certificate, for mTLS (implies --tls)")
+    g.add_argument("--tls-key-file", metavar="PEM", help="the client certificate's key")
+    g.add_argument("--tls-server-name", metavar="NAME", help="name to check the server's certificate against")
+    g.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"send the bearer token in FILE (env {token_env} holds the token itself; never pass it as a flag)",
+    )
+    p.set_defaults(token_env=token_env)
+
+
+def connection_from_args(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """(``TlsConfig`` or None, token or None) from :func:`add_connection_args`' flags."""
+    from nanovl.client.security import TlsConfig, read_token_file
+
+    tls = TlsConfig.from_values(
+        enabled=args.tls,
+        ca_file=args.tls_ca_file,
+        cert_file=args.tls_cert_file,
+        key_file=args.tls_key_file,
+        server_name=args.tls_server_name,
+    )
+    if args.token_file:
+        token = read_token_file(args.token_file)
+    else:
+        token = os.environ.get(args.token_env, "").strip() or None
+    return tls, token

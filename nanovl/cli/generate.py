@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nanovl.cli.common import default_target
+from nanovl.cli.common import add_connection_args, connection_from_args, default_target
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--timeout", type=float, default=300)
+    add_connection_args(p)
     p.set_defaults(func=_generate_main)
 
 
@@ -52,7 +53,8 @@ def _generate_main(args: argparse.Namespace) -> int:
     prompt = [Message.user(*parts)] if args.chat else parts
     sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     final = None
-    with InferenceClient(args.target, timeout=args.timeout) as client:
+    tls, token = connection_from_args(args)
+    with InferenceClient(args.target, timeout=args.timeout, tls=tls, token=token) as client:
         try:
             call = (
                 client.stream_generate(prompt, sampling=sampling, chunk_size=args.chunk_size)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from loadtest.config import DEFAULT_MIX, AudioSpec, ImageSpec, LoadTestConfig, VideoSpec
 from loadtest.mix import Mix
+from nanovl.cli.common import add_connection_args, connection_from_args
 from nanovl.client import DEFAULT_CHUNK_SIZE
 from nanovl.errors import InvalidArgument, NanovlError
 from nanovl.media_specs import parse_dims
@@ -55,6 +56,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("NANOVL_TARGET") or None,
         help="the nanovl gRPC server (required to run; env NANOVL_TARGET)",
     )
+    add_connection_args(p)
     load.add_argument(
         "--concurrency",
         type=_int_list,
@@ -203,6 +205,8 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         seed=args.seed,
         client_processes=args.client_processes,
         name=args.name,
+        tls=connection_from_args(args)[0],
+        token_file=args.token_file,
     )
 
 

@@ -7,8 +7,13 @@
     nanovl profile cpu    --target HOST:PORT --duration 10 --output-dir profiles/
     nanovl profile torch  start|stop --target HOST:PORT
 
+``--target`` is the server's admin (operator) port (``nanovl serve --admin-port``; default
+$NANOVL_ADMIN_TARGET or 127.0.0.1:50052); TLS flags as for ``generate``, the operator token
+from ``--token-file`` or $NANOVL_ADMIN_TOKEN.
+
 ``plan --model`` runs offline (checkpoint config and tokenizer only: no server, no
-weights, no device), so a GPU deployment can be planned from a laptop.
+weights, no device, none of the checkpoint's Python: its config is read with nanovl's own
+class), so a GPU deployment can be planned from a laptop.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nanovl import units
-from nanovl.cli.common import default_target
+from nanovl.cli.common import ADMIN_TOKEN_ENV, add_connection_args, connection_from_args, default_admin_target
 from nanovl.errors import InvalidArgument
 from nanovl.media_specs import parse_dims, parse_seconds, split_count
 from nanovl.modalities import modality_name
@@ -396,13 +401,30 @@ def render_dummy(r: pb.DummyProfileResult) -> list[Any]:
 # ------------------------------------------------------------------------ commands
 
 
-def _stub(target: str) -> Any:
+class _Stub:
+    """The Profiling stub with the connection's token sent on every call."""
+
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
+        self._metadata = metadata or None
+
+    def __getattr__(self, name: str) -> Any:
+        return functools.partial(getattr(self._stub, name), metadata=self._metadata)
+
+
+def _stub(args: argparse.Namespace) -> Any:
     import grpc
 
+    from nanovl.client.security import bearer_metadata
     from nanovl.v1 import profiling_pb2_grpc
 
-    channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
-    return profiling_pb2_grpc.ProfilingStub(channel)
+    tls, token = connection_from_args(args)
+    options = [("grpc.max_receive_message_length", 64 << 20), *(tls.channel_options() if tls else [])]
+    if tls is None:
+        channel = grpc.insecure_channel(args.target, options=options)
+    else:
+        channel = grpc.secure_channel(args.target, tls.credentials(), options=options)
+    return _Stub(profiling_pb2_grpc.ProfilingStub(channel), bearer_metadata(token))
 
 
 def _call(fn: Any, request: Any, timeout: float | None) -> Any:
@@ -432,7 +454,7 @@ def _emit(args: argparse.Namespace, message: Any, render: Any) -> None:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
-    _emit(args, _call(_stub(args.target).GetBudget, pb.GetBudgetRequest(), args.timeout), render_budget)
+    _emit(args, _call(_stub(args).GetBudget, pb.GetBudgetRequest(), args.timeout), render_budget)
     return 0
 
 
@@ -448,13 +470,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         except NanovlError as exc:
             raise CliError(f"{exc.code.name}: {exc.message}") from None
     else:
-        plan = _call(_stub(args.target).PlanBudget, request, args.timeout)
+        plan = _call(_stub(args).PlanBudget, request, args.timeout)
     _emit(args, plan, render_plan)
     return 0
 
 
 def cmd_dummy(args: argparse.Namespace) -> int:
-    _emit(args, _call(_stub(args.target).RunDummyProfile, dummy_request(args), args.timeout), render_dummy)
+    _emit(args, _call(_stub(args).RunDummyProfile, dummy_request(args), args.timeout), render_dummy)
     return 0
 
 
@@ -479,7 +501,7 @@ def cmd_cpu(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[int, dict[str, Any]] = {}
     try:
-        for chunk in _stub(args.target).CaptureCpuProfile(req, timeout=args.duration + 120):
+        for chunk in _stub(args).CaptureCpuProfile(req, timeout=args.duration + 120):
             f = files.setdefault(chunk.file_index, {"data": bytearray()})
             if chunk.file_name:
                 f.update(
@@ -513,7 +535,7 @@ def cmd_cpu(args: argparse.Namespace) -> int:
 
 
 def cmd_torch(args: argparse.Namespace) -> int:
-    stub = _stub(args.target)
+    stub = _stub(args)
     if args.action == "start":
         req = pb.StartTorchProfileRequest()
         if args.prefix:
@@ -523,10 +545,12 @@ def cmd_torch(args: argparse.Namespace) -> int:
         if args.max_iterations is not None:
             req.max_iterations = args.max_iterations
         resp = _call(stub.StartTorchProfile, req, args.timeout)
-        _emit(args, resp, lambda r: [_table("Torch profile started", ["", ""], [["trace dir", r.trace_dir]])])
+        where = "the server's --profiler-config.torch_profiler_dir"
+        _emit(args, resp, lambda r: [_table("Torch profile started", ["", ""], [["traces go to", where]])])
     else:
         resp = _call(stub.StopTorchProfile, pb.StopTorchProfileRequest(), args.timeout)
-        _emit(args, resp, lambda r: [_table(f"Torch traces in {r.trace_dir}", ["file"], [[f] for f in r.files])])
+        title = "Torch traces (in the server's torch_profiler_dir)"
+        _emit(args, resp, lambda r: [_table(title, ["file"], [[f] for f in r.files])])
     return 0
 
 
@@ -543,7 +567,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, *, target: bool = True) -> None:
         if target:
-            p.add_argument("--target", default=default_target(), help="server HOST:PORT (env NANOVL_TARGET)")
+            p.add_argument(
+                "--target",
+                default=default_admin_target(),
+                help="the server's admin (operator) port HOST:PORT (env NANOVL_ADMIN_TARGET)",
+            )
+            add_connection_args(p, token_env=ADMIN_TOKEN_ENV)
         p.add_argument("--json", action="store_true", help="print the response as JSON")
         p.add_argument("--timeout", type=float, default=600.0, help="RPC deadline in seconds")
 

@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--max-audio-seconds", type=float, default=lim.max_audio_seconds, help="length of one audio item (vLLM's cap)"
     )
+    _add_security_args(p)
     tracing.add_cli_args(p)
     metrics.add_cli_args(p)
     logs.add_cli_args(p)
@@ -179,8 +180,9 @@ EXIT_DRAIN_CUT = 3  # SIGTERM/SIGINT, but calls were still running when the grac
 EXIT_ENGINE_DIED = 4  # the engine died; in-flight calls got UNAVAILABLE; restart the process
 
 
-def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    """``ServerSettings`` (and its ``MediaLimits``) from the parsed flags, field by field."""
+def settings_from_args(args: argparse.Namespace, **extra: object) -> ServerSettings:
+    """``ServerSettings`` (and its ``MediaLimits``) from the parsed flags, field by field;
+    ``extra`` sets the fields that are not plain flags (TLS, tokens: ``security_settings``)."""
     import dataclasses
 
     from service.media import MediaLimits
@@ -192,7 +194,115 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     values = pick(ServerSettings)
     values["warmup"] = not args.no_warmup
     values["media_limits"] = MediaLimits(**pick(MediaLimits))
-    return ServerSettings(**values)
+    return ServerSettings(**{**values, **extra})
+
+
+def _add_security_args(p: argparse.ArgumentParser) -> None:
+    """TLS, tokens and the operator surface (README: "Securing a deployment")."""
+    from profiling.profilers.limits import DEFAULT_SERVER_MAX_DURATION_S, DEFAULT_SERVER_MAX_RATE_HZ
+    from service.auth import TOKEN_ENV
+
+    t = p.add_argument_group("TLS (both ports; certificates are re-read when the files change)")
+    t.add_argument("--tls-cert-file", metavar="PEM", help="server certificate chain; enables TLS")
+    t.add_argument("--tls-key-file", metavar="PEM", help="the certificate's private key (unencrypted PEM)")
+    t.add_argument(
+        "--tls-client-ca-file", metavar="PEM", help="require client certificates signed by this CA bundle (mTLS)"
+    )
+    a = p.add_argument_group(
+        "authentication",
+        "Bearer tokens (`authorization: Bearer <token>`), one per line in a file or comma-separated in "
+        f"{TOKEN_ENV['inference']} / {TOKEN_ENV['admin']}; never as flag values. Without tokens a surface is "
+        "open. Health checking always stays open (probes cannot send tokens).",
+    )
+    a.add_argument("--inference-token-file", metavar="FILE", help="tokens accepted by the Inference service")
+    a.add_argument("--admin-token-file", metavar="FILE", help="tokens accepted by the operator surface (Profiling)")
+    a.add_argument("--auth-reflection", action="store_true", help="server reflection needs a token too")
+    t.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="also serve grpc.health.v1 alone, in plaintext, on --host:PORT (for probes without TLS, e.g. Kubernetes)",
+    )
+    o = p.add_argument_group("operator surface (the Profiling service)")
+    o.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve Profiling (with health, reflection) on this port; off by default",
+    )
+    o.add_argument(
+        "--admin-host",
+        default="127.0.0.1",
+        help="address of the admin port; beyond loopback it needs --admin-token-file or " + TOKEN_ENV["admin"],
+    )
+    o.add_argument(
+        "--profiling-on-inference-port",
+        action="store_true",
+        help="also serve Profiling on the inference port (the old layout; operator tokens apply)",
+    )
+    o.add_argument(
+        "--plan-model-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="PlanBudget may plan for checkpoints in DIR (repeatable); by default only the served one",
+    )
+    o.add_argument(
+        "--max-cpu-profile-s",
+        type=float,
+        default=DEFAULT_SERVER_MAX_DURATION_S,
+        help="longest CaptureCpuProfile a caller may ask for",
+    )
+    o.add_argument(
+        "--max-cpu-profile-rate-hz",
+        type=int,
+        default=DEFAULT_SERVER_MAX_RATE_HZ,
+        help="highest CaptureCpuProfile sampling rate a caller may ask for",
+    )
+
+
+def security_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict:
+    """The ``ServerSettings`` fields for TLS, tokens and the admin port, checked now (before
+    the engine starts): a bad file or flag is an operator error, not a failed start-up."""
+    from service.auth import AuthSettings, TokenSource, load_token_sets
+    from service.server import check_exposure
+    from service.settings import ServerSettings
+    from service.tls import TlsSettings, load_pem_files
+
+    env = dict(os.environ if environ is None else environ)
+    tls = TlsSettings.from_flags(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)
+    if tls is not None:
+        load_pem_files(tls)
+    auth = AuthSettings(
+        inference=TokenSource.from_env("inference", args.inference_token_file, env),
+        admin=TokenSource.from_env("admin", args.admin_token_file, env),
+        reflection_requires_token=args.auth_reflection,
+    )
+    fields = {
+        "tls": tls,
+        "auth": auth,
+        "admin_host": args.admin_host,
+        "admin_port": args.admin_port,
+        "profiling_on_inference_port": args.profiling_on_inference_port,
+        "health_port": args.health_port,
+    }
+    check_exposure(ServerSettings(host=args.host, port=args.port, **fields), load_token_sets(auth), warn=False)
+    return fields
+
+
+def operator_limits(args: argparse.Namespace):
+    from profiling.profilers.limits import CpuProfileLimits
+    from profiling.servicer import OperatorLimits
+
+    for d in args.plan_model_dir:
+        if not Path(d).is_dir():
+            from nanovl.errors import InvalidArgument
+
+            raise InvalidArgument(f"--plan-model-dir {d}: not a directory")
+    return OperatorLimits(
+        plan_model_dirs=tuple(Path(d) for d in args.plan_model_dir),
+        cpu_profile=CpuProfileLimits(args.max_cpu_profile_s, args.max_cpu_profile_rate_hz),
+    )
 
 
 def build_engine_parser() -> argparse.ArgumentParser:
@@ -255,6 +365,9 @@ async def _serve(args: argparse.Namespace) -> int:
     from service.engine import Engine, apply_process_environment
     from service.server import build_server
 
+    # Operator errors in the security flags fail now, not after the engine's start-up.
+    security = security_settings(args)
+    limits = operator_limits(args)
     apply_process_environment(cache_root())
     if args.model is None:
         args.model = str(ensure_tiny_checkpoint(args.tiny_variant))
@@ -271,7 +384,7 @@ async def _serve(args: argparse.Namespace) -> int:
     service_metrics = metrics_mod.setup_metrics(metrics_mod.MetricsSettings.from_args(args))
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, **security)
     # Engine processes watch this process and stop when it is gone, even after a kill -9
     # (profiling/worker_extension.py starts the watch inside them).
     os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
@@ -279,7 +392,7 @@ async def _serve(args: argparse.Namespace) -> int:
     server = None
     try:
         # The servicer also feeds the encoder-budget gauges of /metrics.
-        profiling = ProfilingServicer(engine, engine_args, metrics=service_metrics)
+        profiling = ProfilingServicer(engine, engine_args, metrics=service_metrics, limits=limits)
         server = await build_server(
             engine, settings, tracer_provider=provider, metrics=service_metrics, profiling_servicer=profiling
         )
@@ -287,6 +400,8 @@ async def _serve(args: argparse.Namespace) -> int:
             await engine.warmup()
         await server.mark_serving()
         log.info("nanovl serving %s on %s", engine.summary.served_model_name, server.target)
+        if server.admin_target is not None:
+            log.info("operator surface (Profiling) on %s", server.admin_target)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,8 +19,9 @@ prompts that cannot be built raise :class:`nanovl.errors.InvalidArgument`.
 Modules: ``parts`` (prompt parts and messages), ``sampling`` (sampling, structured output,
 chat template options), ``requests`` (the protobuf request layer), ``events`` (response
 events, results, model info), ``aio`` / ``sync`` (the two clients over one shared
-implementation in ``_base``). The client imports only grpc and protobuf (numpy when arrays are
-passed): never torch, transformers or vLLM.
+implementation in ``_base``), ``security`` (``TlsConfig``, bearer tokens). The client
+imports only grpc and protobuf (numpy when arrays are passed): never torch, transformers
+or vLLM.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from nanovl.client.events import (
 from nanovl.client.parts import DEFAULT_CHUNK_SIZE, Message, Part, PcmSpec, Prompt, PromptLike, RawFramesSpec
 from nanovl.client.requests import build_generate_request, build_stream_header, iter_stream_chunks
 from nanovl.client.sampling import ChatTemplate, Sampling, StructuredOutput
+from nanovl.client.security import TlsConfig, read_token_file
 from nanovl.client.sync import Generation, InferenceClient
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "Started",
     "StructuredOutput",
     "Timings",
+    "TlsConfig",
     "TokenLogprobs",
     "Usage",
     "build_generate_request",
@@ -89,4 +92,5 @@ __all__ = [
     "collect_result",
     "event_from_proto",
     "iter_stream_chunks",
+    "read_token_file",
 ]

@@ -40,6 +40,7 @@ from nanovl.client._base import (
 from nanovl.client.events import Event, ModelInfo, Result, Started, _ResultBuilder, event_from_proto
 from nanovl.client.parts import DEFAULT_CHUNK_SIZE, PromptLike
 from nanovl.client.sampling import ChatTemplate, Sampling
+from nanovl.client.security import TlsConfig, channel_settings
 
 _T = TypeVar("_T")
 
@@ -114,7 +115,9 @@ class AsyncInferenceClient(ClientCore):
     """asyncio client for ``nanovl.v1.Inference``.
 
     ``interceptors`` are grpc.aio client interceptors (e.g. OpenTelemetry's, which
-    propagate the trace context); ``timeout`` is the default deadline per call in seconds.
+    propagate the trace context); ``timeout`` is the default deadline per call in seconds;
+    ``tls`` (a :class:`TlsConfig`) and ``token`` (sent as ``authorization: Bearer``) reach a
+    secured server (README "Securing a deployment").
     """
 
     def __init__(
@@ -122,12 +125,15 @@ class AsyncInferenceClient(ClientCore):
         target: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        credentials, metadata, options = channel_settings(credentials, tls, token, metadata, options)
         opts = channel_options(max_message_bytes, options)
         ic = list(interceptors) or None
         if credentials is None:

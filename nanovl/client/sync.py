@@ -19,6 +19,7 @@ from nanovl.client._base import (
 from nanovl.client.events import Event, ModelInfo, Result, Started, collect_result, event_from_proto
 from nanovl.client.parts import DEFAULT_CHUNK_SIZE, PromptLike
 from nanovl.client.sampling import ChatTemplate, Sampling
+from nanovl.client.security import TlsConfig, channel_settings
 
 
 class Generation:
@@ -102,7 +103,7 @@ class InferenceClient(ClientCore):
     """Blocking client for ``nanovl.v1.Inference`` (same API as the async one).
 
     ``interceptors`` are blocking ``grpc`` client interceptors, or OpenTelemetry's
-    ``client_interceptor()``.
+    ``client_interceptor()``; ``tls`` and ``token`` as in the async client.
     """
 
     def __init__(
@@ -110,12 +111,15 @@ class InferenceClient(ClientCore):
         target: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         interceptors: Sequence[Any] = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        credentials, metadata, options = channel_settings(credentials, tls, token, metadata, options)
         opts = channel_options(max_message_bytes, options)
         if credentials is None:
             channel = grpc.insecure_channel(target, options=opts)

@@ -80,8 +80,10 @@ class ProfilingServicer:
 
     def PlanBudget(self, request, context):
         """Predicts what a configuration needs (tokens, encoder cache, memory) for a given media
-        mix without running it, and whether it fits. Works for the loaded checkpoint or, with
-        `model_path`, for another checkpoint's config and tokenizer.
+        mix without running it, and whether it fits. Works for the served checkpoint or, with
+        `model_path`, for another checkpoint in a directory the operator allow-lists
+        (`nanovl serve --plan-model-dir`; PERMISSION_DENIED otherwise), whose config is read
+        with nanovl's own config class: none of the checkpoint's Python runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,7 +101,9 @@ class ProfilingServicer:
 
     def CaptureCpuProfile(self, request, context):
         """Samples the server's processes' Python (and optionally native) stacks for a while and
-        streams the resulting profile files back.
+        streams the resulting profile files back, with the server's directories replaced by
+        placeholders ($SITE/, $STDLIB/, $APP/, ...). Duration and rate are capped by the server
+        (`--max-cpu-profile-s`, `--max-cpu-profile-rate-hz`; INVALID_ARGUMENT above them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,14 +112,14 @@ class ProfilingServicer:
     def StartTorchProfile(self, request, context):
         """Starts vLLM's torch profiler in the engine (traces are written on the server, in the
         directory the server was configured with). FAILED_PRECONDITION if the server has no
-        torch profiler directory or a profile is already running.
+        torch profiler directory, or a profile or another capture is already running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StopTorchProfile(self, request, context):
-        """Stops the torch profiler and reports where the traces were written.
+        """Stops the torch profiler and lists the trace files it wrote.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,6 +4,11 @@ py-spy samples a running process from outside (ptrace), so it needs the right to
 the server's processes: root, or ``CAP_SYS_PTRACE`` (containers: ``--cap-add
 SYS_PTRACE``), or ``kernel.yama.ptrace_scope=0`` for the same user. Sampling runs
 ``--nonblocking`` so the served process is never paused.
+
+Operator bounds: the server's own maxima (``CpuProfileLimits``: ``--max-cpu-profile-s``,
+``--max-cpu-profile-rate-hz``) cap what a caller may ask for, and the server's directories
+(virtualenv, standard library, application, working and home directories) are replaced by
+placeholders such as ``$SITE/`` in the returned files, so no server path reaches the caller.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import asyncio
 import math
 import os
 import shutil
+import site
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,14 +28,17 @@ from typing import Literal
 
 from nanovl.errors import FailedPrecondition, InvalidArgument, NanovlError
 from nanovl.units import MiB
+from profiling.profilers.limits import (  # noqa: F401 - re-exported
+    DEFAULT_DURATION_S,
+    DEFAULT_RATE_HZ,
+    MAX_DURATION_S,
+    MAX_RATE_HZ,
+    CpuProfileLimits,
+)
 from profiling.sizing.live_budget import ProcessMemory, ProcessRole, engine_processes
 
 CpuProfileFormat = Literal["speedscope", "flamegraph"]
 
-DEFAULT_DURATION_S = 10.0
-MAX_DURATION_S = 300.0
-DEFAULT_RATE_HZ = 100
-MAX_RATE_HZ = 1000
 CHUNK_BYTES = 1 * MiB
 # py-spy needs a moment to attach and to write its file after the sampling window.
 _PY_SPY_SLACK_S = 30.0
@@ -138,8 +148,40 @@ async def _record(py_spy: str, process: ProcessMemory, request: CpuProfileReques
         role=process.role,
         file_name=f"{process.role}-{process.pid}{_SUFFIX[request.format]}",
         content_type=_CONTENT_TYPE[request.format],
-        data=out.read_bytes(),
+        data=redact_paths(out.read_bytes()),
     )
+
+
+def _server_directories() -> list[tuple[str, str]]:
+    """(directory, placeholder), longest first, for :func:`redact_paths`."""
+    dirs: list[tuple[str, str]] = []
+    for d in [*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths().get("purelib", "")]:
+        dirs.append((d, "$SITE"))
+    for key in ("stdlib", "platstdlib"):
+        dirs.append((sysconfig.get_paths().get(key, ""), "$STDLIB"))
+    dirs += [
+        (str(Path(__file__).resolve().parents[2]), "$APP"),
+        (sys.prefix, "$PREFIX"),
+        (sys.base_prefix, "$PREFIX"),
+        (os.getcwd(), "$CWD"),
+        (str(Path.home()), "~"),
+        (tempfile.gettempdir(), "$TMP"),
+    ]
+    seen: dict[str, str] = {}
+    for d, name in dirs:
+        d = d.rstrip("/")
+        if len(d) > 1 and d not in seen:
+            seen[d] = name
+    return sorted(seen.items(), key=lambda kv: len(kv[0]), reverse=True)
+
+
+def redact_paths(data: bytes) -> bytes:
+    """The profile with the server's directories replaced by placeholders (``$SITE/...``):
+    a caller sees module paths, never where the server is installed. The placeholders are
+    safe inside JSON strings and SVG text."""
+    for directory, name in _server_directories():
+        data = data.replace(directory.encode() + b"/", name.encode() + b"/")
+    return data
 
 
 def _explain_failure(process: ProcessMemory, output: str) -> str:

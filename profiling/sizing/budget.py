@@ -46,6 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from model.config import MODEL_TYPE
 from model.token_accounting import (
     DEFAULT_VIDEO_FPS,
     AudioDetail,
@@ -354,10 +355,14 @@ def build_vllm_config(
 
     overrides: dict[str, Any] = {
         "model": model_path,
-        "trust_remote_code": True,
         "limit_mm_per_prompt": _limit_mm_per_prompt(request, supports_audio),
         "mm_processor_cache_gb": 0,
     }
+    if engine_args is None:
+        # Not the served checkpoint: its config through nanovl's own class, and none of
+        # the directory's Python run (a checkpoint can ship any code in its config module).
+        _register_nanovl_config()
+        overrides["trust_remote_code"] = False
     for key in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "video_pruning_rate"):
         value = getattr(request, key)
         if value is not None:
@@ -375,9 +380,29 @@ def build_vllm_config(
         raise InvalidArgument(f"vLLM rejects these engine settings: {exc}") from exc
 
 
+def _register_nanovl_config() -> None:
+    """Make ``AutoConfig`` build ``NemotronH_Nano_VL_V2`` configs with nanovl's own class, so
+    a checkpoint loads with ``trust_remote_code=False`` (its ``auto_map`` is then ignored)."""
+    from transformers import AutoConfig
+
+    from model.config import NemotronNanoVLConfig
+
+    AutoConfig.register(MODEL_TYPE, NemotronNanoVLConfig, exist_ok=True)
+
+
+def _read_config(model_path: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(model_path, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"{model_path!r}: cannot read its config.json: {exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidArgument(f"{model_path!r}: config.json is not a JSON object")
+    return config
+
+
 def _model_supports_audio(model_path: str) -> bool:
-    with open(os.path.join(model_path, "config.json")) as f:
-        return json.load(f).get("sound_config") is not None
+    return _read_config(model_path).get("sound_config") is not None
 
 
 # ------------------------------------------------------------------------ memory
@@ -793,6 +818,10 @@ def plan_budget(
     model_path = os.fspath(model_path)
     if not os.path.isfile(os.path.join(model_path, "config.json")):
         raise InvalidArgument(f"{model_path!r} is not a checkpoint directory: it has no config.json")
+    if engine_args is None and (model_type := _read_config(model_path).get("model_type")) != MODEL_TYPE:
+        raise InvalidArgument(
+            f"{model_path!r} is a {model_type!r} checkpoint; nanovl plans {MODEL_TYPE!r} checkpoints only"
+        )
     supports_audio = _model_supports_audio(model_path)
     _validate(request, supports_audio=supports_audio)
     vllm_config = build_vllm_config(model_path, request, engine_args=engine_args, supports_audio=supports_audio)

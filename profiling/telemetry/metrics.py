@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MetricsExporter = Literal["otlp", "console", "prometheus", "none"]
 DEFAULT_METRICS_PORT: Final = 9464  # OTel's conventional Prometheus exporter port
+# Loopback unless the operator opens it: /metrics names models, load and memory.
+DEFAULT_METRICS_HOST: Final = "127.0.0.1"
 
 # Explicit buckets (seconds) for LLM serving. TTFT spans a cached text prompt (~10 ms)
 # to a long video prefill under load (tens of s); inter-token latency is a few ms to
@@ -165,7 +167,9 @@ class MetricsSettings:
             raise InvalidArgument(f"--metrics-port={prometheus_port} must be 0 (off) or a TCP port")
         return cls(
             prometheus_port=prometheus_port,
-            prometheus_host=prometheus_host or os.environ.get(OTEL_EXPORTER_PROMETHEUS_HOST, "").strip() or "0.0.0.0",
+            prometheus_host=prometheus_host
+            or os.environ.get(OTEL_EXPORTER_PROMETHEUS_HOST, "").strip()
+            or DEFAULT_METRICS_HOST,
             exporters=exporters,  # type: ignore[arg-type]
             otlp=otlp,
             service_name=resolve_service_name(service_name),
@@ -200,7 +204,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--metrics-host",
         default=None,
-        help="address the /metrics endpoint binds; env OTEL_EXPORTER_PROMETHEUS_HOST. Default 0.0.0.0.",
+        help="address the /metrics endpoint binds (0.0.0.0: every interface); env OTEL_EXPORTER_PROMETHEUS_HOST. "
+        f"Default {DEFAULT_METRICS_HOST}.",
     )
     group.add_argument(
         "--otel-metrics-exporter",

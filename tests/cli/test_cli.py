@@ -90,10 +90,11 @@ def test_client_commands_import_no_engine_code() -> None:
 
 
 def test_client_commands_honour_nanovl_target() -> None:
-    env = {"NANOVL_TARGET": "127.0.0.1:1"}
+    # Profiling lives on the admin port: `nanovl profile` reads NANOVL_ADMIN_TARGET.
+    env = {"NANOVL_TARGET": "127.0.0.1:1", "NANOVL_ADMIN_TARGET": "127.0.0.1:2"}
     gen = _nanovl("generate", "--timeout", "2", "hello", env=env)
     assert gen.returncode == 1 and "127.0.0.1:1" in gen.stderr, gen.stderr
     budget = _nanovl("profile", "budget", "--timeout", "2", env=env)
-    assert budget.returncode != 0 and "127.0.0.1:1" in budget.stderr, budget.stderr
+    assert budget.returncode != 0 and "127.0.0.1:2" in budget.stderr, budget.stderr
     lt = _nanovl("loadtest", "--requests", "1", "--concurrency", "1", "--no-progress", "--out", "/dev/null", env=env)
     assert lt.returncode == 2 and "127.0.0.1:1" in lt.stderr + lt.stdout, lt.stderr[-2000:]

@@ -159,13 +159,13 @@ async def _cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-async def test_budget_command(capsys, monkeypatch, grpc_target):
-    assert await _cli("budget", "--target", grpc_target, "--json") == 0
+async def test_budget_command(capsys, monkeypatch, admin_target):
+    assert await _cli("budget", "--target", admin_target, "--json") == 0
     budget = json.loads(capsys.readouterr().out)
     assert budget["max_model_len"] == TEST_MAX_MODEL_LEN
     assert {m["modality"] for m in budget["modalities"]} == {"MODALITY_IMAGE", "MODALITY_VIDEO", "MODALITY_AUDIO"}
     monkeypatch.setenv("COLUMNS", "250")
-    assert await _cli("budget", "--target", grpc_target) == 0
+    assert await _cli("budget", "--target", admin_target) == 0
     table = capsys.readouterr().out
     video = next(m for m in budget["modalities"] if m["modality"] == "MODALITY_VIDEO")
     row = next(line for line in table.splitlines() if line.startswith("│ video"))
@@ -174,9 +174,9 @@ async def test_budget_command(capsys, monkeypatch, grpc_target):
     assert "VLLM::EngineCore" in table
 
 
-async def test_plan_command_online_matches_offline(capsys, grpc_target, tiny_checkpoint):
+async def test_plan_command_online_matches_offline(capsys, admin_target, tiny_checkpoint):
     argv = ["plan", "--image", "640x480:2", "--video", "8x320x240", "--text-tokens", "20", "--json"]
-    assert await _cli(*argv, "--target", grpc_target) == 0
+    assert await _cli(*argv, "--target", admin_target) == 0
     online = json.loads(capsys.readouterr().out)
     assert (
         main(
@@ -189,25 +189,25 @@ async def test_plan_command_online_matches_offline(capsys, grpc_target, tiny_che
     assert online["prompt_tokens"] == offline["prompt_tokens"]
 
 
-async def test_dummy_command(capsys, monkeypatch, grpc_target):
-    assert await _cli("dummy", "--target", grpc_target, "--image", "224x224", "--audio", "1.5:2", "--json") == 0
+async def test_dummy_command(capsys, monkeypatch, admin_target):
+    assert await _cli("dummy", "--target", admin_target, "--image", "224x224", "--audio", "1.5:2", "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert [m["modality"] for m in result["modalities"]] == ["MODALITY_IMAGE", "MODALITY_AUDIO"]
     assert all(m["tokens"] == m["predicted_tokens"] > 0 for m in result["modalities"])
     monkeypatch.setenv("COLUMNS", "250")
-    assert await _cli("dummy", "--target", grpc_target, "--video", "2x64x64") == 0
+    assert await _cli("dummy", "--target", admin_target, "--video", "2x64x64") == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("│ video"))
     tokens = [c.strip() for c in row.split("│")[1:-1]][3]  # "measured / predicted"
     measured, predicted = tokens.split(" / ")
     assert measured == predicted and int(measured) > 0
 
 
-async def test_cpu_command_writes_files(capsys, grpc_target, tmp_path):
+async def test_cpu_command_writes_files(capsys, admin_target, tmp_path):
     assert (
         await _cli(
             "cpu",
             "--target",
-            grpc_target,
+            admin_target,
             "--duration",
             "1",
             "--process",
@@ -225,7 +225,7 @@ async def test_cpu_command_writes_files(capsys, grpc_target, tmp_path):
     assert profile["$schema"].endswith("file-format-schema.json")
 
 
-async def test_torch_command_explains_the_precondition(capsys, grpc_target):
-    assert await _cli("torch", "start", "--target", grpc_target) == 1
+async def test_torch_command_explains_the_precondition(capsys, admin_target):
+    assert await _cli("torch", "start", "--target", admin_target) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: FAILED_PRECONDITION") and "--profiler-config" in err

@@ -207,7 +207,7 @@ def parse(*argv: str) -> MetricsSettings:
 
 def test_settings_defaults_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     default = parse()
-    assert (default.prometheus_port, default.prometheus_host, default.exporters) == (9464, "0.0.0.0", ())
+    assert (default.prometheus_port, default.prometheus_host, default.exporters) == (9464, "127.0.0.1", ())
     monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", "9100")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")  # the scrape endpoint, not a push exporter
     env = parse()

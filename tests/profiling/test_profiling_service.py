@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -29,8 +31,8 @@ NAMES = {IMAGE: "image", VIDEO: "video", AUDIO: "audio"}
 
 
 @pytest.fixture(scope="module")
-async def stub(grpc_target):
-    channel = grpc.aio.insecure_channel(grpc_target)
+async def stub(admin_target):
+    channel = grpc.aio.insecure_channel(admin_target)
     yield profiling_pb2_grpc.ProfilingStub(channel)
     await channel.close()
 
@@ -259,7 +261,8 @@ async def test_plan_memory_budget_and_recommendation(stub):
         (pb.PlanBudgetRequest(items=[MIX[0], MIX[0]]), grpc.StatusCode.INVALID_ARGUMENT),
         (pb.PlanBudgetRequest(items=[pb.MediaItems(count=1)]), grpc.StatusCode.INVALID_ARGUMENT),
         (pb.PlanBudgetRequest(items=MIX, max_model_len=0), grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.PlanBudgetRequest(items=MIX, model_path="/nonexistent"), grpc.StatusCode.INVALID_ARGUMENT),
+        # Not the served checkpoint, and no --plan-model-dir allow-lists it.
+        (pb.PlanBudgetRequest(items=MIX, model_path="/nonexistent"), grpc.StatusCode.PERMISSION_DENIED),
         (
             pb.PlanBudgetRequest(items=[pb.MediaItems(count=1, video=pb.VideoItem())], max_model_len=8),
             grpc.StatusCode.OUT_OF_RANGE,
@@ -338,6 +341,10 @@ async def test_cpu_profile_streams_speedscope_for_every_process(stub):
     assert server["profiles"] and any(p["samples"] for p in server["profiles"])
     files_seen = {f.get("file", "") for f in server["shared"]["frames"]}
     assert any("asyncio" in f or "grpc" in f for f in files_seen), sorted(files_seen)[:20]
+    # The server's directories never reach the caller: placeholders such as $SITE/ instead.
+    for where in (sys.prefix, str(Path(__file__).resolve().parents[2])):
+        assert not any(f.startswith(where + "/") for f in files_seen), where
+    assert any(f.startswith("$SITE/") for f in files_seen)
 
 
 @pytest.mark.parametrize(
@@ -346,6 +353,9 @@ async def test_cpu_profile_streams_speedscope_for_every_process(stub):
         pb.CaptureCpuProfileRequest(duration_s=0),
         pb.CaptureCpuProfileRequest(duration_s=1000),
         pb.CaptureCpuProfileRequest(duration_s=1, rate_hz=100000),
+        # Within the API's bounds, above this server's maxima (--max-cpu-profile-s/-rate-hz).
+        pb.CaptureCpuProfileRequest(duration_s=120),
+        pb.CaptureCpuProfileRequest(duration_s=1, rate_hz=1000),
     ],
 )
 async def test_cpu_profile_rejects_bad_arguments(stub, request_):

@@ -1,0 +1,88 @@
+"""`nanovl serve`'s security flags: turned into settings, and operator mistakes refused before
+any engine starts (exit 2, one clear line)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nanovl.cli import serve
+from nanovl.errors import InvalidArgument
+from tests.tls_certs import CertificateAuthority
+
+TOKEN = "a-token-of-enough-length-0123"
+
+
+def _args(*argv: str):
+    args, _ = serve.build_parser().parse_known_args(list(argv))
+    return args
+
+
+def test_defaults_are_loopback_without_an_admin_port() -> None:
+    fields = serve.security_settings(_args(), environ={})
+    assert fields["tls"] is None and fields["admin_port"] is None and fields["admin_host"] == "127.0.0.1"
+    assert not fields["auth"].inference.configured and not fields["auth"].admin.configured
+    assert fields["profiling_on_inference_port"] is False and fields["health_port"] is None
+    limits = serve.operator_limits(_args())
+    assert limits.plan_model_dirs == () and limits.cpu_profile.max_rate_hz == 100
+
+
+def test_everything_configured(tmp_path) -> None:
+    ca = CertificateAuthority("ca", tmp_path / "ca")
+    pem = ca.issue("server", server=True)
+    tokens = tmp_path / "admin.tokens"
+    tokens.write_text(TOKEN + "\n")
+    fields = serve.security_settings(
+        _args(
+            "--host", "0.0.0.0",
+            "--tls-cert-file", str(pem.cert), "--tls-key-file", str(pem.key), "--tls-client-ca-file", str(ca.cert_file),
+            "--admin-token-file", str(tokens), "--admin-host", "0.0.0.0", "--admin-port", "50062",
+            "--health-port", "50063", "--auth-reflection",
+        ),
+        environ={"NANOVL_INFERENCE_TOKENS": f"{TOKEN}1,{TOKEN}2"},
+    )  # fmt: skip
+    assert fields["tls"].mutual and fields["auth"].inference.tokens == (f"{TOKEN}1", f"{TOKEN}2")
+    assert fields["auth"].admin.file == tokens and fields["auth"].reflection_requires_token
+    limits = serve.operator_limits(
+        _args("--plan-model-dir", str(tmp_path), "--max-cpu-profile-s", "5", "--max-cpu-profile-rate-hz", "50")
+    )
+    assert limits.plan_model_dirs == (tmp_path.resolve(),) and limits.cpu_profile.max_duration_s == 5
+
+
+@pytest.mark.parametrize(
+    "argv, env, match",
+    [
+        (("--admin-host", "0.0.0.0", "--admin-port", "50062"), {}, "--admin-token-file"),
+        (("--host", "0.0.0.0", "--profiling-on-inference-port"), {}, "operator tokens"),
+        (("--tls-cert-file", "x.pem"), {}, "both"),
+        (("--tls-client-ca-file", "ca.pem"), {}, "mTLS is TLS"),
+        (("--tls-cert-file", "/nonexistent.pem", "--tls-key-file", "/nonexistent.key"), {}, "does not exist"),
+        ((), {"NANOVL_ADMIN_TOKENS": "short"}, "at least 16"),
+        (("--inference-token-file", "/nonexistent"), {}, "cannot read"),
+    ],
+)
+def test_operator_mistakes_are_refused(argv, env, match) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        serve.security_settings(_args(*argv), environ=env)
+
+
+def test_bad_plan_model_dir_and_capture_maxima() -> None:
+    with pytest.raises(InvalidArgument, match="--plan-model-dir"):
+        serve.operator_limits(_args("--plan-model-dir", "/nonexistent"))
+    with pytest.raises(InvalidArgument, match="--max-cpu-profile-rate-hz"):
+        serve.operator_limits(_args("--max-cpu-profile-rate-hz", "5000"))
+
+
+def test_serve_exits_2_before_starting_an_engine() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanovl.cli", "serve", "--admin-host", "0.0.0.0", "--admin-port", "50062"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("NANOVL_ADMIN_TOKENS")},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--admin-token-file" in proc.stderr and "Engine" not in proc.stderr
