@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from model.prompt import ChatRenderer
 from nanovl.v1 import inference_pb2, inference_pb2_grpc, profiling_pb2, profiling_pb2_grpc
 from profiling.telemetry.metrics import ServiceMetrics
 from profiling.telemetry.tracing import get_tracer, server_interceptors
 from service.engine import Engine
+from service.grpc_standard import HealthServicer, enable_reflection
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
 from service.settings import ServerSettings
@@ -115,7 +115,7 @@ async def build_server(
     """Build and start listening (readiness NOT_SERVING until ``mark_serving``)."""
     server = grpc.aio.server(interceptors=server_interceptors(tracer_provider), options=server_options(settings))
     lifecycle = Lifecycle()
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     try:
         chat = ChatRenderer(engine.summary.model)
     except ValueError:
@@ -129,12 +129,12 @@ async def build_server(
         chat=chat,
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
-    services = [INFERENCE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    services = [INFERENCE, health.SERVICE_NAME]
     if profiling_servicer is not None:
         profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, server)
         services.insert(1, PROFILING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(services, server)
+    enable_reflection(services, server)  # v1 and v1alpha
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
