@@ -21,6 +21,7 @@ from nanovl.cli.common import EXIT_USAGE
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("nanovl.cli.serve", "run the gRPC service (default model: the embedded tiny checkpoint)"),
     "generate": ("nanovl.cli.generate", "send one prompt to a server and stream the answer"),
+    "call": ("nanovl.cli.call", "call any RPC by hand through server reflection, JSON in and out"),
     "model": ("nanovl.cli.model", "checkpoint tools: build a tiny checkpoint, validate one"),
     "profile": ("nanovl.cli.profile", "sizing and profiling: budgets, plans, dummy profiles, CPU/torch profiles"),
     "loadtest": ("nanovl.cli.loadtest", "drive a server with mixed-modality traffic and report latency"),
