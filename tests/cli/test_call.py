@@ -182,10 +182,8 @@ async def test_every_inference_rpc_by_hand(grpc_target) -> None:
     assert kinds[0] == "started" and kinds[-1] == "final" and kinds.count("final") == 1
 
     # StreamGenerate: header, then End (a text-only prompt declares no media).
-    stream = [
-        {"header": {"parts": [{"text": "hello"}], "sampling": {"max_tokens": 2, "ignore_eos": True}}},
-        {"end": {}},
-    ]
+    header = {"parts": [{"part": {"text": "hello"}}], "sampling": {"max_tokens": 2, "ignore_eos": True}}
+    stream = [{"header": header}, {"end": {}}]
     rc, out, err = await nanovl_call(
         "Inference/StreamGenerate", json.dumps(stream), "--target", grpc_target, "--compact"
     )
