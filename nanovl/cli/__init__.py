@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from nanovl.cli.common import EXIT_USAGE
+
+if os.environ.get("NANOVL_ENGINE_LOGGING_CONFIG"):
+    # An engine process of `nanovl serve` (multiprocessing's spawn imports the server's main
+    # script, hence this package, first): route its logs before it imports vLLM.
+    from profiling.telemetry.engine_logs import configure_engine_child
+
+    configure_engine_child()
 
 # name -> (module, one-line help). Modules expose register(subparsers) and set args.func.
 COMMANDS: dict[str, tuple[str, str]] = {
