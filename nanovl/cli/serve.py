@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-log = logging.getLogger("nanovl")
+log = logging.getLogger("nanovl.serve")
 
 HELP = "run the gRPC service (default model: the embedded tiny checkpoint)"
 
@@ -136,17 +136,53 @@ def build_engine_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """nanovl's flags, then vLLM's engine flags, merged into one namespace (``--help`` and
-    ``--help-engine`` exit)."""
+    ``--help-engine`` exit). Logging starts in between, before vLLM is imported, so that
+    what vLLM logs on import already goes through nanovl's filter, and the import itself
+    is the first phase the operator sees."""
     args, rest = build_parser().parse_known_args(argv)
-    engine_parser = build_engine_parser()
     if args.help_engine:
-        engine_parser.print_help()
+        build_engine_parser().print_help()
         raise SystemExit(0)
+    engine_logs, report = _start_logging(args)
+    with report.phase("loading vLLM", "importing vLLM and torch"):
+        engine_parser = build_engine_parser()
     log_level = args.log_level
     engine_args = engine_parser.parse_args(rest)  # unknown flags fail here, with vLLM's list
     merged = argparse.Namespace(**{**vars(engine_args), **vars(args)})
     merged.log_level = log_level
+    merged.engine_logs, merged.startup = engine_logs, report
     return merged
+
+
+def _cache_dir() -> Path:
+    # model.tiny.cache_root() without importing it (it imports torch, which reads the
+    # environment _start_logging sets).
+    return Path(os.environ.get("NANOVL_CACHE_DIR") or Path(__file__).resolve().parents[2] / ".cache")
+
+
+def _start_logging(args: argparse.Namespace):  # -> (engine_logs.EngineLogRouting, StartupReport)
+    from nanovl import event_loop
+    from nanovl.cli.startup import StartupReport
+    from profiling.telemetry import engine_logs, logs
+
+    settings = logs.LoggingSettings.from_args(args)
+    logs.setup_logging(settings)
+    routing = engine_logs.route_engine_logs(
+        _cache_dir() / "logs", show_all=settings.show_all, debug=settings.level == "DEBUG"
+    )
+    # A live spinner only on a terminal and while nothing else writes to it: with every
+    # engine line shown, the engine processes write to it directly.
+    report = StartupReport(live=settings.format == "text" and not settings.show_all and sys.stderr.isatty())
+    if routing.tail is not None:
+        routing.tail.listeners.append(report.on_engine_record)
+    for note in routing.notes:
+        log.info("%s", note)
+    log.info(
+        "starting: event loop %s; %s",
+        event_loop.resolve(args.event_loop),
+        f"full engine log: {routing.path}" if routing.path else "engine logs unfiltered",
+    )
+    return routing, report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -156,14 +192,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nanovl import event_loop
-    from profiling.telemetry import logs
 
-    logs.setup_logging(logs.LoggingSettings.from_args(args))
-    log.info("event loop: %s", event_loop.resolve(args.event_loop))
-    return event_loop.run(_serve(args), loop=args.event_loop)
+    if getattr(args, "engine_logs", None) is None:  # called without parse_args
+        args.engine_logs, args.startup = _start_logging(args)
+    try:
+        return event_loop.run(_serve(args, args.startup), loop=args.event_loop)
+    finally:
+        args.engine_logs.stop()
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupReport
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     from model.checkpoint import validate_checkpoint
@@ -176,11 +214,16 @@ async def _serve(args: argparse.Namespace) -> int:
     from service.settings import ServerSettings
 
     apply_process_environment(cache_root())
-    if args.model is None:
-        args.model = str(ensure_tiny_checkpoint(args.tiny_variant))
-        log.info("no --model given: serving the embedded tiny checkpoint %s", args.model)
-    if Path(args.model).is_dir():
-        validate_checkpoint(args.model)
+    with report.phase("checkpoint", progress=False) as phase:
+        if args.model is None:
+            variant = args.tiny_variant
+            args.model = str(ensure_tiny_checkpoint(variant))
+            phase.detail = f"embedded tiny checkpoint ({variant}) {args.model}"
+        if Path(args.model).is_dir():
+            validate_checkpoint(args.model)
+            phase.detail = phase.detail or f"{args.model} (validated)"
+        else:
+            phase.detail = f"{args.model} (vLLM resolves it)"
 
     trace_settings = tracing.TracingSettings.from_args(args)
     for_vllm = trace_settings.for_vllm()
@@ -205,7 +248,9 @@ async def _serve(args: argparse.Namespace) -> int:
         drain_grace_s=args.drain_grace_s,
         warmup=not args.no_warmup,
     )
-    engine = await Engine.start(engine_args, warmup=False)
+    with report.phase("engine start", "starting vLLM's engine") as phase:
+        engine = await Engine.start(engine_args, warmup=False)
+        phase.detail = engine.summary.describe()
     server = None
     try:
         # The servicer also feeds the encoder-budget gauges of /metrics.
@@ -214,9 +259,11 @@ async def _serve(args: argparse.Namespace) -> int:
             engine, settings, tracer_provider=provider, metrics=service_metrics, profiling_servicer=profiling
         )
         if settings.warmup:
-            await engine.warmup()
+            with report.phase("warm-up") as phase:
+                done = await engine.warmup(on_item=lambda name: setattr(phase, "step", name))
+                phase.detail = ", ".join(done) if done else "nothing to warm up"
         await server.mark_serving()
-        log.info("nanovl serving %s on %s", engine.summary.served_model_name, server.target)
+        log.info("serving on %s: ready in %s", server.target, report.summary())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
