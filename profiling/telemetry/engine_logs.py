@@ -104,11 +104,11 @@ RULES: Final[tuple[Rule, ...]] = (
         r"^Multi-modal warmup completed in (?P<s>[\d.]+)s",
         "vLLM's multimodal processor warm-up (runs beside the engine start): {s} s",
     ),
-    # vLLM's shutdown stopping an engine core that was still exiting: routine on a busy host.
+    # vLLM's shutdown stopping engine processes that were still exiting: routine on a busy host.
     _say(
         "vllm",
-        r"^\[shutdown\] Process manager: force killing remaining process",
-        "shutdown: vLLM stopped its engine core process, which was still exiting after vLLM's grace period",
+        r"^\[shutdown\] (Process manager: )?force killing (remaining|sub) process",
+        "shutdown: vLLM stopped its engine processes, which were still exiting after vLLM's grace period",
     ),
     # Warnings that matter here, explained.
     _say(

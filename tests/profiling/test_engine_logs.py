@@ -68,6 +68,19 @@ def test_milestones_and_explained_warnings_become_one_line_each():
     assert not f.filter(again)
 
 
+def test_shutdown_force_kills_are_one_explained_line():
+    f = EngineLogFilter()
+    kills = [
+        _record(
+            "vllm.v1.utils", logging.WARNING, "[shutdown] Process manager: force killing remaining processes count=1"
+        ),
+        _record("vllm.v1.utils", logging.WARNING, "[shutdown] Process manager: force killing remaining process Engine"),
+        _record("vllm.utils.system_utils", logging.WARNING, "[shutdown] force killing sub process VLLM::Worker pid 1"),
+    ]
+    assert [f.filter(r) for r in kills] == [True, False, False]
+    assert kills[0].getMessage().startswith("shutdown: vLLM stopped its engine processes")
+
+
 def test_other_engine_records_by_level():
     f = EngineLogFilter()
     assert not f.filter(_record("vllm.config.model", logging.INFO, "Using max model len 8192"))
