@@ -129,6 +129,9 @@ def build_engine_parser() -> argparse.ArgumentParser:
         model=None,
         trust_remote_code=True,
         worker_extension_cls=WORKER_EXTENSION_CLS,
+        # The weight-load progress bar is written to the terminal by the worker, outside
+        # logging (it would break --log-format json); start-up reports "weight load: N s".
+        use_tqdm_on_load=False,
         **(CPU_ENGINE_DEFAULTS if on_cpu() else {}),
     )
     return p
