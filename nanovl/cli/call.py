@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "call",
         help=HELP,
-        description=__doc__.split("\n\n")[1] if __doc__ else HELP,
+        description="Call any RPC of a gRPC server by hand. Methods and message types come from the server's "
+        "reflection (v1, or v1alpha for older servers): no .proto files needed. Requests and responses are "
+        "protobuf JSON; a server-streaming method prints one JSON object per message.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  nanovl call list\n"

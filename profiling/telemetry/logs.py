@@ -63,7 +63,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--show-engine-logs",
         action="store_true",
-        help="show every log line of vLLM, transformers and torch as they write it (also with --log-level DEBUG). "
+        help="show every log line of vLLM, transformers and torch, unfiltered (also with --log-level DEBUG). "
         "By default only what matters to this deployment is shown, one line each; the full engine log "
         "is kept in a file named at start-up.",
     )
