@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +113,12 @@ class ModelSummary:
     def enabled_modalities(self) -> tuple[Modality, ...]:
         return tuple(m for m in MODALITIES if self.limits.get(m, 0) > 0)
 
+    def describe(self) -> str:
+        """One line for the operator: what is served and its limits."""
+        per_prompt = ", ".join(f"{m} {self.limits[m]}" for m in self.enabled_modalities)
+        media = f"; media per prompt: {per_prompt}" if per_prompt else "; text only"
+        return f"{self.served_model_name} (vLLM {self.vllm_version}, max_model_len {self.max_model_len}{media})"
+
 
 @dataclass(frozen=True)
 class RenderedPrompt:
@@ -185,12 +191,15 @@ class Engine:
         t0 = time.perf_counter()
         llm = AsyncLLM.from_engine_args(engine_args)
         engine = cls(llm, _summarize(llm), engine_args)
-        log.info("engine started in %.1fs: %s", time.perf_counter() - t0, engine.summary)
+        # nanovl serve reports this phase itself (one line, with its progress).
+        log.debug("engine started in %.1fs: %s", time.perf_counter() - t0, engine.summary)
         if warmup:
             await engine.warmup()
         return engine
 
-    async def warmup(self) -> None:
+    async def warmup(self, on_item: Callable[[str], None] | None = None) -> list[str]:
+        """One short request per enabled modality (and text); logs each one's time and
+        returns the names warmed up. ``on_item`` hears each name as it starts."""
         from vllm import SamplingParams
 
         from model.prompt import MediaPart, TextPart, assemble_raw
@@ -199,7 +208,10 @@ class Engine:
         jobs = [("text", assemble_raw([TextPart("warm up")]))]
         for m, item in warmup_items(self.summary).items():
             jobs.append((m, assemble_raw([MediaPart(m, item), TextPart("warm up")])))
+        done: list[str] = []
         for name, prompt in jobs:
+            if on_item is not None:
+                on_item(name)
             t0 = time.perf_counter()
             try:
                 async for _ in self.generate(prompt, params, request_id=f"warmup-{name}-{uuid.uuid4().hex[:8]}"):
@@ -208,7 +220,9 @@ class Engine:
                 # e.g. a max_model_len too small for the worst-case image: serving still works.
                 log.warning("warm-up %s skipped: %s", name, exc)
                 continue
-            log.info("warm-up %s: %.2fs", name, time.perf_counter() - t0)
+            log.info("warm-up %s: %.2f s", name, time.perf_counter() - t0)
+            done.append(name)
+        return done
 
     # ------------------------------------------------------------------ requests
 

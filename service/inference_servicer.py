@@ -62,13 +62,43 @@ _FINISH = {
 
 @dataclass
 class _RequestClock:
-    """Server-side timings of one request (seconds, perf_counter)."""
+    """The server-side events of one request (``time.perf_counter`` seconds); the
+    ``Timings`` message in inference.proto defines each duration by its two events."""
 
     start: float = field(default_factory=time.perf_counter)
-    upload_s: float = 0.0
-    decode_media_s: float = 0.0
+    header: float | None = None  # StreamGenerate: the header arrived
+    end: float | None = None  # StreamGenerate: End arrived
+    decodes: list[tuple[float, float]] = field(default_factory=list)  # one (start, end) per media part
+    preprocess_start: float | None = None  # every part decoded (and End received)
+    rendered: float | None = None
     first_token: float | None = None
     last_token: float | None = None
+
+    @property
+    def ttft_origin(self) -> float:
+        """TTFT counts from End for StreamGenerate (the upload is upload_s), else from start."""
+        return self.end if self.end is not None else self.start
+
+    @property
+    def upload_s(self) -> float:
+        return self.end - self.header if self.end is not None and self.header is not None else 0.0
+
+    @property
+    def decode_media_s(self) -> float:
+        """Wall time with at least one part decoding: the union of the intervals."""
+        total, reach = 0.0, float("-inf")
+        for begin, finish in sorted(self.decodes):
+            begin = max(begin, reach)
+            if finish > begin:
+                total += finish - begin
+            reach = max(reach, finish)
+        return total
+
+    @property
+    def preprocess_s(self) -> float:
+        if self.preprocess_start is None or self.rendered is None:
+            return 0.0
+        return self.rendered - self.preprocess_start
 
 
 def _modality_tokens(by_modality: Mapping[str, int]) -> pb.ModalityTokens:
@@ -293,9 +323,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             )
             for key, value in decoded.attributes.items():
                 span.set_attribute(f"media.{key}", value)
-        elapsed = time.perf_counter() - t0
-        clock.decode_media_s += elapsed
-        self._metrics.observe_media_decode(modality, elapsed)
+        t1 = time.perf_counter()
+        clock.decodes.append((t0, t1))
+        self._metrics.observe_media_decode(modality, t1 - t0)
         return decoded
 
     async def _next_message(
@@ -347,6 +377,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             first = await self._next_message(iterator, upload_deadline)
             if first is None:
                 raise InvalidArgument("StreamGenerate received no messages: send a header first")
+            clock.header = time.perf_counter()
             if first.WhichOneof("kind") != "header":
                 raise InvalidArgument(
                     f"the first StreamGenerate message must be a header, got {first.WhichOneof('kind')}"
@@ -364,11 +395,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             tasks: dict[int, asyncio.Task[DecodedPart]] = {}
             buffer: list[bytes] = []
             buffered = total = num_chunks = 0
-            first_chunk_at: float | None = None
             try:
                 while (msg := await self._next_message(iterator, upload_deadline)) is not None:
                     kind = msg.WhichOneof("kind")
                     if kind == "end":
+                        clock.end = time.perf_counter()
                         break
                     if kind != "media":
                         raise InvalidArgument(f"unexpected {kind} message after the header; send media chunks then End")
@@ -388,7 +419,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             f"empty media chunk for part {chunk.part_index}: only the last chunk of a part "
                             "(last=true) may be empty"
                         )
-                    first_chunk_at = first_chunk_at or time.perf_counter()
                     num_chunks += 1
                     buffer.append(chunk.data)
                     buffered += len(chunk.data)
@@ -424,8 +454,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 for task in tasks.values():
                     task.cancel()
                 raise
-            if first_chunk_at is not None:
-                clock.upload_s = time.perf_counter() - first_chunk_at
             span.set_attribute("receive.chunks", num_chunks)
             span.set_attribute("receive.bytes", total)
             span.set_attribute("receive.upload_s", clock.upload_s)
@@ -439,8 +467,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         clock: _RequestClock,
         outcome: dict[str, Any],
     ) -> AsyncIterator[pb.GenerateResponse]:
+        clock.preprocess_start = time.perf_counter()
         with self._tracer.stage_span(tracing.PROMPT_ASSEMBLE) as span:
             rendered: RenderedPrompt = await self._engine.render(await self._assemble(req, decoded))
+            clock.rendered = time.perf_counter()
             span.set_attribute("prompt.tokens", rendered.num_prompt_tokens)
             for modality, n in rendered.tokens_by_modality.items():
                 span.set_attribute(f"prompt.tokens.{modality}", n)
@@ -476,7 +506,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         now = time.perf_counter()
                         if clock.first_token is None:
                             clock.first_token = now
-                            self._metrics.observe_ttft(now - clock.start, modality=outcome["modality"])
+                            self._metrics.observe_ttft(now - clock.ttft_origin, modality=outcome["modality"])
                         elif clock.last_token is not None:
                             self._metrics.observe_inter_token_latency(
                                 now - clock.last_token, modality=outcome["modality"], tokens=len(token_ids)
@@ -510,10 +540,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 queue_s=(timeline.queue_s or 0.0) if timeline else 0.0,
                 prefill_s=(timeline.prefill_s or 0.0) if timeline else 0.0,
                 decode_s=(timeline.decode_s or 0.0) if timeline else 0.0,
-                ttft_s=(clock.first_token - clock.start) if clock.first_token else 0.0,
+                ttft_s=(clock.first_token - clock.ttft_origin) if clock.first_token else 0.0,
                 total_s=now - clock.start,
                 decode_media_s=clock.decode_media_s,
                 upload_s=clock.upload_s,
+                preprocess_s=clock.preprocess_s,
             ),
         )
         final.prompt_logprobs.extend(prompt_logprobs)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from model.prompt import ChatRenderer
 from nanovl.errors import InvalidArgument
@@ -21,6 +20,7 @@ from profiling.telemetry.metrics import ServiceMetrics
 from profiling.telemetry.tracing import get_tracer, server_interceptors
 from service.auth import TOKEN_ENV, Authenticator, AuthInterceptor, Role, TokenSet, load_token_sets
 from service.engine import Engine
+from service.grpc_standard import HealthServicer, enable_reflection
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
 from service.settings import ServerSettings
@@ -239,7 +239,7 @@ async def build_server(
         options=server_options(settings),
     )
     lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     try:
         chat = ChatRenderer(engine.summary.model)
     except ValueError:
@@ -253,12 +253,12 @@ async def build_server(
         chat=chat,
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
-    services = [INFERENCE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    services = [INFERENCE, health.SERVICE_NAME]
     if on_inference_port:
         profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, server)
         services.insert(1, PROFILING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(services, server)
+    enable_reflection(services, server)  # v1 and v1alpha
     port = _listen(server, settings, settings.host, settings.port)
 
     admin, admin_port = None, None
@@ -270,13 +270,13 @@ async def build_server(
             interceptors=_interceptors(tracer_provider, token_sets, admin_rules, "admin"),
             options=server_options(settings),
         )
-        admin_services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        admin_services = [health.SERVICE_NAME]
         if profiling_servicer is not None:
             profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, admin)
             admin_services.insert(0, PROFILING)
         # One health servicer, so both ports report the same states.
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin)
-        reflection.enable_server_reflection(admin_services, admin)
+        enable_reflection(admin_services, admin)
         admin_port = _listen(admin, settings, settings.admin_host, settings.admin_port)
     elif profiling_servicer is not None and not on_inference_port:
         log.info("the Profiling service is not served: pass --admin-port to serve it to operators")

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from nanovl.errors import NanovlError
+from profiling.telemetry.tracing import record_rpc_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,8 +34,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     """Abort the RPC with ``exc``'s status; an unexpected exception is logged as a bug."""
     code, message = status_of(exc)
-    if code == grpc.StatusCode.INTERNAL and not isinstance(exc, NanovlError):
+    bug = code == grpc.StatusCode.INTERNAL and not isinstance(exc, NanovlError)
+    if bug:
         log.error("RPC failed with an unexpected error", exc_info=exc)
+    record_rpc_error(code, message, exc if bug else None)
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 

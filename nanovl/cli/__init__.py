@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from nanovl.cli.common import EXIT_USAGE
+
+if os.environ.get("NANOVL_ENGINE_LOGGING_CONFIG"):
+    # An engine process of `nanovl serve` (multiprocessing's spawn imports the server's main
+    # script, hence this package, first): route its logs before it imports vLLM.
+    from profiling.telemetry.engine_logs import configure_engine_child
+
+    configure_engine_child()
 
 # name -> (module, one-line help). Modules expose register(subparsers) and set args.func.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("nanovl.cli.serve", "run the gRPC service (default model: the embedded tiny checkpoint)"),
     "generate": ("nanovl.cli.generate", "send one prompt to a server and stream the answer"),
+    "call": ("nanovl.cli.call", "call any RPC by hand through server reflection, JSON in and out"),
     "model": ("nanovl.cli.model", "checkpoint tools: build a tiny checkpoint, validate one"),
     "profile": ("nanovl.cli.profile", "sizing and profiling: budgets, plans, dummy profiles, CPU/torch profiles"),
     "loadtest": ("nanovl.cli.loadtest", "drive a server with mixed-modality traffic and report latency"),

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from nanovl.cli.common import add_connection_args, connection_from_args, default_target
+from nanovl.cli.common import (
+    EXIT_FAILED,
+    add_connection_args,
+    connection_from_args,
+    default_target,
+    escape_nonprintable,
+    readable_file,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="send one prompt to a server and stream the answer")
     p.add_argument("prompt", help="the text of the prompt (placed after the media)")
     p.add_argument("--target", default=default_target(), help="server address (env NANOVL_TARGET)")
-    p.add_argument("--image", action="append", default=[], type=Path)
-    p.add_argument("--video", action="append", default=[], type=Path)
-    p.add_argument("--audio", action="append", default=[], type=Path)
+    # Checked by the parser, so a missing file is reported at once, before connecting.
+    p.add_argument("--image", action="append", default=[], type=readable_file, metavar="FILE")
+    p.add_argument("--video", action="append", default=[], type=readable_file, metavar="FILE")
+    p.add_argument("--audio", action="append", default=[], type=readable_file, metavar="FILE")
     p.add_argument("--num-frames", type=int, help="frames to sample from each video")
     p.add_argument("--fps", type=float, help="sample each video at this many frames per second")
     p.add_argument("--max-frames", type=int, help="cap on frames sampled from each video")
@@ -34,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--timeout", type=float, default=300)
     add_connection_args(p)
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the generated text exactly as received; by default, on a terminal, control and "
+        "non-printable characters are shown as escapes (\\x02)",
+    )
     p.set_defaults(func=_generate_main)
 
 
@@ -44,6 +57,7 @@ def _generate_main(args: argparse.Namespace) -> int:
     from nanovl.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling, Started
 
     err = Console(stderr=True)
+    escape = not args.raw and sys.stdout.isatty()
     parts = (
         [Part.image(p) for p in args.image]
         + [Part.video(p, num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames) for p in args.video]
@@ -54,6 +68,7 @@ def _generate_main(args: argparse.Namespace) -> int:
     sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     final = None
     tls, token = connection_from_args(args)
+    wrote = False
     with InferenceClient(args.target, timeout=args.timeout, tls=tls, token=token) as client:
         try:
             call = (
@@ -67,13 +82,18 @@ def _generate_main(args: argparse.Namespace) -> int:
                         for item in event.media:
                             err.print(f"[dim]part {item.part_index}: {item.describe()}[/dim]", highlight=False)
                     if isinstance(event, Delta):
-                        sys.stdout.write(event.text)
+                        sys.stdout.write(escape_nonprintable(event.text) if escape else event.text)
+                        wrote = wrote or bool(event.text)
                         sys.stdout.flush()
                     elif isinstance(event, Final):
                         final = event
         except InferenceRpcError as exc:
-            err.print(f"[red]error {exc.code.name}[/red]: {exc.message}")
-            return 1
+            # str(exc) is "CODE: details": the status once.
+            if wrote:  # end the partial answer's line first
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            print(f"nanovl generate: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     sys.stdout.write("\n")
     if final is not None:
         u, t = final.usage, final.timings
@@ -83,7 +103,9 @@ def _generate_main(args: argparse.Namespace) -> int:
             "prompt tokens", f"{u.prompt_tokens} (text {by.text}, image {by.image}, video {by.video}, audio {by.audio})"
         )
         table.add_row("completion tokens", str(u.completion_tokens))
-        for name in ("upload_s", "decode_media_s", "queue_s", "prefill_s", "ttft_s", "decode_s", "total_s"):
+        # In the order they happen (README "Timings" explains each).
+        names = ("upload_s", "decode_media_s", "preprocess_s", "queue_s", "prefill_s", "ttft_s", "decode_s", "total_s")
+        for name in names:
             table.add_row(name.replace("_s", "").replace("_", " "), f"{getattr(t, name) * 1000:.1f} ms")
         if u.completion_tokens > 1 and t.decode_s > 0:
             table.add_row("decode speed", f"{(u.completion_tokens - 1) / t.decode_s:.1f} tokens/s")

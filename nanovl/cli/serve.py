@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from service.settings import ServerSettings
 
-log = logging.getLogger("nanovl")
+log = logging.getLogger("nanovl.serve")
 
 HELP = "run the gRPC service (default model: the embedded tiny checkpoint)"
 
@@ -320,6 +320,9 @@ def build_engine_parser() -> argparse.ArgumentParser:
         trust_remote_code=True,
         limit_mm_per_prompt=DEFAULT_LIMIT_MM_PER_PROMPT,
         worker_extension_cls=WORKER_EXTENSION_CLS,
+        # The weight-load progress bar is written to the terminal by the worker, outside
+        # logging (it would break --log-format json); start-up reports "weight load: N s".
+        use_tqdm_on_load=False,
         **(CPU_ENGINE_DEFAULTS if on_cpu() else {}),
     )
     return p
@@ -327,17 +330,53 @@ def build_engine_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """nanovl's flags, then vLLM's engine flags, merged into one namespace (``--help`` and
-    ``--help-engine`` exit)."""
+    ``--help-engine`` exit). Logging starts in between, before vLLM is imported, so that
+    what vLLM logs on import already goes through nanovl's filter, and the import itself
+    is the first phase the operator sees."""
     args, rest = build_parser().parse_known_args(argv)
-    engine_parser = build_engine_parser()
     if args.help_engine:
-        engine_parser.print_help()
+        build_engine_parser().print_help()
         raise SystemExit(0)
+    engine_logs, report = _start_logging(args)
+    with report.phase("loading vLLM", "importing vLLM and torch"):
+        engine_parser = build_engine_parser()
     log_level = args.log_level
     engine_args = engine_parser.parse_args(rest)  # unknown flags fail here, with vLLM's list
     merged = argparse.Namespace(**{**vars(engine_args), **vars(args)})
     merged.log_level = log_level
+    merged.engine_logs, merged.startup = engine_logs, report
     return merged
+
+
+def _cache_dir() -> Path:
+    # model.tiny.cache_root() without importing it (it imports torch, which reads the
+    # environment _start_logging sets).
+    return Path(os.environ.get("NANOVL_CACHE_DIR") or Path(__file__).resolve().parents[2] / ".cache")
+
+
+def _start_logging(args: argparse.Namespace):  # -> (engine_logs.EngineLogRouting, StartupReport)
+    from nanovl import event_loop
+    from nanovl.cli.startup import StartupReport
+    from profiling.telemetry import engine_logs, logs
+
+    settings = logs.LoggingSettings.from_args(args)
+    logs.setup_logging(settings)
+    routing = engine_logs.route_engine_logs(
+        _cache_dir() / "logs", show_all=settings.show_all, debug=settings.level == "DEBUG"
+    )
+    # A live spinner only on a terminal and while nothing else writes to it: with every
+    # engine line shown, the engine processes write to it directly.
+    report = StartupReport(live=settings.format == "text" and not settings.show_all and sys.stderr.isatty())
+    if routing.tail is not None:
+        routing.tail.listeners.append(report.on_engine_record)
+    for note in routing.notes:
+        log.info("%s", note)
+    log.info(
+        "starting: event loop %s; %s",
+        event_loop.resolve(args.event_loop),
+        f"full engine log: {routing.path}" if routing.path else "engine logs unfiltered",
+    )
+    return routing, report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -347,14 +386,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nanovl import event_loop
-    from profiling.telemetry import logs
 
-    logs.setup_logging(logs.LoggingSettings.from_args(args))
-    log.info("event loop: %s", event_loop.resolve(args.event_loop))
-    return event_loop.run(_serve(args), loop=args.event_loop)
+    if getattr(args, "engine_logs", None) is None:  # called without parse_args
+        args.engine_logs, args.startup = _start_logging(args)
+    try:
+        return event_loop.run(_serve(args, args.startup), loop=args.event_loop)
+    finally:
+        args.engine_logs.stop()
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupReport
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     from model.checkpoint import validate_checkpoint
@@ -369,11 +410,16 @@ async def _serve(args: argparse.Namespace) -> int:
     security = security_settings(args)
     limits = operator_limits(args)
     apply_process_environment(cache_root())
-    if args.model is None:
-        args.model = str(ensure_tiny_checkpoint(args.tiny_variant))
-        log.info("no --model given: serving the embedded tiny checkpoint %s", args.model)
-    if Path(args.model).is_dir():
-        validate_checkpoint(args.model)
+    with report.phase("checkpoint", progress=False) as phase:
+        if args.model is None:
+            variant = args.tiny_variant
+            args.model = str(ensure_tiny_checkpoint(variant))
+            phase.detail = f"embedded tiny checkpoint ({variant}) {args.model}"
+        if Path(args.model).is_dir():
+            validate_checkpoint(args.model)
+            phase.detail = phase.detail or f"{args.model} (validated)"
+        else:
+            phase.detail = f"{args.model} (vLLM resolves it)"
 
     trace_settings = tracing.TracingSettings.from_args(args)
     for_vllm = trace_settings.for_vllm()
@@ -388,7 +434,9 @@ async def _serve(args: argparse.Namespace) -> int:
     # Engine processes watch this process and stop when it is gone, even after a kill -9
     # (profiling/worker_extension.py starts the watch inside them).
     os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
-    engine = await Engine.start(engine_args, warmup=False)
+    with report.phase("engine start", "starting vLLM's engine") as phase:
+        engine = await Engine.start(engine_args, warmup=False)
+        phase.detail = engine.summary.describe()
     server = None
     try:
         # The servicer also feeds the encoder-budget gauges of /metrics.
@@ -397,9 +445,11 @@ async def _serve(args: argparse.Namespace) -> int:
             engine, settings, tracer_provider=provider, metrics=service_metrics, profiling_servicer=profiling
         )
         if settings.warmup:
-            await engine.warmup()
+            with report.phase("warm-up") as phase:
+                done = await engine.warmup(on_item=lambda name: setattr(phase, "step", name))
+                phase.detail = ", ".join(done) if done else "nothing to warm up"
         await server.mark_serving()
-        log.info("nanovl serving %s on %s", engine.summary.served_model_name, server.target)
+        log.info("serving on %s: ready in %s", server.target, report.summary())
         if server.admin_target is not None:
             log.info("operator surface (Profiling) on %s", server.admin_target)
         stop = asyncio.Event()

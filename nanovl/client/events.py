@@ -77,6 +77,7 @@ class Timings:
     decode_s: float
     decode_media_s: float
     upload_s: float
+    preprocess_s: float = 0.0  # servers before it was added send none
 
     @staticmethod
     def from_proto(m: pb.Timings) -> Timings:
@@ -88,6 +89,7 @@ class Timings:
             decode_s=m.decode_s,
             decode_media_s=m.decode_media_s,
             upload_s=m.upload_s,
+            preprocess_s=m.preprocess_s,
         )
 
 

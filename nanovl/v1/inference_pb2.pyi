@@ -419,7 +419,7 @@ class ModalityTokens(_message.Message):
     def __init__(self, text: _Optional[int] = ..., image: _Optional[int] = ..., video: _Optional[int] = ..., audio: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_s", "ttft_s", "total_s", "prefill_s", "decode_s", "decode_media_s", "upload_s")
+    __slots__ = ("queue_s", "ttft_s", "total_s", "prefill_s", "decode_s", "decode_media_s", "upload_s", "preprocess_s")
     QUEUE_S_FIELD_NUMBER: _ClassVar[int]
     TTFT_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
@@ -427,6 +427,7 @@ class Timings(_message.Message):
     DECODE_S_FIELD_NUMBER: _ClassVar[int]
     DECODE_MEDIA_S_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_S_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_S_FIELD_NUMBER: _ClassVar[int]
     queue_s: float
     ttft_s: float
     total_s: float
@@ -434,7 +435,8 @@ class Timings(_message.Message):
     decode_s: float
     decode_media_s: float
     upload_s: float
-    def __init__(self, queue_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., total_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., decode_media_s: _Optional[float] = ..., upload_s: _Optional[float] = ...) -> None: ...
+    preprocess_s: float
+    def __init__(self, queue_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., total_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., decode_media_s: _Optional[float] = ..., upload_s: _Optional[float] = ..., preprocess_s: _Optional[float] = ...) -> None: ...
 
 class TokenLogprobs(_message.Message):
     __slots__ = ("token", "top")

@@ -30,12 +30,22 @@ _HANDLER_NAME: Final = "nanovl"
 class LoggingSettings:
     level: str = "INFO"
     format: LogFormat = "text"
+    # Every record of vLLM, transformers and torch, unfiltered (engine_logs.EngineLogFilter).
+    show_engine_logs: bool = False
+
+    @property
+    def show_all(self) -> bool:
+        return self.show_engine_logs or self.level == "DEBUG"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LoggingSettings:
         # vLLM's own --log-level (when its flags are on the same parser) leaves the
         # attribute unset unless given.
-        return cls(level=str(getattr(args, "log_level", None) or "INFO").upper(), format=args.log_format)
+        return cls(
+            level=str(getattr(args, "log_level", None) or "INFO").upper(),
+            format=args.log_format,
+            show_engine_logs=bool(getattr(args, "show_engine_logs", False)),
+        )
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +59,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         default="text",
         choices=get_args(LogFormat),
         help="text (human-readable) or json (one object per line, for log shippers). Default text.",
+    )
+    group.add_argument(
+        "--show-engine-logs",
+        action="store_true",
+        help="show every log line of vLLM, transformers and torch, unfiltered (also with --log-level DEBUG). "
+        "By default only what matters to this deployment is shown, one line each; the full engine log "
+        "is kept in a file named at start-up.",
     )
 
 
@@ -98,12 +115,53 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_live_console = None  # a rich Console showing a live display (set_live_console)
+
+
+def set_live_console(console: object | None) -> None:
+    """While a rich live display (a start-up spinner) runs on ``console``, log lines are
+    printed through it, above the display, instead of through it."""
+    global _live_console
+    _live_console = console
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at the time (or through the live console)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console = _live_console
+        if console is None:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record)
+            console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)  # type: ignore[attr-defined]
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(settings: LoggingSettings, *, stream: TextIO | None = None) -> logging.Handler:
     """Install nanovl's handler on the root logger (replacing one a previous call
-    installed) and set the root level. Returns the handler."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    installed) and set the root level. Third-party records pass
+    ``engine_logs.EngineLogFilter`` (all of them with ``settings.show_all``). Returns the
+    handler."""
+    from profiling.telemetry.engine_logs import EngineLogFilter
+
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(TraceContextFilter())
+    handler.addFilter(EngineLogFilter(show_all=settings.show_all))
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

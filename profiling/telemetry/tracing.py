@@ -86,6 +86,7 @@ ATTR_INFERENCE: Final = "gen_ai.latency.time_in_model_inference"
 ATTR_COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"
 ATTR_PREEMPTIONS: Final = "nanovl.engine.num_preemptions"
 ATTR_ERROR_CODE: Final = "nanovl.error.grpc_code"
+ATTR_ERROR_MESSAGE: Final = "nanovl.error.message"
 ATTR_CANCELLED: Final = "nanovl.cancelled"
 
 TracesExporter = Literal["otlp", "console", "none"]
@@ -386,17 +387,71 @@ def _default_server_filter() -> Any:
     return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection")))
 
 
+class _QuietAbortSpan:
+    """The server span as the gRPC instrumentation sees it, minus exception events for
+    ``grpc.aio.AbortError``: an abort is how a handler sets its status, not a failure of
+    its own, and its traceback is grpc's machinery. The status and message are recorded
+    once by :func:`record_rpc_error`."""
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._span, name)
+
+    def record_exception(self, exception: BaseException, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(exception, grpc.aio.AbortError):
+            self._span.record_exception(exception, *args, **kwargs)
+
+
+class _QuietAbortTracer:
+    """The tracer handed to the gRPC server interceptor: its spans do not record the
+    exception that leaves the handler on their own (the interceptor records it once,
+    and an abort not at all)."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracer, name)
+
+    @contextlib.contextmanager
+    def start_as_current_span(self, name: str, **kwargs: Any) -> Iterator[Any]:
+        kwargs["record_exception"] = False
+        with self._tracer.start_as_current_span(name, **kwargs) as span:
+            yield _QuietAbortSpan(span)
+
+
 def server_interceptors(
     provider: TracerProvider | None, *, trace_health_checks: bool = False
 ) -> list[grpc.aio.ServerInterceptor]:
     """Interceptors for ``grpc.aio.server(interceptors=...)``: one SERVER span per RPC,
-    continuing the caller's W3C ``traceparent`` metadata. Empty when tracing is off."""
+    continuing the caller's W3C ``traceparent`` metadata. Empty when tracing is off.
+    A failed RPC's span carries its status code and message once (:func:`record_rpc_error`),
+    without the two ``AbortError`` stack traces the instrumentation would add."""
     if provider is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import __version__
+    from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 
+    # What the package's aio_server_interceptor() builds, with the tracer wrapped.
+    tracer = provider.get_tracer(
+        "opentelemetry.instrumentation.grpc", __version__, schema_url="https://opentelemetry.io/schemas/1.11.0"
+    )
     filter_ = None if trace_health_checks else _default_server_filter()
-    return [aio_server_interceptor(tracer_provider=provider, filter_=filter_)]
+    return [OpenTelemetryAioServerInterceptor(_QuietAbortTracer(tracer), filter_=filter_)]
+
+
+def record_rpc_error(code: grpc.StatusCode, message: str, exc: BaseException | None = None) -> None:
+    """On the current (server) span: the status an RPC fails with and its message, once.
+    ``exc`` is an unexpected exception (a bug): its traceback is worth keeping."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute(ATTR_ERROR_CODE, code.name)
+    span.set_attribute(ATTR_ERROR_MESSAGE, message)
+    if exc is not None:
+        span.record_exception(exc)
 
 
 def client_interceptors(provider: TracerProvider | None) -> list[grpc.aio.ClientInterceptor]:

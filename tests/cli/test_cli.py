@@ -84,9 +84,41 @@ def test_client_commands_import_no_engine_code() -> None:
     loaded = _imports_after(
         "import nanovl\nfrom nanovl import AsyncInferenceClient, InferenceClient, Part, Sampling\n"
         "from nanovl.cli import build_parser\n"
-        "for c in ('generate', 'profile', 'loadtest'): build_parser(c)"
+        "for c in ('generate', 'profile', 'loadtest', 'call'): build_parser(c)"
     )
     assert loaded == set()
+    # `nanovl call` all the way through reflection (it fails to connect here, after the imports).
+    ran = _imports_after(
+        "from nanovl.cli import main\nimport nanovl.cli.call\n"
+        "main(['call', 'list', '--target', '127.0.0.1:1', '--timeout', '2'])"
+    )
+    assert ran == set()
+
+
+def test_generate_reports_a_missing_file_at_once_without_connecting() -> None:
+    import time
+
+    t0 = time.monotonic()
+    # Port 1 refuses connections: had it connected, the error would be UNAVAILABLE.
+    proc = _nanovl("generate", "--target", "127.0.0.1:1", "--image", "/no/such/photo.png", "describe")
+    assert proc.returncode == 2, proc.stderr
+    assert "/no/such/photo.png" in proc.stderr and "UNAVAILABLE" not in proc.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_generate_prints_the_status_once() -> None:
+    proc = _nanovl("generate", "--target", "127.0.0.1:1", "--timeout", "2", "hello")
+    assert proc.returncode == 1
+    (line,) = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert line.startswith("nanovl generate: error: UNAVAILABLE: ") and line.count("UNAVAILABLE") == 1, line
+
+
+def test_generated_text_is_escaped_for_a_terminal() -> None:
+    from nanovl.cli.common import escape_nonprintable
+
+    assert escape_nonprintable("a\x02b\x0e\x0c\n\tc") == "a\\x02b\\x0e\\x0c\n\tc"
+    assert escape_nonprintable("\x1b[2J\x7f\u009b\u200b\u2028") == "\\x1b[2J\\x7f\\x9b\\u200b\\u2028"
+    assert escape_nonprintable("héllo 中文 🙂") == "héllo 中文 🙂"
 
 
 def test_client_commands_honour_nanovl_target() -> None:

@@ -105,6 +105,10 @@ async def test_error_request_has_error_status(traced):
     # client error (INVALID_ARGUMENT) does not make a server span an error.
     server_span = spans["/nanovl.v1.Inference/Generate"][0]
     assert server_span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    # The status and message once; no "Locally aborted." AbortError tracebacks.
+    assert server_span.attributes[tracing.ATTR_ERROR_CODE] == "INVALID_ARGUMENT"
+    assert "image" in server_span.attributes[tracing.ATTR_ERROR_MESSAGE]
+    assert not [e for e in server_span.events if e.name == "exception"]
 
 
 async def test_known_traceparent_becomes_the_parent(traced, otlp_receiver):

@@ -49,7 +49,7 @@ class Served:
         )
         self.target = f"127.0.0.1:{self.port}"
         deadline = time.monotonic() + START_TIMEOUT_S
-        while "nanovl serving" not in self.log.read_text():
+        while "serving on" not in self.log.read_text():
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(1)

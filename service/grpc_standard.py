@@ -1,0 +1,82 @@
+"""The standard gRPC services every tool expects: health checking (``Check``, ``Watch``
+and ``List``) and server reflection under both ``grpc.reflection.v1`` and ``v1alpha``.
+
+grpcio-health-checking's servicer has no ``List`` (the base class answers it with
+UNIMPLEMENTED and a server-side traceback), and grpcio-reflection ships only the
+``v1alpha`` service. The ``v1`` reflection messages are identical on the wire to
+``v1alpha``'s, so the same servicer answers both method paths; a ``v1`` file descriptor
+(``v1alpha``'s, renamed) is added to the pool so that ``v1`` itself can be described.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+REFLECTION_V1ALPHA = reflection.SERVICE_NAME
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """grpcio's asyncio health servicer plus ``List``: every service's status at once."""
+
+    async def List(  # noqa: N802 (the RPC's name)
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        statuses = dict(self._server_status)  # the statuses `set` and Check use
+        return health_pb2.HealthListResponse(
+            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses.items()}
+        )
+
+
+def _register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
+    """Add ``grpc/reflection/v1/reflection.proto`` to ``pool`` (v1alpha's, renamed)."""
+    try:
+        pool.FindFileByName(_V1_FILE)
+        return  # a real v1 module (or an earlier call) registered it
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    old, new = proto.package, "grpc.reflection.v1"
+    proto.name, proto.package = _V1_FILE, new
+    proto.ClearField("options")
+    for message in proto.message_type:
+        for f in message.field:
+            if f.type_name.startswith(f".{old}."):
+                f.type_name = f".{new}." + f.type_name[len(old) + 2 :]
+    for service in proto.service:
+        for m in service.method:
+            m.input_type = m.input_type.replace(f".{old}.", f".{new}.", 1)
+            m.output_type = m.output_type.replace(f".{old}.", f".{new}.", 1)
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+    """Serve reflection v1 and v1alpha for ``service_names`` (both reflection services
+    are added to the list)."""
+    pool = descriptor_pool.Default()
+    _register_v1_descriptor(pool)
+    names = [*service_names, REFLECTION_V1, REFLECTION_V1ALPHA]
+    names = list(dict.fromkeys(names))
+    servicer = reflection.aio.ReflectionServicer(names, pool=pool)
+    for service in (REFLECTION_V1ALPHA, REFLECTION_V1):
+        handler = grpc.method_handlers_generic_handler(
+            service,
+            {
+                "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                    servicer.ServerReflectionInfo,
+                    request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                    response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
+
+
+__all__ = ["REFLECTION_V1", "REFLECTION_V1ALPHA", "HealthServicer", "enable_reflection"]
