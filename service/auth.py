@@ -233,14 +233,20 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler, error: NanovlError) -> gr
     async def reject(_request: Any, context: grpc.aio.ServicerContext) -> Any:
         await abort_with(context, error)
 
+    # Server-streaming kinds need an async generator: interceptors that wrap the handler
+    # (OpenTelemetry's) iterate its result with `async for`.
+    async def reject_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await abort_with(context, error)
+        yield  # pragma: no cover  (unreachable: makes this an async generator)
+
     serializer = handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(reject, response_serializer=serializer)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(reject, response_serializer=serializer)
+        return grpc.unary_stream_rpc_method_handler(reject_stream, response_serializer=serializer)
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(reject, response_serializer=serializer)
-    return grpc.stream_stream_rpc_method_handler(reject, response_serializer=serializer)
+    return grpc.stream_stream_rpc_method_handler(reject_stream, response_serializer=serializer)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

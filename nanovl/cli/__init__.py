@@ -51,18 +51,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    if command == "serve":
-        from nanovl.cli import serve
-
-        args = serve.parse_args(argv[1:])
-        args.command, args.func = "serve", serve.run
-    else:
-        args = build_parser(command).parse_args(argv)
     from nanovl.errors import NanovlError
 
     try:
+        if command == "serve":
+            from nanovl.cli import serve
+
+            args = serve.parse_args(argv[1:])
+            args.command, args.func = "serve", serve.run
+        else:
+            args = build_parser(command).parse_args(argv)
         return int(args.func(args) or 0)
     except NanovlError as exc:
         # Operator mistakes (busy port, bad checkpoint, bad flag value): one clear line.
-        print(f"nanovl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"nanovl {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

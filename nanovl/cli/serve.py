@@ -337,6 +337,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.help_engine:
         build_engine_parser().print_help()
         raise SystemExit(0)
+    # Operator errors in the security flags and files fail at once, before the seconds
+    # that importing vLLM takes (and long before the engine's start-up).
+    args.security = security_settings(args)
+    args.operator_limits = operator_limits(args)
     engine_logs, report = _start_logging(args)
     with report.phase("loading vLLM", "importing vLLM and torch"):
         engine_parser = build_engine_parser()
@@ -406,9 +410,7 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
     from service.engine import Engine, apply_process_environment
     from service.server import build_server
 
-    # Operator errors in the security flags fail now, not after the engine's start-up.
-    security = security_settings(args)
-    limits = operator_limits(args)
+    security, limits = args.security, args.operator_limits
     apply_process_environment(cache_root())
     with report.phase("checkpoint", progress=False) as phase:
         if args.model is None:

@@ -89,6 +89,9 @@ RULES: Final[tuple[Rule, ...]] = (
     # vLLM's own multimodal warm-up tokenizes a dummy prompt of the longest video: not a
     # user's prompt (a user's over-long prompt is answered OUT_OF_RANGE by nanovl).
     _drop("transformers", r"^Token indices sequence length is longer than the specified maximum"),
+    # The Profiling service builds vLLM configs to plan budgets (GetBudget, PlanBudget);
+    # a plan for a text-only mix makes vLLM say so about that plan, not about the server.
+    _drop("vllm", r"^All non-text modalities supported by the model have been explicitly disabled"),
     # Library deprecation and usage warnings: for the libraries' developers.
     _drop("py.warnings", r""),
     # Start-up milestones from the engine processes, one line each.

@@ -19,6 +19,8 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nanovl.client import AsyncInferenceClient, InferenceRpcError, Sampling, TlsConfig
+from nanovl.v1 import inference_pb2 as pb
+from nanovl.v1 import inference_pb2_grpc as pb_grpc
 from nanovl.v1 import profiling_pb2 as ppb
 from nanovl.v1 import profiling_pb2_grpc
 from profiling.servicer import OperatorLimits, ProfilingServicer
@@ -350,3 +352,46 @@ async def test_commands_with_mtls_and_tokens(secured, pki):
     assert rc == 1 and "FAILED_PRECONDITION" in err, err  # authenticated; nothing to stop
     rc, _, err = await _nanovl(*admin, "--token-file", str(token_file))
     assert rc == 1 and "PERMISSION_DENIED" in err, err
+
+
+async def test_refused_streaming_calls_keep_their_status_with_tracing_on(engine):
+    """Auth refusal of a server-streaming RPC behind OpenTelemetry's interceptor (which
+    iterates the handler's result): UNAUTHENTICATED / PERMISSION_DENIED, never UNKNOWN."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from profiling.telemetry import tracing
+
+    memory = InMemorySpanExporter()
+    provider = tracing.setup_tracing(
+        tracing.TracingSettings.from_env(exporter="none"), extra_processors=[SimpleSpanProcessor(memory)]
+    )
+    settings = server_settings(
+        auth=AuthSettings(inference=TokenSource(tokens=(INFERENCE_TOKEN,)), admin=TokenSource(tokens=(ADMIN_TOKEN,)))
+    )
+    srv = await build_server(engine, settings, tracer_provider=provider)
+    await srv.mark_serving()
+    req = pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], sampling=pb.SamplingOptions(max_tokens=2))
+
+    async def chunks():
+        yield pb.GenerateChunk(header=pb.StreamGenerateHeader(parts=[pb.DeclaredPart(part=pb.ContentPart(text="x"))]))
+        yield pb.GenerateChunk(end=pb.End())
+
+    try:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            for metadata, code in [
+                (None, grpc.StatusCode.UNAUTHENTICATED),
+                ((("authorization", "Bearer wrong-token-wrong-token"),), grpc.StatusCode.UNAUTHENTICATED),
+                ((("authorization", f"Bearer {ADMIN_TOKEN}"),), grpc.StatusCode.PERMISSION_DENIED),
+            ]:
+                for call in (stub.Generate(req, metadata=metadata), stub.StreamGenerate(chunks(), metadata=metadata)):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        async for _ in call:
+                            pass
+                    assert err.value.code() == code, err.value.details()
+            ok = stub.Generate(req, metadata=(("authorization", f"Bearer {INFERENCE_TOKEN}"),))
+            assert [r async for r in ok][-1].HasField("final")
+    finally:
+        await srv.stop()
+        tracing.shutdown_tracing(provider)
