@@ -18,6 +18,7 @@ from profiling.telemetry.tracing import get_tracer, server_interceptors
 from service.engine import Engine
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
+from service.malformed import rejecting_malformed
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ async def build_server(
     profiling_servicer: profiling_pb2_grpc.ProfilingServicer | None = None,
 ) -> NanovlServer:
     """Build and start listening (readiness NOT_SERVING until ``mark_serving``)."""
-    server = grpc.aio.server(interceptors=server_interceptors(tracer_provider), options=server_options(settings))
+    server = grpc.aio.server(
+        interceptors=rejecting_malformed(server_interceptors(tracer_provider)), options=server_options(settings)
+    )
     lifecycle = Lifecycle()
     health_servicer = health.aio.HealthServicer()
     try:
