@@ -596,8 +596,8 @@ async def test_opentelemetry_interceptors_keep_streaming_and_cancellation(fake_s
 
 
 def test_started_media_items_from_proto() -> None:
-    from nanovl.v1 import inference_pb2 as pb
     from nanovl.client import Started, event_from_proto
+    from nanovl.v1 import inference_pb2 as pb
 
     started = pb.Started(request_id="r")
     started.media.add(
