@@ -114,16 +114,18 @@ class AsyncGeneration:
             # this object alive (its finalizer is what cancels an abandoned call).
             add_done_callback(functools.partial(_on_status, weakref.ref(self)))
 
-    async def _server_status(self, error: grpc.RpcError) -> InferenceRpcError:
+    async def _server_status(self, error: grpc.RpcError) -> InferenceRpcError | None:
         """The error to raise: the server's own status when grpc.aio reports a refused
-        write as INTERNAL."""
+        write as INTERNAL (None: the server ended the call with OK while this client, in
+        breach of the protocol, was still writing)."""
         if error.code() != grpc.StatusCode.INTERNAL or error.details() != _CORE_WRITE_FAILED:
             return InferenceRpcError(error)
         deadline = asyncio.get_running_loop().time() + _REAL_STATUS_WAIT_S
         while True:
             real = [s for s in self._statuses if s != (grpc.StatusCode.INTERNAL, _CORE_WRITE_FAILED)]
             if real:
-                return InferenceRpcError(error, code=real[0][0], details=real[0][1])
+                code, details = real[0]
+                return None if code == grpc.StatusCode.OK else InferenceRpcError(error, code=code, details=details)
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return InferenceRpcError(error)
@@ -142,7 +144,9 @@ class AsyncGeneration:
         try:
             resp = await self.call.read()
         except grpc.RpcError as e:
-            raise await self._server_status(e) from e
+            if (error := await self._server_status(e)) is None:
+                raise StopAsyncIteration from None
+            raise error from e
         except asyncio.CancelledError:
             # grpc.aio reports a locally cancelled call as CancelledError; after our own
             # cancel() that is a normal end, unless this task itself is being cancelled.

@@ -53,8 +53,20 @@ class Outcome:
     client_cancelled: bool = False
 
     @property
+    def client_write_refused(self) -> bool:
+        """grpc.aio's own INTERNAL for a write Core refused after the server had finished
+        the call (this client kept writing past End), when the server's status was lost."""
+        return self.code == grpc.StatusCode.INTERNAL and self.details == "Internal error from Core"
+
+    @property
+    def label(self) -> str:
+        return "CLIENT_WRITE_REFUSED" if self.client_write_refused else self.code.name
+
+    @property
     def failure(self) -> str | None:
         """Why this outcome is a bug, or None."""
+        if self.client_write_refused:
+            return None
         if self.code in BAD_CODES:
             return self.code.name
         if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -78,13 +90,13 @@ class Report:
 
     @property
     def by_code(self) -> collections.Counter[str]:
-        return collections.Counter(o.code.name for o in self.outcomes)
+        return collections.Counter(o.label for o in self.outcomes)
 
     @property
     def by_kind(self) -> dict[str, collections.Counter[str]]:
         kinds: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         for o in self.outcomes:
-            kinds[o.case.kind][o.code.name] += 1
+            kinds[o.case.kind][o.label] += 1
         return dict(sorted(kinds.items()))
 
     def failures(self, ignore_kinds: Iterable[str] = ()) -> list[Outcome]:
