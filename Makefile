@@ -13,7 +13,7 @@ PORT ?= 50051
 ADMIN_PORT ?= 50052
 SERVE_ARGS ?=
 
-.PHONY: setup serve test lint test-fast protos bench clean
+.PHONY: setup serve test lint test-fast protos bench fuzz clean
 
 .venv/.nanovl-synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -35,6 +35,9 @@ lint: setup  ## format, lint and the import-layer contract (docs/architecture.md
 
 test-fast: setup  ## the tests that need no engine (seconds, not minutes)
 	$(RUN) pytest -q -m "not engine"
+
+fuzz: setup  ## >= 5000 hostile requests against a server it starts (FUZZ_ARGS="--seed 1 -n 10000")
+	$(RUN) python -m tests.fuzz $(FUZZ_ARGS)
 
 protos: setup
 	$(RUN) python scripts/gen_protos.py

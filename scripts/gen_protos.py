@@ -4,7 +4,7 @@ Usage: ``uv run python scripts/gen_protos.py`` (what ``make protos`` runs).
 
 Stubs are generated into a scratch directory first and then copied over, so a failed
 ``protoc`` never leaves half-written stubs behind, and stubs of deleted ``.proto`` files
-are removed. ``tests/test_protos_in_sync.py`` calls :func:`generate` to check that the
+are removed. ``tests/core/test_protos_in_sync.py`` calls :func:`generate` to check that the
 committed stubs match the ``.proto`` sources.
 """
 

@@ -78,7 +78,7 @@ def apply_process_environment(cache_dir: Path) -> None:
 # The vLLM worker extension that carries nanovl's in-worker methods (weight check, live
 # budget, dummy profile). A string, not an import: vLLM resolves it inside its worker
 # processes, and this layer must not import the sizing layer above it
-# (tests/profiling/test_worker_extension.py checks that it resolves).
+# (tests/core/test_layers.py checks that it resolves).
 WORKER_EXTENSION_CLS = "profiling.worker_extension.NanovlWorkerExtension"
 
 

@@ -145,6 +145,17 @@ async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError |
     )
 
 
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def _client_gone(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why grpc.aio cancelled the handler: the client's deadline or its cancel (grpc.aio's
+    ``context.cancelled()`` stays False in both cases)."""
+    return grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else grpc.StatusCode.CANCELLED
+
+
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(
         self,
@@ -277,13 +288,21 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             with self._lifecycle.track(), self._metrics.in_flight(rpc), outcome["release"]:
                 yield outcome
         except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
+            code = _client_gone(context)
             raise
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
-            code = status_of(exc)[0]
+            # A client that cancels (or whose deadline passes) mid-upload ends its request
+            # stream early, and grpc.aio has cancelled this task by then: the outcome is the
+            # cancel or the deadline, not the truncated stream it caused.
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else status_of(exc)[0]
+            try:
+                await asyncio.sleep(0)  # where a pending cancel lands
+            except asyncio.CancelledError:
+                code = _client_gone(context)
+                raise
             await abort_with(context, exc)
         finally:
             self._metrics.record_request(rpc, outcome["modality"], code, time.perf_counter() - start)

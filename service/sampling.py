@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from nanovl.errors import InvalidArgument
@@ -44,11 +45,27 @@ def _structured(so: pb.StructuredOutput) -> Any:
     return StructuredOutputsParams(**kwargs)
 
 
+_FLOATS = tuple(f.name for f in pb.SamplingOptions.DESCRIPTOR.fields if f.type in (f.TYPE_DOUBLE, f.TYPE_FLOAT))
+
+
+def _check_finite(opts: pb.SamplingOptions) -> None:
+    """NaN and infinity pass most of vLLM's range checks (every comparison with NaN is
+    false) and then poison the sampler; refuse them by name."""
+    for name in _FLOATS:
+        if opts.HasField(name) and not math.isfinite(value := getattr(opts, name)):
+            raise InvalidArgument(f"sampling.{name} must be a finite number, got {value}")
+    if bad := [i for i, v in opts.logit_bias.items() if not math.isfinite(v)]:
+        raise InvalidArgument(
+            f"sampling.logit_bias must map token ids to finite numbers; ids {sorted(bad)[:5]} have NaN or infinity"
+        )
+
+
 def to_sampling_params(opts: pb.SamplingOptions, *, default_max_tokens: int, vocab_size: int) -> Any:
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import RequestOutputKind
 
+    _check_finite(opts)
     kwargs: dict[str, Any] = {name: getattr(opts, name) for name in _SCALARS if opts.HasField(name)}
     kwargs.setdefault("max_tokens", default_max_tokens)
     if kwargs["max_tokens"] == 0:

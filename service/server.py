@@ -23,6 +23,7 @@ from service.engine import Engine
 from service.grpc_standard import HealthServicer, enable_reflection
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
+from service.malformed import rejecting_malformed
 from service.settings import ServerSettings
 from service.tls import server_credentials
 
@@ -205,8 +206,9 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings, host: str, port: 
 def _interceptors(
     tracer_provider, token_sets: dict[Role, TokenSet], rules: dict[str, frozenset[Role]], surface: str
 ) -> list[grpc.aio.ServerInterceptor]:
-    # Tracing outermost, so refused calls still appear as spans with their status.
-    interceptors = list(server_interceptors(tracer_provider))
+    # Undecodable requests are refused first (no span, no traceback); then tracing, so
+    # calls refused by auth still appear as spans with their status.
+    interceptors = rejecting_malformed(server_interceptors(tracer_provider))
     if token_sets:
         interceptors.append(AuthInterceptor(Authenticator(rules, token_sets), surface=surface))
     return interceptors

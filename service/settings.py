@@ -74,3 +74,18 @@ class ServerSettings:
         ):
             if not getattr(self, name) > 0:
                 raise InvalidArgument(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)!r}")
+        # The video defaults apply to every request that leaves them unset: a bad one would
+        # fail those requests with a message that blames the client.
+        max_frames = self.media_limits.max_video_frames
+        if not 0 < self.default_video_frames <= max_frames:
+            raise InvalidArgument(
+                f"--default-video-frames must be in [1, {max_frames}] (--max-video-frames), "
+                f"got {self.default_video_frames}"
+            )
+        if self.default_video_max_frames is not None and not 0 < self.default_video_max_frames <= max_frames:
+            raise InvalidArgument(
+                f"--default-video-max-frames must be in [1, {max_frames}] (--max-video-frames), "
+                f"got {self.default_video_max_frames}"
+            )
+        if self.default_video_fps is not None and not (0 < self.default_video_fps < float("inf")):
+            raise InvalidArgument(f"--default-video-fps must be a positive number, got {self.default_video_fps}")

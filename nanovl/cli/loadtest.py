@@ -211,11 +211,13 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    config = config_from_args(args)
+    _preflight(config)
+    # The runner, reports and plots (rich, pydantic, matplotlib) only once the server answered.
     from loadtest.plots import plot_run
     from loadtest.report import RichProgress, result_tables, write_reports
     from loadtest.runner import run_load_test
 
-    config = config_from_args(args)
     out = Path(args.out or Path("loadtest-results") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
     if args.no_progress:
         result = run_load_test(config)
@@ -237,6 +239,23 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         + f" in {out}"
     )
     return EXIT_REQUEST_ERRORS if result.total_errors else EXIT_OK
+
+
+def _preflight(config: LoadTestConfig) -> None:
+    """One GetModelInfo before the heavy imports: a wrong target, TLS setting or token fails
+    in a fraction of a second. UNIMPLEMENTED is fine (not a nanovl server; Generate may work)."""
+    import grpc
+
+    from nanovl.client import InferenceClient, InferenceRpcError
+    from nanovl.client.security import read_token_file
+
+    token = read_token_file(config.token_file) if config.token_file else (os.environ.get("NANOVL_TOKEN") or None)
+    with InferenceClient(config.target, tls=config.tls, token=token) as client:
+        try:
+            client.get_model_info(timeout=config.connect_timeout_s)
+        except InferenceRpcError as exc:
+            if exc.code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
+                raise
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:

@@ -25,9 +25,13 @@ is what usually binds."""
 class InferenceRpcError(NanovlError):
     """The server (or the channel) failed the RPC; ``code`` and ``details`` are gRPC's."""
 
-    def __init__(self, error: grpc.RpcError) -> None:
-        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-        details = (error.details() if hasattr(error, "details") else None) or str(error)
+    def __init__(
+        self, error: grpc.RpcError, *, code: grpc.StatusCode | None = None, details: str | None = None
+    ) -> None:
+        if code is None:
+            code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        if details is None:
+            details = (error.details() if hasattr(error, "details") else None) or str(error)
         super().__init__(f"{code.name}: {details}", code=code)
         self.details: str = details
 

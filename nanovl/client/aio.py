@@ -23,6 +23,8 @@ The raw protobuf layer stays available: ``client.stub`` is the generated stub,
 from __future__ import annotations
 
 import asyncio
+import functools
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -60,13 +62,79 @@ async def _aiter_in_thread(it: Iterator[_T]) -> AsyncIterator[_T]:
                 pass
 
 
+# grpc.aio's status for a write that Core refused because the call had already ended. A
+# client still uploading when the server rejects its StreamGenerate (a bad header, say)
+# gets it instead of the server's status: grpc.aio sets it over (or before) the status
+# the server sent, which its status watcher sets again when it arrives.
+_CORE_WRITE_FAILED = "Internal error from Core"
+_REAL_STATUS_WAIT_S = 2.0
+
+
+def _status_now(call: Any) -> tuple[grpc.StatusCode, str] | None:
+    """The call's status, read without waiting (from a done callback)."""
+    try:
+        code, details = call.code(), call.details()
+    except Exception:  # noqa: BLE001 - best effort, never from a finalizer-ish path
+        return None
+
+    def now(coro: Any) -> Any:
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        except Exception:  # noqa: BLE001
+            return None
+        coro.close()  # it would have to wait: not set yet
+        return None
+
+    code, details = now(code), now(details)
+    return (code, details or "") if code is not None else None
+
+
+def _on_status(generation: weakref.ref[AsyncGeneration], call: Any) -> None:
+    # Runs each time grpc.aio sets the call's status (possibly twice, see above).
+    if (self := generation()) is not None and (status := _status_now(call)) is not None:
+        self._statuses.append(status)
+        self._status_set.set()
+
+
 class AsyncGeneration:
-    """The events of one generation; cancelling it (or leaving ``async with``) cancels the RPC."""
+    """The events of one generation. Leaving ``async with``, ``await aclose()``,
+    ``cancel()``, or dropping the object before the stream ends cancels the RPC (the
+    server then aborts the generation)."""
 
     def __init__(self, call: Any) -> None:
         self.call = call  # the raw grpc.aio call (for metadata, code, ...)
         self.request_id: str | None = None
         self._cancelled = False
+        self._statuses: list[tuple[grpc.StatusCode, str]] = []
+        self._status_set = asyncio.Event()
+        add_done_callback = getattr(call, "add_done_callback", None)
+        if add_done_callback is not None:
+            # Weakly: grpc.aio's tasks keep the call alive, and the call must not keep
+            # this object alive (its finalizer is what cancels an abandoned call).
+            add_done_callback(functools.partial(_on_status, weakref.ref(self)))
+
+    async def _server_status(self, error: grpc.RpcError) -> InferenceRpcError | None:
+        """The error to raise: the server's own status when grpc.aio reports a refused
+        write as INTERNAL (None: the server ended the call with OK while this client, in
+        breach of the protocol, was still writing)."""
+        if error.code() != grpc.StatusCode.INTERNAL or error.details() != _CORE_WRITE_FAILED:
+            return InferenceRpcError(error)
+        deadline = asyncio.get_running_loop().time() + _REAL_STATUS_WAIT_S
+        while True:
+            real = [s for s in self._statuses if s != (grpc.StatusCode.INTERNAL, _CORE_WRITE_FAILED)]
+            if real:
+                code, details = real[0]
+                return None if code == grpc.StatusCode.OK else InferenceRpcError(error, code=code, details=details)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return InferenceRpcError(error)
+            self._status_set.clear()
+            try:
+                await asyncio.wait_for(self._status_set.wait(), remaining)
+            except TimeoutError:
+                pass
 
     def __aiter__(self) -> Self:
         return self
@@ -77,7 +145,9 @@ class AsyncGeneration:
         try:
             resp = await self.call.read()
         except grpc.RpcError as e:
-            raise InferenceRpcError(e) from e
+            if (error := await self._server_status(e)) is None:
+                raise StopAsyncIteration from None
+            raise error from e
         except asyncio.CancelledError:
             # grpc.aio reports a locally cancelled call as CancelledError; after our own
             # cancel() that is a normal end, unless this task itself is being cancelled.
@@ -97,6 +167,11 @@ class AsyncGeneration:
         self._cancelled = True
         return bool(self.call.cancel())
 
+    async def aclose(self) -> None:
+        """Cancel the RPC unless it has finished (idempotent)."""
+        if not self.call.done():
+            self.cancel()
+
     async def result(self) -> Result:
         builder = _ResultBuilder()
         async for event in self:
@@ -107,8 +182,19 @@ class AsyncGeneration:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if not self.call.done():
-            self.cancel()
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # An abandoned generation (the caller stopped iterating and dropped it) must not
+        # keep the server generating: grpc.aio's own call outlives it, held by its tasks.
+        call = getattr(self, "call", None)
+        if call is None:
+            return
+        try:
+            if not call.done():
+                call.cancel()
+        except Exception:  # noqa: BLE001 - the loop may be closed already
+            pass
 
 
 class AsyncInferenceClient(ClientCore):

@@ -69,12 +69,25 @@ class Generation:
     def result(self) -> Result:
         return collect_result(self)
 
+    def close(self) -> None:
+        """Cancel the RPC unless it has finished (idempotent)."""
+        if not self._finished and not self._cancelled:
+            self.cancel()
+
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self._finished:
-            self.cancel()
+        self.close()
+
+    def __del__(self) -> None:
+        # An abandoned generation must not keep the server generating.
+        if getattr(self, "call", None) is None:
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, closed channel
+            pass
 
 
 _GRPC_INTERCEPTORS = (
