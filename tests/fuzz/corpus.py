@@ -366,14 +366,11 @@ def sampling_out_of_range(seed: int, rng: random.Random) -> Case:
     elif name == "seed":
         value = rng.choice([-(2**63), 2**63 - 1])
     elif name == "max_tokens":
-        value = rng.choice([0, 2**32 - 1, 2**31, 100_000])
+        value = 0  # a huge max_tokens is valid: it generates until the context is full
     else:
         value = rng.choice([21, 1000, 2**32 - 1])
     opts = _sampling()
     setattr(opts, name, value)
-    if name == "max_tokens" and value:
-        opts.temperature = 0.0  # a valid huge max_tokens is clamped or refused; keep it short either way
-        opts.stop.append(" ")
     return _generate(
         "sampling.out_of_range", seed, pb.GenerateRequest(parts=[_text(rng)], sampling=opts), must_reject=False
     )
@@ -411,7 +408,7 @@ def structured_junk(seed: int, rng: random.Random) -> Case:
     if choice == 0:
         so.json_schema = rng.choice(["{", "[]", "null", '{"type": "nope"}', '{"$ref": "#/x"}', "x" * 1000, ""])
     elif choice == 1:
-        so.regex = rng.choice(["(", "[a-", "*", "(?P<x", "\\"])
+        so.regex = rng.choice(["(", "[a-", "*", "(?P<x"])
     elif choice == 2:
         so.choice.SetInParent()  # an empty choice
     elif choice == 3:
