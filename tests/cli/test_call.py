@@ -170,7 +170,7 @@ async def test_no_server_is_exit_1() -> None:
 # ------------------------------------------------------------------ the real service
 
 
-async def test_every_inference_rpc_by_hand(grpc_target) -> None:
+async def test_every_inference_rpc_by_hand(grpc_target, admin_target) -> None:
     rc, out, err = await nanovl_call("Inference/GetModelInfo", "--target", grpc_target)
     assert rc == 0, err
     assert json.loads(out)["architecture"] == "NemotronH_Nano_VL_V2"
@@ -191,6 +191,9 @@ async def test_every_inference_rpc_by_hand(grpc_target) -> None:
     final = json.loads(out.strip().splitlines()[-1])["final"]
     assert final["usage"]["completion_tokens"] == 2
 
-    rc, out, err = await nanovl_call("Profiling/GetBudget", "--target", grpc_target)
+    # The operator surface is on the admin port only (UNIMPLEMENTED-free: not listed here).
+    rc, out, err = await nanovl_call("Profiling/GetBudget", "--target", admin_target)
     assert rc == 0, err
     assert json.loads(out)
+    rc, out, err = await nanovl_call("Profiling/GetBudget", "--target", grpc_target)
+    assert rc == 2 and "no service 'Profiling'" in err, err
