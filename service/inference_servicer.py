@@ -130,6 +130,15 @@ def _prompt_logprobs(prompt_token_ids: list[int], logprobs: Any) -> list[pb.Toke
     ]
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+# How long the Final waits for a client that has not half-closed after End (see StreamGenerate).
+AFTER_END_GRACE_S = 0.05
+
+
 async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError | None:
     """Reads the request stream after End: None when the client closes it; the protocol
     error when the client sends anything more (a chunk, a second End)."""
@@ -262,6 +271,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 for task in decode_tasks.values():
                     task.cancel()
             async for response in self._run(req, dict(zip(decode_tasks, decoded, strict=False)), clock, outcome):
+                if response.HasField("final") and not rest.done():
+                    # A client that half-closed after End has its answer already; one still
+                    # writing gets a moment to show a message after End before the verdict.
+                    await asyncio.wait({rest}, timeout=AFTER_END_GRACE_S)
                 if rest.done() and (violation := rest.result()) is not None:
                     raise violation
                 yield response
@@ -357,6 +370,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         idle = s.upload_idle_timeout_s
         timeout = min(idle, upload_deadline - time.monotonic())
         read = asyncio.ensure_future(iterator.__anext__())
+        # If the call ends while the read is pending, its outcome is nobody's business:
+        # retrieve it so asyncio does not log "Task exception was never retrieved".
+        read.add_done_callback(_retrieve)
         dead = asyncio.ensure_future(self._lifecycle.engine_dead.wait())
         try:
             done, _ = await asyncio.wait({read, dead}, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)

@@ -79,7 +79,7 @@ def server_settings(**overrides):
             "max_request_bytes": 64 * 1024 * 1024,
             "warmup": False,
             # Shorter than the fuzz slice's stall timeout: a stalled upload ends on the server's side.
-            "upload_idle_timeout_s": 3.0,
+            "upload_idle_timeout_s": 8.0,
             **overrides,
         }
     )
