@@ -6,26 +6,8 @@ import math
 from typing import Any
 
 from nanovl.errors import InvalidArgument
+from nanovl.sampling_fields import SAMPLING_SCALARS
 from nanovl.v1 import inference_pb2 as pb
-
-_SCALARS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "max_tokens",
-    "min_tokens",
-    "seed",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "ignore_eos",
-    "logprobs",
-    "prompt_logprobs",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-    "include_stop_str_in_output",
-)
 
 
 def _structured(so: pb.StructuredOutput) -> Any:
@@ -66,7 +48,7 @@ def to_sampling_params(opts: pb.SamplingOptions, *, default_max_tokens: int, voc
     from vllm.sampling_params import RequestOutputKind
 
     _check_finite(opts)
-    kwargs: dict[str, Any] = {name: getattr(opts, name) for name in _SCALARS if opts.HasField(name)}
+    kwargs: dict[str, Any] = {name: getattr(opts, name) for name in SAMPLING_SCALARS if opts.HasField(name)}
     kwargs.setdefault("max_tokens", default_max_tokens)
     if kwargs["max_tokens"] == 0:
         raise InvalidArgument("sampling.max_tokens must be at least 1")

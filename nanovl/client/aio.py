@@ -1,24 +1,5 @@
-"""Python client for the nanovl ``Inference`` API: an asyncio client and a blocking one.
-
-Build a prompt from :class:`Part` s (or chat :class:`Message` s), then either iterate typed
-events::
-
-    async with AsyncInferenceClient("localhost:50051") as client:
-        async with client.generate([Part.image("cat.jpg"), "What is this?"]) as stream:
-            async for event in stream:
-                if isinstance(event, Delta):
-                    print(event.text, end="")
-
-or take the whole answer with ``await client.generate_text(...)`` (a :class:`Result`).
-``stream_generate`` uploads media in chunks straight from the files, so multi-megabyte
-media are never held twice in memory and the server decodes each part while the next
-one uploads. Leaving the ``async with`` block (or calling ``cancel()``) cancels the RPC,
-and the server aborts the generation. Failed RPCs raise :class:`InferenceRpcError`;
-prompts that cannot be built raise ``nanovl.errors.InvalidArgument``.
-
-The raw protobuf layer stays available: ``client.stub`` is the generated stub,
-:func:`build_generate_request` / :func:`iter_stream_chunks` build the request messages.
-"""
+"""The asyncio client (:class:`AsyncInferenceClient`, :class:`AsyncGeneration`); the
+package docstring (``nanovl.client``) shows how to use it."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from google.protobuf import struct_pb2
 
 from nanovl.errors import InvalidArgument
+from nanovl.sampling_fields import SAMPLING_LISTS, SAMPLING_SCALARS
 from nanovl.v1 import inference_pb2 as pb
 
 # ---------------------------------------------------------------------------- sampling
@@ -62,28 +63,6 @@ class StructuredOutput:
         return msg
 
 
-# Scalar SamplingOptions fields copied only when set, so "None" keeps vLLM's default.
-_SAMPLING_SCALARS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "max_tokens",
-    "min_tokens",
-    "seed",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "ignore_eos",
-    "logprobs",
-    "prompt_logprobs",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-    "include_stop_str_in_output",
-)
-_SAMPLING_LISTS = ("stop", "stop_token_ids", "allowed_token_ids", "bad_words")
-
-
 @dataclass(frozen=True)
 class Sampling:
     """Sampling options (see ``SamplingOptions`` in inference.proto); None = vLLM default."""
@@ -113,12 +92,12 @@ class Sampling:
 
     def to_proto(self) -> pb.SamplingOptions:
         msg = pb.SamplingOptions()
-        for name in (*_SAMPLING_SCALARS, *_SAMPLING_LISTS, "logit_bias"):
+        for name in (*SAMPLING_SCALARS, *SAMPLING_LISTS, "logit_bias"):
             value = getattr(self, name)
             if value is None:
                 continue
             try:
-                if name in _SAMPLING_LISTS:
+                if name in SAMPLING_LISTS:
                     # A bare string would be split into characters: the classic mistake.
                     getattr(msg, name).extend([value] if isinstance(value, str) else value)
                 elif name == "logit_bias":
