@@ -136,7 +136,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 # How long the Final waits for a client that has not half-closed after End (see StreamGenerate).
-AFTER_END_GRACE_S = 0.05
+AFTER_END_GRACE_S = 0.25
 
 
 async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError | None:

@@ -77,7 +77,8 @@ class InferenceServicer:
         declaration order. Each part ends with a chunk that has `last = true`.
         3. exactly one `end`, after the last chunk of the last media part. Nothing may
         follow it: a message after `end` (a chunk, a second `end`) fails the call with
-        INVALID_ARGUMENT, even while tokens are already streaming.
+        INVALID_ARGUMENT, even while tokens are already streaming (the server waits
+        up to 0.25 s before Final for a client that has not closed its stream).
         The server decodes each media part as soon as its `last` chunk arrives and starts
         generation when `end` arrives. The response stream is the same as Generate's.
 
