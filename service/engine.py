@@ -185,11 +185,32 @@ class Engine:
         self._shut_down = False
 
     @classmethod
-    async def start(cls, engine_args: AsyncEngineArgs, *, warmup: bool = True) -> Engine:
+    async def start(
+        cls, engine_args: AsyncEngineArgs, *, warmup: bool = True, client_config: Mapping[str, Any] | None = None
+    ) -> Engine:
+        """Start vLLM's engine core and connect to it; or, with ``client_config`` (what vLLM's
+        ``APIServerProcessManager`` hands each API-server process: the engine's ZMQ addresses,
+        ``client_count`` and ``client_index``), connect to an engine core another process started,
+        as one of several frontends (mirrors vLLM's ``build_async_engine_client_from_engine_args``)."""
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         t0 = time.perf_counter()
-        llm = AsyncLLM.from_engine_args(engine_args)
+        if client_config is None:
+            llm = AsyncLLM.from_engine_args(engine_args)
+        else:
+            addresses = dict(client_config)
+            count, index = addresses.pop("client_count"), addresses.pop("client_index")
+            # vLLM picks its media-cache mode from these (no IPC cache across several frontends).
+            engine_args._api_process_count, engine_args._api_process_rank = count, index
+            llm = AsyncLLM.from_vllm_config(
+                engine_args.create_engine_config(UsageContext.ENGINE_CONTEXT),
+                enable_log_requests=engine_args.enable_log_requests,
+                disable_log_stats=engine_args.disable_log_stats,
+                client_addresses=addresses,
+                client_count=count,
+                client_index=index,
+            )
         engine = cls(llm, _summarize(llm), engine_args)
         # nanovl serve reports this phase itself (one line, with its progress).
         log.debug("engine started in %.1fs: %s", time.perf_counter() - t0, engine.summary)

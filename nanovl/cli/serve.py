@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from nanovl.cli.frontends import FrontendRole
     from service.settings import ServerSettings
 
 log = logging.getLogger("nanovl.serve")
@@ -132,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-grace-s", type=float, default=d.drain_grace_s, help="SIGTERM: seconds in-flight calls may finish"
     )
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
+    g.add_argument(
+        "--frontend-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gRPC server processes in front of one engine core, sharing --port (SO_REUSEPORT): vLLM's "
+        "--api-server-count pattern, for hosts where one process streaming every token is the limit. "
+        "Process 0 also serves the admin and health ports; process i serves /metrics on --metrics-port + i; "
+        "--max-concurrent-* budgets are per process",
+    )
     g.add_argument(
         "--event-loop",
         choices=EVENT_LOOPS,
@@ -394,23 +406,24 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "engine_logs", None) is None:  # called without parse_args
         args.engine_logs, args.startup = _start_logging(args)
     try:
+        if args.frontend_processes > 1:
+            from nanovl.cli import frontends
+
+            return frontends.run_frontends(args)
         return event_loop.run(_serve(args, args.startup), loop=args.event_loop)
     finally:
         args.engine_logs.stop()
 
 
-async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupReport
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
+def prepare_model(args: argparse.Namespace, report) -> None:  # report: StartupReport
+    """What every process of one ``nanovl serve`` shares, done once before the engine starts:
+    the process environment, the checkpoint (built or validated; ``args.model`` is then a
+    path) and vLLM's tracing settings (in ``args`` and the environment its engine inherits)."""
     from model.checkpoint import validate_checkpoint
     from model.tiny import cache_root, ensure_tiny_checkpoint
-    from profiling.servicer import ProfilingServicer
-    from profiling.telemetry import metrics as metrics_mod
     from profiling.telemetry import tracing
-    from service.engine import Engine, apply_process_environment
-    from service.server import build_server
+    from service.engine import apply_process_environment
 
-    security, limits = args.security, args.operator_limits
     apply_process_environment(cache_root())
     with report.phase("checkpoint", progress=False) as phase:
         if args.model is None:
@@ -422,22 +435,46 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
             phase.detail = phase.detail or f"{args.model} (validated)"
         else:
             phase.detail = f"{args.model} (vLLM resolves it)"
-
-    trace_settings = tracing.TracingSettings.from_args(args)
-    for_vllm = trace_settings.for_vllm()
+    for_vllm = tracing.TracingSettings.from_args(args).for_vllm()
     if for_vllm.otlp_traces_endpoint and not args.otlp_traces_endpoint:
         args.otlp_traces_endpoint = for_vllm.otlp_traces_endpoint
     os.environ.update(for_vllm.env)
-    provider = tracing.setup_tracing(trace_settings)
-    service_metrics = metrics_mod.setup_metrics(metrics_mod.MetricsSettings.from_args(args))
+
+
+async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None = None) -> int:  # StartupReport
+    """Serve until SIGTERM/SIGINT or the engine's death; returns the exit status. With
+    ``frontend`` this process is one of ``--frontend-processes``, a client of the engine core
+    its parent started (``nanovl.cli.frontends``)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from profiling.servicer import ProfilingServicer
+    from profiling.telemetry import metrics as metrics_mod
+    from profiling.telemetry import tracing
+    from service.engine import Engine
+    from service.server import build_server
+
+    security, limits = args.security, args.operator_limits
+    if frontend is None:
+        prepare_model(args, report)
+        # Engine processes watch this process and stop when it is gone, even after a kill -9
+        # (profiling/worker_extension.py starts the watch inside them).
+        os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
+    provider = tracing.setup_tracing(tracing.TracingSettings.from_args(args))
+    metrics_settings = metrics_mod.MetricsSettings.from_args(args)
+    if frontend is not None and frontend.index > 0 and metrics_settings.prometheus_port > 0:
+        metrics_settings = dataclasses.replace(
+            metrics_settings, prometheus_port=metrics_settings.prometheus_port + frontend.index
+        )
+    service_metrics = metrics_mod.setup_metrics(metrics_settings)
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
     settings = settings_from_args(args, **security)
-    # Engine processes watch this process and stop when it is gone, even after a kill -9
-    # (profiling/worker_extension.py starts the watch inside them).
-    os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
+    if frontend is not None:
+        settings = frontend.settings(settings)
     with report.phase("engine start", "starting vLLM's engine") as phase:
-        engine = await Engine.start(engine_args, warmup=False)
+        engine = await Engine.start(
+            engine_args, warmup=False, client_config=None if frontend is None else frontend.client_config
+        )
         phase.detail = engine.summary.describe()
     server = None
     try:
@@ -451,7 +488,10 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
                 done = await engine.warmup(on_item=lambda name: setattr(phase, "step", name))
                 phase.detail = ", ".join(done) if done else "nothing to warm up"
         await server.mark_serving()
-        log.info("serving on %s: ready in %s", server.target, report.summary())
+        if frontend is None:
+            log.info("serving on %s: ready in %s", server.target, report.summary())
+        else:
+            frontend.ready(server.target, report.summary())
         if server.admin_target is not None:
             log.info("operator surface (Profiling) on %s", server.admin_target)
         stop = asyncio.Event()
