@@ -93,7 +93,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         self._plan_lock = threading.Lock()
         self._budget = LiveBudgetReader(engine, engine_args, plan_lock=self._plan_lock)
         self._dummy = DummyProfiler(engine, engine_args, plan_lock=self._plan_lock)
-        self._torch = TorchProfiler(engine, self._limits.torch_profile, on_end=self._torch_ended)
+        self._torch = TorchProfiler(engine, self._limits.torch_profile)
         if metrics is not None:
             metrics.set_encoder_budget_source(self.encoder_budget_snapshot)
 
@@ -119,14 +119,10 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
             self._capturing = None
 
     def _begin(self, what: str) -> None:
-        if self._capturing is not None:
-            raise FailedPrecondition(f"{self._capturing} is running: one capture at a time; retry when it ends")
+        running = self._capturing or (_TORCH_CAPTURE if self._torch.running else None)
+        if running is not None:
+            raise FailedPrecondition(f"{running} is running: one capture at a time; retry when it ends")
         self._capturing = what
-
-    def _torch_ended(self) -> None:
-        """A torch profile session ended (stopped, or at one of its bounds)."""
-        if self._capturing == _TORCH_CAPTURE:
-            self._capturing = None
 
     def _other_checkpoint(self, model_path: str) -> str | None:
         """The allow-listed checkpoint ``model_path`` names, or None for the served one."""
@@ -200,12 +196,12 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
     ) -> pb.StartTorchProfileResponse:
         torch_request = torch_request_from_pb(request)
         self._torch.config()  # a server without the profiler says so before anything else
-        self._begin(_TORCH_CAPTURE)
+        # While it starts; then the session itself (TorchProfiler.running) until it ends.
+        self._begin("a torch profile start")
         try:
             bounds = await self._torch.start(torch_request)
-        except BaseException:
+        finally:
             self._capturing = None
-            raise
         return torch_started_to_pb(bounds)
 
     @grpc_errors

@@ -114,20 +114,17 @@ def watched_processes(processes: tuple[ProcessMemory, ...], frontend: bool) -> t
 
 
 class TorchProfiler:
-    """One bounded profiling session at a time over one engine. ``on_end`` is called
-    (on the event loop) when a session ends, however it ends."""
+    """One bounded profiling session at a time over one engine."""
 
     def __init__(
         self,
         engine: Engine,
         limits: TorchProfileLimits | None = None,
         *,
-        on_end: Callable[[], None] | None = None,
         read_processes: Callable[[], tuple[ProcessMemory, ...]] = engine_processes,
     ) -> None:
         self._engine = engine
         self._limits = limits or TorchProfileLimits()
-        self._on_end = on_end
         self._read_processes = read_processes
         self._lock = asyncio.Lock()
         self._session: _Session | None = None
@@ -167,8 +164,6 @@ class TorchProfiler:
 
     async def start(self, request: TorchProfileRequest) -> TorchProfileBounds:
         """Starts a session; returns the bounds it runs under."""
-        from vllm.exceptions import ProfilerAlreadyActiveError
-
         config = self.config()
         self.check_boundable(config)
         trace_dir = Path(config.torch_profiler_dir)
@@ -184,23 +179,37 @@ class TorchProfiler:
                     "(their memory is what a profile grows), so it will not start one"
                 )
             before = await asyncio.to_thread(_snapshot, trace_dir)
-            try:
-                await self._engine.llm.start_profile(
-                    request.prefix, delay_iterations=request.delay_iterations, max_iterations=bounds.max_steps
-                )
-            except ProfilerAlreadyActiveError as exc:
-                raise FailedPrecondition(
-                    "vLLM reports a torch profile already running (started outside this API?); "
-                    "call StopTorchProfile first"
-                ) from exc
-            except ValueError as exc:  # vLLM's prefix / iteration-bound validation
-                raise InvalidArgument(f"vLLM rejected the profile options: {exc}") from exc
-            except Exception as exc:
-                raise NanovlError(f"vLLM could not start its torch profiler: {exc}") from exc
-            session = _Session(bounds=bounds, before=before, baseline={p.pid: p for p in watched})
-            self._session, self._result = session, None
-            session.watcher = asyncio.create_task(self._watch(session, trace_dir))
-            return bounds
+            # Shielded, and the session registered by the task itself: a caller that goes
+            # away mid-start (vLLM's start may still take effect) leaves a bounded session.
+            starting = asyncio.create_task(self._start_engine(request, bounds, before, watched, trace_dir))
+            return await asyncio.shield(starting)
+
+    async def _start_engine(
+        self,
+        request: TorchProfileRequest,
+        bounds: TorchProfileBounds,
+        before: dict[str, float],
+        watched: tuple[ProcessMemory, ...],
+        trace_dir: Path,
+    ) -> TorchProfileBounds:
+        from vllm.exceptions import ProfilerAlreadyActiveError
+
+        try:
+            await self._engine.llm.start_profile(
+                request.prefix, delay_iterations=request.delay_iterations, max_iterations=bounds.max_steps
+            )
+        except ProfilerAlreadyActiveError as exc:
+            raise FailedPrecondition(
+                "vLLM reports a torch profile already running (started outside this API?); call StopTorchProfile first"
+            ) from exc
+        except ValueError as exc:  # vLLM's prefix / iteration-bound validation
+            raise InvalidArgument(f"vLLM rejected the profile options: {exc}") from exc
+        except Exception as exc:
+            raise NanovlError(f"vLLM could not start its torch profiler: {exc}") from exc
+        session = _Session(bounds=bounds, before=before, baseline={p.pid: p for p in watched})
+        self._session, self._result = session, None
+        session.watcher = asyncio.create_task(self._watch(session, trace_dir))
+        return bounds
 
     async def stop(self) -> TorchProfileResult:
         """Stops the running session, or collects one that ended by itself."""
@@ -247,8 +256,6 @@ class TorchProfiler:
             return result
         finally:
             self._session = None
-            if self._on_end is not None:
-                self._on_end()
 
     def _warning(self, session: _Session, reason: TorchProfileEnd, files: tuple[str, ...]) -> str:
         if reason == "memory" and session.grown is not None:

@@ -132,11 +132,7 @@ class _Processes:
 
 def _profiler(tmp_path: Path, limits: TorchProfileLimits, procs=None, profiler: str | None = "torch"):
     llm = _FakeLLM(profiler, tmp_path)
-    ended: list[bool] = []
-    torch = TorchProfiler(
-        SimpleNamespace(llm=llm), limits, on_end=lambda: ended.append(True), read_processes=procs or _Processes()
-    )
-    return torch, llm, ended
+    return TorchProfiler(SimpleNamespace(llm=llm), limits, read_processes=procs or _Processes()), llm
 
 
 async def _watched_end(torch: TorchProfiler):
@@ -148,11 +144,11 @@ async def _watched_end(torch: TorchProfiler):
 
 
 async def test_a_session_stops_itself_at_its_duration(tmp_path) -> None:
-    torch, llm, ended = _profiler(tmp_path, TorchProfileLimits(max_duration_s=5))
+    torch, llm = _profiler(tmp_path, TorchProfileLimits(max_duration_s=5))
     bounds = await torch.start(TorchProfileRequest(max_iterations=7, max_duration_s=0.3))
     assert bounds.max_steps == 7 and llm.calls == [("start", None, None, 7)]
     result = await _watched_end(torch)
-    assert result.ended_by == "duration" and result.duration_s >= 0.3 and ended == [True]
+    assert result.ended_by == "duration" and result.duration_s >= 0.3
     assert llm.calls[-1] == ("stop",) and result.files and result.trace_bytes == 100
     with pytest.raises(FailedPrecondition, match="no torch profile is running"):
         await torch.stop()  # collected once
@@ -160,7 +156,7 @@ async def test_a_session_stops_itself_at_its_duration(tmp_path) -> None:
 
 async def test_a_session_stops_early_when_the_worker_grows(tmp_path) -> None:
     procs = _Processes()
-    torch, llm, _ = _profiler(tmp_path, TorchProfileLimits(max_memory_growth_bytes=64 * MiB), procs)
+    torch, llm = _profiler(tmp_path, TorchProfileLimits(max_memory_growth_bytes=64 * MiB), procs)
     await torch.start(TorchProfileRequest())
     procs.worker_rss += 80 * MiB
     result = await _watched_end(torch)
@@ -170,7 +166,7 @@ async def test_a_session_stops_early_when_the_worker_grows(tmp_path) -> None:
 
 
 async def test_a_session_ends_when_the_worker_wrote_its_steps(tmp_path) -> None:
-    torch, llm, _ = _profiler(tmp_path, TorchProfileLimits())
+    torch, llm = _profiler(tmp_path, TorchProfileLimits())
     (tmp_path / "old.pt.trace.json.gz").write_bytes(b"earlier session")
     await torch.start(TorchProfileRequest(max_iterations=3))
     (tmp_path / "dp0_rank0.123.pt.trace.json.gz").write_bytes(b"y" * 10)  # vLLM's worker, after 3 steps
@@ -179,15 +175,38 @@ async def test_a_session_ends_when_the_worker_wrote_its_steps(tmp_path) -> None:
     assert "dp0_rank0.123.pt.trace.json.gz" in result.files and not result.warning
 
 
+async def test_a_start_whose_caller_went_away_still_runs_bounded(tmp_path) -> None:
+    torch, llm = _profiler(tmp_path, TorchProfileLimits())
+    started = asyncio.Event()
+    real_start = llm.start_profile
+
+    async def slow_start(*args, **kwargs) -> None:
+        started.set()
+        await asyncio.sleep(0.2)  # vLLM's start takes effect after the caller left
+        await real_start(*args, **kwargs)
+
+    llm.start_profile = slow_start
+    call = asyncio.create_task(torch.start(TorchProfileRequest(max_duration_s=0.3)))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    async with asyncio.timeout(30):
+        while not torch.running:
+            await asyncio.sleep(0.05)
+    result = await _watched_end(torch)
+    assert result.ended_by == "duration" and llm.calls[-1] == ("stop",)
+
+
 async def test_stop_start_and_preconditions(tmp_path) -> None:
-    torch, llm, ended = _profiler(tmp_path, TorchProfileLimits())
+    torch, llm = _profiler(tmp_path, TorchProfileLimits())
     with pytest.raises(FailedPrecondition, match="no torch profile is running"):
         await torch.stop()
     await torch.start(TorchProfileRequest(prefix="p1", delay_iterations=2))
     with pytest.raises(FailedPrecondition, match="already running"):
         await torch.start(TorchProfileRequest())
     result = await torch.stop()
-    assert result.ended_by == "stopped" and ended == [True] and not torch.running
+    assert result.ended_by == "stopped" and not torch.running
     assert llm.calls[0] == ("start", "p1", 2, DEFAULT_TORCH_PROFILE_STEPS)
     with pytest.raises(InvalidArgument, match="no limit"):
         await torch.start(TorchProfileRequest(max_iterations=0))
@@ -195,18 +214,18 @@ async def test_stop_start_and_preconditions(tmp_path) -> None:
 
 
 async def test_profiler_off_or_memory_unseen_is_a_precondition(tmp_path) -> None:
-    torch, _, _ = _profiler(tmp_path, TorchProfileLimits(), profiler=None)
+    torch, _ = _profiler(tmp_path, TorchProfileLimits(), profiler=None)
     for call in (torch.start(TorchProfileRequest()), torch.stop()):
         with pytest.raises(FailedPrecondition, match="--profiler-config.profiler=torch"):
             await call
     # Python stacks on CPU (vLLM's default, torch's Python tracer): no bound holds its export.
-    torch, llm, _ = _profiler(tmp_path, TorchProfileLimits())
+    torch, llm = _profiler(tmp_path, TorchProfileLimits())
     llm.vllm_config.profiler_config.torch_profiler_with_stack = True
     with pytest.raises(FailedPrecondition, match="torch_profiler_with_stack=true"):
         await torch.start(TorchProfileRequest())
     assert llm.calls == [] and not torch.running
     # A server that cannot see the engine's processes cannot bound a session's memory.
-    torch, llm, _ = _profiler(tmp_path, TorchProfileLimits(), procs=lambda: (ProcessMemory(1, "server", "p", 1),))
+    torch, llm = _profiler(tmp_path, TorchProfileLimits(), procs=lambda: (ProcessMemory(1, "server", "p", 1),))
     with pytest.raises(FailedPrecondition, match="cannot bound"):
         await torch.start(TorchProfileRequest())
     assert llm.calls == []

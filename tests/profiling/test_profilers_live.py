@@ -93,7 +93,7 @@ async def test_20_captures_in_a_row_on_the_idle_server_all_succeed(stub):
 
 async def test_captures_under_load_have_samples(stub, client):
     async with _load(client) as counts:
-        captures = [await _capture(stub, duration_s=1) for _ in range(3)]
+        captures = [await _capture(stub, duration_s=1) for _ in range(2)]
     assert counts["ok"] > 0 and counts["failed"] == 0
     for files in captures:
         by_role = {f.role: f for f in files}
