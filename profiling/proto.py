@@ -14,6 +14,8 @@ from nanovl.modalities import modality_to_pb as modality_pb
 from nanovl.v1 import inference_pb2
 from nanovl.v1 import profiling_pb2 as pb
 from profiling.profilers.cpu_profile import DEFAULT_DURATION_S, DEFAULT_RATE_HZ, CpuProfileChunk, CpuProfileRequest
+from profiling.profilers.limits import TorchProfileBounds
+from profiling.profilers.torch_profile import TorchProfileRequest, TorchProfileResult
 from profiling.sizing.budget import AudioItems, ImageItems, MemoryPlan, Plan, PlanRequest, VideoItems
 from profiling.sizing.dummy import DummyItems, DummyProfile
 from profiling.sizing.live_budget import LiveBudget, MediaItem
@@ -254,4 +256,47 @@ def chunk_to_pb(chunk: CpuProfileChunk) -> pb.CpuProfileChunk:
         out.content_type = chunk.file.content_type
         out.pid = chunk.file.pid
         out.role = ROLE_TO_PB[chunk.file.role]  # type: ignore[assignment]
+        out.samples = chunk.file.samples
+        out.errors = chunk.file.errors
+        out.warning = chunk.file.warning
     return out
+
+
+# ------------------------------------------------------------------------ torch profiler
+
+TORCH_END_TO_PB: dict[str, int] = {
+    "stopped": pb.TORCH_PROFILE_END_STOPPED,
+    "steps": pb.TORCH_PROFILE_END_STEPS,
+    "duration": pb.TORCH_PROFILE_END_DURATION,
+    "memory": pb.TORCH_PROFILE_END_MEMORY,
+}
+
+
+def torch_request_from_pb(req: pb.StartTorchProfileRequest) -> TorchProfileRequest:
+    return TorchProfileRequest(
+        prefix=req.profile_prefix if req.HasField("profile_prefix") else None,
+        delay_iterations=req.delay_iterations if req.HasField("delay_iterations") else None,
+        max_iterations=req.max_iterations if req.HasField("max_iterations") else None,
+        max_duration_s=req.max_duration_s if req.HasField("max_duration_s") else None,
+    )
+
+
+def torch_started_to_pb(bounds: TorchProfileBounds) -> pb.StartTorchProfileResponse:
+    # trace_dir stays empty: server paths never go back to callers.
+    return pb.StartTorchProfileResponse(
+        max_iterations=bounds.max_steps,
+        max_duration_s=bounds.max_duration_s,
+        max_memory_growth_bytes=bounds.max_memory_growth_bytes,
+    )
+
+
+def torch_result_to_pb(result: TorchProfileResult) -> pb.StopTorchProfileResponse:
+    # File names relative to the server's torch profiler directory; never the directory.
+    return pb.StopTorchProfileResponse(
+        files=list(result.files),
+        ended_by=TORCH_END_TO_PB[result.ended_by],  # type: ignore[arg-type]
+        duration_s=result.duration_s,
+        peak_memory_growth_bytes=max(0, result.peak_memory_growth_bytes),
+        trace_bytes=result.trace_bytes,
+        warning=result.warning,
+    )

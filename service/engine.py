@@ -52,6 +52,32 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+# nanovl's defaults for vLLM's torch profiler (``ProfilerConfig``), used only for fields
+# the operator left unset. vLLM's front-end profiler records the server process for the
+# whole session, unbounded by engine steps (vLLM warns it "may result in high overhead"
+# with step limits), and nanovl's own spans cover the front end.
+PROFILER_DEFAULTS: Mapping[str, Any] = {"ignore_frontend": True}
+# On CPU every op runs on the CPU thread the profiler watches: vLLM's default
+# torch_profiler_with_stack=True turns on torch's Python tracer, which records every Python
+# call of the worker, between steps too (gigabytes within minutes, and an export that
+# blocks the engine for minutes). Shapes, memory and FLOPs are off in vLLM already; kept
+# explicit so a vLLM default change cannot grow the trace unnoticed.
+CPU_PROFILER_DEFAULTS: Mapping[str, Any] = {
+    "torch_profiler_with_stack": False,
+    "torch_profiler_record_shapes": False,
+    "torch_profiler_with_memory": False,
+    "torch_profiler_with_flops": False,
+}
+
+
+def bounded_profiler_config(fields: Mapping[str, Any], *, cpu: bool) -> dict[str, Any]:
+    """vLLM ``ProfilerConfig`` fields with nanovl's defaults filled in where ``fields``
+    (what the operator set) has none; unchanged unless ``fields["profiler"] == "torch"``."""
+    if fields.get("profiler") != "torch":
+        return dict(fields)
+    return {**PROFILER_DEFAULTS, **(CPU_PROFILER_DEFAULTS if cpu else {}), **fields}
+
+
 def apply_process_environment(cache_dir: Path) -> None:
     """Environment the engine's worker processes inherit. Only fills what the operator
     did not set; called once by the process entry point before the engine starts."""
@@ -83,7 +109,9 @@ WORKER_EXTENSION_CLS = "profiling.worker_extension.NanovlWorkerExtension"
 
 
 def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
-    """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden."""
+    """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden.
+    A ``profiler_config`` given as a mapping gets nanovl's profiler defaults
+    (:func:`bounded_profiler_config`) for the fields it leaves out."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     # Stats stay on: RequestOutput.metrics (queue time, TTFT) is None without them.
@@ -95,6 +123,8 @@ def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
     if on_cpu():
         kwargs.update(CPU_ENGINE_DEFAULTS)
     kwargs.update(overrides)
+    if isinstance(kwargs.get("profiler_config"), Mapping):
+        kwargs["profiler_config"] = bounded_profiler_config(kwargs["profiler_config"], cpu=on_cpu())
     return AsyncEngineArgs(**kwargs)
 
 

@@ -480,6 +480,22 @@ def cmd_dummy(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_new_file(out_dir: Path, name: str, data: bytes) -> Path:
+    """``data`` in ``out_dir/name``, never over an existing file: ``name`` with ``-1``,
+    ``-2``, ... before its suffixes when it is taken."""
+    base = Path(name).name
+    stem, dot, suffixes = base.partition(".")
+    for n in range(10_000):
+        path = out_dir / (base if n == 0 else f"{stem}-{n}{dot}{suffixes}")
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+            return path
+        except FileExistsError:
+            continue
+    raise CliError(f"{out_dir}: too many files named like {base}")
+
+
 def cmd_cpu(args: argparse.Namespace) -> int:
     import grpc
 
@@ -491,12 +507,13 @@ def cmd_cpu(args: argparse.Namespace) -> int:
     }
     req = pb.CaptureCpuProfileRequest(
         duration_s=args.duration,
-        rate_hz=args.rate,
         format=fmt[args.format],
         processes=[roles[r] for r in args.process or ()],
         native=args.native,
         include_idle=args.idle,
     )
+    if args.rate is not None:  # unset: the server's default (lower for native sampling)
+        req.rate_hz = args.rate
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[int, dict[str, Any]] = {}
@@ -509,6 +526,9 @@ def cmd_cpu(args: argparse.Namespace) -> int:
                     pid=chunk.pid,
                     role=ROLE_NAMES[chunk.role],
                     content_type=chunk.content_type,
+                    samples=chunk.samples,
+                    errors=chunk.errors,
+                    warning=chunk.warning,
                 )
             f["data"].extend(chunk.data)
     except grpc.RpcError as exc:
@@ -516,22 +536,68 @@ def cmd_cpu(args: argparse.Namespace) -> int:
     written = []
     for index in sorted(files):
         f = files[index]
-        path = out_dir / f["name"]
-        path.write_bytes(bytes(f["data"]))
-        written.append({"role": f["role"], "pid": f["pid"], "path": str(path), "bytes": len(f["data"])})
+        path = write_new_file(out_dir, f["name"], bytes(f["data"]))
+        written.append(
+            {
+                "role": f["role"],
+                "pid": f["pid"],
+                "path": str(path),
+                "bytes": len(f["data"]),
+                "samples": f["samples"],
+                "errors": f["errors"],
+                "warning": f["warning"],
+            }
+        )
     if args.json:
         print(json.dumps({"files": written}, indent=2))
     else:
         from rich.console import Console
 
-        Console().print(
+        console = Console()
+        console.print(
             _table(
                 "CPU profiles written",
-                ["role", "pid", "file", "size"],
-                [[w["role"], w["pid"], w["path"], format_bytes(w["bytes"])] for w in written],
+                ["role", "pid", "file", "size", "samples"],
+                [[w["role"], w["pid"], w["path"], format_bytes(w["bytes"]), w["samples"]] for w in written],
             )
         )
+        for w in written:
+            if w["warning"]:
+                console.print(f"warning: {w['warning']}", style="yellow", highlight=False)
     return 0
+
+
+TORCH_ENDS = {
+    pb.TORCH_PROFILE_END_STOPPED: "stopped by this call",
+    pb.TORCH_PROFILE_END_STEPS: "recorded its engine steps",
+    pb.TORCH_PROFILE_END_DURATION: "reached its time limit",
+    pb.TORCH_PROFILE_END_MEMORY: "reached its memory bound (truncated)",
+    pb.TORCH_PROFILE_END_UNSPECIFIED: "-",
+}
+
+
+def render_torch_started(r: pb.StartTorchProfileResponse) -> list[Any]:
+    rows = [
+        ["traces go to", "the server's --profiler-config.torch_profiler_dir"],
+        ["engine steps at most", r.max_iterations],
+        ["stops itself after", f"{r.max_duration_s:g} s"],
+        ["stops early if an engine process grows by", format_bytes(r.max_memory_growth_bytes)],
+    ]
+    return [_table("Torch profile started", ["", ""], rows)]
+
+
+def render_torch_stopped(r: pb.StopTorchProfileResponse) -> list[Any]:
+    rows = [
+        ["ended", TORCH_ENDS[r.ended_by]],
+        ["recorded for", f"{r.duration_s:.1f} s"],
+        ["peak memory growth", format_bytes(r.peak_memory_growth_bytes)],
+        ["trace size", format_bytes(r.trace_bytes)],
+        *[["file", f] for f in r.files],
+    ]
+    out: list[Any] = [_table("Torch profile (files in the server's torch_profiler_dir)", ["", ""], rows)]
+    if r.warning:
+        out.append(f"[yellow]warning: {r.warning}[/yellow]")
+    return out
 
 
 def cmd_torch(args: argparse.Namespace) -> int:
@@ -544,13 +610,11 @@ def cmd_torch(args: argparse.Namespace) -> int:
             req.delay_iterations = args.delay_iterations
         if args.max_iterations is not None:
             req.max_iterations = args.max_iterations
-        resp = _call(stub.StartTorchProfile, req, args.timeout)
-        where = "the server's --profiler-config.torch_profiler_dir"
-        _emit(args, resp, lambda r: [_table("Torch profile started", ["", ""], [["traces go to", where]])])
+        if args.max_duration is not None:
+            req.max_duration_s = args.max_duration
+        _emit(args, _call(stub.StartTorchProfile, req, args.timeout), render_torch_started)
     else:
-        resp = _call(stub.StopTorchProfile, pb.StopTorchProfileRequest(), args.timeout)
-        title = "Torch traces (in the server's torch_profiler_dir)"
-        _emit(args, resp, lambda r: [_table(title, ["file"], [[f] for f in r.files])])
+        _emit(args, _call(stub.StopTorchProfile, pb.StopTorchProfileRequest(), args.timeout), render_torch_stopped)
     return 0
 
 
@@ -604,7 +668,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("cpu", help="sample the server's processes with py-spy")
     common(p)
     p.add_argument("--duration", type=float, default=10.0, help="seconds to sample (whole seconds)")
-    p.add_argument("--rate", type=int, default=100, help="samples per second")
+    p.add_argument("--rate", type=int, help="samples per second (default: the server's, 100; lower for --native)")
     p.add_argument("--format", choices=("speedscope", "flamegraph"), default="speedscope")
     p.add_argument(
         "--process",
@@ -612,7 +676,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         choices=("server", "engine_core", "worker"),
         help="only these processes (repeatable; default all)",
     )
-    p.add_argument("--native", action="store_true", help="include native (C/C++) frames")
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="include native (C/C++) frames (pauses each process briefly per sample; lower rate cap)",
+    )
     p.add_argument("--idle", action="store_true", help="include idle threads")
     p.add_argument("--output-dir", default=".", help="where to write the profile files")
     p.set_defaults(func=functools.partial(_run, cmd_cpu))
@@ -621,8 +689,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common(p)
     p.add_argument("action", choices=("start", "stop"))
     p.add_argument("--prefix", help="trace file name prefix")
-    p.add_argument("--delay-iterations", type=int)
-    p.add_argument("--max-iterations", type=int)
+    p.add_argument("--delay-iterations", type=int, help="engine steps to skip before recording")
+    p.add_argument("--max-iterations", type=int, help="engine steps to record (default: the server's, 50)")
+    p.add_argument("--max-duration", type=float, metavar="S", help="the server stops the session after S seconds")
     p.set_defaults(func=functools.partial(_run, cmd_torch))
     return profile
 

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nanovl.cli.frontends import FrontendRole
@@ -211,7 +211,7 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> ServerSetti
 
 def _add_security_args(p: argparse.ArgumentParser) -> None:
     """TLS, tokens and the operator surface (README: "Securing a deployment")."""
-    from profiling.profilers.limits import DEFAULT_SERVER_MAX_DURATION_S, DEFAULT_SERVER_MAX_RATE_HZ
+    from profiling.profilers import limits as pl
     from service.auth import TOKEN_ENV
 
     t = p.add_argument_group("TLS (both ports; certificates are re-read when the files change)")
@@ -262,15 +262,50 @@ def _add_security_args(p: argparse.ArgumentParser) -> None:
     o.add_argument(
         "--max-cpu-profile-s",
         type=float,
-        default=DEFAULT_SERVER_MAX_DURATION_S,
+        default=pl.DEFAULT_SERVER_MAX_DURATION_S,
         help="longest CaptureCpuProfile a caller may ask for",
     )
     o.add_argument(
         "--max-cpu-profile-rate-hz",
         type=int,
-        default=DEFAULT_SERVER_MAX_RATE_HZ,
+        default=pl.DEFAULT_SERVER_MAX_RATE_HZ,
         help="highest CaptureCpuProfile sampling rate a caller may ask for",
     )
+    o.add_argument(
+        "--max-native-profile-rate-hz",
+        type=int,
+        default=pl.DEFAULT_SERVER_MAX_NATIVE_RATE_HZ,
+        help="highest rate of a native CaptureCpuProfile (py-spy pauses the process for each native sample)",
+    )
+    o.add_argument(
+        "--max-torch-profile-steps",
+        type=int,
+        default=pl.DEFAULT_SERVER_MAX_TORCH_PROFILE_STEPS,
+        help="most engine steps one torch profile session may record",
+    )
+    o.add_argument(
+        "--max-torch-profile-s",
+        type=float,
+        default=pl.DEFAULT_SERVER_MAX_TORCH_PROFILE_S,
+        help="a torch profile session stops itself after this many seconds",
+    )
+    o.add_argument(
+        "--max-torch-profile-memory",
+        type=_byte_size,
+        default=pl.DEFAULT_SERVER_MAX_TORCH_PROFILE_MEMORY,
+        metavar="BYTES",
+        help="a torch profile session stops early when an engine process grows by this much (e.g. 512MiB)",
+    )
+
+
+def _byte_size(text: str) -> int:
+    from nanovl.errors import InvalidArgument
+    from nanovl.units import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def security_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict:
@@ -303,7 +338,7 @@ def security_settings(args: argparse.Namespace, environ: dict[str, str] | None =
 
 
 def operator_limits(args: argparse.Namespace):
-    from profiling.profilers.limits import CpuProfileLimits
+    from profiling.profilers.limits import CpuProfileLimits, TorchProfileLimits
     from profiling.servicer import OperatorLimits
 
     for d in args.plan_model_dir:
@@ -313,8 +348,34 @@ def operator_limits(args: argparse.Namespace):
             raise InvalidArgument(f"--plan-model-dir {d}: not a directory")
     return OperatorLimits(
         plan_model_dirs=tuple(Path(d) for d in args.plan_model_dir),
-        cpu_profile=CpuProfileLimits(args.max_cpu_profile_s, args.max_cpu_profile_rate_hz),
+        cpu_profile=CpuProfileLimits(
+            args.max_cpu_profile_s, args.max_cpu_profile_rate_hz, args.max_native_profile_rate_hz
+        ),
+        torch_profile=TorchProfileLimits(
+            args.max_torch_profile_steps, args.max_torch_profile_s, args.max_torch_profile_memory
+        ),
     )
+
+
+def _with_profiler_defaults(parse: Any, *, cpu: bool) -> Any:
+    """vLLM's ``--profiler-config`` parser with nanovl's profiler defaults for the fields
+    the operator did not give (``service.engine.bounded_profiler_config``). vLLM's flag
+    takes JSON (``--profiler-config.KEY=V`` flags arrive joined into one JSON object), so
+    the fields given are exactly the object's keys."""
+    import json
+
+    from service.engine import bounded_profiler_config
+
+    def parse_profiler_config(value: str) -> Any:
+        try:
+            fields = json.loads(value)
+        except ValueError:
+            return parse(value)  # vLLM's own error message
+        if not isinstance(fields, dict):
+            return parse(value)
+        return parse(json.dumps(bounded_profiler_config(fields, cpu=cpu)))
+
+    return parse_profiler_config
 
 
 def build_engine_parser() -> argparse.ArgumentParser:
@@ -326,6 +387,9 @@ def build_engine_parser() -> argparse.ArgumentParser:
 
     p = FlexibleArgumentParser(prog="nanovl serve", description="vLLM engine flags accepted by `nanovl serve`.")
     p = AsyncEngineArgs.add_cli_args(p)
+    for action in p._actions:  # argparse's list of flags (it has no public accessor)
+        if action.dest == "profiler_config" and action.type is not None:
+            action.type = _with_profiler_defaults(action.type, cpu=on_cpu())
     # As parser defaults, so any flag the operator passes still wins.
     p.set_defaults(
         model=None,

@@ -20,6 +20,14 @@ class CpuProfileFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CPU_PROFILE_FORMAT_UNSPECIFIED: _ClassVar[CpuProfileFormat]
     CPU_PROFILE_FORMAT_SPEEDSCOPE: _ClassVar[CpuProfileFormat]
     CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG: _ClassVar[CpuProfileFormat]
+
+class TorchProfileEnd(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TORCH_PROFILE_END_UNSPECIFIED: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_STOPPED: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_STEPS: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_DURATION: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_MEMORY: _ClassVar[TorchProfileEnd]
 PROCESS_ROLE_UNSPECIFIED: ProcessRole
 PROCESS_ROLE_SERVER: ProcessRole
 PROCESS_ROLE_ENGINE_CORE: ProcessRole
@@ -27,6 +35,11 @@ PROCESS_ROLE_WORKER: ProcessRole
 CPU_PROFILE_FORMAT_UNSPECIFIED: CpuProfileFormat
 CPU_PROFILE_FORMAT_SPEEDSCOPE: CpuProfileFormat
 CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG: CpuProfileFormat
+TORCH_PROFILE_END_UNSPECIFIED: TorchProfileEnd
+TORCH_PROFILE_END_STOPPED: TorchProfileEnd
+TORCH_PROFILE_END_STEPS: TorchProfileEnd
+TORCH_PROFILE_END_DURATION: TorchProfileEnd
+TORCH_PROFILE_END_MEMORY: TorchProfileEnd
 
 class MediaItems(_message.Message):
     __slots__ = ("count", "image", "video", "audio")
@@ -334,7 +347,7 @@ class CaptureCpuProfileRequest(_message.Message):
     def __init__(self, duration_s: _Optional[float] = ..., rate_hz: _Optional[int] = ..., format: _Optional[_Union[CpuProfileFormat, str]] = ..., processes: _Optional[_Iterable[_Union[ProcessRole, str]]] = ..., native: _Optional[bool] = ..., include_idle: _Optional[bool] = ...) -> None: ...
 
 class CpuProfileChunk(_message.Message):
-    __slots__ = ("file_index", "file_name", "content_type", "pid", "role", "data", "last")
+    __slots__ = ("file_index", "file_name", "content_type", "pid", "role", "data", "last", "samples", "errors", "warning")
     FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +355,9 @@ class CpuProfileChunk(_message.Message):
     ROLE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     file_index: int
     file_name: str
     content_type: str
@@ -349,32 +365,53 @@ class CpuProfileChunk(_message.Message):
     role: ProcessRole
     data: bytes
     last: bool
-    def __init__(self, file_index: _Optional[int] = ..., file_name: _Optional[str] = ..., content_type: _Optional[str] = ..., pid: _Optional[int] = ..., role: _Optional[_Union[ProcessRole, str]] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    samples: int
+    errors: int
+    warning: str
+    def __init__(self, file_index: _Optional[int] = ..., file_name: _Optional[str] = ..., content_type: _Optional[str] = ..., pid: _Optional[int] = ..., role: _Optional[_Union[ProcessRole, str]] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., samples: _Optional[int] = ..., errors: _Optional[int] = ..., warning: _Optional[str] = ...) -> None: ...
 
 class StartTorchProfileRequest(_message.Message):
-    __slots__ = ("profile_prefix", "delay_iterations", "max_iterations")
+    __slots__ = ("profile_prefix", "delay_iterations", "max_iterations", "max_duration_s")
     PROFILE_PREFIX_FIELD_NUMBER: _ClassVar[int]
     DELAY_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     profile_prefix: str
     delay_iterations: int
     max_iterations: int
-    def __init__(self, profile_prefix: _Optional[str] = ..., delay_iterations: _Optional[int] = ..., max_iterations: _Optional[int] = ...) -> None: ...
+    max_duration_s: float
+    def __init__(self, profile_prefix: _Optional[str] = ..., delay_iterations: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_duration_s: _Optional[float] = ...) -> None: ...
 
 class StartTorchProfileResponse(_message.Message):
-    __slots__ = ("trace_dir",)
+    __slots__ = ("trace_dir", "max_iterations", "max_duration_s", "max_memory_growth_bytes")
     TRACE_DIR_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_GROWTH_BYTES_FIELD_NUMBER: _ClassVar[int]
     trace_dir: str
-    def __init__(self, trace_dir: _Optional[str] = ...) -> None: ...
+    max_iterations: int
+    max_duration_s: float
+    max_memory_growth_bytes: int
+    def __init__(self, trace_dir: _Optional[str] = ..., max_iterations: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., max_memory_growth_bytes: _Optional[int] = ...) -> None: ...
 
 class StopTorchProfileRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StopTorchProfileResponse(_message.Message):
-    __slots__ = ("trace_dir", "files")
+    __slots__ = ("trace_dir", "files", "ended_by", "duration_s", "peak_memory_growth_bytes", "trace_bytes", "warning")
     TRACE_DIR_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_GROWTH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     trace_dir: str
     files: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, trace_dir: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+    ended_by: TorchProfileEnd
+    duration_s: float
+    peak_memory_growth_bytes: int
+    trace_bytes: int
+    warning: str
+    def __init__(self, trace_dir: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ended_by: _Optional[_Union[TorchProfileEnd, str]] = ..., duration_s: _Optional[float] = ..., peak_memory_growth_bytes: _Optional[int] = ..., trace_bytes: _Optional[int] = ..., warning: _Optional[str] = ...) -> None: ...

@@ -220,12 +220,22 @@ async def test_cpu_command_writes_files(capsys, admin_target, tmp_path):
         == 0
     )
     (written,) = json.loads(capsys.readouterr().out)["files"]
-    assert written["role"] == "server"
+    assert written["role"] == "server" and written["samples"] > 0 and not written["warning"]
     profile = json.loads(open(written["path"]).read())
     assert profile["$schema"].endswith("file-format-schema.json")
 
 
-async def test_torch_command_explains_the_precondition(capsys, admin_target):
-    assert await _cli("torch", "start", "--target", admin_target) == 1
+async def test_torch_commands_show_the_bounds_and_how_it_ended(capsys, admin_target):
+    assert await _cli("torch", "stop", "--target", admin_target) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: FAILED_PRECONDITION") and "--profiler-config" in err
+    assert err.startswith("error: FAILED_PRECONDITION") and "StartTorchProfile first" in err
+    argv = ("torch", "start", "--target", admin_target, "--max-iterations", "3", "--max-duration", "30", "--json")
+    assert await _cli(*argv) == 0
+    started = json.loads(capsys.readouterr().out)
+    assert started["max_iterations"] == 3 and started["max_duration_s"] == 30
+    assert await _cli("torch", "stop", "--target", admin_target, "--json") == 0
+    stopped = json.loads(capsys.readouterr().out)
+    assert stopped["ended_by"] in ("TORCH_PROFILE_END_STOPPED", "TORCH_PROFILE_END_STEPS")
+    assert await _cli("torch", "start", "--target", admin_target, "--max-iterations", "0") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: INVALID_ARGUMENT") and "no limit" in err
