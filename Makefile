@@ -42,10 +42,10 @@ fuzz: setup  ## >= 5000 hostile requests against a server it starts (FUZZ_ARGS="
 protos: setup
 	$(RUN) python scripts/gen_protos.py
 
-bench: setup
+bench: setup  ## the benchmark, ~30 min; BENCH_ARGS="--baseline docs/benchmarks/results-before.json" adds before/after
 	$(UV) sync --locked --group bench
 	@touch .venv/.nanovl-synced
-	$(RUN) python -m bench.run
+	$(RUN) python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf .cache .pytest_cache
