@@ -331,7 +331,8 @@ class Plan:
     memory_vllm: MemoryPlan  # vLLM's sizing (its encoder cache and profiled dummy batch)
     memory_nanovl: MemoryPlan  # the same with nanovl's exact encoder need
     recommendation: Recommendation
-    media_limit_violations: tuple[str, ...] = ()  # items the server refuses before the engine
+    # The planner behind it (what-if evaluations of other mixes under the same settings).
+    planner: _Planner | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def modality(self, modality: Modality) -> ModalityPlan:
         return next(m for m in self.modalities if m.modality == modality)
@@ -343,13 +344,11 @@ class Plan:
 
     @property
     def accepted(self) -> bool:
-        return self.admission.accepted and self.memory_fits is not False and not self.media_limit_violations
+        return self.admission.accepted and self.memory_fits is not False
 
     @property
     def reason(self) -> str:
-        reasons = list(self.media_limit_violations)
-        if self.admission.reason:
-            reasons.append(self.admission.reason)
+        reasons = [self.admission.reason] if self.admission.reason else []
         if self.memory_fits is False:
             text = (
                 f"predicted memory {format_bytes(self.memory_nanovl.total_bytes)} exceeds the budget "
@@ -1194,7 +1193,7 @@ def plan_budget(
         memory_vllm=memory_vllm,
         memory_nanovl=memory_nanovl,
         recommendation=_recommend(planner, image, request.video, request.audio),
-        media_limit_violations=tuple(planner.media_limit_violations(image, request.video, request.audio)),
+        planner=planner,
     )
 
 
