@@ -13,6 +13,17 @@ import time
 from tests.sizing_check.checker import MAX_MODEL_LENS, Report, check_variant, split_cases, variants
 
 
+def _run_one(variant: str, cases: dict, seed: int, baseline: bool, lens: list[int], threads: int) -> Report:
+    """One variant in a worker process (``--jobs``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    report = Report()
+    check_variant(variant, cases_per_kind=cases, seed=seed, report=report, baseline=baseline, max_model_lens=lens)
+    print(f"  {variant}: done", file=sys.stderr, flush=True)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.sizing_check", description=__doc__)
     p.add_argument(
@@ -28,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-model-lens", default=",".join(map(str, MAX_MODEL_LENS)))
     p.add_argument("--baseline", action="store_true", help="predict as nanovl did before (see checker.py)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for vLLM's processor")
+    p.add_argument("--jobs", type=int, default=1, help="variants checked in parallel processes")
     p.add_argument("--show", type=int, default=10, help="mismatches to print in full")
     args = p.parse_args(argv)
 
@@ -51,16 +63,24 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     plan = split_cases(args.cases, chosen)
-    for variant in chosen:
-        check_variant(
-            variant,
-            cases_per_kind=plan[variant],
-            seed=args.seed,
-            report=report,
-            baseline=args.baseline,
-            max_model_lens=lens,
-            progress=progress,
-        )
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(_run_one, v, plan[v], args.seed, args.baseline, lens, args.threads) for v in chosen]
+            for future in futures:
+                report.merge(future.result())
+    else:
+        for variant in chosen:
+            check_variant(
+                variant,
+                cases_per_kind=plan[variant],
+                seed=args.seed,
+                report=report,
+                baseline=args.baseline,
+                max_model_lens=lens,
+                progress=progress,
+            )
     print(report.table())
     print(f"{time.perf_counter() - t0:.0f} s; max_model_len in {lens}; seed {args.seed}")
     for m in report.mismatches[: args.show]:

@@ -22,8 +22,8 @@ KINDS: tuple[Kind, ...] = ("image", "video", "audio", "mixed")
 
 SAMPLE_RATE = 16_000
 CLIP_SAMPLES = 30 * SAMPLE_RATE
-MAX_IMAGE_PIXELS = 8_000_000  # keeps a case's pixel work bounded (vLLM resizes from the source)
-MAX_VIDEO_BYTES = 16 << 20
+MAX_IMAGE_PIXELS = 6_000_000  # keeps a case's pixel work bounded (vLLM resizes from the source)
+MAX_VIDEO_BYTES = 8 << 20
 COMMON_FPS = (23.976, 24.0, 25.0, 29.97, 30.0, 50.0, 59.94, 60.0, 119.88, 120.0)
 
 
@@ -82,8 +82,8 @@ def _log_int(rng: np.random.Generator, lo: int, hi: int) -> int:
 
 def image_size(rng: np.random.Generator) -> tuple[int, int]:
     r = rng.random()
-    if r < 0.42:
-        w, h = _int(rng, 16, 2048), _int(rng, 16, 2048)
+    if r < 0.45:
+        w, h = _int(rng, 16, 1600), _int(rng, 16, 1600)
     elif r < 0.5:
         w, h = _int(rng, 1000, 6000), _int(rng, 1000, 6000)
     elif r < 0.65:  # thin: the dynamic tiler's hard case
@@ -93,7 +93,7 @@ def image_size(rng: np.random.Generator) -> tuple[int, int]:
         w, h = _int(rng, 1, 32), _int(rng, 1, 32)
     elif r < 0.86:
         aw, ah = [(4, 3), (3, 2), (16, 9), (21, 9), (1, 1), (9, 16), (3, 4), (2, 3)][_int(rng, 0, 7)]
-        k = _int(rng, 8, 400)
+        k = _int(rng, 8, 250)
         w, h = aw * k, ah * k
     else:  # at and one off the tile (224) and patch (16) grids
         unit = 224 if rng.random() < 0.5 else 16
@@ -142,7 +142,7 @@ def video_spec(rng: np.random.Generator, content: int) -> VideoSpec:
     if rng.random() < 0.15:
         w, h = image_size(rng)
     else:
-        w, h = _int(rng, 16, 1280), _int(rng, 16, 1280)
+        w, h = _int(rng, 16, 960), _int(rng, 16, 960)
     while n * w * h * 3 > MAX_VIDEO_BYTES:
         w, h = max(1, w * 3 // 4), max(1, h * 3 // 4)
     fps = _fps(rng)
@@ -155,7 +155,7 @@ def audio_samples(rng: np.random.Generator) -> int:
         return _int(rng, 1600, 60 * SAMPLE_RATE)
     if r < 0.75:  # around the 30 s clip boundaries
         return max(1, _int(rng, 1, 8) * CLIP_SAMPLES + _int(rng, -800, 800))
-    if r < 0.9:
+    if r < 0.93:
         return _int(rng, 1, 1600)
     if r < 0.98:
         return _int(rng, 60 * SAMPLE_RATE, 600 * SAMPLE_RATE)
@@ -194,14 +194,14 @@ class CaseStream:
     def case(self, kind: Kind, index: int) -> Case:
         rng = self._rng
         if kind == "image":
-            n = 1 if rng.random() < 0.5 else _int(rng, 2, 8)
+            n = 1 if rng.random() < 0.5 else _int(rng, 2, 8)  # several: the dynamic tiler's shared budget
             items = [self._item("image") for _ in range(n)]
         elif kind in ("video", "audio"):
             n = 1 if rng.random() < 0.6 else _int(rng, 2, 3)
             items = [self._item(kind) for _ in range(n)]
         else:
             modalities = ["image", "video", "audio"] if self.supports_audio else ["image", "video"]
-            n = _int(rng, 2, 8)
+            n = _int(rng, 2, 6)
             chosen = [modalities[_int(rng, 0, len(modalities) - 1)] for _ in range(n)]
             if len(set(chosen)) < 2:
                 chosen[0] = next(m for m in modalities if m != chosen[-1])

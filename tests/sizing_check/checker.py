@@ -20,6 +20,7 @@ the dynamic tiler cannot process.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -89,6 +90,12 @@ class Reference:
     @property
     def supports_audio(self) -> bool:
         return self.geometry.supports_audio
+
+
+@functools.cache
+def reference(variant: str, max_model_len: int) -> Reference:
+    """One :class:`Reference` per setting and process (building one takes seconds)."""
+    return Reference.build(variant, max_model_len)
 
 
 # ------------------------------------------------------------------------ media
@@ -283,6 +290,15 @@ class Report:
     def row(self, variant: str, kind: Kind, cache: bool) -> Row:
         return self.rows.setdefault((variant, kind, cache), Row(variant, kind, cache))
 
+    def merge(self, other: Report) -> None:
+        for key, row in other.rows.items():
+            mine = self.row(*key)
+            mine.cases += row.cases
+            mine.mismatches += row.mismatches
+            mine.refused += row.refused
+            mine.seconds += row.seconds
+        self.mismatches.extend(other.mismatches)
+
     @property
     def total_mismatches(self) -> int:
         return sum(r.mismatches for r in self.rows.values())
@@ -291,7 +307,9 @@ class Report:
         lines = [
             f"{'variant':<18} {'modality':<8} {'cache':<5} {'cases':>6} {'refused':>7} {'mismatches':>10} {'s':>7}"
         ]
-        for r in self.rows.values():
+        variants = list(dict.fromkeys(v for v, _, _ in self.rows))
+        ordered = sorted(self.rows.values(), key=lambda r: (variants.index(r.variant), KINDS.index(r.kind), r.cache))
+        for r in ordered:
             lines.append(
                 f"{r.variant:<18} {r.kind:<8} {'on' if r.cache else 'off':<5} {r.cases:>6} {r.refused:>7} "
                 f"{r.mismatches:>10} {r.seconds:>7.1f}"
@@ -336,7 +354,7 @@ def check_variant(
 ) -> None:
     """``cases_per_kind`` prompts of each kind (image, video, audio, mixed), spread over
     ``max_model_lens``, cache off then on, into ``report``."""
-    refs = [Reference.build(variant, n) for n in max_model_lens]
+    refs = [reference(variant, n) for n in max_model_lens]
     supports_audio = refs[0].supports_audio
     kinds = kinds_for(supports_audio)
     # One stream per setting, so that its cache sees the items come back.
