@@ -49,6 +49,7 @@ from profiling.proto import (
 from profiling.sizing.budget import plan_budget
 from profiling.sizing.dummy import DummyProfiler
 from profiling.sizing.live_budget import LiveBudgetReader, resolve_unsized
+from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 from service.status import grpc_errors
 
 if TYPE_CHECKING:
@@ -83,16 +84,19 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         *,
         metrics: ServiceMetrics | None = None,
         limits: OperatorLimits | None = None,
+        media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
     ) -> None:
         self._engine = engine
         self._engine_args = engine_args
         self._limits = limits or OperatorLimits()
+        # The Inference service's per-item media limits: plans and advertised maxima keep to them.
+        self._media_limits = media_limits
         # The capture running now (CPU profile, torch profile session, dummy profile), if any.
         self._capturing: str | None = None
         # vLLM's config/processor building (every plan) is not safe to run concurrently.
         self._plan_lock = threading.Lock()
-        self._budget = LiveBudgetReader(engine, engine_args, plan_lock=self._plan_lock)
-        self._dummy = DummyProfiler(engine, engine_args, plan_lock=self._plan_lock)
+        self._budget = LiveBudgetReader(engine, engine_args, plan_lock=self._plan_lock, media_limits=media_limits)
+        self._dummy = DummyProfiler(engine, engine_args, plan_lock=self._plan_lock, media_limits=media_limits)
         self._torch = TorchProfiler(engine, self._limits.torch_profile)
         if metrics is not None:
             metrics.set_encoder_budget_source(self.encoder_budget_snapshot)
@@ -140,6 +144,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
 
     def _plan(self, request: pb.PlanBudgetRequest) -> pb.BudgetPlan:
         plan_request, order = plan_request_from_pb(request)
+        plan_request = dataclasses.replace(plan_request, media_limits=self._media_limits)
         other = self._other_checkpoint(request.model_path) if request.HasField("model_path") else None
         if other is not None:
             # Another checkpoint: vLLM's defaults for it, plus the request's settings; its

@@ -160,8 +160,11 @@ def _dummy_media(
     seconds: float,
     fps: float,
     sampling_rate: int | None,
+    frame_indices: list[int] | None = None,
 ) -> list:
-    """Constant-valued media of the given size (encoder cost does not depend on pixel values)."""
+    """Constant-valued media of the given size (encoder cost does not depend on pixel values).
+    A video's metadata carries ``fps`` and ``frame_indices`` (default ``0..num_frames-1``):
+    they decide the frame-time text in its prompt."""
     import numpy as np
 
     if modality == "image":
@@ -170,11 +173,12 @@ def _dummy_media(
         return [Image.new("RGB", (width, height), color=255)] * count
     if modality == "video":
         frames = np.full((num_frames, height, width, 3), 255, dtype=np.uint8)
+        indices = list(range(num_frames)) if not frame_indices else [int(i) for i in frame_indices]
         metadata = {
             "fps": fps,
-            "duration": num_frames / fps,
-            "total_num_frames": num_frames,
-            "frames_indices": list(range(num_frames)),
+            "duration": (indices[-1] + 1) / fps,
+            "total_num_frames": indices[-1] + 1,
+            "frames_indices": indices,
             "video_backend": "nanovl",
             "do_sample_frames": False,
         }
@@ -274,6 +278,7 @@ class NanovlProfilingMixin:
         num_frames: int = 0,
         seconds: float = 0.0,
         fps: float = 2.0,
+        frame_indices: list[int] | None = None,
     ) -> dict:
         """Process ``count`` constant items of one modality with vLLM's multimodal
         processor and run them through the model's encoder the way the model runner
@@ -299,6 +304,7 @@ class NanovlProfilingMixin:
             seconds,
             fps,
             int(sound.sampling_rate) if sound is not None else None,
+            frame_indices,
         )
 
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ failures into ``NanovlError``s with actionable messages; it knows nothing of gRP
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.outputs import RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
+
+    from model.token_accounting import ModelGeometry
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,17 @@ class Engine:
         self.summary = summary
         self.engine_args = engine_args
         self._shut_down = False
+        self._geometry: ModelGeometry | None = None
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        """Exact token accounting for the served model, over the front end's own processor."""
+        if self._geometry is None:
+            from model.token_accounting import ModelGeometry
+
+            processor = self.llm.renderer.get_mm_processor().info.get_hf_processor()
+            self._geometry = ModelGeometry.from_processor(processor, max_model_len=self.summary.max_model_len)
+        return self._geometry
 
     @classmethod
     async def start(
@@ -278,8 +292,19 @@ class Engine:
     # ------------------------------------------------------------------ requests
 
     async def render(self, prompt: AssembledPrompt) -> RenderedPrompt:
-        """Tokenize and run the multimodal processor (vLLM does it off the event loop)."""
+        """Tokenize and run the multimodal processor (vLLM does it off the event loop).
+
+        Images vLLM's processor cannot process are refused first (``InvalidArgument``), and
+        a prompt whose counts vLLM's processor cache could change gets request-unique
+        item identifiers (``model.processor_cache``)."""
         self._check_limits(prompt)
+        source = prompt
+        if prompt.multi_modal_data and prompt.multi_modal_uuids is None:
+            from model.processor_cache import multi_modal_uuids
+
+            uuids = multi_modal_uuids(self.geometry, prompt.multi_modal_data, nonce=uuid.uuid4().hex)
+            if uuids is not None:
+                prompt = dataclasses.replace(prompt, multi_modal_uuids={m: tuple(ids) for m, ids in uuids.items()})
         try:
             (engine_input,) = await self.llm.renderer.render_cmpl_async([prompt.to_vllm()])
         except NanovlError:
@@ -291,7 +316,7 @@ class Engine:
         for modality, ranges in (engine_input.get("mm_placeholders") or {}).items():
             by_modality[modality] = sum(int(r.length) for r in ranges)
         by_modality["text"] = len(token_ids) - sum(by_modality.values())
-        rendered = RenderedPrompt(engine_input, len(token_ids), by_modality, source=prompt)
+        rendered = RenderedPrompt(engine_input, len(token_ids), by_modality, source=source)
         if rendered.num_prompt_tokens >= self.summary.max_model_len:
             detail = ", ".join(f"{k} {v}" for k, v in by_modality.items())
             raise OutOfRange(self._too_long_message(rendered.num_prompt_tokens, exact=True, detail=detail))

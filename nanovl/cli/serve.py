@@ -543,7 +543,9 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
     server = None
     try:
         # The servicer also feeds the encoder-budget gauges of /metrics.
-        profiling = ProfilingServicer(engine, engine_args, metrics=service_metrics, limits=limits)
+        profiling = ProfilingServicer(
+            engine, engine_args, metrics=service_metrics, limits=limits, media_limits=settings.media_limits
+        )
         server = await build_server(
             engine, settings, tracer_provider=provider, metrics=service_metrics, profiling_servicer=profiling
         )

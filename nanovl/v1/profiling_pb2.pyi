@@ -15,6 +15,13 @@ class ProcessRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROCESS_ROLE_ENGINE_CORE: _ClassVar[ProcessRole]
     PROCESS_ROLE_WORKER: _ClassVar[ProcessRole]
 
+class PlanConstraint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PLAN_CONSTRAINT_UNSPECIFIED: _ClassVar[PlanConstraint]
+    PLAN_CONSTRAINT_TOKENS: _ClassVar[PlanConstraint]
+    PLAN_CONSTRAINT_ENCODER_CACHE: _ClassVar[PlanConstraint]
+    PLAN_CONSTRAINT_MEMORY: _ClassVar[PlanConstraint]
+
 class CpuProfileFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CPU_PROFILE_FORMAT_UNSPECIFIED: _ClassVar[CpuProfileFormat]
@@ -32,6 +39,10 @@ PROCESS_ROLE_UNSPECIFIED: ProcessRole
 PROCESS_ROLE_SERVER: ProcessRole
 PROCESS_ROLE_ENGINE_CORE: ProcessRole
 PROCESS_ROLE_WORKER: ProcessRole
+PLAN_CONSTRAINT_UNSPECIFIED: PlanConstraint
+PLAN_CONSTRAINT_TOKENS: PlanConstraint
+PLAN_CONSTRAINT_ENCODER_CACHE: PlanConstraint
+PLAN_CONSTRAINT_MEMORY: PlanConstraint
 CPU_PROFILE_FORMAT_UNSPECIFIED: CpuProfileFormat
 CPU_PROFILE_FORMAT_SPEEDSCOPE: CpuProfileFormat
 CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG: CpuProfileFormat
@@ -62,14 +73,20 @@ class ImageItem(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class VideoItem(_message.Message):
-    __slots__ = ("num_frames", "width", "height")
+    __slots__ = ("num_frames", "width", "height", "fps", "frame_indices", "frame_times_s")
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDICES_FIELD_NUMBER: _ClassVar[int]
+    FRAME_TIMES_S_FIELD_NUMBER: _ClassVar[int]
     num_frames: int
     width: int
     height: int
-    def __init__(self, num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    fps: float
+    frame_indices: _containers.RepeatedScalarFieldContainer[int]
+    frame_times_s: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_indices: _Optional[_Iterable[int]] = ..., frame_times_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AudioItem(_message.Message):
     __slots__ = ("seconds",)
@@ -209,7 +226,7 @@ class PlanBudgetRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., model_path: _Optional[str] = ..., text_tokens: _Optional[int] = ...) -> None: ...
 
 class BudgetPlan(_message.Message):
-    __slots__ = ("modalities", "media_prompt_tokens", "accepted", "reason", "encoder_cache", "memory", "predicted_total_bytes", "recommended_limit_mm_per_prompt", "largest_items_that_fit", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "prompt_tokens", "vllm_memory", "vllm_predicted_total_bytes", "vllm_profiled_modality", "vllm_profiled_items")
+    __slots__ = ("modalities", "media_prompt_tokens", "accepted", "reason", "encoder_cache", "memory", "predicted_total_bytes", "recommended_limit_mm_per_prompt", "largest_items_that_fit", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "prompt_tokens", "vllm_memory", "vllm_predicted_total_bytes", "vllm_profiled_modality", "vllm_profiled_items", "binding_constraints", "admitting_max_model_len", "admitting_memory_bytes", "admitting_max_num_batched_tokens", "recommendation_note")
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     MEDIA_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +244,11 @@ class BudgetPlan(_message.Message):
     VLLM_PREDICTED_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     VLLM_PROFILED_MODALITY_FIELD_NUMBER: _ClassVar[int]
     VLLM_PROFILED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BINDING_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    ADMITTING_MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    ADMITTING_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ADMITTING_MAX_NUM_BATCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_NOTE_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedCompositeFieldContainer[ModalityPlan]
     media_prompt_tokens: int
     accepted: bool
@@ -244,7 +266,12 @@ class BudgetPlan(_message.Message):
     vllm_predicted_total_bytes: int
     vllm_profiled_modality: _inference_pb2.Modality
     vllm_profiled_items: int
-    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityPlan, _Mapping]]] = ..., media_prompt_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., encoder_cache: _Optional[_Union[EncoderCachePlan, _Mapping]] = ..., memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., predicted_total_bytes: _Optional[int] = ..., recommended_limit_mm_per_prompt: _Optional[str] = ..., largest_items_that_fit: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., vllm_memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., vllm_predicted_total_bytes: _Optional[int] = ..., vllm_profiled_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., vllm_profiled_items: _Optional[int] = ...) -> None: ...
+    binding_constraints: _containers.RepeatedScalarFieldContainer[PlanConstraint]
+    admitting_max_model_len: int
+    admitting_memory_bytes: int
+    admitting_max_num_batched_tokens: int
+    recommendation_note: str
+    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityPlan, _Mapping]]] = ..., media_prompt_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., encoder_cache: _Optional[_Union[EncoderCachePlan, _Mapping]] = ..., memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., predicted_total_bytes: _Optional[int] = ..., recommended_limit_mm_per_prompt: _Optional[str] = ..., largest_items_that_fit: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., vllm_memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., vllm_predicted_total_bytes: _Optional[int] = ..., vllm_profiled_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., vllm_profiled_items: _Optional[int] = ..., binding_constraints: _Optional[_Iterable[_Union[PlanConstraint, str]]] = ..., admitting_max_model_len: _Optional[int] = ..., admitting_memory_bytes: _Optional[int] = ..., admitting_max_num_batched_tokens: _Optional[int] = ..., recommendation_note: _Optional[str] = ...) -> None: ...
 
 class ModalityPlan(_message.Message):
     __slots__ = ("modality", "count", "prompt_tokens_per_item", "encoder_tokens_per_item", "prompt_tokens", "vllm_max_tokens_per_item", "item")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from nanovl.errors import FailedPrecondition, InvalidArgument, NanovlError, OutOfRange, Unavailable
 from nanovl.modalities import Modality
 from profiling.sizing.budget import AudioItems, ImageItems, PlanRequest, VideoItems, plan_budget
+from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 
 if TYPE_CHECKING:
     from vllm.engine.arg_utils import EngineArgs
@@ -114,10 +115,12 @@ def validate(engine: Engine, items: DummyItems) -> None:
         )
 
 
-def _predict(engine: Engine, engine_args: EngineArgs, items: DummyItems) -> _Prediction:
+def _predict(
+    engine: Engine, engine_args: EngineArgs, items: DummyItems, media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS
+) -> _Prediction:
     """Exact tokens and estimated encoder memory for the entry, for the live settings."""
     modality = modality_of(items)
-    request = PlanRequest(max_model_len=engine.summary.max_model_len, **{modality: items})
+    request = PlanRequest(max_model_len=engine.summary.max_model_len, media_limits=media_limits, **{modality: items})
     plan = plan_budget(request, engine.summary.model, engine_args=engine_args)
     mplan = plan.modality(modality)
     assert mplan.item is not None
@@ -127,15 +130,23 @@ def _predict(engine: Engine, engine_args: EngineArgs, items: DummyItems) -> _Pre
 class DummyProfiler:
     """Runs dummy entries one at a time against one engine."""
 
-    def __init__(self, engine: Engine, engine_args: EngineArgs, *, plan_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        engine_args: EngineArgs,
+        *,
+        plan_lock: threading.Lock | None = None,
+        media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+    ) -> None:
         self._engine = engine
         self._engine_args = engine_args
+        self._media_limits = media_limits
         self._plan_lock = plan_lock or threading.Lock()
         self._run_lock = asyncio.Lock()
 
     def _predict(self, items: DummyItems) -> _Prediction:
         with self._plan_lock:  # vLLM's config building is not re-entrant
-            return _predict(self._engine, self._engine_args, items)
+            return _predict(self._engine, self._engine_args, items, self._media_limits)
 
     async def _encoder_cache_size(self) -> int:
         from profiling.sizing.live_budget import worker_facts
@@ -172,7 +183,13 @@ class DummyProfiler:
         if isinstance(items, ImageItems):
             kwargs.update(width=items.width, height=items.height)
         elif isinstance(items, VideoItems):
-            kwargs.update(num_frames=items.num_frames, width=items.width, height=items.height, fps=items.fps)
+            kwargs.update(
+                num_frames=items.num_frames,
+                width=items.width,
+                height=items.height,
+                fps=items.fps,
+                frame_indices=list(items.indices()),
+            )
         else:
             kwargs.update(seconds=items.seconds)
         try:

@@ -138,7 +138,8 @@ def test_offline_plan_error_is_one_line(capsys, tmp_path):
 def test_parsers():
     assert parse_bytes("4GiB") == 4 << 30 and parse_bytes("2GB") == 2 * 10**9 and parse_bytes("512") == 512
     assert parse_limits("image=4,video=1,audio=2") == LIMITS
-    assert parse_image("640x480:3") == (640, 480, 3) and parse_video("16x320x240") == (16, 320, 240, 1)
+    assert parse_image("640x480:3") == (640, 480, 3) and parse_video("16x320x240") == (16, 320, 240, None, 1)
+    assert parse_video("16x320x240@29.97:2") == (16, 320, 240, 29.97, 2)
     assert parse_audio("2.5:2") == (2.5, 2)
     for parse, bad in (
         (parse_bytes, "4 parsecs"),
