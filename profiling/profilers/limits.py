@@ -28,8 +28,9 @@ DEFAULT_SERVER_MAX_DURATION_S = 60.0
 DEFAULT_SERVER_MAX_RATE_HZ = 100
 # Native stacks: py-spy cannot unwind them without pausing the process ("Can't get native
 # stack traces with the --nonblocking option"), so every native sample stops every thread
-# of the process while it reads and unwinds them. 20 Hz keeps that pause to about 1-2 % of
-# wall time on the engine worker (measured: docs/profiling.md).
+# of the process while it reads and unwinds them. py-spy spent 1.0-1.7 ms of CPU per native
+# sample of a busy 9-thread process (an upper bound on the pause): at 20 Hz the process is
+# stopped at most ~2-4 % of the time, at 100 Hz ~10 % (docs/profiling.md).
 DEFAULT_SERVER_MAX_NATIVE_RATE_HZ = 20
 
 
@@ -80,8 +81,10 @@ class CpuProfileLimits:
 
 # Engine steps one torch profile session records unless the caller says otherwise, and the
 # server's maximum. On CPU, with nanovl's profiler defaults (no stacks, shapes or memory),
-# a step of the tiny model adds about 0.1-0.3 MiB of trace; the maxima keep a trace and
-# its export (which runs in the engine, between steps) small (measured: docs/profiling.md).
+# 50 steps of the tiny model under load grew the worker by 43 MiB while recording and by
+# 180 MiB at its export (834 KiB of gzipped trace); the export runs in the engine, between
+# steps, so the maximum keeps it to a few hundred MiB and seconds (docs/profiling.md). A
+# larger model records more ops per step: lower --max-torch-profile-steps for it.
 DEFAULT_TORCH_PROFILE_STEPS = 50
 DEFAULT_SERVER_MAX_TORCH_PROFILE_STEPS = 200
 # vLLM's executor gives a step 300 s (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS) before it
