@@ -71,7 +71,7 @@ def _figure(
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False, fontsize="small")
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 3)), frameon=False, fontsize="small")
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -257,6 +257,41 @@ def _table(result: BenchResult, workload: str) -> list[str]:
     return lines
 
 
+def _spread_summary(result: BenchResult) -> list[str]:
+    """Per side: passes run, points settled, and the spread between each point's two
+    fastest passes (this machine's pass-to-pass noise)."""
+    agree = result.config.passes.agree_within
+    rows = []
+    for run in result.sides:
+        if run.skipped or not run.points:
+            continue
+        keys = list(dict.fromkeys((p.workload, p.concurrency) for p in run.points))
+        spreads, passes = [], 0
+        for w, c in keys:
+            ps = run.passes(w, c)
+            passes += len(ps)
+            sp = spread([q.level.overall.output_tokens_per_s for q in ps if q.level is not None and q.error is None])
+            if sp is not None:
+                spreads.append(sp)
+        settled = sum(1 for sp in spreads if sp <= agree)
+        rows.append(
+            f"| {result.config.label(run.side)} | {len(keys)} | {passes} | {settled} of {len(keys)} "
+            f"| {'–' if not spreads else f'{statistics.median(spreads):.0%}'} "
+            f"| {'–' if not spreads else f'{max(spreads):.0%}'} |"
+        )
+    if not rows:
+        return []
+    return [
+        f"Pass-to-pass spread (how far each point's second-fastest pass is below its fastest; *settled*: within "
+        f"{agree:.0%}):",
+        "",
+        "| side | points | passes run | settled | median spread | largest spread |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def _above_inprocess(result: BenchResult) -> list[str]:
     """Points where a frontend beat (a), which on paper is its upper bound: say so, with
     the figures that show where the difference is (engine step cadence, not frontend work)."""
@@ -402,6 +437,7 @@ def render_markdown(result: BenchResult, plots: Sequence[Path], doc_path: Path, 
         "",
         "Absolute figures and the ratio to (a), per workload, concurrency and side.",
         "",
+        *_spread_summary(result),
     ]
     for w in result.config.workloads:
         lines += _table(result, w)

@@ -173,6 +173,10 @@ def _v(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.0%}"
+
+
 def _ms(x: float | None) -> str:
     return "–" if x is None else f"{x * 1000:.0f}"
 
@@ -216,9 +220,10 @@ def upload_section(result: BenchResult) -> list[str]:
         f"| Generate: server TTFT (start → first token) = bytes already on the server | {_ms(s.unary_server_ttft)} |",
         f"| media decode (both variants, server) | {_ms(s.decode_media)} |",
         "",
-        f"TTFT added by the upload path: **{'–' if s.added is None else f'{s.added:+.0%}'}** (target ≤ "
-        f"+{UPLOAD_ADDED_TTFT:.0%}); over sending the same bytes in one `Generate` message: "
-        f"{'–' if s.added_vs_unary_client is None else f'{s.added_vs_unary_client:+.0%}'}.",
+        f"TTFT added by the upload path: **{_pct(s.added)}** (target ≤ +{UPLOAD_ADDED_TTFT:.0%}). Cross-checks: "
+        f"the time before End alone (each StreamGenerate's client TTFT − its server TTFT, p50) is "
+        f"{_pct(s.before_end)} of the bytes-on-server TTFT, free of the decode's request-to-request noise; over "
+        f"sending the same bytes in one `Generate` message the chunked upload adds {_pct(s.added_vs_unary_client)}.",
         "",
         "Every request (ms; the variants alternate, each pair's first variant first):",
         "",

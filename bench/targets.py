@@ -159,7 +159,7 @@ def _upload(result: BenchResult) -> TargetCheck | None:
         UPLOAD,
         "video",
         1,
-        f"+{s.added:.0%} ({s.stream_client_ttft * 1000:.0f} vs {s.unary_server_ttft * 1000:.0f} ms)",  # type: ignore[operator]
+        f"{s.added:+.0%} ({s.stream_client_ttft * 1000:.0f} vs {s.unary_server_ttft * 1000:.0f} ms)",  # type: ignore[operator]
         s.added <= UPLOAD_ADDED_TTFT,
     )
 

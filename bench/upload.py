@@ -241,6 +241,9 @@ class UploadSummary:
     unary_server_ttft: float | None  # start → first token: the bytes already on the server
     decode_media: float | None  # both variants
     added: float | None  # stream client TTFT / unary server TTFT − 1
+    # The same, counting only what happens before End (client TTFT − server TTFT of each
+    # StreamGenerate, p50): the upload alone, free of the decode's request-to-request noise.
+    before_end: float | None = None
 
     @property
     def added_vs_unary_client(self) -> float | None:
@@ -260,6 +263,13 @@ def upload_summary(result: UploadResult) -> UploadSummary:
     stream = [s for s in ok if s.variant == "stream"]
     unary = [s for s in ok if s.variant == "unary"]
     st, ut = _p50([s.client_ttft_s for s in stream]), _p50([s.server_ttft_s for s in unary])
+    before = _p50(
+        [
+            s.client_ttft_s - s.server_ttft_s
+            for s in stream
+            if s.client_ttft_s is not None and s.server_ttft_s is not None
+        ]
+    )
     return UploadSummary(
         stream_client_ttft=st,
         stream_upload=_p50([s.upload_s for s in stream]),
@@ -268,4 +278,5 @@ def upload_summary(result: UploadResult) -> UploadSummary:
         unary_server_ttft=ut,
         decode_media=_p50([s.decode_media_s for s in ok]),
         added=(st / ut - 1) if st is not None and ut else None,
+        before_end=(before / ut) if before is not None and ut else None,
     )

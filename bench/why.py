@@ -295,7 +295,9 @@ def _why_upload(result: BenchResult) -> list[str]:
         )
     if s.unary_client_ttft is not None:
         parts.append(f"the same bytes as one Generate message: client TTFT {s.unary_client_ttft * 1000:.0f} ms")
-    return [f"- **Chunked upload** (+{s.added:.0%}): " + "; ".join(parts) + "."]
+    if s.before_end is not None:
+        parts.append(f"everything before End, as a share of the bytes-on-server TTFT: {s.before_end:+.0%}")
+    return [f"- **Chunked upload** ({s.added:+.0%}): " + "; ".join(parts) + "."]
 
 
 def _why_earlier(result: BenchResult, checks: Sequence[TargetCheck]) -> list[str]:

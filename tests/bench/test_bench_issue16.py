@@ -205,6 +205,7 @@ def test_upload_target_and_summary() -> None:
     assert s.stream_client_ttft == pytest.approx(1.18)
     assert s.unary_server_ttft == pytest.approx(1.00)
     assert s.added == pytest.approx(0.18)
+    assert s.before_end == pytest.approx(0.08)  # client − server TTFT of the streams: 0.10 and 0.06
     result = _text_result(upload=up)
     check = next(c for c in check_targets(result) if c.target == UPLOAD)
     assert check.met is True and check.measured.startswith("+18%")
@@ -441,3 +442,27 @@ def test_waiting_threads_are_left_out_of_the_profile() -> None:
     # Sending is work; so is Python code, whatever it calls further out.
     assert not is_waiting(["sendmsg", "0x7f03"], [libc, "/site-packages/grpc/_cython/cygrpc.so"])
     assert not is_waiting(["update", "pthread_cond_wait"], ["/v/detokenizer.py", libc])
+
+
+def test_metrics_work_is_told_apart_from_vllms_own_and_from_tracing(tmp_path: Path) -> None:
+    from bench.profile import METRICS, VLLM_OUTPUT
+
+    site = "/v/lib/python3.11/site-packages"
+    frames = [
+        {"name": "record", "file": f"{site}/vllm/v1/metrics/loggers.py"},  # 0 vLLM's stat logger
+        {"name": "Counter.inc", "file": f"{site}/prometheus_client/metrics.py"},  # 1 counts for its caller
+        {"name": "add", "file": f"{site}/opentelemetry/sdk/metrics/_internal/instrument.py"},  # 2 metrics SDK
+        {"name": "should_sample", "file": f"{site}/opentelemetry/sdk/metrics/_internal/exemplar/f.py"},  # 3
+        {"name": "get_current_span", "file": f"{site}/opentelemetry/trace/propagation/__init__.py"},  # 4 trace API
+        {"name": "_now", "file": f"{site}/vllm/envs.py"},  # 5 counts for its caller
+    ]
+    doc = {
+        "shared": {"frames": frames},
+        # vLLM's Prometheus counter; an exemplar filter reading the span; vllm.envs under the stat logger.
+        "profiles": [{"samples": [[0, 1], [2, 3, 4], [0, 5]], "weights": [0.01, 0.01, 0.01]}],
+    }
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    shares = {e.name: e.percent for e in split_speedscope(path)}
+    assert shares[VLLM_OUTPUT] == pytest.approx(66.7) and shares[METRICS] == pytest.approx(33.3)
+    assert shares[TRACING] == 0.0
