@@ -257,13 +257,21 @@ def _check_positive(**values: float) -> None:
 
 
 def _thin_image_error(
-    sizes: Sequence[tuple[int, int]], index: int, patch_budget: int, grid: tuple[int, int]
+    sizes: Sequence[tuple[int, int]], index: int | None, patch_budget: int | None, grid: tuple[int, int] | None
 ) -> InvalidArgument:
-    width, height = sizes[index]
-    which = f"image {index + 1} of {len(sizes)}" if len(sizes) > 1 else "the image"
+    if index is None:  # vLLM's internals changed: the rule still holds, the details are unknown
+        which = "an image of this prompt" + (f" ({', '.join(f'{w}x{h}' for w, h in sizes)})" if sizes else "")
+    else:
+        width, height = sizes[index]
+        which = f"image {index + 1} of {len(sizes)}" if len(sizes) > 1 else "the image"
+        which += f" ({width}x{height} pixels)"
+    scaled = (
+        f": scaled to its share of the prompt's patch budget ({patch_budget} patches) it is {grid[0]}x{grid[1]} patches"
+        if grid is not None and patch_budget is not None
+        else ""
+    )
     return InvalidArgument(
-        f"{which} ({width}x{height} pixels) is too thin for this model's dynamic-resolution tiler: scaled to "
-        f"its share of the prompt's patch budget ({patch_budget} patches) it is {grid[0]}x{grid[1]} patches, "
+        f"{which} is too thin for this model's dynamic-resolution tiler{scaled}, "
         "and vLLM's processor cannot process an image with no patch rows or columns "
         "(DynamicResolutionImageTiler.process_media divides by zero or resizes to 0 pixels); "
         "crop or pad it nearer to square, or send fewer or smaller images in this prompt"
@@ -293,14 +301,14 @@ def _dynamic_params(geom: ModelGeometry, sizes: Sequence[tuple[int, int]], text_
             if tb.tb_frame.f_code.co_name == "process_media":
                 frame = tb.tb_frame
             tb = tb.tb_next
-        if frame is None:
-            raise
-        local = frame.f_locals
+        local = frame.f_locals if frame is not None else {}
+        grid = (local.get("target_patch_width"), local.get("target_patch_height"))
+        budget_there = local.get("current_num_tokens_available")
         raise _thin_image_error(
             sizes,
-            local["media"].nanovl_index,
-            int(local["current_num_tokens_available"]),
-            (int(local["target_patch_width"]), int(local["target_patch_height"])),
+            getattr(local.get("media"), "nanovl_index", None),
+            int(budget_there) if isinstance(budget_there, int | float) else None,
+            (int(grid[0]), int(grid[1])) if all(isinstance(g, int) for g in grid) else None,
         ) from None
     for param in params:
         pw, ph = param.patch_size

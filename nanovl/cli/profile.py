@@ -19,13 +19,14 @@ class), so a GPU deployment can be planned from a laptop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -531,28 +532,47 @@ def cmd_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _offline_logging(verbose: bool) -> Iterator[None]:
+    """vLLM logs to stdout by default, which would corrupt --json output; and its info
+    lines (one set per vLLM config the planner builds), transformers' and torch's notices
+    are not the plan: errors only, unless ``verbose``. Restored afterwards (the command
+    may run inside another program, e.g. the tests)."""
+    import logging
+
+    env = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+    if not verbose:
+        env |= {"VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "TORCH_LOGS": "-all"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    # Some log before vLLM configures its loggers (Triton, torch's CUDA notice).
+    loggers = [] if verbose else [logging.getLogger(n) for n in ("vllm", "torch", "transformers")]
+    saved_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved_levels, strict=True):
+            lg.setLevel(level)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     request = plan_request(args)
     if args.model:
-        # vLLM logs to stdout by default, which would corrupt --json output; and its info
-        # lines (one set per vLLM config the planner builds) are not the plan: only
-        # errors, unless --verbose.
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        if not args.verbose:
-            import logging
-
-            os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            os.environ.setdefault("TORCH_LOGS", "-all")  # torch's own handlers ("No CUDA runtime is found")
-            # Some log before vLLM configures its loggers (Triton, torch's CUDA notice).
-            for name in ("vllm", "torch", "transformers"):
-                logging.getLogger(name).setLevel(logging.ERROR)
         from nanovl.errors import NanovlError
 
-        try:
-            plan = plan_offline(request)
-        except NanovlError as exc:
-            raise CliError(f"{exc.code.name}: {exc.message}") from None
+        with _offline_logging(args.verbose):
+            try:
+                plan = plan_offline(request)
+            except NanovlError as exc:
+                raise CliError(f"{exc.code.name}: {exc.message}") from None
     else:
         plan = _call(_stub(args).PlanBudget, request, args.timeout)
     _emit(args, plan, render_plan)

@@ -135,6 +135,51 @@ def test_offline_plan_error_is_one_line(capsys, tmp_path):
     assert err.startswith("error: INVALID_ARGUMENT") and "config.json" in err
 
 
+def test_offline_plan_prints_the_plan_and_nothing_else(capfd, tiny_checkpoint):
+    # Issue 13's example, as a user runs it: the recommendation keeps both videos (memory
+    # binds, not their tokens), names what binds, and none of vLLM's log lines is printed
+    # (they were, once per vLLM config the planner built).
+    argv = ["plan", "--model", str(tiny_checkpoint), "--max-model-len", "8192", "--limit", "image=8,video=2,audio=4"]
+    argv += ["--image", "640x480", "--video", "16x640x360", "--audio", "30", "--memory", "100MiB", "--json"]
+    assert main(argv) == 0
+    out, err = capfd.readouterr()
+    assert err == ""
+    plan = json.loads(out)
+    assert json.loads(plan["recommended_limit_mm_per_prompt"])["video"]["count"] == 2
+    assert plan["binding_constraints"] == ["PLAN_CONSTRAINT_TOKENS", "PLAN_CONSTRAINT_MEMORY"]
+    assert "MiB" in plan["recommendation_note"] and "0.00" not in plan["recommendation_note"]
+    # The logging levels the command lowered are back (it may run inside other programs).
+    import logging
+
+    assert logging.getLogger("vllm").level != logging.ERROR
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--audio", "nan"],
+        ["--audio", "inf"],
+        ["--text-tokens", "-5"],
+        ["--max-model-len", "0"],
+        ["--max-num-seqs", "-1"],
+        ["--max-num-batched-tokens", "1e9"],
+        ["--limit", "image=99999999999"],
+        ["--image", "0x10"],
+        ["--image", "640x480:²"],
+        ["--video", "8x64x64@nan"],
+        ["--video", "8x64x64@-2"],
+        ["--memory", "-1GiB"],
+        ["--timeout", "inf"],
+    ],
+)
+def test_numeric_arguments_are_usage_errors(capsys, tmp_path, bad):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--model", str(tmp_path), *bad])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument" in err and "Traceback" not in err
+
+
 def test_parsers():
     assert parse_bytes("4GiB") == 4 << 30 and parse_bytes("2GB") == 2 * 10**9 and parse_bytes("512") == 512
     assert parse_limits("image=4,video=1,audio=2") == LIMITS

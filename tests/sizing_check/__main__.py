@@ -19,8 +19,24 @@ def _run_one(variant: str, cases: dict, seed: int, baseline: bool, lens: list[in
 
     torch.set_num_threads(threads)
     report = Report()
-    check_variant(variant, cases_per_kind=cases, seed=seed, report=report, baseline=baseline, max_model_lens=lens)
-    print(f"  {variant}: done", file=sys.stderr, flush=True)
+    t0 = last = time.perf_counter()
+
+    def progress(variant: str, cache: bool, done: int, total: int) -> None:
+        nonlocal last
+        if time.perf_counter() - last > 60:
+            last = time.perf_counter()
+            print(f"  {variant} cache {'on' if cache else 'off'}: {done}/{total} ({last - t0:.0f} s)", file=sys.stderr)
+
+    check_variant(
+        variant,
+        cases_per_kind=cases,
+        seed=seed,
+        report=report,
+        baseline=baseline,
+        max_model_lens=lens,
+        progress=progress,
+    )
+    print(f"  {variant}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return report
 
 
