@@ -801,11 +801,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common(p)
     p.add_argument("action", choices=("start", "stop"))
     p.add_argument("--prefix", help="trace file name prefix")
-    p.add_argument("--delay-iterations", type=non_negative_int, help="engine steps to skip before recording")
+    p.add_argument("--delay-iterations", type=int, help="engine steps to skip before recording")
     p.add_argument("--max-iterations", type=positive_int, help="engine steps to record (default: the server's, 50)")
-    p.add_argument(
-        "--max-duration", type=positive_float, metavar="S", help="the server stops the session after S seconds"
-    )
+    p.add_argument("--max-duration", type=float, metavar="S", help="the server stops the session after S seconds")
     p.set_defaults(func=functools.partial(_run, cmd_torch))
     return profile
 
