@@ -802,7 +802,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("action", choices=("start", "stop"))
     p.add_argument("--prefix", help="trace file name prefix")
     p.add_argument("--delay-iterations", type=int, help="engine steps to skip before recording")
-    p.add_argument("--max-iterations", type=positive_int, help="engine steps to record (default: the server's, 50)")
+    p.add_argument("--max-iterations", type=int, help="engine steps to record (default: the server's, 50)")
     p.add_argument("--max-duration", type=float, metavar="S", help="the server stops the session after S seconds")
     p.set_defaults(func=functools.partial(_run, cmd_torch))
     return profile

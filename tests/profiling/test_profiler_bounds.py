@@ -237,7 +237,7 @@ async def test_profiler_off_or_memory_unseen_is_a_precondition(tmp_path) -> None
 @pytest.fixture(scope="module")
 def idle_python():
     """A real Python process that only sleeps (py-spy sees no active thread in it)."""
-    code = "import time\nprint('ready', flush=True)\nwhile True: time.sleep(1)"
+    code = "import time\nprint('ready', flush=True)\ntime.sleep(10**6)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"  # started: idle from now on
     yield proc.pid

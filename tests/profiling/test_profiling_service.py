@@ -287,7 +287,13 @@ async def test_dummy_profile_measures_every_modality(stub):
     )
     result = await stub.RunDummyProfile(request, timeout=300)
     assert [NAMES[m.modality] for m in result.modalities] == ["image", "video", "audio"]
-    for m, asked in zip(result.modalities, request.items, strict=True):
+    # The video comes back as measured: the timing nanovl assumed when none was given
+    # (2 fps, frames 0..n-1, the dummy processor's) filled in.
+    timed = pb.MediaItems()
+    timed.CopyFrom(request.items[1])
+    timed.video.fps = 2
+    timed.video.frame_indices.extend(range(3))
+    for m, asked in zip(result.modalities, [request.items[0], timed, request.items[2]], strict=True):
         assert m.count == asked.count and m.item == asked
         assert m.tokens == m.predicted_tokens > 0  # exact
         assert m.prompt_tokens == m.predicted_prompt_tokens >= m.tokens
