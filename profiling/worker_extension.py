@@ -284,6 +284,43 @@ class NanovlProfilingMixin:
         budget = self.model_runner.mm_budget
         return {} if budget is None else {m: int(n) for m, n in budget.mm_max_toks_per_item.items()}
 
+    def nanovl_replay_profile(self) -> dict:
+        """The encoder half of vLLM's start-up profile, run again and metered: the dummy
+        batch ``GPUModelRunner.profile_run`` encodes (``MultiModalBudget
+        .get_dummy_encoder_profile_inputs`` for the modality with the most tokens per item,
+        ``mm_max_items_per_batch`` items of it) through ``embed_multimodal``, as one batch.
+        Peak tensor bytes as :meth:`nanovl_encode_dummy` counts them (pixel inputs
+        included); for ``bench/exact_sizing.py``."""
+        import time
+
+        from vllm.multimodal.utils import group_and_batch_mm_kwargs
+
+        runner = self.model_runner
+        budget = runner.mm_budget
+        if budget is None or budget.get_encoder_budget() <= 0 or not budget.mm_max_toks_per_item:
+            return {"modality": None, "items": 0, "tokens": 0, "peak_bytes": 0, "input_bytes": 0, "seconds": 0.0}
+        modality = budget.get_modality_with_max_tokens()
+        items = int(budget.mm_max_items_per_batch[modality])
+        dummy = budget.get_dummy_encoder_profile_inputs(modality, items)
+        tokens = 0
+        with torch.inference_mode():
+            (_, _, batch), *_ = list(group_and_batch_mm_kwargs(dummy, device=runner.device))
+            input_bytes = _tensor_bytes(batch)
+            t0 = time.perf_counter()
+            with _TensorAllocationMeter() as meter:
+                outputs = runner.model.embed_multimodal(**batch)
+                tokens = sum(int(o.shape[0]) for o in outputs)
+                del outputs
+            seconds = time.perf_counter() - t0
+        return {
+            "modality": modality,
+            "items": items,
+            "tokens": tokens,
+            "peak_bytes": int(meter.peak + input_bytes),
+            "input_bytes": int(input_bytes),
+            "seconds": seconds,
+        }
+
     def nanovl_encode_dummy(
         self,
         modality: str,
@@ -295,9 +332,33 @@ class NanovlProfilingMixin:
         fps: float = 2.0,
         breakdown: bool = False,
     ) -> dict:
-        """Process ``count`` constant items of one modality with vLLM's multimodal
-        processor and run them through the model's encoder the way the model runner
-        does (videos one at a time for this model), measuring time and memory."""
+        """:meth:`nanovl_encode_dummy_prompt` for ``count`` items of one modality."""
+        entry = {
+            "modality": modality,
+            "count": count,
+            "width": width,
+            "height": height,
+            "num_frames": num_frames,
+            "seconds": seconds,
+            "fps": fps,
+        }
+        out = self.nanovl_encode_dummy_prompt([entry], breakdown=breakdown)
+        out["modality"], out["count"] = modality, count
+        return out
+
+    def nanovl_encode_dummy_prompt(self, entries: list[dict], breakdown: bool = False) -> dict:
+        """Process one prompt's constant items (``entries``: modality, count and size each)
+        with vLLM's multimodal processor, then encode them exactly as the model runner
+        encodes a prompt's items (``GPUModelRunner._execute_mm_encoder``): modality group
+        after modality group (``group_and_batch_mm_kwargs``), this model's videos one at a
+        time, every output kept until the end (they go to the encoder cache), timing and
+        metering it.
+
+        Memory on CPU: the peak of tensor storage the encoder step allocates
+        (``_TensorAllocationMeter``) plus the processor's output tensors it reads (pixel
+        values, audio features: resident throughout, and what a GPU copies to the device
+        inside the step). On CUDA: ``max_memory_allocated`` over the step.
+        """
         import time
 
         from vllm.multimodal.processing import TimingContext
@@ -310,60 +371,69 @@ class NanovlProfilingMixin:
         processor = runner.mm_budget.processor
         info = processor.info
         sound = getattr(info.get_hf_config(), "sound_config", None)
-        data = _dummy_media(
-            modality,
-            count,
-            width,
-            height,
-            num_frames,
-            seconds,
-            fps,
-            int(sound.sampling_rate) if sound is not None else None,
-        )
+        rate = int(sound.sampling_rate) if sound is not None else None
+        data: dict[str, list] = {}
+        counts: dict[str, int] = {}
+        for e in entries:
+            m = e["modality"]
+            data.setdefault(m, []).extend(
+                _dummy_media(
+                    m,
+                    int(e["count"]),
+                    int(e.get("width", 0)),
+                    int(e.get("height", 0)),
+                    int(e.get("num_frames", 0)),
+                    float(e.get("seconds", 0.0)),
+                    float(e.get("fps", 2.0)),
+                    rate,
+                )
+            )
+            counts[m] = counts.get(m, 0) + int(e["count"])
 
         t0 = time.perf_counter()
-        items = info.parse_mm_data({modality: data})
-        prompt = info.ctx.tokenizer.encode(
-            processor.dummy_inputs.get_dummy_text({modality: count}), add_special_tokens=False
-        )
+        items = info.parse_mm_data(data)
+        prompt = info.ctx.tokenizer.encode(processor.dummy_inputs.get_dummy_text(counts), add_special_tokens=False)
         processed = processor.apply(
             ProcessorInputs(prompt=prompt, mm_data_items=items), timing_ctx=TimingContext(enabled=False)
         )
         preprocess_s = time.perf_counter() - t0
-        placeholders = processed["mm_placeholders"][modality]
-        kwargs_items = [(modality, item) for item in processed["mm_kwargs"][modality]]
+        # Prompt order (the dummy text puts images, then videos, then audio).
+        order = [m for m in ("image", "video", "audio") if m in counts]
+        kwargs_items = [(m, item) for m in order for item in processed["mm_kwargs"][m]]
+        input_bytes = _tensor_bytes([item.get_data() for _, item in kwargs_items])
+        sequential = runner.requires_sequential_video_encoding or runner.is_multimodal_pruning_enabled
 
-        sequential = modality == "video" and (
-            runner.requires_sequential_video_encoding or runner.is_multimodal_pruning_enabled
-        )
-        groups = [[it] for it in kwargs_items] if sequential else [kwargs_items]
         device = runner.device
         cuda = device.type == "cuda"
-        tokens: list[int] = []
+        kept: list[torch.Tensor] = []  # the encoder cache's share
         with torch.inference_mode():
             if cuda:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 cuda_base = torch.cuda.memory_allocated(device)
-            input_bytes = 0
             with _RssSampler() as rss, _TensorAllocationMeter(breakdown=breakdown) as meter:
                 t0 = time.perf_counter()
-                for group in groups:
-                    for _, _, batch in group_and_batch_mm_kwargs(group, device=device):
-                        input_bytes = max(input_bytes, _tensor_bytes(batch))
-                        outputs = runner.model.embed_multimodal(**batch)
-                        tokens.extend(int(o.shape[0]) for o in outputs)
-                        del outputs
+                start = 0
+                for modality, num_items, batch in group_and_batch_mm_kwargs(kwargs_items, device=device):
+                    if modality == "video" and sequential and num_items > 1:
+                        for one in kwargs_items[start : start + num_items]:
+                            _, _, micro = next(group_and_batch_mm_kwargs([one], device=device))
+                            kept.extend(runner.model.embed_multimodal(**micro))
+                    else:
+                        kept.extend(runner.model.embed_multimodal(**batch))
+                    start += num_items
                 if cuda:
                     torch.cuda.synchronize(device)
                 encoder_s = time.perf_counter() - t0
+            tokens = [int(o.shape[0]) for o in kept]
+            del kept
             if cuda:
                 peak, source = torch.cuda.max_memory_allocated(device) - cuda_base, "cuda"
             else:
-                peak, source = meter.peak, "cpu_tensors"
+                peak, source = meter.peak + input_bytes, "cpu_tensors"
+        placeholders = [p for m in order for p in processed["mm_placeholders"][m]]
         return {
-            "modality": modality,
-            "count": count,
+            "modalities": order,
             "preprocess_s": preprocess_s,
             "encoder_s": encoder_s,
             "tokens_per_item": tokens,

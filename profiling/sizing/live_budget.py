@@ -96,6 +96,17 @@ class EncoderBudget:
     def cache_size_bytes(self) -> int:
         return self.cache_size_tokens * self.bytes_per_token
 
+    def sizing(self) -> EncoderSizing:
+        """The applied sizing, in the form GetBudget sets beside vLLM's default."""
+        return EncoderSizing(
+            max_tokens_per_item=dict(self.max_tokens_per_item),
+            compute_budget_tokens=self.compute_budget_tokens,
+            cache_size_tokens=self.cache_size_tokens,
+            cache_size_bytes=self.cache_size_bytes,
+            profile_modality=self.profile_modality,
+            profile_items=self.profile_items,
+        )
+
     def snapshot(self) -> EncoderBudgetSnapshot:
         return EncoderBudgetSnapshot(
             budget_tokens=self.compute_budget_tokens,
@@ -432,19 +443,7 @@ class LiveBudgetReader:
 
                 self._exact = await asyncio.to_thread(compute)
         default, setting, items = self._exact
-        return ExactSizingReport(
-            setting=setting,
-            vllm_default=default,
-            applied=EncoderSizing(
-                max_tokens_per_item=dict(applied.max_tokens_per_item),
-                compute_budget_tokens=applied.compute_budget_tokens,
-                cache_size_tokens=applied.cache_size_tokens,
-                cache_size_bytes=applied.cache_size_bytes,
-                profile_modality=applied.profile_modality,
-                profile_items=applied.profile_items,
-            ),
-            items=items,
-        )
+        return ExactSizingReport(setting=setting, vllm_default=default, applied=applied.sizing(), items=items)
 
     async def read(self) -> LiveBudget:
         config = self._engine.llm.vllm_config
