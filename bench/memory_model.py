@@ -32,19 +32,24 @@ GRIDS: dict[str, list[tuple[str, int, str]]] = {
         ("image", 1, "224x224"),
         ("image", 1, "640x480"),
         ("image", 2, "640x480"),
-        ("image", 4, "640x480"),
+        ("image", 3, "500x300"),
+        ("image", 4, "448x224"),
         ("image", 8, "1024x768"),
+        ("image", 12, "1024x768"),  # 156 tiles: two RADIO forwards
         ("video", 1, "8x320x240"),
         ("video", 2, "8x320x240"),
-        ("video", 4, "8x320x240"),
-        ("video", 1, "32x640x360"),
+        ("video", 4, "8x640x360"),
+        ("video", 1, "32x320x240"),
         ("video", 1, "128x320x240"),
+        ("video", 1, "129x320x240"),
+        ("video", 2, "100x320x240"),
         ("video", 1, "160x320x240"),
         ("audio", 1, "3"),
+        ("audio", 3, "7"),
         ("audio", 2, "10"),
         ("audio", 1, "30"),
-        ("audio", 1, "45"),
         ("audio", 4, "30"),
+        ("audio", 1, "45"),
         ("audio", 1, "120"),
     ],
     "dynamic": [
@@ -53,12 +58,17 @@ GRIDS: dict[str, list[tuple[str, int, str]]] = {
         ("image", 3, "640x480"),
         ("image", 2, "1920x1080"),
         ("image", 6, "320x240"),
+        ("image", 1, "100x900"),
+        ("video", 2, "8x320x240"),
+        ("audio", 1, "20"),
     ],
     "omni-v3": [
         ("image", 2, "640x480"),
         ("video", 1, "8x320x240"),
+        ("video", 1, "9x640x360"),
         ("video", 2, "9x640x360"),
         ("video", 1, "64x320x240"),
+        ("video", 1, "300x320x240"),
         ("audio", 2, "20"),
         ("audio", 1, "90"),
     ],
@@ -68,7 +78,9 @@ MIXES: dict[str, list[list[tuple[str, int, str]]]] = {
     "full": [
         [("image", 2, "640x480"), ("video", 1, "8x320x240"), ("audio", 1, "10")],
         [("image", 1, "1024x768"), ("video", 2, "16x320x240"), ("audio", 2, "30")],
+        [("video", 1, "64x320x240"), ("audio", 4, "45")],
     ],
+    "dynamic": [[("image", 3, "640x480"), ("audio", 1, "10")]],
     "omni-v3": [[("image", 1, "640x480"), ("video", 2, "8x320x240"), ("audio", 1, "20")]],
 }
 
@@ -80,6 +92,7 @@ class Row:
     tokens: int
     measured_bytes: int
     predicted_bytes: int
+    entries: list[tuple[str, int, str]]  # (modality, count, size) of the prompt
 
     @property
     def error(self) -> float:
@@ -114,7 +127,9 @@ async def _measure(variant: str) -> list[Row]:
     try:
         profiler = DummyProfiler(engine, args)
         for modality, count, size in GRIDS.get(variant, []):
-            (r,) = await profiler.run([_items(modality, count, size)])
+            # run_mix: a prompt of one entry, without RunDummyProfile's encoder-cache check
+            # (the largest videos here take more than an 8192-token cache admits).
+            r = await profiler.run_mix([_items(modality, count, size)])
             rows.append(
                 Row(
                     variant,
@@ -128,7 +143,7 @@ async def _measure(variant: str) -> list[Row]:
         for mix in MIXES.get(variant, []):
             r = await profiler.run_mix([_items(*entry) for entry in mix])
             label = " + ".join(f"{c} x {m} {s}" for m, c, s in mix)
-            rows.append(Row(variant, label, r.tokens, r.peak_memory_increase_bytes, r.predicted_memory_bytes))
+            rows.append(Row(variant, label, r.tokens, r.peak_memory_increase_bytes, r.predicted_memory_bytes, mix))
             print(rows[-1], file=sys.stderr, flush=True)
     finally:
         engine.shutdown()

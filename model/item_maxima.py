@@ -158,10 +158,14 @@ class ItemMaxima:
         )
 
     def hf_overrides(self, existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """vLLM ``hf_overrides`` carrying the declaration, merged into the operator's own."""
+        """vLLM ``hf_overrides`` carrying the declaration, merged into the operator's own.
+        The value registers nanovl's model class in every engine process it reaches
+        (``model.vllm_plugin.CarriedDeclaration``)."""
+        from model.vllm_plugin import CarriedDeclaration
+
         if existing is not None and not isinstance(existing, Mapping):
             raise InvalidArgument(f"{SETTING} needs --hf-overrides to be a JSON object (it adds {HF_CONFIG_KEY!r})")
-        return {**(existing or {}), HF_CONFIG_KEY: self.to_config()}
+        return {**(existing or {}), HF_CONFIG_KEY: CarriedDeclaration(self.to_config())}
 
 
 def parse(

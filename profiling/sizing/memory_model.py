@@ -59,6 +59,9 @@ from model.token_accounting import AudioDetail, ImageDetail, ItemTokens, VideoDe
 # extract_feature's micro-batch (nano_nemotron_vl.py: "at most 128 frames per call").
 VISION_MICRO_BATCH = 128
 _INDEX = 8  # one int64 scalar tensor (num_patches, frame_duration_ms, audio_num_clips)
+# One RADIO forward: the patch grid (columns, rows) of each tile/tubelet/image, frames per
+# tubelet, and whether it is a dynamic-resolution (packed) forward.
+Forward = tuple[list[tuple[int, int]], int, bool]
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class VisionGeometry:
     intermediate: int
     layers: int
     skip: int  # cls + register tokens per tile (ClsToken.num_patches)
+    summary: int  # summary tokens per tile RadioModel returns beside the features
     pos_positions: int  # the learned position table (cpe_max_size / patch)^2
     cpe_mode: bool  # the table is resized for every input size
     temporal: int  # video_temporal_patch_size
@@ -94,12 +98,16 @@ class VisionGeometry:
             register_multiple=radio.register_multiple,
         )
         max_side = int(round(radio.cpe_max_size / patch) * patch)
+        # RadioModel._extract_final: the cls tokens of teachers with use_summary, else all of them.
+        used = [t for t in radio.teachers if t.get("use_summary", True)] if radio.teachers else []
+        summary = len(used) or cls_tokens.num_tokens
         return cls(
             patch=patch,
             hidden=int(radio.hidden_size),
             intermediate=int(radio.intermediate_size),
             layers=int(radio.num_hidden_layers),
             skip=int(cls_tokens.num_patches),
+            summary=int(summary),
             pos_positions=(max_side // patch) ** 2,
             cpe_mode=max_side != image,
             temporal=int(getattr(vc, "video_temporal_patch_size", 1)),
@@ -246,51 +254,71 @@ class EncoderMemoryModel:
         return {"patch embedding": embed, "position encoding": pos, "ViT MLP": mlp, "ViT attention": attention,
                 "projector": projector}  # fmt: skip
 
-    def _vision_pass(self, calls: Sequence[tuple[list[tuple[int, int]], int, bool]]) -> tuple[int, list[MemoryTerm]]:
-        """Peak of one ``embed_multimodal`` call made of RADIO forwards, each given as
-        (patch grids, frames per tile, dynamic); the projector outputs of earlier forwards
-        stay (``extract_feature``'s list) until their ``torch.cat``."""
+    def _vision_pass(self, calls: Sequence[Sequence[Forward]]) -> tuple[int, list[MemoryTerm]]:
+        """Peak of one ``embed_multimodal`` call: ``extract_feature`` calls, each a list of
+        RADIO forwards given as (patch grids, frames per tile, dynamic). Within a call the
+        earlier forwards' projector outputs stay in a list until their ``torch.cat``, and
+        the previous forward's summary tokens in ``_`` (``_, vit_embeds = self.vision_model(...)``)."""
         v, dt = self.vision, self.dt
-        kept = 0
+        kept = 0  # outputs of every earlier forward (earlier videos' too)
         best, best_terms = 0, []
-        for grids, fpt, dynamic in calls:
-            name, peak = max(self._vision_stages(grids, fpt, dynamic).items(), key=lambda kv: kv[1])
-            if kept + peak > best:
-                best = kept + peak
-                best_terms = [MemoryTerm(f"vision {name}", peak), MemoryTerm("earlier forwards' outputs", kept)]
-            kept += sum(c * r for c, r in grids) // v.shuffle * v.llm_hidden * dt
-        if 2 * kept > best:  # torch.cat of the forwards' outputs
-            best, best_terms = 2 * kept, [MemoryTerm("vision outputs and their concatenation", 2 * kept)]
+        for forwards in calls:
+            summary = 0
+            in_call = 0
+            for grids, fpt, dynamic in forwards:
+                name, peak = max(self._vision_stages(grids, fpt, dynamic).items(), key=lambda kv: kv[1])
+                if kept + summary + peak > best:
+                    best = kept + summary + peak
+                    best_terms = [
+                        MemoryTerm(f"vision {name}", peak),
+                        MemoryTerm("earlier forwards' outputs", kept),
+                        MemoryTerm("previous forward's summary tokens", summary),
+                    ]
+                out = sum(c * r for c, r in grids) // v.shuffle * v.llm_hidden * dt
+                kept += out
+                in_call += out
+                summary = len(grids) * v.summary * v.hidden * dt
+            if kept + in_call > best:  # torch.cat of this call's outputs
+                best, best_terms = (
+                    kept + in_call,
+                    [MemoryTerm("vision outputs and their concatenation", kept + in_call)],
+                )
         return best, best_terms
 
-    def _radio_calls(self, items: Sequence[ItemTokens]) -> list[tuple[list[tuple[int, int]], int, bool]]:
-        """The RADIO forwards ``embed_multimodal`` makes for one batch of items."""
+    def _radio_calls(self, items: Sequence[ItemTokens]) -> list[list[Forward]]:
+        """The ``extract_feature`` calls, and their RADIO forwards, ``embed_multimodal``
+        makes for one batch of items."""
         v, p = self.vision, self.vision.patch
         first = items[0].detail
         if isinstance(first, ImageDetail) and first.dynamic_resolution:
             # extract_feature_dynamic: every image in one packed forward.
             grids = [(it.detail.tile_width // p, it.detail.tile_height // p) for it in items]  # type: ignore[union-attr]
-            return [(grids, 1, True)]
+            return [[(grids, 1, True)]]
         if isinstance(first, VideoDetail) and v.temporal > 1:
-            # _extract_video_embeddings_temporal: video by video, whole tubelets per 128-frame call.
+            # _extract_video_embeddings_temporal: one call per video, whole tubelets per forward.
             step = VISION_MICRO_BATCH - VISION_MICRO_BATCH % v.temporal
             calls = []
             for it in items:
                 d = it.detail
                 assert isinstance(d, VideoDetail)
                 grid = (d.frame_width // p, d.frame_height // p)
-                for start in range(0, d.frames, step):
-                    tubelets = math.ceil(min(step, d.frames - start) / v.temporal)
-                    calls.append(([grid] * tubelets, v.temporal, False))
+                calls.append(
+                    [
+                        ([grid] * math.ceil(min(step, d.frames - start) / v.temporal), v.temporal, False)
+                        for start in range(0, d.frames, step)
+                    ]
+                )
             return calls
         # extract_feature: one pixel tensor for the whole batch, 128 tiles/frames per forward.
         if isinstance(first, ImageDetail):
-            total, grid = sum(it.detail.tiles for it in items), (first.tile_width // p, first.tile_height // p)  # type: ignore[union-attr]
+            total = sum(it.detail.tiles for it in items)  # type: ignore[union-attr]
+            grid = (first.tile_width // p, first.tile_height // p)
         else:
             assert isinstance(first, VideoDetail)
-            total, grid = sum(it.detail.frames for it in items), (first.frame_width // p, first.frame_height // p)  # type: ignore[union-attr]
+            total = sum(it.detail.frames for it in items)  # type: ignore[union-attr]
+            grid = (first.frame_width // p, first.frame_height // p)
         step = VISION_MICRO_BATCH
-        return [([grid] * min(step, total - start), 1, False) for start in range(0, total, step)]
+        return [[([grid] * min(step, total - start), 1, False) for start in range(0, total, step)]]
 
     # ---------------------------------------------------------------- audio
 

@@ -59,3 +59,56 @@ async def test_mixed_prompts_are_within_ten_percent(engine, mix):
     profile = await DummyProfiler(engine, engine.engine_args).run_mix(mix)
     error = _error(profile.peak_memory_increase_bytes, profile.predicted_memory_bytes)
     assert abs(error) <= TOLERANCE, (mix, profile.peak_memory_increase_bytes, profile.predicted_memory_bytes)
+
+
+# ------------------------------------------------------------------ the recorded grid (no engine)
+
+
+def _prompt_items(geom, entries):
+    """Exact token accounting for one dummy prompt, as the worker builds it (videos at 2 fps,
+    frames 0..n-1; images beside the prompt's video and audio tags)."""
+    from model.token_accounting import audio_tokens, dummy_text_length, images_tokens, video_tokens
+    from nanovl.media_specs import parse_dims
+
+    counts: dict[str, int] = {}
+    for modality, count, _ in entries:
+        counts[modality] = counts.get(modality, 0) + count
+    items = []
+    for modality, count, size in entries:
+        if modality == "image":
+            w, h = parse_dims(size, 2, "image")
+            text = dummy_text_length(geom, num_videos=counts.get("video", 0), num_audios=counts.get("audio", 0))
+            items += images_tokens(geom, [(w, h)] * count, text_prompt_length=text)
+        elif modality == "video":
+            n, w, h = parse_dims(size, 3, "video")
+            items += [video_tokens(geom, n, w, h)] * count
+        else:
+            items += [audio_tokens(geom, seconds=float(size))] * count
+    return items
+
+
+def test_the_recorded_grid_is_within_ten_percent():
+    """``make bench-memory-model``'s measurements (docs/benchmarks/memory_model.json, every
+    tiny variant) against the model as it is now: a change to the model that breaks an
+    earlier measurement fails here without an engine."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from model.tiny import ensure_tiny_checkpoint
+    from model.token_accounting import ModelGeometry
+    from profiling.sizing.memory_model import EncoderMemoryModel
+
+    rows = json.loads((Path(__file__).resolve().parents[2] / "docs/benchmarks/memory_model.json").read_text())
+    assert {m for r in rows for m, _, _ in r["entries"]} == {"image", "video", "audio"}
+    assert any(len(r["entries"]) > 1 for r in rows) and any(c > 1 for r in rows for _, c, _ in r["entries"])
+    errors = {}
+    for variant in sorted({r["variant"] for r in rows}):
+        path = ensure_tiny_checkpoint(variant)
+        model = EncoderMemoryModel(AutoConfig.from_pretrained(path, trust_remote_code=True))
+        geom = ModelGeometry.from_checkpoint(path, max_model_len=8192)
+        for r in (r for r in rows if r["variant"] == variant):
+            predicted = model.prompt_peak(_prompt_items(geom, r["entries"])).peak_bytes
+            errors[f"{variant}: {r['items']}"] = _error(r["measured_bytes"], predicted)
+    assert all(abs(e) <= TOLERANCE for e in errors.values()), errors

@@ -36,7 +36,7 @@ from nanovl.v1 import profiling_pb2_grpc as ppb_grpc
 pytestmark = pytest.mark.engine  # starts its own server
 
 REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 420
+START_TIMEOUT_S = 600
 SETTING = "video=8x320x240@2,audio=5"
 MAX_MODEL_LEN = 2048
 BATCH_TOKENS = 512
