@@ -148,7 +148,7 @@ def table(runs: list[Run]) -> str:
     )
     rows = []
     for r in runs:
-        per_item = f"{r.max_tokens_per_item.get('video', 0):,} / {r.max_tokens_per_item.get('audio', '–')}"
+        per_item = f"{r.max_tokens_per_item.get('video', 0):,} / {r.max_tokens_per_item.get('audio', 0):,}"
         label = r.sizing if not r.setting else f"{r.sizing} (`{r.setting}`)"
         profiled = (
             f"{r.profile_items} {r.profile_modality} ({r.profile_tokens:,} tokens)" if r.profile_modality else "–"

@@ -130,15 +130,9 @@ async def _measure(variant: str) -> list[Row]:
             # run_mix: a prompt of one entry, without RunDummyProfile's encoder-cache check
             # (the largest videos here take more than an 8192-token cache admits).
             r = await profiler.run_mix([_items(modality, count, size)])
-            rows.append(
-                Row(
-                    variant,
-                    f"{count} x {modality} {size}",
-                    r.tokens,
-                    r.peak_memory_increase_bytes,
-                    r.predicted_memory_bytes,
-                )
-            )
+            label = f"{count} x {modality} {size}"
+            entry = [(modality, count, size)]
+            rows.append(Row(variant, label, r.tokens, r.peak_memory_increase_bytes, r.predicted_memory_bytes, entry))
             print(rows[-1], file=sys.stderr, flush=True)
         for mix in MIXES.get(variant, []):
             r = await profiler.run_mix([_items(*entry) for entry in mix])

@@ -217,6 +217,14 @@ class Engine:
             except BaseException:
                 engine.shutdown()
                 raise
+            per_item = ", ".join(f"{m} {n:,}" for m, n in engine.summary.max_tokens_per_item.items())
+            log.info(
+                "exact encoder sizing (--exact-mm-sizing %s): encoder tokens per item %s (vLLM's own: %s per video "
+                "or audio item)",
+                engine.summary.item_maxima.spec(),
+                per_item,
+                f"{engine.summary.max_model_len:,}",
+            )
         # nanovl serve reports this phase itself (one line, with its progress).
         log.debug("engine started in %.1fs: %s", time.perf_counter() - t0, engine.summary)
         if warmup:
