@@ -62,6 +62,10 @@ class Run:
     profile_peak_bytes: int  # replayed dummy batch: peak tensor bytes (inputs included)
     startup_peak_rss_bytes: int  # engine-core process VmHWM after start-up
     startup_s: float
+    # CPU seconds the engine-core process (and the compile workers it waited for) spent
+    # starting: steadier than wall time on a shared machine. 0: not measured.
+    startup_cpu_s: float = 0.0
+    profile_encode_s: float = 0.0  # the replayed profile batch's encoder pass
 
 
 def _vm_hwm(pid: int) -> int:
@@ -108,13 +112,16 @@ async def _one(variant: str, max_model_len: int, sizing: str) -> Run:
     engine = await Engine.start(args, warmup=False)
     startup_s = time.perf_counter() - t0
     try:
-        (facts, *_) = await engine.llm.collective_rpc("nanovl_budget_facts")
-        (replay, *_) = await engine.llm.collective_rpc("nanovl_replay_profile")
         core = next(
             (c for c in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(c.cmdline()) + c.name()),
             None,
         )
+        # Before the replay below adds its own.
         peak_rss = _vm_hwm(core.pid) if core is not None else 0
+        cpu = core.cpu_times() if core is not None else None
+        startup_cpu_s = cpu.user + cpu.system + cpu.children_user + cpu.children_system if cpu else 0.0
+        (facts, *_) = await engine.llm.collective_rpc("nanovl_budget_facts")
+        (replay, *_) = await engine.llm.collective_rpc("nanovl_replay_profile")
     finally:
         engine.shutdown()
     enc = facts["encoder"]
@@ -132,6 +139,8 @@ async def _one(variant: str, max_model_len: int, sizing: str) -> Run:
         profile_peak_bytes=int(replay["peak_bytes"]),
         startup_peak_rss_bytes=peak_rss,
         startup_s=startup_s,
+        startup_cpu_s=startup_cpu_s,
+        profile_encode_s=float(replay["seconds"]),
     )
 
 
@@ -143,8 +152,8 @@ def table(runs: list[Run]) -> str:
     """The markdown table for docs/sizing.md: default vs exact, per checkpoint and length."""
     head = (
         "| checkpoint | max_model_len | sizing | video / audio tokens per item | encoder budget | encoder cache "
-        "| profiled | profile encoder peak (MiB) | start-up peak RSS (MiB) | start-up (s) |\n"
-        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|\n"
+        "| profiled | profile encoder peak (MiB) | start-up peak RSS (MiB) | start-up (s) | start-up CPU (s) |\n"
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in runs:
@@ -156,7 +165,9 @@ def table(runs: list[Run]) -> str:
         rows.append(
             f"| {r.variant} | {r.max_model_len:,} | {label} | {per_item} | {r.compute_budget_tokens:,} "
             f"| {r.cache_size_tokens:,} | {profiled} | {_mib(r.profile_peak_bytes)} | {_mib(r.startup_peak_rss_bytes)} "
-            f"| {r.startup_s:.1f} |"
+            f"| {r.startup_s:.1f} | {r.startup_cpu_s:.1f} |"
+            if r.startup_cpu_s
+            else f"| {r.startup_s:.1f} | – |"
         )
     return head + "\n".join(rows) + "\n"
 
