@@ -13,7 +13,7 @@ PORT ?= 50051
 ADMIN_PORT ?= 50052
 SERVE_ARGS ?=
 
-.PHONY: setup serve test lint test-fast protos bench bench-exact-sizing bench-memory-model fuzz clean
+.PHONY: setup serve test lint test-fast protos bench bench-exact-sizing bench-memory-model fuzz sizing-check clean
 
 .venv/.nanovl-synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -39,13 +39,16 @@ test-fast: setup  ## the tests that need no engine (seconds, not minutes)
 fuzz: setup  ## >= 5000 hostile requests against a server it starts (FUZZ_ARGS="--seed 1 -n 10000")
 	$(RUN) python -m tests.fuzz $(FUZZ_ARGS)
 
+sizing-check: setup  ## nanovl's token counts vs vLLM's processor, >= 2000 prompts per modality (SIZING_ARGS="-n 200 --jobs 2")
+	$(RUN) python -m tests.sizing_check $(SIZING_ARGS)
+
 protos: setup
 	$(RUN) python scripts/gen_protos.py
 
-bench: setup
+bench: setup  ## the benchmark, ~30 min; BENCH_ARGS="--baseline docs/benchmarks/results-before.json" adds before/after
 	$(UV) sync --locked --group bench
 	@touch .venv/.nanovl-synced
-	$(RUN) python -m bench.run
+	$(RUN) python -m bench.run $(BENCH_ARGS)
 
 bench-exact-sizing: setup  ## vLLM's default vs --exact-mm-sizing: budget, cache, profile memory, start-up (docs/sizing.md)
 	$(RUN) python -m bench.exact_sizing $(BENCH_ARGS)

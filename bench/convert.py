@@ -24,6 +24,7 @@ from nanovl.v1 import inference_pb2 as pb
 __all__ = [
     "BenchSampling",
     "chat_parts",
+    "chat_token_ids",
     "inprocess_prompt",
     "openai_body",
     "rendered_chat_text",
@@ -118,6 +119,23 @@ def rendered_chat_text(req: pb.GenerateRequest, renderer: Any) -> str:
     if any(p.WhichOneof("kind") != "text" for p in parts):
         raise InvalidArgument("only text requests can be sent as token ids")
     return renderer.render([Message("user", tuple(TextPart(p.text) for p in parts))]).prompt
+
+
+def chat_token_ids(checkpoint: str) -> Any:
+    """A function giving the token ids of a text-only chat request's rendered prompt
+    (nanovl's ``ChatRenderer``, then the checkpoint's tokenizer with its defaults, as
+    vLLM tokenizes a text prompt): what the token-id sides (d) and (e) send."""
+    from transformers import AutoTokenizer
+
+    from model.prompt import ChatRenderer
+
+    renderer = ChatRenderer(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+
+    def ids(req: pb.GenerateRequest) -> list[int]:
+        return list(tokenizer(rendered_chat_text(req, renderer))["input_ids"])
+
+    return ids
 
 
 def vllm_grpc_request(req: pb.GenerateRequest, token_ids: list[int], request_id: str) -> Any:

@@ -22,7 +22,7 @@ from loadtest.results import LevelResult, RequestRecord
 from loadtest.stats import level_result
 from loadtest.workload import PreparedRequest
 
-__all__ = ["StreamClock", "WarmupFailed", "measure_points", "run_closed_loop"]
+__all__ = ["StreamClock", "WarmupFailed", "point_measurer", "run_closed_loop"]
 
 T = TypeVar("T")
 
@@ -127,17 +127,17 @@ async def run_closed_loop(
     return level_result(LoadLevel("concurrency", concurrency), records, kinds=kinds, cpu_s=cpu_s)
 
 
-async def measure_points(
-    points: Sequence[Point],
+def point_measurer(
     send: Send[T],
     convert: Callable[[PreparedRequest], T],
     server_pid: int | None,
-) -> list[PointOutcome]:
-    """Every point through ``run_closed_loop``: ``convert`` turns the plan's requests into
-    the side's own form before timing; CPU is metered for the server (``server_pid``) and
-    this process, or for this process alone when it is the engine's frontend (None)."""
-    out = []
-    for p in points:
+) -> Callable[[Point], Awaitable[PointOutcome]]:
+    """A function measuring one point through ``run_closed_loop``: ``convert`` turns the
+    plan's requests into the side's own form before timing; CPU is metered for the server
+    (``server_pid``) and this process, or for this process alone when it is the engine's
+    frontend (None)."""
+
+    async def measure(p: Point) -> PointOutcome:
         warm = [convert(r) for r in p.warmup]
         measured = [convert(r) for r in p.measured]
         meter = own_meter() if server_pid is None else CpuMeter(server_pid, os.getpid())
@@ -146,7 +146,7 @@ async def measure_points(
                 send, warm, measured, concurrency=p.concurrency, kinds=p.config.mix.kinds, meter=meter
             )
         except WarmupFailed as e:
-            out.append(PointOutcome.of(p, None, str(e)))
-            continue
-        out.append(PointOutcome.of(p, level, cpu=meter.usage))
-    return out
+            return PointOutcome.of(p, None, str(e))
+        return PointOutcome.of(p, level, cpu=meter.usage)
+
+    return measure

@@ -25,7 +25,14 @@ from loadtest.mix import Mix
 from loadtest.runner import plan_shard
 from loadtest.workload import PreparedRequest, prepare_workload
 
-__all__ = ["PLACEHOLDER_TARGET", "WARMUP_CONCURRENCY", "Point", "build_points", "loadtest_config"]
+__all__ = [
+    "PLACEHOLDER_TARGET",
+    "WARMUP_CONCURRENCY",
+    "Point",
+    "build_points",
+    "build_profile_points",
+    "loadtest_config",
+]
 
 # The load tester's config needs a target; the prompts do not depend on it.
 PLACEHOLDER_TARGET = "127.0.0.1:1"
@@ -34,6 +41,7 @@ PLACEHOLDER_TARGET = "127.0.0.1:1"
 WARMUP_CONCURRENCY = 4
 _WARMUP_PER_KIND = 4
 _WARMUP_LEVEL = 99  # seed offset of the warm-up points
+_PROFILE_SEED = 7919  # seed offset of the profiled (unmeasured) passes
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,21 @@ class Point:
         return (self.workload, self.concurrency)
 
 
-def loadtest_config(config: BenchConfig, workload: str, level_index: int, pass_index: int = 0) -> LoadTestConfig:
-    """The point's load-test config; ``level_index`` ``_WARMUP_LEVEL`` is the warm-up point."""
+def loadtest_config(
+    config: BenchConfig,
+    workload: str,
+    level_index: int,
+    pass_index: int = 0,
+    *,
+    level: tuple[int, int] | None = None,
+    seed_offset: int = 0,
+) -> LoadTestConfig:
+    """The point's load-test config; ``level_index`` ``_WARMUP_LEVEL`` is the warm-up point;
+    ``level`` (concurrency, requests) overrides the config's level (profiled passes)."""
     mix = Mix.parse(WORKLOADS[workload].mix)
-    if level_index == _WARMUP_LEVEL:
+    if level is not None:
+        concurrency, requests = level
+    elif level_index == _WARMUP_LEVEL:
         concurrency, requests = WARMUP_CONCURRENCY, _WARMUP_PER_KIND * len(mix.entries)
     else:
         concurrency, requests = config.levels[level_index]
@@ -80,13 +99,13 @@ def loadtest_config(config: BenchConfig, workload: str, level_index: int, pass_i
         timeout_s=600.0,
         connect_timeout_s=120.0,
         # One seed per point and pass: prompts never repeat across points or passes.
-        seed=config.seed + 1000 * list(WORKLOADS).index(workload) + level_index + 100_000 * pass_index,
+        seed=config.seed + 1000 * list(WORKLOADS).index(workload) + level_index + 100_000 * pass_index + seed_offset,
         name=f"bench {workload} c={concurrency}" + (f" pass {pass_index + 1}" if pass_index else ""),
     )
 
 
-def _point(config: BenchConfig, workload: str, level_index: int, pass_index: int = 0) -> Point:
-    lt = loadtest_config(config, workload, level_index, pass_index)
+def _point(config: BenchConfig, workload: str, level_index: int, pass_index: int = 0, **kw: object) -> Point:
+    lt = loadtest_config(config, workload, level_index, pass_index, **kw)  # type: ignore[arg-type]
     plan = plan_shard(lt)
     (level,) = plan.levels
     assert level.kinds is not None  # counted levels only
@@ -109,12 +128,30 @@ def build_points(config: BenchConfig) -> tuple[Point, ...]:
     """Every point of the run, workload-major (the order each side runs them), each
     workload's warm-up point first, then its levels once per pass (c=1, 8, 32, c=1, 8, 32,
     ...: a pass's repeat comes minutes later, not straight after, so one burst of
-    interference does not spoil both)."""
+    interference does not spoil both). Passes up to ``config.passes.max_passes`` are
+    planned; the ones past ``min_passes`` run only where a point is unsettled
+    (:mod:`bench.passes`)."""
     points = []
     for w in config.workloads:
         points.append(_point(config, w, _WARMUP_LEVEL))
-        points += [_point(config, w, i, k) for k in range(config.passes) for i in range(len(config.levels))]
+        points += [_point(config, w, i, k) for k in range(config.passes.max_passes) for i in range(len(config.levels))]
     return tuple(points)
+
+
+def build_profile_points(config: BenchConfig) -> tuple[Point, ...]:
+    """The profiled passes (``config.profile_points`` among the run's workloads): fresh
+    prompts, ``profile_requests_per_slot`` requests per unit of concurrency."""
+    return tuple(
+        _point(
+            config,
+            w,
+            0,
+            level=(c, c * config.profile_requests_per_slot),
+            seed_offset=_PROFILE_SEED + c,
+        )
+        for w, c in config.profile_points
+        if w in config.workloads
+    )
 
 
 def with_target(point: Point, target: str) -> LoadTestConfig:

@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.config import ALL_SIDES, SIDE_LABELS  # noqa: E402
 from bench.results import BenchResult  # noqa: E402
 from loadtest.results import GroupStats  # noqa: E402
 
@@ -22,19 +21,28 @@ _STYLE = {
     "nanovl": {"color": "tab:green", "marker": "s"},
     "vllm-http": {"color": "tab:blue", "marker": "^"},
     "vllm-grpc": {"color": "tab:orange", "marker": "D"},
+    "vllm-rust": {"color": "tab:red", "marker": "v"},
 }
+# nanovl variants: green shades, dotted.
+_VARIANT_COLORS = ("tab:olive", "darkgreen", "limegreen", "seagreen")
+
+
+def _style(result: BenchResult, side: str, index: int) -> dict[str, object]:
+    if side in _STYLE:
+        return _STYLE[side]
+    return {"color": _VARIANT_COLORS[index % len(_VARIANT_COLORS)], "linestyle": ":", "marker": "P"}
 
 
 def _figure(
     result: BenchResult, get: Callable[[GroupStats], float | None], ylabel: str, title: str, path: Path
 ) -> Path:
     workloads = result.config.workloads
-    levels = [c for c, _ in result.config.levels]
-    fig, axes = plt.subplots(1, len(workloads), figsize=(4.6 * len(workloads), 3.8), squeeze=False)
+    levels = list(result.config.concurrencies)
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.6 * len(workloads), 4.4), squeeze=False)
     for ax, w in zip(axes[0], workloads, strict=True):
-        for side in ALL_SIDES:
-            run = result.side(side)
-            if run is None:
+        for index, run in enumerate(result.sides):
+            side = run.side
+            if run.skipped:
                 continue
             xs, ys = [], []
             for c in levels:
@@ -48,7 +56,7 @@ def _figure(
                     xs.append(c)
                     ys.append(value)
             if xs:
-                ax.plot(xs, ys, label=SIDE_LABELS[side], **_STYLE[side])
+                ax.plot(xs, ys, label=result.config.label(side), **_style(result, side, index))  # type: ignore[arg-type]
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])
         ax.minorticks_off()
@@ -63,9 +71,9 @@ def _figure(
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 3)), frameon=False, fontsize="small")
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

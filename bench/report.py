@@ -1,5 +1,7 @@
-"""``docs/benchmarks.md``: machine, method, the four-way tables with ratios to (a), the
-targets, where nanovl's time goes, and every error verbatim."""
+"""``docs/benchmarks.md``: the targets (:mod:`bench.report_sections`) and why any was
+missed (:mod:`bench.why`), the before/after table, the results tables with ratios to (a),
+the chunked-upload case, where nanovl's time goes, skipped sides, every error verbatim,
+the machine and the method."""
 
 from __future__ import annotations
 
@@ -8,20 +10,17 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.config import SIDE_LABELS, WORKLOADS
+from bench.config import WORKLOADS
+from bench.passes import spread
 from bench.plan import WARMUP_CONCURRENCY
 from bench.plots import plot_bench
+from bench.report_sections import before_after, profiles_section, repo_relative, targets_section, upload_section
 from bench.results import BenchResult, PointResult, SideRun
-from bench.servers import REPO_ROOT
-from bench.targets import TargetCheck, check_targets
+from bench.targets import check_targets, frontend_ms_per_token
+from bench.why import median_decode_ms, why_missed
 from loadtest.results import GroupStats
 
 __all__ = ["render_markdown", "write_report"]
-
-
-def _repo_relative(text: str) -> str:
-    """Paths under the checkout, relative to it (the report is read elsewhere)."""
-    return text.replace(str(REPO_ROOT) + os.sep, "")
 
 
 def _ms(v: float | None) -> str:
@@ -34,10 +33,6 @@ def _ratio(v: float | None, base: float | None) -> str:
     return f"{v / base:.2f}×"
 
 
-def _mark(met: bool | None) -> str:
-    return {True: "**met**", False: "**missed**", None: "not measured"}[met]
-
-
 def _stats(p: PointResult | None) -> GroupStats | None:
     if p is None or p.stats is None or p.stats.succeeded == 0:
         return None
@@ -48,7 +43,10 @@ def _machine(result: BenchResult) -> list[str]:
     m = result.machine
     versions = ", ".join(f"{n} {v}" for n, v in m.versions)
     per_side = "; ".join(
-        f"{SIDE_LABELS[s.side]} {s.load_before[0]:.2f}" for s in result.sides if s.load_before is not None
+        f"{result.config.label(s.side)} {s.load_before[0]:.2f}" for s in result.sides if s.load_before is not None
+    )
+    durations = "; ".join(
+        f"{result.config.label(s.side)} {s.duration_s / 60:.1f} min" for s in result.sides if s.duration_s is not None
     )
     return [
         "## Machine",
@@ -58,6 +56,8 @@ def _machine(result: BenchResult) -> list[str]:
         f"- Versions: {versions}",
         f"- Load average (1/5/15 min) at start: {'/'.join(f'{x:.2f}' for x in result.load_start)}; "
         f"at end: {'/'.join(f'{x:.2f}' for x in result.load_end)}; 1-min at each side's start: {per_side}",
+        f"- Time per side (engine start, passes, profiles and the upload case included): {durations or '–'}; "
+        f"whole run {result.duration_s / 60:.1f} min",
         "- The machine is shared with other engineers' test runs: anything above ~0 load average is someone "
         "else's work competing for the same 2 cores, so absolute figures are noisy and ratios between sides "
         "measured minutes apart carry that noise too.",
@@ -69,7 +69,7 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
     c = result.config
     levels = ", ".join(f"c={conc}: {n} requests" for conc, n in c.levels)
     media = ", ".join(f"{k} {b / 1024:.1f} KiB" for k, b in result.media if b)
-    commands = [f"    - {SIDE_LABELS[s.side]}: `{_repo_relative(s.command)}`" for s in result.sides]
+    commands = [f"    - {result.config.label(s.side)}: `{repo_relative(s.command)}`" for s in result.sides]
     pin = (
         (
             f"pinned to CPU {client_cpu} (`os.sched_setaffinity`) before it starts any thread, while every server "
@@ -85,7 +85,7 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "## Method",
         "",
         f"- Model: the tiny `NemotronH_Nano_VL_V2` checkpoint (`model.tiny.ensure_tiny_checkpoint()`, "
-        f"`{_repo_relative(result.checkpoint)}`). "
+        f"`{repo_relative(result.checkpoint)}`). "
         "Its weights are random, so only speed means anything.",
         f"- One engine configuration for every side: `{' '.join(result.engine_flags)}` plus the environment of "
         "`service.engine.apply_process_environment` (`VLLM_CPU_KVCACHE_SPACE=1`, `VLLM_CPU_OMP_THREADS_BIND=0-1`, "
@@ -105,11 +105,21 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "(`image_url`, `video_url`, `input_audio`), over aiohttp.",
         "  - (d) vLLM's own gRPC server (`VllmEngine` from smg-grpc-servicer), text only: its API takes token ids, "
         "so the client renders the chat and tokenizes it before timing (its servicer also skips detokenization).",
+        "  - (e) vLLM's Rust frontend (`VLLM_USE_RUST_FRONTEND=1 vllm serve … --grpc-port`: the `vllm-rs` process "
+        "in front of the same engine core), text only, through its `vllm.Inference/GenerateStream` gRPC method "
+        "with token ids in and token ids out (`bench.sides.vllm_rust`). Only the GPU `vllm` wheels ship the "
+        "`vllm-rs` binary; where it is absent the side is skipped with the reason (see *Sides not run*).",
+        "  - nanovl variants (`--nanovl-variant ID=FLAGS`; built in: (b2) `--frontend-processes 2`): nanovl with "
+        "extra `nanovl serve` flags, measured like (b). A variant whose flags `nanovl serve --help` does not list, "
+        "or whose server refuses them, is skipped with the reason. A server's CPU is split by process: vLLM's "
+        "engine processes (titles `VLLM::EngineCore`, `VLLM::Worker…`) are the engine, the server process and "
+        "every other descendant (several frontend processes, the Rust frontend) the frontend.",
         "  - Commands:",
         *commands,
         "  - The `vllm` console script cannot start on this machine (`PackageNotFoundError: No package metadata was "
         "found for vllm` — the distribution is `vllm-cpu`), so (c) and (d) are started through the modules "
-        "`vllm serve` and `vllm serve --grpc` call.",
+        "`vllm serve` and `vllm serve --grpc` call. nanovl sides get `--metrics-port` (metrics stay on, nanovl's "
+        "default) on a port the benchmark picks, like the inference port (`--ports`, `--metrics-ports`).",
         "- Workloads (chat form, the checkpoint's template, for every side): "
         + "; ".join(f"**{n}**: {WORKLOADS[n].description}" for n in c.workloads)
         + f". Prompt text {c.prompt_words} random words; image {w}×{h} JPEG; video {c.video_frames} frames "
@@ -121,11 +131,14 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "its operators), and every level starts with one warm-up request per request kind. "
         f"Every request asks for {c.max_tokens} tokens with `ignore_eos` and temperature 0, so every side generates "
         "the same count.",
-        f"- Passes: every level is measured {c.passes} time(s), each with fresh prompts, the passes interleaved "
-        "(all levels once, then all again), so that a burst of interference from other processes spoils one pass, "
-        "not all. The tables show the pass with the highest throughput (interference only ever slows a pass down) "
-        "and, in *tok/s of each pass*, every pass's throughput (the chosen one in bold): the spread is this "
-        "machine's noise.",
+        f"- Passes: every level is measured at least {c.passes.min_passes} and at most {c.passes.max_passes} "
+        "time(s), each with fresh prompts, the first passes interleaved (all levels once, then all again), so that "
+        "a burst of interference from other processes spoils one pass, not all. The tables show the pass with the "
+        "highest throughput (interference only ever slows a pass down) and, in *tok/s of each pass*, every pass's "
+        "throughput (the chosen one in bold): the spread is this machine's noise. A point is *settled* when its two "
+        f"fastest passes agree within {c.passes.agree_within:.0%}; an unsettled point gets another pass, the same "
+        f"rule for every side, while the side has spent under {c.passes.extra_budget_s:.0f} s on extra passes "
+        "(points still unsettled are marked in the tables).",
         "- Same requests everywhere: each point's prompts (random text and media, a fresh seed per "
         "point and pass so no prompt "
         "repeats and no cache can serve one) come from the load tester's own planner; (b) sends them itself, the "
@@ -146,12 +159,34 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "time of the client, of the server's frontend and engine processes, and of *every other process on the "
         "machine* is measured over each level (psutil) and reported beside the results: a point where other "
         "processes kept a core busy is a noisy point.",
+        *_method_extras(result),
         "",
     ]
 
 
+def _method_extras(result: BenchResult) -> list[str]:
+    c = result.config
+    lines = []
+    if c.profile:
+        points = ", ".join(f"{w} c={n}" for w, n in c.profile_points if w in c.workloads) or "none in this run"
+        lines.append(
+            f"- Profiles: after (b)'s measured passes, one extra pass per profiled point ({points}), "
+            f"{c.profile_requests_per_slot} requests per unit of concurrency, with py-spy `record --native "
+            "--rate 100 --full-filenames` attached to nanovl's server process (it is the benchmark's child, so "
+            "ptrace is allowed); if `--native` fails the capture falls back to `--nonblocking` Python frames and "
+            "says why."
+        )
+    if c.upload.enabled:
+        lines.append(
+            "- Chunked upload: after (b)'s passes, on the same server, one request at a time (see the section); "
+            "the videos are generated once (seeded) and cached under `.cache/bench/upload/`."
+        )
+    return lines
+
+
 def _table(result: BenchResult, workload: str) -> list[str]:
     base_run = result.side("inprocess")
+    agree = result.config.passes.agree_within
     lines = [
         f"### {workload}",
         "",
@@ -160,13 +195,13 @@ def _table(result: BenchResult, workload: str) -> list[str]:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     cpu_rows: list[str] = []
-    for conc, _ in result.config.levels:
+    for conc in result.config.concurrencies:
         a = _stats(base_run.point(workload, conc) if base_run else None)
         for run in result.sides:
-            if workload not in result.config.workloads_for(run.side):
+            if run.skipped or workload not in result.config.workloads_for(run.side):
                 continue
             p = run.point(workload, conc)
-            label = SIDE_LABELS[run.side]
+            label = result.config.label(run.side)
             if p is None or p.level is None:
                 why = (p.error if p is not None else None) or (run.error.splitlines()[0] if run.error else "not run")
                 lines.append(f"| {conc} | {label} | – | | – | | – | | – | – | not run: {why[:80]} | | |")
@@ -185,12 +220,16 @@ def _table(result: BenchResult, workload: str) -> list[str]:
                 )
                 for q in passes
             )
+            rates = [q.level.overall.output_tokens_per_s for q in passes if q.level is not None and q.error is None]
+            sp = spread(rates)
+            if sp is not None and sp > agree:
+                each += f" (unsettled: the two fastest {sp:.0%} apart)"
             if p.cpu is not None and g.output_tokens:
                 u, ms_per_token = p.cpu, 1000.0 / g.output_tokens
                 client = "–" if run.side == "inprocess" else f"{u.client_s / u.window_s:.0%}"
                 cpu_rows.append(
-                    f"| {conc} | {label} | {u.frontend_s * ms_per_token:.2f} | {u.engine_s * ms_per_token:.2f} "
-                    f"| {client} | {u.other_cores:.2f} |"
+                    f"| {conc} | {label} | {u.frontend_s * ms_per_token:.3f} | {u.engine_s * ms_per_token:.2f} "
+                    f"| {u.frontend_processes} | {client} | {u.other_cores:.2f} |"
                 )
             lines.append(
                 f"| {conc} | {label} | {g.output_tokens_per_s:.1f} "
@@ -203,21 +242,57 @@ def _table(result: BenchResult, workload: str) -> list[str]:
     lines.append("")
     if cpu_rows:
         lines += [
-            f"CPU during the measured requests of {workload} (frontend: the server's own process — for (a) the "
-            "process holding `AsyncLLM` and the benchmark loop; engine: its vLLM engine-core and worker processes; "
-            "client: the benchmark process, as a share of one core; other: every other process on the machine, in "
-            "cores kept busy on average — the noise):",
+            f"CPU during the measured requests of {workload} (frontend: the server's frontend processes — the server "
+            "process and its descendants that are not vLLM's engine core or workers; for (a) the process holding "
+            "`AsyncLLM` and the benchmark loop; engine: the vLLM engine-core and worker processes; busy frontend "
+            "processes: those that used ≥ 1 % of a core; client: the benchmark process, as a share of one core; "
+            "other: every other process on the machine, in cores kept busy on average — the noise):",
             "",
-            "| c | side | frontend CPU ms / output token | engine CPU ms / output token | client CPU | "
-            "other processes (cores) |",
-            "|---:|---|---:|---:|---:|---:|",
+            "| c | side | frontend CPU ms / output token | engine CPU ms / output token | busy frontend processes "
+            "| client CPU | other processes (cores) |",
+            "|---:|---|---:|---:|---:|---:|---:|",
             *cpu_rows,
             "",
         ]
     return lines
 
 
-def _above_baseline(result: BenchResult) -> list[str]:
+def _spread_summary(result: BenchResult) -> list[str]:
+    """Per side: passes run, points settled, and the spread between each point's two
+    fastest passes (this machine's pass-to-pass noise)."""
+    agree = result.config.passes.agree_within
+    rows = []
+    for run in result.sides:
+        if run.skipped or not run.points:
+            continue
+        keys = list(dict.fromkeys((p.workload, p.concurrency) for p in run.points))
+        spreads, passes = [], 0
+        for w, c in keys:
+            ps = run.passes(w, c)
+            passes += len(ps)
+            sp = spread([q.level.overall.output_tokens_per_s for q in ps if q.level is not None and q.error is None])
+            if sp is not None:
+                spreads.append(sp)
+        settled = sum(1 for sp in spreads if sp <= agree)
+        rows.append(
+            f"| {result.config.label(run.side)} | {len(keys)} | {passes} | {settled} of {len(keys)} "
+            f"| {'–' if not spreads else f'{statistics.median(spreads):.0%}'} "
+            f"| {'–' if not spreads else f'{max(spreads):.0%}'} |"
+        )
+    if not rows:
+        return []
+    return [
+        f"Pass-to-pass spread (how far each point's second-fastest pass is below its fastest; *settled*: within "
+        f"{agree:.0%}):",
+        "",
+        "| side | points | passes run | settled | median spread | largest spread |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
+def _above_inprocess(result: BenchResult) -> list[str]:
     """Points where a frontend beat (a), which on paper is its upper bound: say so, with
     the figures that show where the difference is (engine step cadence, not frontend work)."""
     base = result.side("inprocess")
@@ -234,9 +309,10 @@ def _above_baseline(result: BenchResult) -> list[str]:
                 continue
             ratio = gb.output_tokens_per_s / ga.output_tokens_per_s
             if ratio > 1.03:
-                fa, fb = _frontend_ms_per_token(a), _frontend_ms_per_token(p)
+                fa, fb = frontend_ms_per_token(a), frontend_ms_per_token(p)
                 rows.append(
-                    f"| {SIDE_LABELS[run.side]} | {p.workload} | {p.concurrency} | {ratio:.2f}× | {_ms(ga.itl.p50)} | "
+                    f"| {result.config.label(run.side)} | {p.workload} | {p.concurrency} | {ratio:.2f}× "
+                    f"| {_ms(ga.itl.p50)} | "
                     f"{_ms(gb.itl.p50)} | {'–' if fa is None else f'{fa:.2f}'} | {'–' if fb is None else f'{fb:.2f}'} |"
                 )
     if not rows:
@@ -258,158 +334,6 @@ def _above_baseline(result: BenchResult) -> list[str]:
         *rows,
         "",
     ]
-
-
-def _frontend_ms_per_token(p: PointResult | None) -> float | None:
-    g = _stats(p)
-    if p is None or g is None or p.cpu is None or not g.output_tokens:
-        return None
-    return p.cpu.frontend_s * 1000 / g.output_tokens
-
-
-def _cpu_ms_per_token(p: PointResult | None) -> tuple[float, float] | None:
-    """(frontend + client, engine) CPU ms per output token: everything outside the engine
-    that serving these tokens cost, and the engine's own."""
-    g = _stats(p)
-    if p is None or g is None or p.cpu is None or not g.output_tokens:
-        return None
-    per = 1000 / g.output_tokens
-    return (p.cpu.frontend_s + p.cpu.client_s) * per, p.cpu.engine_s * per
-
-
-def _median_gap_ms(p: PointResult | None) -> float | None:
-    """Median of client TTFT − server TTFT (nanovl reports its own TTFT in Final)."""
-    if p is None or p.level is None:
-        return None
-    gaps = [
-        r.ttft_s - r.server_ttft_s
-        for r in p.level.requests
-        if r.ok and r.ttft_s is not None and r.server_ttft_s is not None
-    ]
-    return statistics.median(gaps) * 1000 if gaps else None
-
-
-def _median_decode_ms(p: PointResult | None) -> float | None:
-    """Median server-side media decoding time of the point's requests that carried media."""
-    if p is None or p.level is None:
-        return None
-    decode = [r.server_decode_s for r in p.level.requests if r.ok and r.server_decode_s]
-    return statistics.median(decode) * 1000 if decode else None
-
-
-def _why_throughput(result: BenchResult, missed: Sequence[TargetCheck]) -> list[str]:
-    a_run = result.side("inprocess")
-    assert a_run is not None
-    rows = []
-    for c in missed:
-        a = a_run.point(c.workload, c.concurrency)
-        ga, ca = _stats(a), _cpu_ms_per_token(a)
-        if ga is None or ca is None or not ga.output_tokens_per_s:
-            continue
-        cells = []
-        for run in result.sides:
-            p = run.point(c.workload, c.concurrency)
-            g, cpu = _stats(p), _cpu_ms_per_token(p)
-            if g is None or cpu is None:
-                cells.append("–")
-                continue
-            cells.append(f"{g.output_tokens_per_s / ga.output_tokens_per_s:.2f}× · {cpu[0]:.2f} · {cpu[1]:.2f}")
-        rows.append(f"| {c.workload} | {c.concurrency} | " + " | ".join(cells) + " |")
-    if not rows:
-        return []
-    return [
-        "- **Throughput below 0.97× in-process.** At each missed point, every side's throughput ×(a), then its "
-        "CPU ms per output token outside the engine (frontend + client process) and inside it (engine core + "
-        "worker):",
-        "",
-        "  | workload | c | " + " | ".join(SIDE_LABELS[r.side] for r in result.sides) + " |",
-        "  |---|---:|" + "---|" * len(result.sides),
-        *("  " + r for r in rows),
-        "",
-        "  Every side whose client is another process lands in the same range below (a), nanovl and vLLM's two "
-        "servers alike, and each pays several times (a)'s CPU outside the engine: a gRPC or HTTP request and its "
-        "streamed responses cost the server's event loop and a client process work that the in-process loop "
-        "never does. On 2 cores that CPU is taken from the engine's two OpenMP threads, and it costs them more "
-        "than its own size: in most rows the *engine's* CPU per token is above (a)'s too, because a decode step "
-        "waits at each OpenMP barrier for the thread whose core was lent out, spinning on the "
-        "other core meanwhile. So the 0.97× "
-        "target measures the machine's core count as much as the frontend; on a GPU host the frontend's CPU does "
-        "not compete with the engine's kernels. What nanovl controls is its own CPU per token, which the "
-        "benchmark reports beside vLLM's servers above; the py-spy capture below shows where it goes.",
-        "",
-    ]
-
-
-def _why_missed(result: BenchResult, checks: Sequence[TargetCheck]) -> list[str]:
-    """What the measurements say about each missed target (generated from the data)."""
-    a_run, b_run = result.side("inprocess"), result.side("nanovl")
-    h_run = result.side("vllm-http")
-    if a_run is None or b_run is None:
-        return []
-    lines: list[str] = []
-    lines += _why_throughput(result, [c for c in checks if c.met is False and c.target.startswith("throughput")])
-    ttft = [c for c in checks if c.met is False and c.target.startswith("TTFT")]
-    for c in ttft:
-        p = b_run.point(c.workload, c.concurrency)
-        gap, decode = _median_gap_ms(p), _median_decode_ms(p)
-        parts = []
-        if decode is not None:
-            parts.append(
-                f"decoding the request's media takes {decode:.1f} ms (p50 over requests with media) of "
-                "nanovl's server-side TTFT, and (a) decodes before its clock starts; vLLM's HTTP server "
-                "decodes too (its TTFT is in the table above)"
-            )
-        if gap is not None:
-            parts.append(
-                f"the client − server gap is {gap:.1f} ms: the request's trip in and protobuf parsing, the "
-                "first `Delta`'s trip back, and the client's event loop"
-            )
-        lines.append(f"- **TTFT at c={c.concurrency}, {c.workload}** ({c.measured} vs (a)): " + "; ".join(parts) + ".")
-    http = [c for c in checks if c.met is False and c.target.startswith("≥")]
-    if http and h_run is not None:
-        ceilings = []
-        for c in http:
-            ga, gh = _stats(a_run.point(c.workload, c.concurrency)), _stats(h_run.point(c.workload, c.concurrency))
-            if ga is not None and gh is not None and gh.output_tokens_per_s:
-                ceilings.append(
-                    f"{c.workload} c={c.concurrency}: {ga.output_tokens_per_s / gh.output_tokens_per_s:.2f}×"
-                )
-        lines.append(
-            "- **≥ 1.3× vLLM HTTP** — the most any frontend can reach is (a); (a)'s throughput divided by vLLM "
-            "HTTP's is the ceiling for this ratio: " + "; ".join(ceilings) + ". Where the ceiling is below 1.3, "
-            "vLLM's HTTP frontend already runs this tiny model's workload close to the engine's own limit, and the "
-            "target cannot be met on this machine by any frontend: both frontends run the same renderer and engine, "
-            "and the engine's work (vision encoder, prefill, decode steps) dominates."
-        )
-    if result.profile is not None and not result.profile.error:
-        busy = [e for e in result.profile.by_package if not e.name.startswith(("stdlib:", "<frozen"))][:6]
-        lines.append(
-            f"- **py-spy** (nanovl frontend, {result.profile.workload} c={result.profile.concurrency}, table below): "
-            + ", ".join(f"{e.name} {e.percent:.0f}%" for e in busy)
-            + " of busy samples. Samples whose innermost Python frame is the event loop itself (`Runner.run` "
-            "under uvloop, `Handle._run` under asyncio) are native code: the loop, gRPC's Cython core and ZMQ, which "
-            "py-spy does not see into without `--native`."
-        )
-    if not lines:
-        return []
-    return ["### Why targets were missed", "", *lines, ""]
-
-
-def _targets(checks: Sequence[TargetCheck]) -> list[str]:
-    met = sum(1 for c in checks if c.met)
-    missed = sum(1 for c in checks if c.met is False)
-    lines = [
-        "## Targets",
-        "",
-        f"{met} met, {missed} missed, {sum(1 for c in checks if c.met is None)} not measured "
-        "(the issue's targets; reported here, never asserted by tests).",
-        "",
-        "| target | workload | c | measured | result |",
-        "|---|---|---:|---|---|",
-    ]
-    lines += [f"| {c.target} | {c.workload} | {c.concurrency} | {c.measured} | {_mark(c.met)} |" for c in checks]
-    lines.append("")
-    return lines
 
 
 def _nanovl_breakdown(run: SideRun | None) -> list[str]:
@@ -439,7 +363,7 @@ def _nanovl_breakdown(run: SideRun | None) -> list[str]:
         server = statistics.median(r.server_ttft_s for r in reqs)  # type: ignore[misc]
         gap = statistics.median(r.ttft_s - r.server_ttft_s for r in reqs)  # type: ignore[operator]
         queue = [r.server_queue_s for r in reqs if r.server_queue_s is not None]
-        decode = _median_decode_ms(p)
+        decode = median_decode_ms(p)
         lines.append(
             f"| {p.workload} | {p.concurrency} | {client * 1000:.1f} | {server * 1000:.1f} | {gap * 1000:.1f} "
             f"| {_ms(statistics.median(queue)) if queue else '–'} "
@@ -449,55 +373,26 @@ def _nanovl_breakdown(run: SideRun | None) -> list[str]:
     return lines
 
 
-def _profile(result: BenchResult) -> list[str]:
-    prof = result.profile
-    if prof is None:
+def _skipped(result: BenchResult) -> list[str]:
+    rows = [f"- {result.config.label(r.side)}: {r.skipped}" for r in result.sides if r.skipped]
+    if not rows:
         return []
-    head = [
-        "### py-spy: the nanovl server process",
-        "",
-        "Captured with py-spy (100 Hz, `--nonblocking`, idle threads excluded) on the nanovl "
-        "server's frontend process "
-        f"during an extra, unmeasured pass of **{prof.workload} c={prof.concurrency}** (the point furthest below "
-        f"in-process throughput): {prof.busy_s:.1f} s of non-idle samples over all its threads; speedscope file "
-        f"`{_repo_relative(prof.path)}`. The engine core and worker are separate processes, the "
-        "same for every side, and are not "
-        "in it. *Package on the stack*: share of busy samples with a frame of that package anywhere on the stack; "
-        "*innermost function*: share where it is the function running.",
-        "",
-    ]
-    if prof.error:
-        return [*head, f"The capture failed: `{prof.error}`", ""]
-    rows = max(len(prof.by_package), len(prof.by_function))
-    lines = [
-        *head,
-        "| package on the stack | % of samples | innermost function | % of samples |",
-        "|---|---:|---|---:|",
-    ]
-    for i in range(rows):
-        pk = prof.by_package[i] if i < len(prof.by_package) else None
-        fn = prof.by_function[i] if i < len(prof.by_function) else None
-        lines.append(
-            f"| {pk.name if pk else ''} | {pk.percent if pk else ''} | {fn.name.replace('|', '/') if fn else ''} "
-            f"| {fn.percent if fn else ''} |"
-        )
-    lines.append("")
-    return lines
+    return ["## Sides not run", "", *rows, ""]
 
 
 def _errors(result: BenchResult) -> list[str]:
     lines: list[str] = []
     for run in result.sides:
+        label = result.config.label(run.side)
         if run.error:
-            lines += [f"- {SIDE_LABELS[run.side]} could not run:", "", "```", run.error.strip(), "```", ""]
+            lines += [f"- {label} could not run:", "", "```", run.error.strip(), "```", ""]
         for p in run.chosen:
             if p.error:
-                lines += [f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: `{p.error}`", ""]
+                lines += [f"- {label}, {p.workload} c={p.concurrency}: `{p.error}`", ""]
             elif p.level is not None:
                 for e in p.level.overall.errors:
                     lines.append(
-                        f"- {SIDE_LABELS[run.side]}, {p.workload} c={p.concurrency}: {e.count} × `{e.code}`: "
-                        f"`{e.first_message[:300]}`"
+                        f"- {label}, {p.workload} c={p.concurrency}: {e.count} × `{e.code}`: `{e.first_message[:300]}`"
                     )
         short = [
             (run.side, p.workload, p.concurrency)
@@ -508,11 +403,17 @@ def _errors(result: BenchResult) -> list[str]:
         ]
         if short:
             lines.append(
-                f"- {SIDE_LABELS[run.side]}: {len(short)} request(s) generated a count other than "
-                f"{result.config.max_tokens} tokens"
+                f"- {label}: {len(short)} request(s) generated a count other than {result.config.max_tokens} tokens"
             )
+    if result.upload is not None and result.upload.error:
+        lines.append(f"- the chunked-upload case: `{result.upload.error}`")
     if not lines:
-        return ["## Errors", "", "None: every request of every side succeeded with the requested token count.", ""]
+        return [
+            "## Errors",
+            "",
+            "None: every request of every side that ran succeeded with the requested token count.",
+            "",
+        ]
     return ["## Errors", "", *lines, ""]
 
 
@@ -522,29 +423,34 @@ def render_markdown(result: BenchResult, plots: Sequence[Path], doc_path: Path, 
     mode = (
         "quick run (`python -m bench.run --quick`)" if result.config.quick else "`make bench` (`python -m bench.run`)"
     )
+    ran = [result.config.label(r.side) for r in result.sides if not r.skipped]
     lines = [
-        "# Benchmarks: nanovl vs in-process AsyncLLM vs vLLM HTTP vs vLLM gRPC",
+        "# Benchmarks: nanovl vs in-process AsyncLLM vs vLLM's frontends",
         "",
         f"Generated by {mode} on {result.started_at} in {result.duration_s / 60:.1f} min; rerun it rather than "
-        "editing this file. Raw results: `benchmarks/results.json`.",
+        "editing this file. Raw results: `benchmarks/results.json`. Sides: " + "; ".join(ran) + ".",
         "",
-        *_targets(checks),
-        *_why_missed(result, checks),
+        *targets_section(result, checks),
+        *why_missed(result, checks),
+        *before_after(result),
         "## Results",
         "",
         "Absolute figures and the ratio to (a), per workload, concurrency and side.",
         "",
+        *_spread_summary(result),
     ]
     for w in result.config.workloads:
         lines += _table(result, w)
     lines += [f"![{Path(r).stem}]({r})" for r in rel] + [""]
+    lines += upload_section(result)
     lines += [
         "## Where nanovl's time goes",
         "",
         *_nanovl_breakdown(result.side("nanovl")),
-        *_profile(result),
-        *_above_baseline(result),
+        *profiles_section(result),
+        *_above_inprocess(result),
     ]
+    lines += _skipped(result)
     lines += _errors(result)
     lines += _machine(result)
     lines += _method(result, client_cpu)

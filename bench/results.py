@@ -9,12 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config import BenchConfig, Side
+from bench.baseline import Baseline
+from bench.config import BenchConfig, Side, UploadSpec
 from bench.cpu import CpuUsage
 from bench.machine import MachineInfo
 from loadtest.results import GroupStats, LevelResult
 
-__all__ = ["BenchResult", "PointResult", "ProfileSummary", "SideRun", "write_json"]
+__all__ = [
+    "BenchResult",
+    "PointResult",
+    "ProfileEntry",
+    "ProfileSummary",
+    "SideRun",
+    "UploadResult",
+    "UploadSample",
+    "write_json",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,10 @@ class SideRun:
     error: str | None = None  # the side could not run at all (exact error)
     load_before: tuple[float, float, float] | None = None
     server_pid: int | None = None
+    # Not run, on purpose: the side is not available here (e.g. vLLM's Rust frontend on a
+    # CPU-only vLLM) or its server refused a flag of the side's (a nanovl variant).
+    skipped: str | None = None
+    duration_s: float | None = None  # the side's whole time, engine start included
 
     def point(self, workload: str, concurrency: int) -> PointResult | None:
         """The point's chosen pass."""
@@ -82,6 +96,44 @@ class ProfileSummary:
     by_package: tuple[ProfileEntry, ...]  # share of samples with a frame of the package on the stack
     by_function: tuple[ProfileEntry, ...]  # share of samples where the function is the leaf
     error: str | None = None
+    native: bool = False  # captured with --native (native frames included)
+    native_failed: str | None = None  # why --native could not be used (the capture fell back)
+    split: tuple[ProfileEntry, ...] = ()  # owners' shares (bench.profile.split_speedscope)
+    requests: int = 0
+    output_tokens: int = 0
+    # Frontend CPU during the profiled pass (psutil): seconds, and ms per output token
+    # (sampling slows the process, so these are above the measured passes' figures).
+    frontend_ms_per_token: float | None = None
+    frontend_cpu_s: float | None = None
+    waiting_s: float = 0.0  # samples left out as waiting threads (bench.profile.is_waiting)
+
+
+@dataclass(frozen=True)
+class UploadSample:
+    """One request of the chunked-upload case; server figures from ``Final.timings``."""
+
+    variant: str  # "stream": StreamGenerate in chunks; "unary": Generate, the video inline
+    index: int
+    video_bytes: int
+    client_ttft_s: float | None  # send (first chunk) → first token, as the client saw it
+    server_ttft_s: float | None  # Generate: start → first token; StreamGenerate: End → first token
+    upload_s: float | None  # StreamGenerate: header → End (0 for Generate)
+    decode_media_s: float | None
+    preprocess_s: float | None
+    prefill_s: float | None
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    spec: UploadSpec
+    video_frames: int  # frames in each clip (they differ by a few, being filled to a size)
+    video_seconds: float
+    samples: tuple[UploadSample, ...] = ()
+    error: str | None = None  # the case could not run
+    # The server's (--max-message-bytes, --max-request-bytes), from GetModelInfo.
+    server_limits: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +150,9 @@ class BenchResult:
     inprocess_extra: tuple[tuple[str, str], ...]
     media: tuple[tuple[str, float], ...]  # (kind, mean media bytes) of the measured requests
     sides: tuple[SideRun, ...]
-    profile: ProfileSummary | None = None
+    profiles: tuple[ProfileSummary, ...] = ()
+    upload: UploadResult | None = None
+    baseline: Baseline | None = None
 
     def side(self, side: Side) -> SideRun | None:
         for s in self.sides:
@@ -122,10 +176,15 @@ def _level_json(level: LevelResult) -> dict[str, Any]:
 
 
 def to_json(result: BenchResult) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return dataclasses.asdict(v)
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
     out: dict[str, Any] = {
-        f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-        for f in dataclasses.fields(result)
-        if f.name != "sides" and not isinstance(v := getattr(result, f.name), type)
+        f.name: plain(getattr(result, f.name)) for f in dataclasses.fields(result) if f.name != "sides"
     }
     out["sides"] = []
     for s in result.sides:

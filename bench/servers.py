@@ -22,26 +22,32 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import EngineSettings, Side
+from bench.config import EngineSettings, Side, SideSpec
 
 __all__ = [
+    "Launch",
+    "PortPool",
     "ServerFailed",
     "ServerProcess",
-    "inprocess_overrides",
     "free_port",
-    "server_argv",
+    "inprocess_overrides",
+    "missing_flags",
+    "nanovl_serve_help",
+    "server_launch",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-_MODULES: dict[Side, tuple[str, ...]] = {
+_MODULES: dict[str, tuple[str, ...]] = {
     "nanovl": ("nanovl.cli", "serve"),
     "vllm-http": ("vllm.entrypoints.launchers.api_server.entry",),
     "vllm-grpc": ("vllm.entrypoints.launchers.grpc_server",),
+    # `vllm serve` itself: only its CLI starts the Rust frontend process.
+    "vllm-rust": ("vllm.entrypoints.cli.main", "serve"),
 }
 
 # Restores the machine's CPUs before exec'ing the server (pure exec: no preexec_fn, which
@@ -53,7 +59,19 @@ class ServerFailed(RuntimeError):
     """The server exited or never became ready; the message carries its log's tail."""
 
 
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
+    """A port the kernel picks (free now)."""
     import socket
 
     with socket.socket() as s:
@@ -61,19 +79,104 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_argv(side: Side, *, checkpoint: str, port: int, engine: EngineSettings) -> list[str]:
-    """The server's command line (``python -m <module> ...``), the same engine flags for every side."""
-    return [
-        "-m",
-        *_MODULES[side],
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--model",
-        checkpoint,
-        *engine.cli_flags(),
-    ]
+@dataclass
+class PortPool:
+    """Ports for the servers: the first free one in ``[low, high]``, or one the kernel
+    picks when no range is given (a shared machine gives each user a range, so that a
+    kernel-picked port never lands on someone else's)."""
+
+    low: int | None = None
+    high: int | None = None
+    _next: int | None = None
+
+    @staticmethod
+    def parse(text: str | None) -> PortPool:
+        """``LOW-HIGH`` (or None: kernel-picked ports)."""
+        if not text:
+            return PortPool()
+        low, sep, high = text.partition("-")
+        try:
+            lo, hi = int(low), int(high if sep else low)
+        except ValueError:
+            raise ValueError(f"a port range is LOW-HIGH, got {text!r}") from None
+        if not 0 < lo <= hi < 65536:
+            raise ValueError(f"a port range is LOW-HIGH within 1-65535, got {text!r}")
+        return PortPool(lo, hi)
+
+    def take(self) -> int:
+        """A free port (ranges: the next free one after the last taken, wrapping around)."""
+        if self.low is None or self.high is None:
+            return free_port()
+        size = self.high - self.low + 1
+        start = self._next if self._next is not None else self.low
+        for i in range(size):
+            port = self.low + (start - self.low + i) % size
+            if _port_free(port):
+                self._next = port + 1 if port < self.high else self.low
+                return port
+        raise ServerFailed(f"no free port in {self.low}-{self.high}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one server side is started and reached."""
+
+    argv: list[str]  # after `python`
+    env: dict[str, str]  # on top of the benchmark's environment
+    target: str  # host:port the client measures
+    http_url: str | None = None  # for an HTTP readiness probe (vLLM's servers)
+
+
+def server_launch(
+    spec: SideSpec, *, checkpoint: str, engine: EngineSettings, ports: PortPool, metrics_ports: PortPool
+) -> Launch:
+    """The server's command line (``python -m <module> ...``), the same engine flags for
+    every side, then the side's own flags."""
+    port = ports.take()
+    common = ["--host", "127.0.0.1", "--port", str(port), "--model", checkpoint, *engine.cli_flags()]
+    argv = ["-m", *_MODULES[spec.kind], *common]
+    env: dict[str, str] = {}
+    target = f"127.0.0.1:{port}"
+    http_url = None
+    if spec.kind == "nanovl":
+        # nanovl's metrics stay on (its default), on a port of the benchmark's choosing.
+        argv += ["--metrics-port", str(metrics_ports.take())]
+    elif spec.kind == "vllm-http":
+        http_url = f"http://{target}"
+    elif spec.kind == "vllm-rust":
+        from bench.sides.vllm_rust import RUST_FRONTEND_ENV
+
+        grpc_port = ports.take()
+        argv += ["--grpc-port", str(grpc_port)]
+        env.update(RUST_FRONTEND_ENV)
+        http_url = f"http://{target}"
+        target = f"127.0.0.1:{grpc_port}"
+    argv += list(spec.extra_flags)
+    return Launch(argv, env, target, http_url)
+
+
+def nanovl_serve_help() -> str:
+    """``nanovl serve --help`` of this checkout (about a second: it imports no vLLM)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    done = subprocess.run(
+        [sys.executable, "-m", "nanovl.cli", "serve", "--help"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.stdout + done.stderr
+
+
+def missing_flags(help_text: str, args: Sequence[str]) -> list[str]:
+    """The ``--flags`` among ``args`` (``--x`` or ``--x=v``) that ``help_text`` does not list."""
+    import re
+
+    known = set(re.findall(r"(?<![\w-])(--[A-Za-z0-9][\w-]*)", help_text))
+    flags = [a.split("=", 1)[0] for a in args if a.startswith("--")]
+    return [f for f in flags if f not in known]
 
 
 def inprocess_overrides(engine: EngineSettings, checkpoint: str) -> dict[str, Any]:
@@ -108,6 +211,7 @@ class ServerProcess:
     side: Side
     argv: list[str]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
@@ -117,11 +221,12 @@ class ServerProcess:
 
     @property
     def command(self) -> str:
-        return "python " + shlex.join(self.argv)
+        env = " ".join(f"{k}={v}" for k, v in self.env.items())
+        return (env + " " if env else "") + "python " + shlex.join(self.argv)
 
     def start(self, cpus: Sequence[int]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         # vLLM's worker processes import nanovl's worker extension from the checkout.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         shim = _AFFINITY_SHIM.format(cpus=sorted(cpus))

@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter
 from loadtest.config import LoadLevel
 from loadtest.results import GroupStats, LevelResult, LoadTestResult, RequestRecord
 
-__all__ = ["plot_compare", "plot_run"]
+__all__ = ["compare_sweep_figure", "plot_compare", "plot_run"]
 
 _DPI = 110
 
@@ -131,18 +131,18 @@ def plot_sweep(result: LoadTestResult, mode: str, path: Path) -> Path | None:
     xs = [lv.level.value for lv in levels]
     fig = Figure(figsize=(14, 4.2))
     tok_ax, req_ax, ttft_ax = fig.subplots(1, 3)
-    tok_ax.plot(*_series(levels, lambda g: g.output_tokens_per_s), marker="o", label="all kinds")
-    req_ax.plot(*_series(levels, lambda g: g.requests_per_s), marker="o", label="completed")
+    _plot(tok_ax, _series(levels, lambda g: g.output_tokens_per_s), marker="o", label="all kinds")
+    _plot(req_ax, _series(levels, lambda g: g.requests_per_s), marker="o", label="completed")
     if mode == "rate":
         req_ax.plot(xs, xs, color="gray", linestyle=":", label="offered")
-    ttft_ax.plot(*_series(levels, _ms(lambda g: g.ttft.p50)), marker="o", color="black", label="all p50")
-    ttft_ax.plot(
-        *_series(levels, _ms(lambda g: g.ttft.p99)), marker="o", color="black", linestyle="--", label="all p99"
+    _plot(ttft_ax, _series(levels, _ms(lambda g: g.ttft.p50)), marker="o", color="black", label="all p50")
+    _plot(
+        ttft_ax, _series(levels, _ms(lambda g: g.ttft.p99)), marker="o", color="black", linestyle="--", label="all p99"
     )
     kinds = result.config.mix.kinds
     if len(kinds) > 1:
         for kind in kinds:
-            ttft_ax.plot(*_series(levels, _ms(lambda g: g.ttft.p50), kind), marker=".", alpha=0.7, label=f"{kind} p50")
+            _plot(ttft_ax, _series(levels, _ms(lambda g: g.ttft.p50), kind), marker=".", alpha=0.7, label=f"{kind} p50")
     _sweep_axes(tok_ax, mode, "output throughput", "output tokens/s", xs)
     _sweep_axes(req_ax, mode, "request throughput", "requests/s", xs)
     _sweep_axes(ttft_ax, mode, "time to first token", "TTFT (ms)", xs)
@@ -164,6 +164,53 @@ def plot_run(result: LoadTestResult, out_dir: str | Path) -> list[Path]:
     return files
 
 
+def _plot(ax: Axes, series: tuple[list[float], list[float]], **style: object) -> None:
+    """One line, drawn (and so in the legend) only when it has points."""
+    xs, ys = series
+    if xs:
+        ax.plot(xs, ys, **style)  # type: ignore[arg-type]
+
+
+def compare_sweep_figure(results: Sequence[LoadTestResult], mode: str) -> Figure | None:
+    """Runs overlaid against the load of ``mode`` ("concurrency" or "rate"): output
+    throughput, request throughput and TTFT (p50 solid, p99 dashed), one color per run;
+    a run without levels of this mode has no line and no legend entry. None when no run
+    has such levels."""
+    colors = [f"C{i}" for i in range(10)]
+    runs = [
+        (r, sorted((lv for lv in r.levels if lv.level.mode == mode), key=lambda lv: lv.level.value)) for r in results
+    ]
+    if not any(levels for _, levels in runs):
+        return None
+    xs = [lv.level.value for _, levels in runs for lv in levels]
+    fig = Figure(figsize=(14, 4.2))
+    tok_ax, req_ax, ttft_ax = fig.subplots(1, 3)
+    for i, (r, levels) in enumerate(runs):
+        c = colors[i % len(colors)]
+        _plot(tok_ax, _series(levels, lambda g: g.output_tokens_per_s), marker="o", color=c, label=r.name)
+        _plot(req_ax, _series(levels, lambda g: g.requests_per_s), marker="o", color=c, label=r.name)
+        _plot(ttft_ax, _series(levels, _ms(lambda g: g.ttft.p50)), marker="o", color=c, label=f"{r.name} p50")
+        _plot(
+            ttft_ax,
+            _series(levels, _ms(lambda g: g.ttft.p99)),
+            marker="o",
+            color=c,
+            linestyle="--",
+            label=f"{r.name} p99",
+        )
+    if mode == "rate":
+        offered = sorted(set(xs))
+        req_ax.plot(offered, offered, color="gray", linestyle=":", label="offered")
+    _sweep_axes(tok_ax, mode, "output throughput", "output tokens/s", xs)
+    _sweep_axes(req_ax, mode, "request throughput", "requests/s", xs)
+    _sweep_axes(ttft_ax, mode, "time to first token", "TTFT (ms)", xs)
+    fig.suptitle(
+        f"compared: throughput and TTFT vs {'concurrency' if mode == 'concurrency' else 'request rate'}",
+        fontsize=10,
+    )
+    return fig
+
+
 def plot_compare(results: Sequence[LoadTestResult], out_dir: str | Path) -> list[Path]:
     """Runs overlaid: sweeps per load mode, and overall latency CDFs at each level of the
     first run that another run also measured."""
@@ -172,34 +219,8 @@ def plot_compare(results: Sequence[LoadTestResult], out_dir: str | Path) -> list
     files: list[Path] = []
     colors = [f"C{i}" for i in range(10)]
     for mode in ("concurrency", "rate"):
-        runs = [
-            (r, sorted((lv for lv in r.levels if lv.level.mode == mode), key=lambda lv: lv.level.value))
-            for r in results
-        ]
-        if not any(levels for _, levels in runs):
-            continue
-        xs = [lv.level.value for _, levels in runs for lv in levels]
-        fig = Figure(figsize=(14, 4.2))
-        tok_ax, req_ax, ttft_ax = fig.subplots(1, 3)
-        for i, (r, levels) in enumerate(runs):
-            c = colors[i % len(colors)]
-            tok_ax.plot(*_series(levels, lambda g: g.output_tokens_per_s), marker="o", color=c, label=r.name)
-            req_ax.plot(*_series(levels, lambda g: g.requests_per_s), marker="o", color=c, label=r.name)
-        if mode == "rate":
-            offered = sorted(set(xs))
-            req_ax.plot(offered, offered, color="gray", linestyle=":", label="offered")
-            ttft_ax.plot(*_series(levels, _ms(lambda g: g.ttft.p50)), marker="o", color=c, label=f"{r.name} p50")
-            ttft_ax.plot(
-                *_series(levels, _ms(lambda g: g.ttft.p99)), marker="o", color=c, linestyle="--", label=f"{r.name} p99"
-            )
-        _sweep_axes(tok_ax, mode, "output throughput", "output tokens/s", xs)
-        _sweep_axes(req_ax, mode, "request throughput", "requests/s", xs)
-        _sweep_axes(ttft_ax, mode, "time to first token", "TTFT (ms)", xs)
-        fig.suptitle(
-            f"compared: throughput and TTFT vs {'concurrency' if mode == 'concurrency' else 'request rate'}",
-            fontsize=10,
-        )
-        files.append(_save(fig, out / f"compare_sweep_{mode}.png"))
+        if (fig := compare_sweep_figure(results, mode)) is not None:
+            files.append(_save(fig, out / f"compare_sweep_{mode}.png"))
     for base_level in results[0].levels:
         matches = [(r, next((lv for lv in r.levels if lv.level == base_level.level), None)) for r in results]
         present = [(r, lv) for r, lv in matches if lv is not None]

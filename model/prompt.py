@@ -52,6 +52,10 @@ class Message:
 class AssembledPrompt:
     prompt: str
     multi_modal_data: Mapping[Modality, tuple[Any, ...]] = field(default_factory=dict)
+    # vLLM's ``multi_modal_uuids`` (one identifier per item; None: vLLM hashes the content).
+    # Set by the engine for prompts vLLM's processor cache would otherwise count
+    # differently (``model.processor_cache``).
+    multi_modal_uuids: Mapping[Modality, tuple[str, ...]] | None = None
 
     @property
     def item_counts(self) -> dict[Modality, int]:
@@ -62,6 +66,8 @@ class AssembledPrompt:
         prompt: dict[str, Any] = {"prompt": self.prompt}
         if self.multi_modal_data:
             prompt["multi_modal_data"] = {m: list(items) for m, items in self.multi_modal_data.items()}
+        if self.multi_modal_uuids:
+            prompt["multi_modal_uuids"] = {m: list(ids) for m, ids in self.multi_modal_uuids.items()}
         return prompt
 
 

@@ -113,6 +113,9 @@ class ModelGeometry:
     audio_clip_seconds: float | None
     llm_hidden_size: int
     processor: NanoNemotronVLProcessor = field(compare=False, repr=False)
+    # Tokens of one "<video>" and one audio tag in vLLM's dummy text, when they add up
+    # (special tokens), so ``dummy_text_length`` needs no tokenizer call per request.
+    tag_tokens: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def dynamic_resolution(self) -> bool:
@@ -147,6 +150,7 @@ class ModelGeometry:
             audio_clip_seconds=float(extractor.config.clip_duration_s) if extractor else None,
             llm_hidden_size=config.text_config.hidden_size,
             processor=processor,
+            tag_tokens=_tag_tokens(processor),
         )
 
     @classmethod
@@ -209,6 +213,17 @@ class ModelGeometry:
         )
 
 
+def _tag_tokens(processor: NanoNemotronVLProcessor) -> tuple[int, int] | None:
+    from vllm.transformers_utils.processors.nano_nemotron_vl import AUDIO_CONTEXT
+
+    def length(text: str) -> int:
+        return len(processor.tokenizer(text, add_special_tokens=False).input_ids)
+
+    video, audio = length("<video>"), length(AUDIO_CONTEXT)
+    mixed = "<video>" + AUDIO_CONTEXT + "<video><video>" + AUDIO_CONTEXT * 2 + "<video>"
+    return (video, audio) if length(mixed) == 4 * video + 3 * audio else None
+
+
 def _count(details: Any) -> tuple[int, int]:
     """(prompt tokens, embeddings) of a vLLM ``PromptUpdateDetails``."""
     full = details.full
@@ -225,9 +240,10 @@ class _SizeOnlyImage(Image.Image):
     answer "how many tokens".
     """
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, index: int = 0) -> None:
         super().__init__()
         self._nanovl_size = (width, height)
+        self.nanovl_index = index  # position in the prompt's images, for error messages
 
     @property
     def size(self) -> tuple[int, int]:  # type: ignore[override]
@@ -238,6 +254,122 @@ def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if not value or value <= 0:
             raise InvalidArgument(f"{name} must be positive, got {value}")
+
+
+def _thin_image_error(
+    sizes: Sequence[tuple[int, int]], index: int | None, patch_budget: int | None, grid: tuple[int, int] | None
+) -> InvalidArgument:
+    if index is None:  # vLLM's internals changed: the rule still holds, the details are unknown
+        which = "an image of this prompt" + (f" ({', '.join(f'{w}x{h}' for w, h in sizes)})" if sizes else "")
+    else:
+        width, height = sizes[index]
+        which = f"image {index + 1} of {len(sizes)}" if len(sizes) > 1 else "the image"
+        which += f" ({width}x{height} pixels)"
+    scaled = (
+        f": scaled to its share of the prompt's patch budget ({patch_budget} patches) it is {grid[0]}x{grid[1]} patches"
+        if grid is not None and patch_budget is not None
+        else ""
+    )
+    return InvalidArgument(
+        f"{which} is too thin for this model's dynamic-resolution tiler{scaled}, "
+        "and vLLM's processor cannot process an image with no patch rows or columns "
+        "(DynamicResolutionImageTiler.process_media divides by zero or resizes to 0 pixels); "
+        "crop or pad it nearer to square, or send fewer or smaller images in this prompt"
+    )
+
+
+def _dynamic_params(geom: ModelGeometry, sizes: Sequence[tuple[int, int]], text_prompt_length: int) -> list[Any]:
+    """vLLM's dynamic tiler's ``DynamicResolutionParams`` for the images of one prompt.
+
+    vLLM's own ``DynamicResolutionImageTiler.compute_params`` decides; an image it would
+    scale to no patch rows or columns raises ``InvalidArgument`` (vLLM's processor raises
+    ``ZeroDivisionError`` for it in ``process_media``, or fails to resize it to 0 pixels),
+    so nanovl refuses exactly the images vLLM cannot process.
+    """
+    tiler = geom.processor.dynamic_tiler
+    assert tiler is not None
+    budget = tiler.max_num_tokens_available(text_prompt_length=text_prompt_length)
+    media = [_SizeOnlyImage(w, h, i) for i, (w, h) in enumerate(sizes)]
+    try:
+        params = tiler.compute_params(media, budget)
+    except ZeroDivisionError as exc:
+        # The failing frame is process_media(media, current_num_tokens_available): its
+        # locals say which image, its patch budget and the grid it shrank to.
+        tb = exc.__traceback__
+        frame = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name == "process_media":
+                frame = tb.tb_frame
+            tb = tb.tb_next
+        local = frame.f_locals if frame is not None else {}
+        grid = (local.get("target_patch_width"), local.get("target_patch_height"))
+        budget_there = local.get("current_num_tokens_available")
+        raise _thin_image_error(
+            sizes,
+            getattr(local.get("media"), "nanovl_index", None),
+            int(budget_there) if isinstance(budget_there, int | float) else None,
+            (int(grid[0]), int(grid[1])) if all(isinstance(g, int) for g in grid) else None,
+        ) from None
+    for param in params:
+        pw, ph = param.patch_size
+        if pw <= 0 or ph <= 0 or param.num_embeddings <= 0:
+            raise _thin_image_error(sizes, param.media.nanovl_index, budget, (pw, ph))
+    return params
+
+
+def dynamic_image_grids(
+    geom: ModelGeometry, sizes: Sequence[tuple[int, int]], *, text_prompt_length: int = 0
+) -> list[tuple[int, int]]:
+    """``(width, height)`` in patches that vLLM's dynamic tiler gives each image of one
+    prompt processed together (no tokenizer involved: safe beside vLLM's own threads).
+    ``InvalidArgument`` for an image it cannot process (see ``_dynamic_params``)."""
+    for width, height in sizes:
+        _check_positive(width=width, height=height)
+    return [tuple(p.patch_size) for p in _dynamic_params(geom, sizes, text_prompt_length)]
+
+
+def images_context_free(geom: ModelGeometry, sizes: Sequence[tuple[int, int]], *, text_prompt_length: int = 0) -> bool:
+    """Whether each image's tokens are the same in every subset of this prompt's items.
+
+    vLLM's processor cache processes only the items it has not seen, together (with one
+    dummy tag per missing video and audio item), and reuses the stored result of the
+    others. With tiling, or with dynamic resolution when this is True, that changes
+    nothing: every image gets what it gets alone. False means the dynamic tiler shares a
+    binding budget among the images, so an image's tokens depend on which other items
+    the cache happens to hold (see ``model.processor_cache``).
+
+    The rule follows ``DynamicResolutionImageTiler.compute_params``: its first pass
+    gives each image ``max(min(budget, max_num_patches), min_num_patches)`` patches
+    (``budget`` = 4 x ``max_num_tokens_available``, pixel shuffle) and returns at once
+    when the images' patches fit ``budget``. If that per-image share is the same for this
+    prompt as for an image alone (text length 0), the budget is not raised to
+    ``min_num_patches`` per image, and the first pass fits, then every subset of the
+    items (a smaller text length, fewer images) also ends after that same first pass.
+    """
+    tiler = geom.processor.dynamic_tiler
+    if tiler is None or not sizes:
+        return True
+    scale = (4 if tiler.PIXEL_SHUFFLE else 1) * (4 if tiler.CONV_MERGING else 1)
+    min_patches = geom.dynamic_min_patches or 0
+    max_patches = geom.dynamic_max_patches or 0
+    cap = max_patches if max_patches > 0 else math.inf
+
+    def share(available: int) -> float:
+        return max(min(available, cap), min_patches)
+
+    available = tiler.max_num_tokens_available(text_prompt_length=text_prompt_length) * scale
+    alone = tiler.max_num_tokens_available(text_prompt_length=0) * scale
+    if share(available) != share(alone) or available < min_patches * len(sizes):
+        return False
+    per_image = int(share(available))
+    used = 0
+    for i, (w, h) in enumerate(sizes):
+        try:
+            _, patches = tiler.process_media(_SizeOnlyImage(w, h, i), per_image)
+        except ZeroDivisionError:  # a thin image: dynamic_image_grids names it
+            return False
+        used += patches
+    return used <= available
 
 
 def images_tokens(
@@ -262,10 +394,7 @@ def images_tokens(
     tiles = max_num_tiles or geom.max_num_tiles
     out: list[ItemTokens] = []
     if proc.dynamic_tiler is not None:
-        tiler = proc.dynamic_tiler
-        budget = tiler.max_num_tokens_available(text_prompt_length=text_prompt_length)
-        params = tiler.compute_params([_SizeOnlyImage(w, h) for w, h in sizes], budget)
-        for param in params:
+        for param in _dynamic_params(geom, sizes, text_prompt_length):
             pw, ph = param.patch_size
             prompt, embeds = _count(proc.get_image_repl(param.num_embeddings, None))
             out.append(
@@ -328,6 +457,8 @@ def dummy_text_length(geom: ModelGeometry, *, num_videos: int = 0, num_audios: i
     """
     from vllm.transformers_utils.processors.nano_nemotron_vl import AUDIO_CONTEXT
 
+    if geom.tag_tokens is not None:
+        return num_videos * geom.tag_tokens[0] + num_audios * geom.tag_tokens[1]
     text = "<video>" * num_videos + AUDIO_CONTEXT * num_audios
     if not text:
         return 0

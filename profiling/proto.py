@@ -6,6 +6,7 @@ the same messages, so online and offline output are identical).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from nanovl.errors import InvalidArgument
@@ -14,7 +15,9 @@ from nanovl.modalities import modality_to_pb as modality_pb
 from nanovl.v1 import inference_pb2
 from nanovl.v1 import profiling_pb2 as pb
 from profiling.profilers.cpu_profile import DEFAULT_DURATION_S, DEFAULT_RATE_HZ, CpuProfileChunk, CpuProfileRequest
-from profiling.sizing.budget import AudioItems, ImageItems, MemoryPlan, Plan, PlanRequest, VideoItems
+from profiling.profilers.limits import TorchProfileBounds
+from profiling.profilers.torch_profile import TorchProfileRequest, TorchProfileResult
+from profiling.sizing.budget import DEFAULT_VIDEO_FPS, AudioItems, ImageItems, MemoryPlan, Plan, PlanRequest, VideoItems
 from profiling.sizing.dummy import DummyItems, DummyProfile
 from profiling.sizing.exact_sizing import EncoderSizing, ExactSizingReport
 from profiling.sizing.live_budget import LiveBudget, MediaItem
@@ -25,6 +28,11 @@ ROLE_TO_PB: dict[str, int] = {
     "worker": pb.PROCESS_ROLE_WORKER,
 }
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+CONSTRAINT_TO_PB: dict[str, int] = {
+    "tokens": pb.PLAN_CONSTRAINT_TOKENS,
+    "encoder_cache": pb.PLAN_CONSTRAINT_ENCODER_CACHE,
+    "memory": pb.PLAN_CONSTRAINT_MEMORY,
+}
 FORMAT_FROM_PB = {
     pb.CPU_PROFILE_FORMAT_UNSPECIFIED: "speedscope",
     pb.CPU_PROFILE_FORMAT_SPEEDSCOPE: "speedscope",
@@ -43,8 +51,27 @@ def media_items_from_pb(m: pb.MediaItems, *, where: str) -> MediaItem:
     if kind == "image":
         return ImageItems(m.count, m.image.width or None, m.image.height or None)
     if kind == "video":
-        return VideoItems(m.count, m.video.num_frames, m.video.width, m.video.height)
+        return video_items_from_pb(m.count, m.video, where=f"{where}.video")
     return AudioItems(m.count, m.audio.seconds)
+
+
+def video_items_from_pb(count: int, v: pb.VideoItem, *, where: str) -> VideoItems:
+    """A ``VideoItem`` with its timing (``fps`` + ``frame_indices``, or ``frame_times_s``)."""
+    if v.frame_times_s:
+        if v.HasField("fps") or v.frame_indices:
+            raise InvalidArgument(f"{where}: give frame_times_s, or fps and frame_indices, not both")
+        if v.num_frames not in (0, len(v.frame_times_s)):
+            raise InvalidArgument(
+                f"{where}: num_frames is {v.num_frames} but frame_times_s has {len(v.frame_times_s)} times"
+            )
+        return VideoItems.at_times(count, list(v.frame_times_s), v.width, v.height)
+    fps = v.fps if v.HasField("fps") else DEFAULT_VIDEO_FPS
+    if not (math.isfinite(fps) and fps > 0):
+        raise InvalidArgument(f"{where}.fps must be a positive number of frames per second, got {fps}")
+    indices = tuple(int(i) for i in v.frame_indices) or None
+    if indices is not None and len(indices) != v.num_frames:
+        raise InvalidArgument(f"{where}: num_frames is {v.num_frames} but frame_indices has {len(indices)} entries")
+    return VideoItems(count, v.num_frames, v.width, v.height, fps, indices)
 
 
 def media_items_to_pb(items: MediaItem) -> pb.MediaItems:
@@ -52,7 +79,14 @@ def media_items_to_pb(items: MediaItem) -> pb.MediaItems:
         return pb.MediaItems(count=items.count, image=pb.ImageItem(width=items.width or 0, height=items.height or 0))
     if isinstance(items, VideoItems):
         return pb.MediaItems(
-            count=items.count, video=pb.VideoItem(num_frames=items.num_frames, width=items.width, height=items.height)
+            count=items.count,
+            video=pb.VideoItem(
+                num_frames=items.num_frames,
+                width=items.width,
+                height=items.height,
+                fps=items.fps,
+                frame_indices=list(items.indices()),
+            ),
         )
     return pb.MediaItems(count=items.count, audio=pb.AudioItem(seconds=items.seconds))
 
@@ -211,6 +245,11 @@ def plan_to_pb(plan: Plan, order: Sequence[Modality] | None = None) -> pb.Budget
         vllm_predicted_total_bytes=plan.memory_vllm.total_bytes,
         vllm_profiled_modality=modality_pb(plan.vllm.profiled_modality),
         vllm_profiled_items=plan.vllm.profiled_items,
+        binding_constraints=[CONSTRAINT_TO_PB[c] for c in rec.binding],
+        admitting_max_model_len=rec.admitting_max_model_len or 0,
+        admitting_memory_bytes=rec.admitting_memory_bytes or 0,
+        admitting_max_num_batched_tokens=rec.admitting_max_num_batched_tokens or 0,
+        recommendation_note=rec.note,
     )
     for modality in order:
         mp = plan.modality(modality)
@@ -289,4 +328,47 @@ def chunk_to_pb(chunk: CpuProfileChunk) -> pb.CpuProfileChunk:
         out.content_type = chunk.file.content_type
         out.pid = chunk.file.pid
         out.role = ROLE_TO_PB[chunk.file.role]  # type: ignore[assignment]
+        out.samples = chunk.file.samples
+        out.errors = chunk.file.errors
+        out.warning = chunk.file.warning
     return out
+
+
+# ------------------------------------------------------------------------ torch profiler
+
+TORCH_END_TO_PB: dict[str, int] = {
+    "stopped": pb.TORCH_PROFILE_END_STOPPED,
+    "steps": pb.TORCH_PROFILE_END_STEPS,
+    "duration": pb.TORCH_PROFILE_END_DURATION,
+    "memory": pb.TORCH_PROFILE_END_MEMORY,
+}
+
+
+def torch_request_from_pb(req: pb.StartTorchProfileRequest) -> TorchProfileRequest:
+    return TorchProfileRequest(
+        prefix=req.profile_prefix if req.HasField("profile_prefix") else None,
+        delay_iterations=req.delay_iterations if req.HasField("delay_iterations") else None,
+        max_iterations=req.max_iterations if req.HasField("max_iterations") else None,
+        max_duration_s=req.max_duration_s if req.HasField("max_duration_s") else None,
+    )
+
+
+def torch_started_to_pb(bounds: TorchProfileBounds) -> pb.StartTorchProfileResponse:
+    # trace_dir stays empty: server paths never go back to callers.
+    return pb.StartTorchProfileResponse(
+        max_iterations=bounds.max_steps,
+        max_duration_s=bounds.max_duration_s,
+        max_memory_growth_bytes=bounds.max_memory_growth_bytes,
+    )
+
+
+def torch_result_to_pb(result: TorchProfileResult) -> pb.StopTorchProfileResponse:
+    # File names relative to the server's torch profiler directory; never the directory.
+    return pb.StopTorchProfileResponse(
+        files=list(result.files),
+        ended_by=TORCH_END_TO_PB[result.ended_by],  # type: ignore[arg-type]
+        duration_s=result.duration_s,
+        peak_memory_growth_bytes=max(0, result.peak_memory_growth_bytes),
+        trace_bytes=result.trace_bytes,
+        warning=result.warning,
+    )

@@ -32,6 +32,7 @@ from nanovl.v1 import profiling_pb2 as pb
 from nanovl.v1 import profiling_pb2_grpc
 from profiling.profilers.cpu_profile import CpuProfileLimits, capture_cpu_profile, iter_chunks
 from profiling.profilers.cpu_profile import validate as validate_cpu_request
+from profiling.profilers.limits import TorchProfileLimits
 from profiling.profilers.torch_profile import TorchProfiler
 from profiling.proto import (
     budget_to_pb,
@@ -41,10 +42,14 @@ from profiling.proto import (
     dummy_to_pb,
     plan_request_from_pb,
     plan_to_pb,
+    torch_request_from_pb,
+    torch_result_to_pb,
+    torch_started_to_pb,
 )
 from profiling.sizing.budget import plan_budget
 from profiling.sizing.dummy import DummyProfiler
 from profiling.sizing.live_budget import LiveBudgetReader, resolve_unsized
+from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 from service.status import grpc_errors
 
 if TYPE_CHECKING:
@@ -65,6 +70,7 @@ class OperatorLimits:
     # Directories PlanBudget.model_path may point into (resolved; symlinks followed).
     plan_model_dirs: tuple[Path, ...] = ()
     cpu_profile: CpuProfileLimits = field(default_factory=CpuProfileLimits)
+    torch_profile: TorchProfileLimits = field(default_factory=TorchProfileLimits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan_model_dirs", tuple(Path(os.path.realpath(d)) for d in self.plan_model_dirs))
@@ -78,17 +84,20 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         *,
         metrics: ServiceMetrics | None = None,
         limits: OperatorLimits | None = None,
+        media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
     ) -> None:
         self._engine = engine
         self._engine_args = engine_args
         self._limits = limits or OperatorLimits()
+        # The Inference service's per-item media limits: plans and advertised maxima keep to them.
+        self._media_limits = media_limits
         # The capture running now (CPU profile, torch profile session, dummy profile), if any.
         self._capturing: str | None = None
         # vLLM's config/processor building (every plan) is not safe to run concurrently.
         self._plan_lock = threading.Lock()
-        self._budget = LiveBudgetReader(engine, engine_args, plan_lock=self._plan_lock)
-        self._dummy = DummyProfiler(engine, engine_args, plan_lock=self._plan_lock)
-        self._torch = TorchProfiler(engine)
+        self._budget = LiveBudgetReader(engine, engine_args, plan_lock=self._plan_lock, media_limits=media_limits)
+        self._dummy = DummyProfiler(engine, engine_args, plan_lock=self._plan_lock, media_limits=media_limits)
+        self._torch = TorchProfiler(engine, self._limits.torch_profile)
         if metrics is not None:
             metrics.set_encoder_budget_source(self.encoder_budget_snapshot)
 
@@ -114,8 +123,9 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
             self._capturing = None
 
     def _begin(self, what: str) -> None:
-        if self._capturing is not None:
-            raise FailedPrecondition(f"{self._capturing} is running: one capture at a time; retry when it ends")
+        running = self._capturing or (_TORCH_CAPTURE if self._torch.running else None)
+        if running is not None:
+            raise FailedPrecondition(f"{running} is running: one capture at a time; retry when it ends")
         self._capturing = what
 
     def _other_checkpoint(self, model_path: str) -> str | None:
@@ -134,6 +144,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
 
     def _plan(self, request: pb.PlanBudgetRequest) -> pb.BudgetPlan:
         plan_request, order = plan_request_from_pb(request)
+        plan_request = dataclasses.replace(plan_request, media_limits=self._media_limits)
         other = self._other_checkpoint(request.model_path) if request.HasField("model_path") else None
         if other is not None:
             # Another checkpoint: vLLM's defaults for it, plus the request's settings; its
@@ -172,7 +183,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         limits = self._limits.cpu_profile
         cpu_request = cpu_request_from_pb(request)
         if not request.HasField("rate_hz"):
-            cpu_request = dataclasses.replace(cpu_request, rate_hz=min(cpu_request.rate_hz, limits.max_rate_hz))
+            cpu_request = dataclasses.replace(cpu_request, rate_hz=limits.default_rate_hz(cpu_request.native))
         if not request.HasField("duration_s"):
             cpu_request = dataclasses.replace(
                 cpu_request, duration_s=min(cpu_request.duration_s, limits.max_duration_s)
@@ -188,25 +199,21 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
     async def StartTorchProfile(
         self, request: pb.StartTorchProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartTorchProfileResponse:
-        self._begin("a torch profile (StopTorchProfile ends it)")
+        torch_request = torch_request_from_pb(request)
+        self._torch.config()  # a server without the profiler says so before anything else
+        # While it starts; then the session itself (TorchProfiler.running) until it ends.
+        self._begin("a torch profile start")
         try:
-            await self._torch.start(
-                prefix=request.profile_prefix if request.HasField("profile_prefix") else None,
-                delay_iterations=request.delay_iterations if request.HasField("delay_iterations") else None,
-                max_iterations=request.max_iterations if request.HasField("max_iterations") else None,
-            )
-        except BaseException:
+            bounds = await self._torch.start(torch_request)
+        finally:
             self._capturing = None
-            raise
-        # trace_dir stays empty: server paths never go back to callers.
-        return pb.StartTorchProfileResponse()
+        return torch_started_to_pb(bounds)
 
     @grpc_errors
     async def StopTorchProfile(
         self, request: pb.StopTorchProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.StopTorchProfileResponse:
-        result = await self._torch.stop()
-        if self._capturing is not None and self._capturing.startswith("a torch profile"):
-            self._capturing = None
-        # File names relative to the server's torch profiler directory; never the directory.
-        return pb.StopTorchProfileResponse(files=list(result.files))
+        return torch_result_to_pb(await self._torch.stop())
+
+
+_TORCH_CAPTURE = "a torch profile (StopTorchProfile ends it)"

@@ -174,8 +174,11 @@ def _dummy_media(
     seconds: float,
     fps: float,
     sampling_rate: int | None,
+    frame_indices: list[int] | None = None,
 ) -> list:
-    """Constant-valued media of the given size (encoder cost does not depend on pixel values)."""
+    """Constant-valued media of the given size (encoder cost does not depend on pixel values).
+    A video's metadata carries ``fps`` and ``frame_indices`` (default ``0..num_frames-1``):
+    they decide the frame-time text in its prompt."""
     import numpy as np
 
     if modality == "image":
@@ -184,11 +187,12 @@ def _dummy_media(
         return [Image.new("RGB", (width, height), color=255)] * count
     if modality == "video":
         frames = np.full((num_frames, height, width, 3), 255, dtype=np.uint8)
+        indices = list(range(num_frames)) if not frame_indices else [int(i) for i in frame_indices]
         metadata = {
             "fps": fps,
-            "duration": num_frames / fps,
-            "total_num_frames": num_frames,
-            "frames_indices": list(range(num_frames)),
+            "duration": (indices[-1] + 1) / fps,
+            "total_num_frames": indices[-1] + 1,
+            "frames_indices": indices,
             "video_backend": "nanovl",
             "do_sample_frames": False,
         }
@@ -330,6 +334,7 @@ class NanovlProfilingMixin:
         num_frames: int = 0,
         seconds: float = 0.0,
         fps: float = 2.0,
+        frame_indices: list[int] | None = None,
         breakdown: bool = False,
     ) -> dict:
         """:meth:`nanovl_encode_dummy_prompt` for ``count`` items of one modality."""
@@ -341,6 +346,7 @@ class NanovlProfilingMixin:
             "num_frames": num_frames,
             "seconds": seconds,
             "fps": fps,
+            "frame_indices": frame_indices,
         }
         out = self.nanovl_encode_dummy_prompt([entry], breakdown=breakdown)
         out["modality"], out["count"] = modality, count
@@ -386,6 +392,7 @@ class NanovlProfilingMixin:
                     float(e.get("seconds", 0.0)),
                     float(e.get("fps", 2.0)),
                     rate,
+                    e.get("frame_indices"),
                 )
             )
             counts[m] = counts.get(m, 0) + int(e["count"])

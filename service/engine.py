@@ -8,6 +8,7 @@ failures into ``NanovlError``s with actionable messages; it knows nothing of gRP
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from vllm.outputs import RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from model.token_accounting import ModelGeometry
+
 log = logging.getLogger(__name__)
 
 # Settings vLLM needs on CPU for this model (see docs/architecture.md): prefix caching
@@ -51,6 +54,32 @@ def on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+# nanovl's defaults for vLLM's torch profiler (``ProfilerConfig``), used only for fields
+# the operator left unset. vLLM's front-end profiler records the server process for the
+# whole session, unbounded by engine steps (vLLM warns it "may result in high overhead"
+# with step limits), and nanovl's own spans cover the front end.
+PROFILER_DEFAULTS: Mapping[str, Any] = {"ignore_frontend": True}
+# On CPU every op runs on the CPU thread the profiler watches: vLLM's default
+# torch_profiler_with_stack=True turns on torch's Python tracer, which records every Python
+# call of the worker, between steps too (gigabytes within minutes, and an export that
+# blocks the engine for minutes). Shapes, memory and FLOPs are off in vLLM already; kept
+# explicit so a vLLM default change cannot grow the trace unnoticed.
+CPU_PROFILER_DEFAULTS: Mapping[str, Any] = {
+    "torch_profiler_with_stack": False,
+    "torch_profiler_record_shapes": False,
+    "torch_profiler_with_memory": False,
+    "torch_profiler_with_flops": False,
+}
+
+
+def bounded_profiler_config(fields: Mapping[str, Any], *, cpu: bool) -> dict[str, Any]:
+    """vLLM ``ProfilerConfig`` fields with nanovl's defaults filled in where ``fields``
+    (what the operator set) has none; unchanged unless ``fields["profiler"] == "torch"``."""
+    if fields.get("profiler") != "torch":
+        return dict(fields)
+    return {**PROFILER_DEFAULTS, **(CPU_PROFILER_DEFAULTS if cpu else {}), **fields}
 
 
 def apply_process_environment(cache_dir: Path) -> None:
@@ -84,7 +113,9 @@ WORKER_EXTENSION_CLS = "profiling.worker_extension.NanovlWorkerExtension"
 
 
 def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
-    """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden."""
+    """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden.
+    A ``profiler_config`` given as a mapping gets nanovl's profiler defaults
+    (:func:`bounded_profiler_config`) for the fields it leaves out."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     # Stats stay on: RequestOutput.metrics (queue time, TTFT) is None without them.
@@ -96,6 +127,8 @@ def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
     if on_cpu():
         kwargs.update(CPU_ENGINE_DEFAULTS)
     kwargs.update(overrides)
+    if isinstance(kwargs.get("profiler_config"), Mapping):
+        kwargs["profiler_config"] = bounded_profiler_config(kwargs["profiler_config"], cpu=on_cpu())
     return AsyncEngineArgs(**kwargs)
 
 
@@ -198,9 +231,27 @@ class Engine:
         self.summary = summary
         self.engine_args = engine_args
         self._shut_down = False
+        self._geometry: ModelGeometry | None = None
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        """Exact token accounting for the served model, over the front end's own processor."""
+        if self._geometry is None:
+            from model.token_accounting import ModelGeometry
+
+            processor = self.llm.renderer.get_mm_processor().info.get_hf_processor()
+            self._geometry = ModelGeometry.from_processor(processor, max_model_len=self.summary.max_model_len)
+        return self._geometry
 
     @classmethod
-    async def start(cls, engine_args: AsyncEngineArgs, *, warmup: bool = True) -> Engine:
+    async def start(
+        cls, engine_args: AsyncEngineArgs, *, warmup: bool = True, client_config: Mapping[str, Any] | None = None
+    ) -> Engine:
+        """Start vLLM's engine core and connect to it; or, with ``client_config`` (what vLLM's
+        ``APIServerProcessManager`` hands each API-server process: the engine's ZMQ addresses,
+        ``client_count`` and ``client_index``), connect to an engine core another process started,
+        as one of several frontends (mirrors vLLM's ``build_async_engine_client_from_engine_args``)."""
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from model import vllm_plugin
@@ -209,7 +260,21 @@ class Engine:
         # the class that applies --exact-mm-sizing (vLLM's own behaviour without it).
         vllm_plugin.register(eager=True)
         t0 = time.perf_counter()
-        llm = AsyncLLM.from_engine_args(engine_args)
+        if client_config is None:
+            llm = AsyncLLM.from_engine_args(engine_args)
+        else:
+            addresses = dict(client_config)
+            count, index = addresses.pop("client_count"), addresses.pop("client_index")
+            # vLLM picks its media-cache mode from these (no IPC cache across several frontends).
+            engine_args._api_process_count, engine_args._api_process_rank = count, index
+            llm = AsyncLLM.from_vllm_config(
+                engine_args.create_engine_config(UsageContext.ENGINE_CONTEXT),
+                enable_log_requests=engine_args.enable_log_requests,
+                disable_log_stats=engine_args.disable_log_stats,
+                client_addresses=addresses,
+                client_count=count,
+                client_index=index,
+            )
         engine = cls(llm, _summarize(llm), engine_args)
         if engine.summary.item_maxima is not None:
             try:
@@ -274,8 +339,19 @@ class Engine:
     # ------------------------------------------------------------------ requests
 
     async def render(self, prompt: AssembledPrompt) -> RenderedPrompt:
-        """Tokenize and run the multimodal processor (vLLM does it off the event loop)."""
+        """Tokenize and run the multimodal processor (vLLM does it off the event loop).
+
+        Images vLLM's processor cannot process are refused first (``InvalidArgument``), and
+        a prompt whose counts vLLM's processor cache could change gets request-unique
+        item identifiers (``model.processor_cache``)."""
         self._check_limits(prompt)
+        source = prompt
+        if prompt.multi_modal_data and prompt.multi_modal_uuids is None:
+            from model.processor_cache import multi_modal_uuids
+
+            uuids = multi_modal_uuids(self.geometry, prompt.multi_modal_data, nonce=uuid.uuid4().hex)
+            if uuids is not None:
+                prompt = dataclasses.replace(prompt, multi_modal_uuids={m: tuple(ids) for m, ids in uuids.items()})
         try:
             (engine_input,) = await self.llm.renderer.render_cmpl_async([prompt.to_vllm()])
         except NanovlError:
@@ -288,7 +364,7 @@ class Engine:
             by_modality[modality] = sum(int(r.length) for r in ranges)
             self._check_item_tokens(modality, [int(r.get_num_embeds()) for r in ranges])
         by_modality["text"] = len(token_ids) - sum(by_modality.values())
-        rendered = RenderedPrompt(engine_input, len(token_ids), by_modality, source=prompt)
+        rendered = RenderedPrompt(engine_input, len(token_ids), by_modality, source=source)
         if rendered.num_prompt_tokens >= self.summary.max_model_len:
             detail = ", ".join(f"{k} {v}" for k, v in by_modality.items())
             raise OutOfRange(self._too_long_message(rendered.num_prompt_tokens, exact=True, detail=detail))

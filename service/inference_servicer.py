@@ -548,10 +548,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             )
                         clock.last_token = now
                         completion_tokens += len(token_ids)
-                        delta = pb.Delta(text=completion.text, token_ids=token_ids)
+                        # Filled in place: constructing GenerateResponse(delta=Delta(...)) copies
+                        # the Delta, on every streamed message.
+                        response = pb.GenerateResponse()
+                        delta = response.delta
+                        delta.text = completion.text
+                        delta.token_ids.extend(token_ids)
                         if completion.logprobs:
                             delta.logprobs.extend(_logprobs(token_ids, completion.logprobs))
-                        yield pb.GenerateResponse(delta=delta)
+                        yield response
                     if output.finished:
                         finished = True
             finally:

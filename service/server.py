@@ -144,7 +144,7 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(settings.reuse_port)),
         # A stream can be silent for long stretches: queued behind max_num_seqs, a long
         # video prefill, a client pausing its upload. gRPC Core's defaults count every
         # client keepalive PING in such a stretch as a strike and, after two, send

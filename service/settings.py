@@ -60,6 +60,9 @@ class ServerSettings:
     # A plaintext port on ``host`` with only grpc.health.v1, for probes that speak neither TLS
     # nor metadata (Kubernetes' gRPC probes); None: no such port.
     health_port: int | None = None
+    # Several processes serve one inference port (``nanovl serve --frontend-processes``):
+    # SO_REUSEPORT, which is otherwise off so that a port in use fails the start.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         for name in (

@@ -50,7 +50,13 @@ def otlp_receiver():
 
 
 @pytest.fixture(scope="session")
-async def engine(tiny_checkpoint: Path, otlp_receiver):
+def torch_trace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session engine's torch profiler (vLLM's) writes its traces."""
+    return tmp_path_factory.mktemp("torch-traces")
+
+
+@pytest.fixture(scope="session")
+async def engine(tiny_checkpoint: Path, otlp_receiver, torch_trace_dir: Path):
     args = default_engine_args(
         str(tiny_checkpoint),
         max_model_len=TEST_MAX_MODEL_LEN,
@@ -58,6 +64,9 @@ async def engine(tiny_checkpoint: Path, otlp_receiver):
         max_num_seqs=64,
         # vLLM's own tracing (its llm_request span) joins nanovl's traces in the tests.
         otlp_traces_endpoint=otlp_receiver.endpoint,
+        # vLLM's torch profiler, with nanovl's bounded defaults (service.engine); it costs
+        # nothing until a test starts a session.
+        profiler_config={"profiler": "torch", "torch_profiler_dir": str(torch_trace_dir)},
     )
     eng = await Engine.start(args, warmup=True)
     yield eng

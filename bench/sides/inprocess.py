@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.config import PassPolicy
 from bench.convert import inprocess_prompt
-from bench.loop import StreamClock, measure_points
+from bench.loop import StreamClock, point_measurer
+from bench.passes import run_schedule
 from bench.plan import Point
 from bench.sides import PointOutcome
 from loadtest.results import RequestRecord
@@ -50,6 +52,7 @@ class InprocessJob:
     points: tuple[Point, ...]
     checkpoint: str
     engine_overrides: dict[str, Any]  # for default_engine_args (bench.servers.inprocess_overrides)
+    passes: PassPolicy = PassPolicy()
 
 
 def run_inprocess(job: InprocessJob) -> InprocessRun:
@@ -57,7 +60,7 @@ def run_inprocess(job: InprocessJob) -> InprocessRun:
     try:
         # The same event loop as `nanovl serve` and vLLM's servers (uvloop): the limit
         # for a frontend is measured with the best loop any of them uses.
-        return event_loop.run(_run(job.points, job.checkpoint, job.engine_overrides))
+        return event_loop.run(_run(job.points, job.checkpoint, job.engine_overrides, job.passes))
     except Exception as e:  # reported, not raised: the other sides still run
         return InprocessRun(None, (), f"{type(e).__name__}: {e}")
 
@@ -83,7 +86,7 @@ async def _send(engine: Any, item: _Prepared, index: int) -> RequestRecord:
     return clock.record(index, item.kind, prompt_tokens=rendered.num_prompt_tokens)
 
 
-async def _run(points: Sequence[Point], checkpoint: str, overrides: dict[str, Any]) -> InprocessRun:
+async def _run(points: Sequence[Point], checkpoint: str, overrides: dict[str, Any], passes: PassPolicy) -> InprocessRun:
     from model.prompt import ChatRenderer
     from service.engine import Engine, default_engine_args
     from service.sampling import to_sampling_params
@@ -113,7 +116,8 @@ async def _run(points: Sequence[Point], checkpoint: str, overrides: dict[str, An
         async def send(item: _Prepared, index: int) -> RequestRecord:
             return await _send(engine, item, index)
 
-        outcomes = await measure_points(points, send, prepare, server_pid=None)
+        measure = point_measurer(send, prepare, server_pid=None)
+        outcomes = await run_schedule(points, measure, passes, log=lambda m: print(f"inprocess: {m}", flush=True))
         return InprocessRun(startup_s, tuple(outcomes))
     finally:
         engine.shutdown()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from bench.cpu import CpuMeter
+from bench.passes import MeasurePoint
 from bench.plan import Point, with_target
 from bench.sides import PointOutcome
 from loadtest.config import LoadLevel
@@ -13,10 +13,10 @@ from loadtest.results import LevelResult, RequestRecord
 from loadtest.runner import run_load_test_async
 from nanovl.errors import NanovlError
 
-__all__ = ["measure_nanovl"]
+__all__ = ["MeterAroundLevel", "nanovl_measurer"]
 
 
-class _MeterAroundLevel:
+class MeterAroundLevel:
     """A load-test progress listener that runs a CPU meter over the level (after the
     load tester's warm-up requests, like the other sides)."""
 
@@ -39,16 +39,17 @@ class _MeterAroundLevel:
         self.meter.stop()
 
 
-async def measure_nanovl(points: Sequence[Point], target: str, server_pid: int) -> list[PointOutcome]:
-    """One load-test run per point: its warm-up (one request per kind), then the level.
-    The load tester prepares the very prompts :mod:`bench.plan` replicated for the others."""
-    out = []
-    for p in points:
+def nanovl_measurer(target: str, server_pid: int) -> MeasurePoint:
+    """A function measuring one point: one load-test run (its warm-up, one request per
+    kind, then the level). The load tester prepares the very prompts :mod:`bench.plan`
+    replicated for the other sides."""
+
+    async def measure(p: Point) -> PointOutcome:
         meter = CpuMeter(server_pid, os.getpid())
         try:
-            result = await run_load_test_async(with_target(p, target), progress=_MeterAroundLevel(meter))
+            result = await run_load_test_async(with_target(p, target), progress=MeterAroundLevel(meter))
         except NanovlError as e:
-            out.append(PointOutcome.of(p, None, f"{e.code.name}: {e}"))
-            continue
-        out.append(PointOutcome.of(p, result.levels[0], cpu=meter.usage))
-    return out
+            return PointOutcome.of(p, None, f"{e.code.name}: {e}")
+        return PointOutcome.of(p, result.levels[0], cpu=meter.usage)
+
+    return measure

@@ -7,19 +7,19 @@ the chat and tokenizes it before timing; only text requests can be sent this way
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from bench.convert import rendered_chat_text, vllm_grpc_request
-from bench.loop import StreamClock, measure_points
-from bench.plan import Point
-from bench.sides import PointOutcome
+from bench.convert import chat_token_ids, vllm_grpc_request
+from bench.loop import StreamClock, point_measurer
+from bench.passes import MeasurePoint
 from loadtest.results import RequestRecord
 
-__all__ = ["VLLM_GRPC_SERVICE", "measure_vllm_grpc"]
+__all__ = ["VLLM_GRPC_SERVICE", "vllm_grpc_measurer"]
 
 VLLM_GRPC_SERVICE = "vllm.grpc.engine.VllmEngine"
 
@@ -53,21 +53,15 @@ async def _send(stub: Any, item: _GrpcRequest, index: int) -> RequestRecord:
     return clock.record(index, item.kind, prompt_tokens=prompt_tokens)
 
 
-async def measure_vllm_grpc(
-    points: Sequence[Point], target: str, checkpoint: str, server_pid: int
-) -> list[PointOutcome]:
+@asynccontextmanager
+async def vllm_grpc_measurer(target: str, checkpoint: str, server_pid: int) -> AsyncIterator[MeasurePoint]:
+    """One channel for the side's whole run; yields a function measuring one point."""
     from smg_grpc_proto import vllm_engine_pb2_grpc
-    from transformers import AutoTokenizer
 
-    from model.prompt import ChatRenderer
-
-    renderer = ChatRenderer(checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    token_ids = chat_token_ids(checkpoint)
 
     def convert(r: Any) -> _GrpcRequest:
-        # vLLM tokenizes a text prompt with the tokenizer's defaults; so does this.
-        ids = list(tokenizer(rendered_chat_text(r.request, renderer))["input_ids"])
-        return _GrpcRequest(r.kind, vllm_grpc_request(r.request, ids, f"bench-{uuid.uuid4().hex}"))
+        return _GrpcRequest(r.kind, vllm_grpc_request(r.request, token_ids(r.request), f"bench-{uuid.uuid4().hex}"))
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = vllm_engine_pb2_grpc.VllmEngineStub(channel)
@@ -75,4 +69,4 @@ async def measure_vllm_grpc(
         async def send(item: _GrpcRequest, index: int) -> RequestRecord:
             return await _send(stub, item, index)
 
-        return await measure_points(points, send, convert, server_pid=server_pid)
+        yield point_measurer(send, convert, server_pid)

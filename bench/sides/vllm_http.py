@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 
 from bench.convert import openai_body
-from bench.loop import StreamClock, measure_points
-from bench.plan import Point
-from bench.sides import PointOutcome
+from bench.loop import StreamClock, point_measurer
+from bench.passes import MeasurePoint
 from loadtest.results import RequestRecord
 
-__all__ = ["measure_vllm_http", "served_model"]
+__all__ = ["served_model", "vllm_http_measurer"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ async def _send(session: aiohttp.ClientSession, url: str, item: _HttpRequest, in
     return clock.record(index, item.kind, prompt_tokens=prompt_tokens)
 
 
-async def measure_vllm_http(points: Sequence[Point], base_url: str, server_pid: int) -> list[PointOutcome]:
+@asynccontextmanager
+async def vllm_http_measurer(base_url: str, server_pid: int) -> AsyncIterator[MeasurePoint]:
+    """One HTTP session for the side's whole run; yields a function measuring one point."""
     model = await served_model(base_url)
     url = f"{base_url}/v1/chat/completions"
     # No connection cap (aiohttp's default is 100) and no total timeout but a generous one.
@@ -69,6 +71,4 @@ async def measure_vllm_http(points: Sequence[Point], base_url: str, server_pid: 
         async def send(item: _HttpRequest, index: int) -> RequestRecord:
             return await _send(session, url, item, index)
 
-        return await measure_points(
-            points, send, lambda r: _HttpRequest(r.kind, openai_body(r.request, model)), server_pid=server_pid
-        )
+        yield point_measurer(send, lambda r: _HttpRequest(r.kind, openai_body(r.request, model)), server_pid)

@@ -19,18 +19,21 @@ class), so a GPU deployment can be planned from a laptop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import math
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from nanovl import units
 from nanovl.cli.common import ADMIN_TOKEN_ENV, add_connection_args, connection_from_args, default_admin_target
 from nanovl.errors import InvalidArgument
-from nanovl.media_specs import parse_dims, parse_seconds, split_count
+from nanovl.media_specs import parse_dims, parse_seconds, split_count, split_rate
 from nanovl.modalities import modality_name
 from nanovl.units import format_bytes
 from nanovl.v1 import profiling_pb2 as pb
@@ -68,13 +71,48 @@ def _argument_type(fn: Callable[[str], T]) -> Callable[[str], T]:
 parse_bytes = _argument_type(units.parse_bytes)
 
 
+def _integer(text: str, *, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+    if value >= 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {(1 << 32) - 1})")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (and < 2**32: the API's uint32)."""
+    return _integer(text, least=1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (and < 2**32)."""
+    return _integer(text, least=0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def parse_limits(text: str) -> dict[str, int]:
     """``image=4,video=1,audio=2``."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
-        if not sep or name not in ("image", "video", "audio") or not value.isdigit():
+        if not sep or name not in ("image", "video", "audio") or not re.fullmatch(r"[0-9]+", value):
             raise argparse.ArgumentTypeError(f"bad limit {part!r}: use image=N,video=N,audio=N")
+        if int(value) >= 1 << 32:
+            raise argparse.ArgumentTypeError(f"bad limit {part!r}: at most {(1 << 32) - 1}")
         out[name] = int(value)
     return out
 
@@ -88,11 +126,21 @@ def parse_image(text: str) -> tuple[int, int, int]:
 
 
 @_argument_type
-def parse_video(text: str) -> tuple[int, int, int, int]:
-    """``FRAMESxWIDTHxHEIGHT[:COUNT]`` -> (frames, width, height, count)."""
+def parse_video(text: str) -> tuple[int, int, int, float | None, int]:
+    """``FRAMESxWIDTHxHEIGHT[@FPS][:COUNT]`` -> (frames, width, height, fps or None, count)."""
+    spec = "video (FRAMESxWIDTHxHEIGHT[@FPS][:COUNT], e.g. 16x640x360@30)"
     size, count = split_count(text, "video")
-    frames, width, height = parse_dims(size, 3, "video size (FRAMESxWIDTHxHEIGHT[:COUNT], e.g. 16x640x360)")
-    return frames, width, height, count
+    size, fps = split_rate(size, spec)
+    frames, width, height = parse_dims(size, 3, spec)
+    return frames, width, height, fps, count
+
+
+def video_item(frames: int, width: int, height: int, fps: float | None) -> pb.VideoItem:
+    """A ``VideoItem``; with ``fps``, frames 1/fps seconds apart from 0 s, as nanovl's
+    server samples a video at ``fps`` and times its frames (default: vLLM's 2 fps)."""
+    if fps is None:
+        return pb.VideoItem(num_frames=frames, width=width, height=height)
+    return pb.VideoItem(num_frames=frames, width=width, height=height, frame_times_s=[i / fps for i in range(frames)])
 
 
 @_argument_type
@@ -121,9 +169,7 @@ def plan_request(args: argparse.Namespace) -> pb.PlanBudgetRequest:
         if modality == "image":
             item.image.CopyFrom(pb.ImageItem(width=size[0], height=size[1]) if size else pb.ImageItem())
         elif modality == "video":
-            item.video.CopyFrom(
-                pb.VideoItem(num_frames=size[0], width=size[1], height=size[2]) if size else pb.VideoItem()
-            )
+            item.video.CopyFrom(video_item(*size[:4]) if size else pb.VideoItem())
         else:
             item.audio.CopyFrom(pb.AudioItem(seconds=size[0]) if size else pb.AudioItem())
     for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "text_tokens"):
@@ -141,8 +187,8 @@ def dummy_request(args: argparse.Namespace) -> pb.RunDummyProfileRequest:
     req = pb.RunDummyProfileRequest()
     for w, h, n in args.image or ():
         req.items.add(count=n, image=pb.ImageItem(width=w, height=h))
-    for f, w, h, n in args.video or ():
-        req.items.add(count=n, video=pb.VideoItem(num_frames=f, width=w, height=h))
+    for f, w, h, fps, n in args.video or ():
+        req.items.add(count=n, video=video_item(f, w, h, fps))
     for s, n in args.audio or ():
         req.items.add(count=n, audio=pb.AudioItem(seconds=s))
     if not req.items:
@@ -169,10 +215,26 @@ def describe_item(m: pb.MediaItems) -> str:
     if kind == "image":
         return f"{m.image.width}x{m.image.height}"
     if kind == "video":
-        return f"{m.video.num_frames} frames {m.video.width}x{m.video.height}"
+        return f"{m.video.num_frames} frames {m.video.width}x{m.video.height} {describe_timing(m.video)}"
     if kind == "audio":
         return f"{m.audio.seconds:g} s"
     return "-"
+
+
+def describe_timing(v: pb.VideoItem) -> str:
+    """``at 0-7.50 s`` for frame times on nanovl's 1 ms clock, ``@ 29.97 fps`` (plus the
+    frame indices when they are not 0, 1, 2, ...) in vLLM's terms."""
+    from_times = list(v.frame_times_s)
+    indices = list(v.frame_indices)
+    fps = v.fps if v.HasField("fps") else 2.0
+    if not from_times and fps == 1000.0 and indices:
+        from_times = [i / 1000 for i in indices]
+    if from_times:
+        return f"at {from_times[0]:g}-{from_times[-1]:g} s"
+    if indices and indices != list(range(len(indices))):
+        shown = ",".join(map(str, indices[:3])) + (f",...,{indices[-1]}" if len(indices) > 3 else "")
+        return f"@ {fps:g} fps, frames {shown}"
+    return f"@ {fps:g} fps"
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
@@ -361,19 +423,31 @@ def render_plan(p: pb.BudgetPlan) -> list[Any]:
         )
     )
     verdict = "accepted" if p.accepted else f"rejected: {p.reason}"
-    out.append(
-        _table(
-            "Verdict",
-            ["", "value"],
-            [
-                ["prompt tokens (media + text)", f"{p.prompt_tokens} ({p.media_prompt_tokens} media)"],
-                ["a prompt with this mix", verdict],
-                ["recommended --limit-mm-per-prompt", p.recommended_limit_mm_per_prompt],
-                *[[f"largest {describe_kind(m)} that fits", describe_item(m)] for m in p.largest_items_that_fit],
-            ],
-        )
-    )
+    rows = [
+        ["prompt tokens (media + text)", f"{p.prompt_tokens} ({p.media_prompt_tokens} media)"],
+        ["a prompt with this mix", verdict],
+    ]
+    if p.binding_constraints:
+        rows.append(["what binds", ", ".join(CONSTRAINT_NAMES[c] for c in p.binding_constraints)])
+        if p.admitting_max_model_len:
+            rows.append(["smallest max_model_len that fits it", p.admitting_max_model_len])
+        if p.admitting_memory_bytes:
+            rows.append(["memory it needs", format_bytes(p.admitting_memory_bytes)])
+        if p.admitting_max_num_batched_tokens:
+            rows.append(["max_num_batched_tokens it needs", p.admitting_max_num_batched_tokens])
+        rows.append(["what would admit it", p.recommendation_note])
+    rows.append(["recommended --limit-mm-per-prompt", p.recommended_limit_mm_per_prompt])
+    rows += [[f"largest {describe_kind(m)} that fits", describe_item(m)] for m in p.largest_items_that_fit]
+    out.append(_table("Verdict", ["", "value"], rows))
     return out
+
+
+CONSTRAINT_NAMES = {
+    pb.PLAN_CONSTRAINT_TOKENS: "tokens (max_model_len)",
+    pb.PLAN_CONSTRAINT_ENCODER_CACHE: "encoder cache",
+    pb.PLAN_CONSTRAINT_MEMORY: "memory",
+    pb.PLAN_CONSTRAINT_UNSPECIFIED: "-",
+}
 
 
 def describe_kind(m: pb.MediaItems) -> str:
@@ -484,17 +558,47 @@ def cmd_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _offline_logging(verbose: bool) -> Iterator[None]:
+    """vLLM logs to stdout by default, which would corrupt --json output; and its info
+    lines (one set per vLLM config the planner builds), transformers' and torch's notices
+    are not the plan: errors only, unless ``verbose``. Restored afterwards (the command
+    may run inside another program, e.g. the tests)."""
+    import logging
+
+    env = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+    if not verbose:
+        env |= {"VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "TORCH_LOGS": "-all"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    # Some log before vLLM configures its loggers (Triton, torch's CUDA notice).
+    loggers = [] if verbose else [logging.getLogger(n) for n in ("vllm", "torch", "transformers")]
+    saved_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved_levels, strict=True):
+            lg.setLevel(level)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     request = plan_request(args)
     if args.model:
-        # vLLM logs to stdout by default, which would corrupt --json output.
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         from nanovl.errors import NanovlError
 
-        try:
-            plan = plan_offline(request)
-        except NanovlError as exc:
-            raise CliError(f"{exc.code.name}: {exc.message}") from None
+        with _offline_logging(args.verbose):
+            try:
+                plan = plan_offline(request)
+            except NanovlError as exc:
+                raise CliError(f"{exc.code.name}: {exc.message}") from None
     else:
         plan = _call(_stub(args).PlanBudget, request, args.timeout)
     _emit(args, plan, render_plan)
@@ -504,6 +608,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_dummy(args: argparse.Namespace) -> int:
     _emit(args, _call(_stub(args).RunDummyProfile, dummy_request(args), args.timeout), render_dummy)
     return 0
+
+
+def write_new_file(out_dir: Path, name: str, data: bytes) -> Path:
+    """``data`` in ``out_dir/name``, never over an existing file: ``name`` with ``-1``,
+    ``-2``, ... before its suffixes when it is taken."""
+    base = Path(name).name
+    stem, dot, suffixes = base.partition(".")
+    for n in range(10_000):
+        path = out_dir / (base if n == 0 else f"{stem}-{n}{dot}{suffixes}")
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+            return path
+        except FileExistsError:
+            continue
+    raise CliError(f"{out_dir}: too many files named like {base}")
 
 
 def cmd_cpu(args: argparse.Namespace) -> int:
@@ -517,12 +637,13 @@ def cmd_cpu(args: argparse.Namespace) -> int:
     }
     req = pb.CaptureCpuProfileRequest(
         duration_s=args.duration,
-        rate_hz=args.rate,
         format=fmt[args.format],
         processes=[roles[r] for r in args.process or ()],
         native=args.native,
         include_idle=args.idle,
     )
+    if args.rate is not None:  # unset: the server's default (lower for native sampling)
+        req.rate_hz = args.rate
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[int, dict[str, Any]] = {}
@@ -535,6 +656,9 @@ def cmd_cpu(args: argparse.Namespace) -> int:
                     pid=chunk.pid,
                     role=ROLE_NAMES[chunk.role],
                     content_type=chunk.content_type,
+                    samples=chunk.samples,
+                    errors=chunk.errors,
+                    warning=chunk.warning,
                 )
             f["data"].extend(chunk.data)
     except grpc.RpcError as exc:
@@ -542,22 +666,68 @@ def cmd_cpu(args: argparse.Namespace) -> int:
     written = []
     for index in sorted(files):
         f = files[index]
-        path = out_dir / f["name"]
-        path.write_bytes(bytes(f["data"]))
-        written.append({"role": f["role"], "pid": f["pid"], "path": str(path), "bytes": len(f["data"])})
+        path = write_new_file(out_dir, f["name"], bytes(f["data"]))
+        written.append(
+            {
+                "role": f["role"],
+                "pid": f["pid"],
+                "path": str(path),
+                "bytes": len(f["data"]),
+                "samples": f["samples"],
+                "errors": f["errors"],
+                "warning": f["warning"],
+            }
+        )
     if args.json:
         print(json.dumps({"files": written}, indent=2))
     else:
         from rich.console import Console
 
-        Console().print(
+        console = Console()
+        console.print(
             _table(
                 "CPU profiles written",
-                ["role", "pid", "file", "size"],
-                [[w["role"], w["pid"], w["path"], format_bytes(w["bytes"])] for w in written],
+                ["role", "pid", "file", "size", "samples"],
+                [[w["role"], w["pid"], w["path"], format_bytes(w["bytes"]), w["samples"]] for w in written],
             )
         )
+        for w in written:
+            if w["warning"]:
+                console.print(f"warning: {w['warning']}", style="yellow", highlight=False)
     return 0
+
+
+TORCH_ENDS = {
+    pb.TORCH_PROFILE_END_STOPPED: "stopped by this call",
+    pb.TORCH_PROFILE_END_STEPS: "recorded its engine steps",
+    pb.TORCH_PROFILE_END_DURATION: "reached its time limit",
+    pb.TORCH_PROFILE_END_MEMORY: "reached its memory bound (truncated)",
+    pb.TORCH_PROFILE_END_UNSPECIFIED: "-",
+}
+
+
+def render_torch_started(r: pb.StartTorchProfileResponse) -> list[Any]:
+    rows = [
+        ["traces go to", "the server's --profiler-config.torch_profiler_dir"],
+        ["engine steps at most", r.max_iterations],
+        ["stops itself after", f"{r.max_duration_s:g} s"],
+        ["stops early if an engine process grows by", format_bytes(r.max_memory_growth_bytes)],
+    ]
+    return [_table("Torch profile started", ["", ""], rows)]
+
+
+def render_torch_stopped(r: pb.StopTorchProfileResponse) -> list[Any]:
+    rows = [
+        ["ended", TORCH_ENDS[r.ended_by]],
+        ["recorded for", f"{r.duration_s:.1f} s"],
+        ["peak memory growth", format_bytes(r.peak_memory_growth_bytes)],
+        ["trace size", format_bytes(r.trace_bytes)],
+        *[["file", f] for f in r.files],
+    ]
+    out: list[Any] = [_table("Torch profile (files in the server's torch_profiler_dir)", ["", ""], rows)]
+    if r.warning:
+        out.append(f"[yellow]warning: {r.warning}[/yellow]")
+    return out
 
 
 def cmd_torch(args: argparse.Namespace) -> int:
@@ -570,13 +740,11 @@ def cmd_torch(args: argparse.Namespace) -> int:
             req.delay_iterations = args.delay_iterations
         if args.max_iterations is not None:
             req.max_iterations = args.max_iterations
-        resp = _call(stub.StartTorchProfile, req, args.timeout)
-        where = "the server's --profiler-config.torch_profiler_dir"
-        _emit(args, resp, lambda r: [_table("Torch profile started", ["", ""], [["traces go to", where]])])
+        if args.max_duration is not None:
+            req.max_duration_s = args.max_duration
+        _emit(args, _call(stub.StartTorchProfile, req, args.timeout), render_torch_started)
     else:
-        resp = _call(stub.StopTorchProfile, pb.StopTorchProfileRequest(), args.timeout)
-        title = "Torch traces (in the server's torch_profiler_dir)"
-        _emit(args, resp, lambda r: [_table(title, ["file"], [[f] for f in r.files])])
+        _emit(args, _call(stub.StopTorchProfile, pb.StopTorchProfileRequest(), args.timeout), render_torch_stopped)
     return 0
 
 
@@ -600,7 +768,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             )
             add_connection_args(p, token_env=ADMIN_TOKEN_ENV)
         p.add_argument("--json", action="store_true", help="print the response as JSON")
-        p.add_argument("--timeout", type=float, default=600.0, help="RPC deadline in seconds")
+        p.add_argument("--timeout", type=positive_float, default=600.0, help="RPC deadline in seconds")
 
     p = sub.add_parser("budget", help="the running server's budgets, caches and memory")
     common(p)
@@ -611,26 +779,34 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", help="plan offline for this checkpoint directory (no server)")
     p.add_argument("--limit", type=parse_limits, help="items per prompt: image=N,video=N,audio=N")
     p.add_argument("--image", type=parse_image, help="image size WIDTHxHEIGHT (default: the largest that fits)")
-    p.add_argument("--video", type=parse_video, help="video FRAMESxWIDTHxHEIGHT (default: the longest that fits)")
+    p.add_argument(
+        "--video",
+        type=parse_video,
+        help="video FRAMESxWIDTHxHEIGHT[@FPS]: frames sampled at FPS (default 2) from 0 s, as the server times "
+        "them (default: the longest that fits)",
+    )
     p.add_argument("--audio", type=parse_audio, help="audio length in seconds (default: the longest that fits)")
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--max-num-seqs", type=int)
-    p.add_argument("--max-num-batched-tokens", type=int)
-    p.add_argument("--text-tokens", type=int, help="prompt tokens besides the media (text, chat template)")
+    p.add_argument("--max-model-len", type=positive_int)
+    p.add_argument("--max-num-seqs", type=positive_int)
+    p.add_argument("--max-num-batched-tokens", type=positive_int)
+    p.add_argument("--text-tokens", type=non_negative_int, help="prompt tokens besides the media (text, chat template)")
+    p.add_argument("--verbose", action="store_true", help="offline: show vLLM's and transformers' log lines")
     p.add_argument("--memory", type=parse_bytes, help="device memory budget, e.g. 4GiB")
     p.set_defaults(func=functools.partial(_run, cmd_plan))
 
     p = sub.add_parser("dummy", help="encode synthetic items in the live engine and measure them")
     common(p)
     p.add_argument("--image", type=parse_image, action="append", help="WIDTHxHEIGHT[:COUNT] (repeatable)")
-    p.add_argument("--video", type=parse_video, action="append", help="FRAMESxWIDTHxHEIGHT[:COUNT] (repeatable)")
+    p.add_argument("--video", type=parse_video, action="append", help="FRAMESxWIDTHxHEIGHT[@FPS][:COUNT] (repeatable)")
     p.add_argument("--audio", type=parse_audio, action="append", help="SECONDS[:COUNT] (repeatable)")
     p.set_defaults(func=functools.partial(_run, cmd_dummy))
 
     p = sub.add_parser("cpu", help="sample the server's processes with py-spy")
     common(p)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds to sample (whole seconds)")
-    p.add_argument("--rate", type=int, default=100, help="samples per second")
+    p.add_argument("--duration", type=positive_float, default=10.0, help="seconds to sample (whole seconds)")
+    p.add_argument(
+        "--rate", type=positive_int, help="samples per second (default: the server's, 100; lower for --native)"
+    )
     p.add_argument("--format", choices=("speedscope", "flamegraph"), default="speedscope")
     p.add_argument(
         "--process",
@@ -638,7 +814,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         choices=("server", "engine_core", "worker"),
         help="only these processes (repeatable; default all)",
     )
-    p.add_argument("--native", action="store_true", help="include native (C/C++) frames")
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="include native (C/C++) frames (pauses each process briefly per sample; lower rate cap)",
+    )
     p.add_argument("--idle", action="store_true", help="include idle threads")
     p.add_argument("--output-dir", default=".", help="where to write the profile files")
     p.set_defaults(func=functools.partial(_run, cmd_cpu))
@@ -647,8 +827,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common(p)
     p.add_argument("action", choices=("start", "stop"))
     p.add_argument("--prefix", help="trace file name prefix")
-    p.add_argument("--delay-iterations", type=int)
-    p.add_argument("--max-iterations", type=int)
+    p.add_argument("--delay-iterations", type=non_negative_int, help="engine steps to skip before recording")
+    p.add_argument("--max-iterations", type=positive_int, help="engine steps to record (default: the server's, 50)")
+    p.add_argument(
+        "--max-duration", type=positive_float, metavar="S", help="the server stops the session after S seconds"
+    )
     p.set_defaults(func=functools.partial(_run, cmd_torch))
     return profile
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nanovl.cli.frontends import FrontendRole
     from service.settings import ServerSettings
 
 log = logging.getLogger("nanovl.serve")
@@ -133,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
     g.add_argument(
+        "--frontend-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gRPC server processes in front of one engine core, sharing --port (SO_REUSEPORT): vLLM's "
+        "--api-server-count pattern, for hosts where one process streaming every token is the limit. "
+        "Process 0 also serves the admin and health ports; process i serves /metrics on --metrics-port + i; "
+        "--max-concurrent-* budgets are per process",
+    )
+    g.add_argument(
         "--event-loop",
         choices=EVENT_LOOPS,
         default="auto",
@@ -213,7 +225,7 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> ServerSetti
 
 def _add_security_args(p: argparse.ArgumentParser) -> None:
     """TLS, tokens and the operator surface (README: "Securing a deployment")."""
-    from profiling.profilers.limits import DEFAULT_SERVER_MAX_DURATION_S, DEFAULT_SERVER_MAX_RATE_HZ
+    from profiling.profilers import limits as pl
     from service.auth import TOKEN_ENV
 
     t = p.add_argument_group("TLS (both ports; certificates are re-read when the files change)")
@@ -264,15 +276,50 @@ def _add_security_args(p: argparse.ArgumentParser) -> None:
     o.add_argument(
         "--max-cpu-profile-s",
         type=float,
-        default=DEFAULT_SERVER_MAX_DURATION_S,
+        default=pl.DEFAULT_SERVER_MAX_DURATION_S,
         help="longest CaptureCpuProfile a caller may ask for",
     )
     o.add_argument(
         "--max-cpu-profile-rate-hz",
         type=int,
-        default=DEFAULT_SERVER_MAX_RATE_HZ,
+        default=pl.DEFAULT_SERVER_MAX_RATE_HZ,
         help="highest CaptureCpuProfile sampling rate a caller may ask for",
     )
+    o.add_argument(
+        "--max-native-profile-rate-hz",
+        type=int,
+        default=pl.DEFAULT_SERVER_MAX_NATIVE_RATE_HZ,
+        help="highest rate of a native CaptureCpuProfile (py-spy pauses the process for each native sample)",
+    )
+    o.add_argument(
+        "--max-torch-profile-steps",
+        type=int,
+        default=pl.DEFAULT_SERVER_MAX_TORCH_PROFILE_STEPS,
+        help="most engine steps one torch profile session may record",
+    )
+    o.add_argument(
+        "--max-torch-profile-s",
+        type=float,
+        default=pl.DEFAULT_SERVER_MAX_TORCH_PROFILE_S,
+        help="a torch profile session stops itself after this many seconds",
+    )
+    o.add_argument(
+        "--max-torch-profile-memory",
+        type=_byte_size,
+        default=pl.DEFAULT_SERVER_MAX_TORCH_PROFILE_MEMORY,
+        metavar="BYTES",
+        help="a torch profile session stops early when an engine process grows by this much (e.g. 512MiB)",
+    )
+
+
+def _byte_size(text: str) -> int:
+    from nanovl.errors import InvalidArgument
+    from nanovl.units import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def security_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict:
@@ -305,7 +352,7 @@ def security_settings(args: argparse.Namespace, environ: dict[str, str] | None =
 
 
 def operator_limits(args: argparse.Namespace):
-    from profiling.profilers.limits import CpuProfileLimits
+    from profiling.profilers.limits import CpuProfileLimits, TorchProfileLimits
     from profiling.servicer import OperatorLimits
 
     for d in args.plan_model_dir:
@@ -315,8 +362,34 @@ def operator_limits(args: argparse.Namespace):
             raise InvalidArgument(f"--plan-model-dir {d}: not a directory")
     return OperatorLimits(
         plan_model_dirs=tuple(Path(d) for d in args.plan_model_dir),
-        cpu_profile=CpuProfileLimits(args.max_cpu_profile_s, args.max_cpu_profile_rate_hz),
+        cpu_profile=CpuProfileLimits(
+            args.max_cpu_profile_s, args.max_cpu_profile_rate_hz, args.max_native_profile_rate_hz
+        ),
+        torch_profile=TorchProfileLimits(
+            args.max_torch_profile_steps, args.max_torch_profile_s, args.max_torch_profile_memory
+        ),
     )
+
+
+def _with_profiler_defaults(parse: Any, *, cpu: bool) -> Any:
+    """vLLM's ``--profiler-config`` parser with nanovl's profiler defaults for the fields
+    the operator did not give (``service.engine.bounded_profiler_config``). vLLM's flag
+    takes JSON (``--profiler-config.KEY=V`` flags arrive joined into one JSON object), so
+    the fields given are exactly the object's keys."""
+    import json
+
+    from service.engine import bounded_profiler_config
+
+    def parse_profiler_config(value: str) -> Any:
+        try:
+            fields = json.loads(value)
+        except ValueError:
+            return parse(value)  # vLLM's own error message
+        if not isinstance(fields, dict):
+            return parse(value)
+        return parse(json.dumps(bounded_profiler_config(fields, cpu=cpu)))
+
+    return parse_profiler_config
 
 
 def build_engine_parser() -> argparse.ArgumentParser:
@@ -328,6 +401,9 @@ def build_engine_parser() -> argparse.ArgumentParser:
 
     p = FlexibleArgumentParser(prog="nanovl serve", description="vLLM engine flags accepted by `nanovl serve`.")
     p = AsyncEngineArgs.add_cli_args(p)
+    for action in p._actions:  # argparse's list of flags (it has no public accessor)
+        if action.dest == "profiler_config" and action.type is not None:
+            action.type = _with_profiler_defaults(action.type, cpu=on_cpu())
     # As parser defaults, so any flag the operator passes still wins.
     p.set_defaults(
         model=None,
@@ -366,13 +442,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return merged
 
 
-def exact_sizing_overrides(spec: str, model: str, engine_args, settings: ServerSettings) -> dict:
-    """vLLM ``hf_overrides`` that carry ``--exact-mm-sizing`` to every engine process
-    (``model.vllm_exact_sizing`` reads it there), merged into the operator's own.
+def apply_exact_sizing(args: argparse.Namespace, engine_args) -> None:
+    """``--exact-mm-sizing``: vLLM ``hf_overrides`` that carry the declaration to every engine
+    process (``model.vllm_exact_sizing`` reads it there), merged into the operator's own.
     ``InvalidArgument`` naming the flag for a bad or impossible declaration."""
+    import dataclasses
     import json
 
     from model.item_maxima import parse
+    from service.media import MediaLimits
+
+    spec, model = args.exact_mm_sizing, args.model
+    if spec is None:
+        return
 
     if Path(model, "config.json").is_file():
         config = json.loads(Path(model, "config.json").read_text())
@@ -380,7 +462,9 @@ def exact_sizing_overrides(spec: str, model: str, engine_args, settings: ServerS
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(model, trust_remote_code=engine_args.trust_remote_code).to_dict()
-    limits = settings.media_limits
+    limits = MediaLimits(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(MediaLimits) if hasattr(args, f.name)}
+    )
     maxima = parse(
         spec,
         max_video_frames=limits.max_video_frames,
@@ -388,7 +472,7 @@ def exact_sizing_overrides(spec: str, model: str, engine_args, settings: ServerS
         frame_side=int(config.get("force_image_size") or 0),
         supports_audio=config.get("sound_config") is not None,
     )
-    return maxima.hf_overrides(engine_args.hf_overrides)
+    engine_args.hf_overrides = maxima.hf_overrides(engine_args.hf_overrides)
 
 
 def _cache_dir() -> Path:
@@ -433,23 +517,24 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "engine_logs", None) is None:  # called without parse_args
         args.engine_logs, args.startup = _start_logging(args)
     try:
+        if args.frontend_processes > 1:
+            from nanovl.cli import frontends
+
+            return frontends.run_frontends(args)
         return event_loop.run(_serve(args, args.startup), loop=args.event_loop)
     finally:
         args.engine_logs.stop()
 
 
-async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupReport
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
+def prepare_model(args: argparse.Namespace, report) -> None:  # report: StartupReport
+    """What every process of one ``nanovl serve`` shares, done once before the engine starts:
+    the process environment, the checkpoint (built or validated; ``args.model`` is then a
+    path) and vLLM's tracing settings (in ``args`` and the environment its engine inherits)."""
     from model.checkpoint import validate_checkpoint
     from model.tiny import cache_root, ensure_tiny_checkpoint
-    from profiling.servicer import ProfilingServicer
-    from profiling.telemetry import metrics as metrics_mod
     from profiling.telemetry import tracing
-    from service.engine import Engine, apply_process_environment
-    from service.server import build_server
+    from service.engine import apply_process_environment
 
-    security, limits = args.security, args.operator_limits
     apply_process_environment(cache_root())
     with report.phase("checkpoint", progress=False) as phase:
         if args.model is None:
@@ -461,29 +546,54 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
             phase.detail = phase.detail or f"{args.model} (validated)"
         else:
             phase.detail = f"{args.model} (vLLM resolves it)"
-
-    trace_settings = tracing.TracingSettings.from_args(args)
-    for_vllm = trace_settings.for_vllm()
+    for_vllm = tracing.TracingSettings.from_args(args).for_vllm()
     if for_vllm.otlp_traces_endpoint and not args.otlp_traces_endpoint:
         args.otlp_traces_endpoint = for_vllm.otlp_traces_endpoint
     os.environ.update(for_vllm.env)
-    provider = tracing.setup_tracing(trace_settings)
-    service_metrics = metrics_mod.setup_metrics(metrics_mod.MetricsSettings.from_args(args))
+
+
+async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None = None) -> int:  # StartupReport
+    """Serve until SIGTERM/SIGINT or the engine's death; returns the exit status. With
+    ``frontend`` this process is one of ``--frontend-processes``, a client of the engine core
+    its parent started (``nanovl.cli.frontends``)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from profiling.servicer import ProfilingServicer
+    from profiling.telemetry import metrics as metrics_mod
+    from profiling.telemetry import tracing
+    from service.engine import Engine
+    from service.server import build_server
+
+    security, limits = args.security, args.operator_limits
+    if frontend is None:
+        prepare_model(args, report)
+        # Engine processes watch this process and stop when it is gone, even after a kill -9
+        # (profiling/worker_extension.py starts the watch inside them).
+        os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
+    provider = tracing.setup_tracing(tracing.TracingSettings.from_args(args))
+    metrics_settings = metrics_mod.MetricsSettings.from_args(args)
+    if frontend is not None and frontend.index > 0 and metrics_settings.prometheus_port > 0:
+        metrics_settings = dataclasses.replace(
+            metrics_settings, prometheus_port=metrics_settings.prometheus_port + frontend.index
+        )
+    service_metrics = metrics_mod.setup_metrics(metrics_settings)
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
     settings = settings_from_args(args, **security)
-    if args.exact_mm_sizing is not None:
-        engine_args.hf_overrides = exact_sizing_overrides(args.exact_mm_sizing, args.model, engine_args, settings)
-    # Engine processes watch this process and stop when it is gone, even after a kill -9
-    # (profiling/worker_extension.py starts the watch inside them).
-    os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
+    apply_exact_sizing(args, engine_args)
+    if frontend is not None:
+        settings = frontend.settings(settings)
     with report.phase("engine start", "starting vLLM's engine") as phase:
-        engine = await Engine.start(engine_args, warmup=False)
+        engine = await Engine.start(
+            engine_args, warmup=False, client_config=None if frontend is None else frontend.client_config
+        )
         phase.detail = engine.summary.describe()
     server = None
     try:
         # The servicer also feeds the encoder-budget gauges of /metrics.
-        profiling = ProfilingServicer(engine, engine_args, metrics=service_metrics, limits=limits)
+        profiling = ProfilingServicer(
+            engine, engine_args, metrics=service_metrics, limits=limits, media_limits=settings.media_limits
+        )
         server = await build_server(
             engine, settings, tracer_provider=provider, metrics=service_metrics, profiling_servicer=profiling
         )
@@ -492,7 +602,10 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
                 done = await engine.warmup(on_item=lambda name: setattr(phase, "step", name))
                 phase.detail = ", ".join(done) if done else "nothing to warm up"
         await server.mark_serving()
-        log.info("serving on %s: ready in %s", server.target, report.summary())
+        if frontend is None:
+            log.info("serving on %s: ready in %s", server.target, report.summary())
+        else:
+            frontend.ready(server.target, report.summary())
         if server.admin_target is not None:
             log.info("operator surface (Profiling) on %s", server.admin_target)
         stop = asyncio.Event()

@@ -85,6 +85,8 @@ class Sampling:
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
+    # False: token ids only (Delta.text empty); the client detokenises.
+    detokenize: bool | None = None
     logit_bias: Mapping[int, float] | None = None
     allowed_token_ids: tuple[int, ...] = ()
     bad_words: tuple[str, ...] = ()

@@ -15,18 +15,42 @@ class ProcessRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROCESS_ROLE_ENGINE_CORE: _ClassVar[ProcessRole]
     PROCESS_ROLE_WORKER: _ClassVar[ProcessRole]
 
+class PlanConstraint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PLAN_CONSTRAINT_UNSPECIFIED: _ClassVar[PlanConstraint]
+    PLAN_CONSTRAINT_TOKENS: _ClassVar[PlanConstraint]
+    PLAN_CONSTRAINT_ENCODER_CACHE: _ClassVar[PlanConstraint]
+    PLAN_CONSTRAINT_MEMORY: _ClassVar[PlanConstraint]
+
 class CpuProfileFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CPU_PROFILE_FORMAT_UNSPECIFIED: _ClassVar[CpuProfileFormat]
     CPU_PROFILE_FORMAT_SPEEDSCOPE: _ClassVar[CpuProfileFormat]
     CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG: _ClassVar[CpuProfileFormat]
+
+class TorchProfileEnd(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TORCH_PROFILE_END_UNSPECIFIED: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_STOPPED: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_STEPS: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_DURATION: _ClassVar[TorchProfileEnd]
+    TORCH_PROFILE_END_MEMORY: _ClassVar[TorchProfileEnd]
 PROCESS_ROLE_UNSPECIFIED: ProcessRole
 PROCESS_ROLE_SERVER: ProcessRole
 PROCESS_ROLE_ENGINE_CORE: ProcessRole
 PROCESS_ROLE_WORKER: ProcessRole
+PLAN_CONSTRAINT_UNSPECIFIED: PlanConstraint
+PLAN_CONSTRAINT_TOKENS: PlanConstraint
+PLAN_CONSTRAINT_ENCODER_CACHE: PlanConstraint
+PLAN_CONSTRAINT_MEMORY: PlanConstraint
 CPU_PROFILE_FORMAT_UNSPECIFIED: CpuProfileFormat
 CPU_PROFILE_FORMAT_SPEEDSCOPE: CpuProfileFormat
 CPU_PROFILE_FORMAT_FLAMEGRAPH_SVG: CpuProfileFormat
+TORCH_PROFILE_END_UNSPECIFIED: TorchProfileEnd
+TORCH_PROFILE_END_STOPPED: TorchProfileEnd
+TORCH_PROFILE_END_STEPS: TorchProfileEnd
+TORCH_PROFILE_END_DURATION: TorchProfileEnd
+TORCH_PROFILE_END_MEMORY: TorchProfileEnd
 
 class MediaItems(_message.Message):
     __slots__ = ("count", "image", "video", "audio")
@@ -49,14 +73,20 @@ class ImageItem(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class VideoItem(_message.Message):
-    __slots__ = ("num_frames", "width", "height")
+    __slots__ = ("num_frames", "width", "height", "fps", "frame_indices", "frame_times_s")
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDICES_FIELD_NUMBER: _ClassVar[int]
+    FRAME_TIMES_S_FIELD_NUMBER: _ClassVar[int]
     num_frames: int
     width: int
     height: int
-    def __init__(self, num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    fps: float
+    frame_indices: _containers.RepeatedScalarFieldContainer[int]
+    frame_times_s: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_indices: _Optional[_Iterable[int]] = ..., frame_times_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AudioItem(_message.Message):
     __slots__ = ("seconds",)
@@ -259,7 +289,7 @@ class PlanBudgetRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., model_path: _Optional[str] = ..., text_tokens: _Optional[int] = ...) -> None: ...
 
 class BudgetPlan(_message.Message):
-    __slots__ = ("modalities", "media_prompt_tokens", "accepted", "reason", "encoder_cache", "memory", "predicted_total_bytes", "recommended_limit_mm_per_prompt", "largest_items_that_fit", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "prompt_tokens", "vllm_memory", "vllm_predicted_total_bytes", "vllm_profiled_modality", "vllm_profiled_items")
+    __slots__ = ("modalities", "media_prompt_tokens", "accepted", "reason", "encoder_cache", "memory", "predicted_total_bytes", "recommended_limit_mm_per_prompt", "largest_items_that_fit", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "prompt_tokens", "vllm_memory", "vllm_predicted_total_bytes", "vllm_profiled_modality", "vllm_profiled_items", "binding_constraints", "admitting_max_model_len", "admitting_memory_bytes", "admitting_max_num_batched_tokens", "recommendation_note")
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     MEDIA_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +307,11 @@ class BudgetPlan(_message.Message):
     VLLM_PREDICTED_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     VLLM_PROFILED_MODALITY_FIELD_NUMBER: _ClassVar[int]
     VLLM_PROFILED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BINDING_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    ADMITTING_MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    ADMITTING_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ADMITTING_MAX_NUM_BATCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_NOTE_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedCompositeFieldContainer[ModalityPlan]
     media_prompt_tokens: int
     accepted: bool
@@ -294,7 +329,12 @@ class BudgetPlan(_message.Message):
     vllm_predicted_total_bytes: int
     vllm_profiled_modality: _inference_pb2.Modality
     vllm_profiled_items: int
-    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityPlan, _Mapping]]] = ..., media_prompt_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., encoder_cache: _Optional[_Union[EncoderCachePlan, _Mapping]] = ..., memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., predicted_total_bytes: _Optional[int] = ..., recommended_limit_mm_per_prompt: _Optional[str] = ..., largest_items_that_fit: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., vllm_memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., vllm_predicted_total_bytes: _Optional[int] = ..., vllm_profiled_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., vllm_profiled_items: _Optional[int] = ...) -> None: ...
+    binding_constraints: _containers.RepeatedScalarFieldContainer[PlanConstraint]
+    admitting_max_model_len: int
+    admitting_memory_bytes: int
+    admitting_max_num_batched_tokens: int
+    recommendation_note: str
+    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityPlan, _Mapping]]] = ..., media_prompt_tokens: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., encoder_cache: _Optional[_Union[EncoderCachePlan, _Mapping]] = ..., memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., predicted_total_bytes: _Optional[int] = ..., recommended_limit_mm_per_prompt: _Optional[str] = ..., largest_items_that_fit: _Optional[_Iterable[_Union[MediaItems, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., vllm_memory: _Optional[_Iterable[_Union[MemoryComponent, _Mapping]]] = ..., vllm_predicted_total_bytes: _Optional[int] = ..., vllm_profiled_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., vllm_profiled_items: _Optional[int] = ..., binding_constraints: _Optional[_Iterable[_Union[PlanConstraint, str]]] = ..., admitting_max_model_len: _Optional[int] = ..., admitting_memory_bytes: _Optional[int] = ..., admitting_max_num_batched_tokens: _Optional[int] = ..., recommendation_note: _Optional[str] = ...) -> None: ...
 
 class ModalityPlan(_message.Message):
     __slots__ = ("modality", "count", "prompt_tokens_per_item", "encoder_tokens_per_item", "prompt_tokens", "vllm_max_tokens_per_item", "item")
@@ -397,7 +437,7 @@ class CaptureCpuProfileRequest(_message.Message):
     def __init__(self, duration_s: _Optional[float] = ..., rate_hz: _Optional[int] = ..., format: _Optional[_Union[CpuProfileFormat, str]] = ..., processes: _Optional[_Iterable[_Union[ProcessRole, str]]] = ..., native: _Optional[bool] = ..., include_idle: _Optional[bool] = ...) -> None: ...
 
 class CpuProfileChunk(_message.Message):
-    __slots__ = ("file_index", "file_name", "content_type", "pid", "role", "data", "last")
+    __slots__ = ("file_index", "file_name", "content_type", "pid", "role", "data", "last", "samples", "errors", "warning")
     FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +445,9 @@ class CpuProfileChunk(_message.Message):
     ROLE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     file_index: int
     file_name: str
     content_type: str
@@ -412,32 +455,53 @@ class CpuProfileChunk(_message.Message):
     role: ProcessRole
     data: bytes
     last: bool
-    def __init__(self, file_index: _Optional[int] = ..., file_name: _Optional[str] = ..., content_type: _Optional[str] = ..., pid: _Optional[int] = ..., role: _Optional[_Union[ProcessRole, str]] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    samples: int
+    errors: int
+    warning: str
+    def __init__(self, file_index: _Optional[int] = ..., file_name: _Optional[str] = ..., content_type: _Optional[str] = ..., pid: _Optional[int] = ..., role: _Optional[_Union[ProcessRole, str]] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., samples: _Optional[int] = ..., errors: _Optional[int] = ..., warning: _Optional[str] = ...) -> None: ...
 
 class StartTorchProfileRequest(_message.Message):
-    __slots__ = ("profile_prefix", "delay_iterations", "max_iterations")
+    __slots__ = ("profile_prefix", "delay_iterations", "max_iterations", "max_duration_s")
     PROFILE_PREFIX_FIELD_NUMBER: _ClassVar[int]
     DELAY_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     profile_prefix: str
     delay_iterations: int
     max_iterations: int
-    def __init__(self, profile_prefix: _Optional[str] = ..., delay_iterations: _Optional[int] = ..., max_iterations: _Optional[int] = ...) -> None: ...
+    max_duration_s: float
+    def __init__(self, profile_prefix: _Optional[str] = ..., delay_iterations: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_duration_s: _Optional[float] = ...) -> None: ...
 
 class StartTorchProfileResponse(_message.Message):
-    __slots__ = ("trace_dir",)
+    __slots__ = ("trace_dir", "max_iterations", "max_duration_s", "max_memory_growth_bytes")
     TRACE_DIR_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_GROWTH_BYTES_FIELD_NUMBER: _ClassVar[int]
     trace_dir: str
-    def __init__(self, trace_dir: _Optional[str] = ...) -> None: ...
+    max_iterations: int
+    max_duration_s: float
+    max_memory_growth_bytes: int
+    def __init__(self, trace_dir: _Optional[str] = ..., max_iterations: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., max_memory_growth_bytes: _Optional[int] = ...) -> None: ...
 
 class StopTorchProfileRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StopTorchProfileResponse(_message.Message):
-    __slots__ = ("trace_dir", "files")
+    __slots__ = ("trace_dir", "files", "ended_by", "duration_s", "peak_memory_growth_bytes", "trace_bytes", "warning")
     TRACE_DIR_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_GROWTH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     trace_dir: str
     files: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, trace_dir: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+    ended_by: TorchProfileEnd
+    duration_s: float
+    peak_memory_growth_bytes: int
+    trace_bytes: int
+    warning: str
+    def __init__(self, trace_dir: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ended_by: _Optional[_Union[TorchProfileEnd, str]] = ..., duration_s: _Optional[float] = ..., peak_memory_growth_bytes: _Optional[int] = ..., trace_bytes: _Optional[int] = ..., warning: _Optional[str] = ...) -> None: ...

@@ -104,6 +104,9 @@ class ProfilingServicer:
         streams the resulting profile files back, with the server's directories replaced by
         placeholders ($SITE/, $STDLIB/, $APP/, ...). Duration and rate are capped by the server
         (`--max-cpu-profile-s`, `--max-cpu-profile-rate-hz`; INVALID_ARGUMENT above them).
+        Python-only sampling never pauses the processes; native sampling pauses each process
+        briefly per sample and is capped at a lower rate (INVALID_ARGUMENT above it). A file
+        with no samples (an idle process) comes with a warning.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,15 +114,21 @@ class ProfilingServicer:
 
     def StartTorchProfile(self, request, context):
         """Starts vLLM's torch profiler in the engine (traces are written on the server, in the
-        directory the server was configured with). FAILED_PRECONDITION if the server has no
-        torch profiler directory, or a profile or another capture is already running.
+        directory the server was configured with). Every session is bounded: in engine steps,
+        in time and in the engine processes' memory growth; whichever is reached first ends it
+        (the server stops it itself), so the trace and its export stay small. INVALID_ARGUMENT
+        for bounds that are unbounded (max_iterations 0) or above the server's maxima;
+        FAILED_PRECONDITION if the server has no torch profiler directory, cannot watch the
+        engine's memory, or a profile or another capture is already running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StopTorchProfile(self, request, context):
-        """Stops the torch profiler and lists the trace files it wrote.
+        """Stops the torch profiler (or collects a session that ended by itself) and lists the
+        trace files it wrote, with how the session ended. FAILED_PRECONDITION when no session
+        was started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

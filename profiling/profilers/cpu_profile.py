@@ -2,20 +2,35 @@
 
 py-spy samples a running process from outside (ptrace), so it needs the right to trace
 the server's processes: root, or ``CAP_SYS_PTRACE`` (containers: ``--cap-add
-SYS_PTRACE``), or ``kernel.yama.ptrace_scope=0`` for the same user. Sampling runs
-``--nonblocking`` so the served process is never paused.
+SYS_PTRACE``), or ``kernel.yama.ptrace_scope=0`` for the same user.
 
-Operator bounds: the server's own maxima (``CpuProfileLimits``: ``--max-cpu-profile-s``,
-``--max-cpu-profile-rate-hz``) cap what a caller may ask for, and the server's directories
-(virtualenv, standard library, application, working and home directories) are replaced by
-placeholders such as ``$SITE/`` in the returned files, so no server path reaches the caller.
+Python stacks are sampled ``--nonblocking``: the served process is never paused. Native
+stacks cannot be read that way (py-spy: "Can't get native stack traces with the
+--nonblocking option"), so a native capture runs py-spy in its default mode, which stops
+the process for each sample while it unwinds; the server caps its rate
+(``--max-native-profile-rate-hz``) to bound that pause.
+
+py-spy leaves out threads that are idle (waiting on a lock, I/O or a sleep) unless
+``include_idle`` is set; a process that ran no Python code in the window therefore yields
+0 samples. The capture says so (``CpuProfileFile.warning``) rather than returning an empty
+file in silence.
+
+Every file is named by role, pid and the capture's start time (UTC, milliseconds), so
+captures never share a name.
+
+Operator bounds: the server's own maxima (``CpuProfileLimits``) cap what a caller may ask
+for, and the server's directories (virtualenv, standard library, application, working and
+home directories) are replaced by placeholders such as ``$SITE/`` in the returned files, so
+no server path reaches the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
+import re
 import shutil
 import site
 import sys
@@ -23,6 +38,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -37,11 +53,15 @@ from profiling.profilers.limits import (  # noqa: F401 - re-exported
 )
 from profiling.sizing.live_budget import ProcessMemory, ProcessRole, engine_processes
 
+log = logging.getLogger(__name__)
+
 CpuProfileFormat = Literal["speedscope", "flamegraph"]
 
 CHUNK_BYTES = 1 * MiB
 # py-spy needs a moment to attach and to write its file after the sampling window.
 _PY_SPY_SLACK_S = 30.0
+# Runs of py-spy per process when it crashes (see _record).
+PY_SPY_ATTEMPTS = 4
 
 _SUFFIX = {"speedscope": ".speedscope.json", "flamegraph": ".svg"}
 _CONTENT_TYPE = {"speedscope": "application/json", "flamegraph": "image/svg+xml"}
@@ -66,9 +86,12 @@ class CpuProfileRequest:
 class CpuProfileFile:
     pid: int
     role: ProcessRole
-    file_name: str
+    file_name: str  # "<role>-<pid>-<UTC start, ms>Z<suffix>": unique per capture
     content_type: str
     data: bytes
+    samples: int = 0  # stacks py-spy recorded ("Samples: N" of its summary line)
+    errors: int = 0  # samples py-spy could not read ("Errors: N")
+    warning: str = ""  # set when the file needs explaining (0 samples, read errors)
 
 
 @dataclass(frozen=True)
@@ -111,44 +134,95 @@ def select_processes(request: CpuProfileRequest) -> tuple[ProcessMemory, ...]:
     return processes
 
 
-async def _record(py_spy: str, process: ProcessMemory, request: CpuProfileRequest, out: Path) -> CpuProfileFile:
-    args = [
-        py_spy,
-        "record",
-        "--pid",
-        str(process.pid),
-        "--duration",
-        str(request.whole_seconds),
-        "--rate",
-        str(request.rate_hz),
-        "--format",
-        request.format,
-        "--output",
-        str(out),
-        "--nonblocking",
-    ]
-    if request.native:
-        args.append("--native")
+# py-spy's last line: "Wrote speedscope file to 'x'. Samples: 412 Errors: 0".
+_SUMMARY = re.compile(r"Samples: (\d+) Errors: (\d+)")
+_NO_STACKS = "No stack counts found"
+
+
+def record_args(py_spy: str, pid: int, request: CpuProfileRequest, out: Path) -> list[str]:
+    """py-spy's command line for one process. Python-only sampling is ``--nonblocking``
+    (the process never pauses); native sampling cannot be (py-spy refuses), so it runs in
+    py-spy's default mode, which pauses the process for each sample."""
+    args = [py_spy, "record", "--pid", str(pid), "--duration", str(request.whole_seconds)]
+    args += ["--rate", str(request.rate_hz), "--format", request.format, "--output", str(out)]
+    args.append("--native" if request.native else "--nonblocking")
     if request.include_idle:
         args.append("--idle")
+    return args
+
+
+def capture_stamp(when: datetime) -> str:
+    """``20261130T101500.123Z``: a capture's start in UTC, to the millisecond."""
+    when = when.astimezone(UTC)
+    return when.strftime("%Y%m%dT%H%M%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def file_name(process: ProcessMemory, request: CpuProfileRequest, stamp: str) -> str:
+    return f"{process.role}-{process.pid}-{stamp}{_SUFFIX[request.format]}"
+
+
+def sample_warning(process: ProcessMemory, request: CpuProfileRequest, samples: int, errors: int) -> str:
+    """What a caller should know about a file's counts ("" when nothing)."""
+    who = f"the {process.role} process (pid {process.pid})"
+    if samples == 0:
+        idle = (
+            "it ran no Python code in the window (idle threads are left out unless include_idle is set)"
+            if not request.include_idle
+            else "py-spy read no stack in the window"
+        )
+        return f"0 samples from {who}: {idle}; the file has no stacks"
+    if errors and errors * 10 >= samples:
+        return (
+            f"py-spy could not read {errors} of {samples + errors} samples of {who} "
+            "(its stacks changed while being read); the profile may be incomplete"
+        )
+    return ""
+
+
+async def _run_py_spy(args: list[str], timeout_s: float) -> tuple[int | None, str]:
+    """One py-spy run: its exit status (negative: the signal that ended it) and output."""
     proc = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), request.whole_seconds + _PY_SPY_SLACK_S)
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     except (TimeoutError, asyncio.CancelledError):
         proc.kill()
         await proc.wait()
         raise
-    text = output.decode(errors="replace")
-    if proc.returncode != 0 or not out.is_file():
-        raise FailedPrecondition(_explain_failure(process, text))
+    return proc.returncode, output.decode(errors="replace")
+
+
+async def _record(
+    py_spy: str, process: ProcessMemory, request: CpuProfileRequest, out: Path, name: str
+) -> CpuProfileFile:
+    args = record_args(py_spy, process.pid, request, out)
+    for attempt in range(1, PY_SPY_ATTEMPTS + 1):
+        returncode, text = await _run_py_spy(args, request.whole_seconds + _PY_SPY_SLACK_S)
+        # py-spy 0.4.3 itself sometimes dies of SIGSEGV while attaching to a busy process
+        # (before its first line of output): measured on nanovl serve, 1 in 60 process
+        # captures idle and 8 of 20 captures under load, the "no output" failures. The
+        # crash is py-spy's, not the target's (which runs on untouched), so run it again.
+        if returncode is not None and returncode < 0 and not out.is_file() and attempt < PY_SPY_ATTEMPTS:
+            log.info("py-spy died of signal %d on pid %d (attempt %d); retrying", -returncode, process.pid, attempt)
+            continue
+        break
+    summary = _SUMMARY.search(text)
+    samples, errors = (int(summary.group(1)), int(summary.group(2))) if summary else (0, 0)
+    # With no samples py-spy's flame graph writer (inferno) fails ("No stack counts found")
+    # after writing an SVG that says so: that is a 0-sample file, not a failed capture.
+    empty_flamegraph = request.format == "flamegraph" and _NO_STACKS in text and out.is_file()
+    if (returncode != 0 or not out.is_file()) and not empty_flamegraph:
+        raise FailedPrecondition(_explain_failure(process, text, returncode))
     return CpuProfileFile(
         pid=process.pid,
         role=process.role,
-        file_name=f"{process.role}-{process.pid}{_SUFFIX[request.format]}",
+        file_name=name,
         content_type=_CONTENT_TYPE[request.format],
         data=redact_paths(out.read_bytes()),
+        samples=samples,
+        errors=errors,
+        warning=sample_warning(process, request, samples, errors),
     )
 
 
@@ -184,9 +258,13 @@ def redact_paths(data: bytes) -> bytes:
     return data
 
 
-def _explain_failure(process: ProcessMemory, output: str) -> str:
+def _explain_failure(process: ProcessMemory, output: str, returncode: int | None) -> str:
     lines = [ln.strip() for ln in output.splitlines() if ln.strip() and not ln.lstrip()[:1].isdigit()]
-    error = next((ln for ln in lines if ln.startswith("Error")), lines[0] if lines else "no output")
+    error = next((ln for ln in lines if ln.startswith("Error")), lines[0] if lines else None)
+    if error is None and returncode is not None and returncode < 0:
+        error = f"py-spy crashed (signal {-returncode}) {PY_SPY_ATTEMPTS} times in a row without output"
+    elif error is None:
+        error = f"py-spy exited with status {returncode} and wrote nothing"
     hint = ""
     if "ermission" in output or "ptrace" in output.lower() or "Operation not permitted" in output:
         hint = (
@@ -201,11 +279,12 @@ async def capture_cpu_profile(request: CpuProfileRequest) -> list[CpuProfileFile
     validate(request)
     py_spy = py_spy_path()
     processes = select_processes(request)
+    stamp = capture_stamp(datetime.now(UTC))
     with tempfile.TemporaryDirectory(prefix="nanovl-py-spy-") as tmp:
-        tasks = [
-            asyncio.create_task(_record(py_spy, p, request, Path(tmp) / f"{p.role}-{p.pid}{_SUFFIX[request.format]}"))
-            for p in processes
-        ]
+        tasks = []
+        for p in processes:
+            name = file_name(p, request, stamp)
+            tasks.append(asyncio.create_task(_record(py_spy, p, request, Path(tmp) / name, name)))
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:

@@ -38,6 +38,7 @@ step's peak by ``profiling.sizing.memory_model`` (term by term, checked against 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import json
@@ -64,6 +65,7 @@ from nanovl.errors import FailedPrecondition, InvalidArgument
 from nanovl.modalities import MODALITIES, Modality
 from nanovl.units import format_bytes
 from profiling.sizing.memory_model import EncoderMemoryModel
+from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -107,13 +109,55 @@ class ImageItems:
 
 @dataclass(frozen=True)
 class VideoItems:
-    """``count`` videos per prompt of ``num_frames`` sampled frames of ``width`` x ``height``."""
+    """``count`` videos per prompt of ``num_frames`` sampled frames of ``width`` x ``height``.
+
+    The frames' timing is vLLM's video metadata: frame ``i`` is shown as sampled at
+    ``int(frame_indices[i]) * int(1000 / fps) / 1000`` seconds (vLLM's
+    ``calculate_timestamps``); that text precedes each frame in the prompt, so it changes
+    the count. ``frame_indices`` None: ``0 .. num_frames-1``. nanovl's server sends each
+    frame's own time on a 1 ms clock (:meth:`at_times`).
+    """
 
     count: int = 0
     num_frames: int = 0
     width: int = 0
     height: int = 0
-    fps: float = DEFAULT_VIDEO_FPS  # only changes the timestamp text before each frame
+    fps: float = DEFAULT_VIDEO_FPS
+    frame_indices: tuple[int, ...] | None = None
+
+    @classmethod
+    def at_times(cls, count: int, times_s: Sequence[float], width: int, height: int) -> VideoItems:
+        """Frames at ``times_s`` seconds, as nanovl's server sends them to vLLM
+        (``model.prompt.video_item_at_times``: fps 1000, indices in milliseconds)."""
+        from model.prompt import TIMESTAMP_CLOCK_HZ
+
+        for t in times_s:
+            if not (math.isfinite(t) and t >= 0):
+                raise InvalidArgument(f"video frame times must be finite and >= 0 seconds, got {t}")
+        indices = tuple(round(float(t) * TIMESTAMP_CLOCK_HZ) for t in times_s)
+        return cls(count, len(indices), width, height, float(TIMESTAMP_CLOCK_HZ), indices)
+
+    @classmethod
+    def sampled_at(cls, count: int, num_frames: int, width: int, height: int, rate: float) -> VideoItems:
+        """``num_frames`` frames ``1 / rate`` seconds apart from 0 s, as nanovl's server
+        samples a video at ``rate`` fps (``Video.fps``) and sends their times."""
+        if not (math.isfinite(rate) and rate > 0):
+            raise InvalidArgument(f"video sampling rate must be a positive number of frames per second, got {rate}")
+        return cls.at_times(count, [i / rate for i in range(num_frames)], width, height)
+
+    def indices(self) -> tuple[int, ...]:
+        return tuple(range(self.num_frames)) if self.frame_indices is None else self.frame_indices
+
+    def with_frames(self, num_frames: int) -> VideoItems:
+        """The same timing over ``num_frames`` frames: the given indices, continued at
+        their last step (1 when there is none)."""
+        if self.frame_indices is None:
+            return dataclasses.replace(self, num_frames=num_frames)
+        idx = list(self.frame_indices[:num_frames])
+        step = idx[-1] - idx[-2] if len(idx) >= 2 else 1
+        while len(idx) < num_frames:
+            idx.append((idx[-1] + step) if idx else 0)
+        return dataclasses.replace(self, num_frames=num_frames, frame_indices=tuple(idx))
 
 
 @dataclass(frozen=True)
@@ -144,6 +188,9 @@ class PlanRequest:
     text_tokens: int = 0  # prompt tokens besides the media placeholders (text, chat template)
     max_num_tiles: int | None = None  # mm_processor_kwargs; default 12
     video_pruning_rate: float | None = None  # EVS
+    # The server's per-item media limits (nanovl serve's --max-image-pixels, ...): items
+    # over them are refused before the engine, and the largest items stay within them.
+    media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS
 
     def counts(self) -> dict[Modality, int]:
         return {"image": self.image.count, "video": self.video.count, "audio": self.audio.count}
@@ -237,12 +284,22 @@ class MemoryPlan:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """Settings for this mix: counts reduced until it fits (context, and memory when a
-    budget is given), and for each requested modality the largest single item that
-    still fits beside the other modalities at their recommended counts."""
+    """Settings for this mix: the most items per prompt that fit (context, encoder cache,
+    the server's media limits, and memory when a budget is given; maximal: no count can
+    grow and still fit), what stops the asked mix and what would admit it, and for each
+    requested modality the largest single item that still fits beside the other
+    modalities at their recommended counts."""
 
     limit_mm_per_prompt: Mapping[str, Any]  # vLLM's dummy-options form
-    fits: bool  # whether the recommended counts fit (False: not even one item of any)
+    counts: Mapping[str, int]  # the recommended items per prompt
+    fits: bool  # whether the recommended counts fit (False: not even zero media do)
+    # What the asked mix breaks, in order: "media_limits", "tokens", "encoder_cache",
+    # "memory"; empty when it fits.
+    binding: tuple[str, ...]
+    admitting_max_model_len: int | None  # smallest max_model_len that fits the asked mix (tokens bind)
+    admitting_memory_bytes: int | None  # memory the asked mix needs (there), when a budget was given
+    admitting_max_num_batched_tokens: int | None  # encoder cache it needs (encoder_cache binds)
+    note: str  # the above in words
     largest_image: ImageItems | None
     largest_video: VideoItems | None
     largest_audio: AudioItems | None
@@ -274,6 +331,8 @@ class Plan:
     memory_nanovl: MemoryPlan  # the same with nanovl's exact encoder need
     recommendation: Recommendation
     encoder_peak_bytes: int = 0  # one prompt's encoder step (profiling.sizing.memory_model)
+    # The planner behind it (what-if evaluations of other mixes under the same settings).
+    planner: _Planner | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def modality(self, modality: Modality) -> ModalityPlan:
         return next(m for m in self.modalities if m.modality == modality)
@@ -291,11 +350,14 @@ class Plan:
     def reason(self) -> str:
         reasons = [self.admission.reason] if self.admission.reason else []
         if self.memory_fits is False:
-            reasons.append(
+            text = (
                 f"predicted memory {format_bytes(self.memory_nanovl.total_bytes)} exceeds the budget "
-                f"{format_bytes(self.request.memory_budget_bytes or 0)}; use the recommended "
-                f"--limit-mm-per-prompt {self.recommendation.limit_mm_per_prompt_json}"
+                f"{format_bytes(self.request.memory_budget_bytes or 0)}"
             )
+            rec = self.recommendation
+            if rec.fits and any(rec.counts.values()):
+                text += f"; use the recommended --limit-mm-per-prompt {rec.limit_mm_per_prompt_json}"
+            reasons.append(text)
         return "; ".join(reasons)
 
 
@@ -474,6 +536,36 @@ def encoder_activation_bytes(
     return model.prompt_peak(items).peak_bytes
 
 
+def media_limit_violations(lim: MediaLimits, image: ImageItems, video: VideoItems, audio: AudioItems) -> list[str]:
+    """Items over the server's media limits (``nanovl serve --max-image-pixels``, ...): the
+    server refuses them before the engine, whatever the counts."""
+    out = []
+    if image.count and image.width and image.height and image.width * image.height > lim.max_image_pixels:
+        out.append(
+            f"an image of {image.width}x{image.height} is {image.width * image.height:,} pixels, over the "
+            f"server's max_image_pixels {lim.max_image_pixels:,}"
+        )
+    if video.count:
+        if video.num_frames > lim.max_video_frames:
+            out.append(
+                f"a video of {video.num_frames} frames is over the server's max_video_frames {lim.max_video_frames}"
+            )
+        if video.width * video.height > lim.max_video_pixels_per_frame:
+            out.append(
+                f"video frames of {video.width}x{video.height} are over the server's max_video_pixels_per_frame "
+                f"{lim.max_video_pixels_per_frame:,}"
+            )
+        if video.num_frames * video.width * video.height * 3 > lim.max_video_decoded_bytes:
+            out.append(
+                f"a video of {video.num_frames} frames of {video.width}x{video.height} decodes to "
+                f"{format_bytes(video.num_frames * video.width * video.height * 3)}, over the server's "
+                f"max_video_decoded_bytes {format_bytes(lim.max_video_decoded_bytes)}"
+            )
+    if audio.count and audio.seconds > lim.max_audio_seconds:
+        out.append(f"audio of {audio.seconds:g} s is over the server's max_audio_seconds {lim.max_audio_seconds:g} s")
+    return out
+
+
 # ------------------------------------------------------------------------ planner
 
 
@@ -495,6 +587,7 @@ class _Planner:
         geom: ModelGeometry,
         vllm_max: Mapping[str, int],
         llm: LlmState,
+        encoder_cache_size: int = 0,
     ) -> None:
         self.request = request
         self.vllm_config = vllm_config
@@ -516,6 +609,9 @@ class _Planner:
         self.max_model_len = vllm_config.model_config.max_model_len
         self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         self.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+        # vLLM's encoder cache for the requested limits: an item with more embeddings is refused.
+        self.encoder_cache_size = encoder_cache_size
+        self.model_max_len = _model_max_len(vllm_config)
 
     def token_bytes(self, tokens: int) -> int:
         return tokens * self.geom.llm_hidden_size * self.dtype_bytes
@@ -529,7 +625,11 @@ class _Planner:
             text_len = dummy_text_length(g, num_videos=video.count, num_audios=audio.count)
             out["image"] = images_tokens(g, [(w, h)] * image.count, text_prompt_length=text_len)
         if video.count:
-            out["video"] = [video_tokens(g, video.num_frames, video.width, video.height, fps=video.fps)] * video.count
+            out["video"] = [
+                video_tokens(
+                    g, video.num_frames, video.width, video.height, fps=video.fps, frame_indices=video.frame_indices
+                )
+            ] * video.count
         if audio.count:
             out["audio"] = [audio_tokens(g, seconds=audio.seconds)] * audio.count
         return out
@@ -590,14 +690,61 @@ class _Planner:
             )
         )
 
-    def fits(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> bool:
-        mix = self.evaluate(image, video, audio)
+    def media_limit_violations(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> list[str]:
+        return media_limit_violations(self.request.media_limits, image, video, audio)
+
+    def violations(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> tuple[str, ...]:
+        """The constraints a prompt with this mix breaks, in order: ``media_limits``,
+        ``tokens`` (prompt longer than ``max_model_len - 1``), ``encoder_cache`` (an item
+        over vLLM's encoder cache), ``memory`` (over the budget). Empty: it fits. An image
+        vLLM's processor cannot process at this count breaks ``tokens``."""
+        out = []
+        if self.media_limit_violations(image, video, audio):
+            out.append("media_limits")
+        try:
+            mix = self.evaluate(image, video, audio)
+        except InvalidArgument:
+            return (*out, "tokens")
         if mix.media_prompt_tokens + self.request.text_tokens > self.max_model_len - 1:
-            return False
+            out.append("tokens")
+        if mix.need.min_tokens > self.encoder_cache_size:
+            out.append("encoder_cache")
         budget = self.request.memory_budget_bytes
-        if budget is None:
-            return True
-        return self.memory(mix.need.needed_tokens, mix.activation_bytes, "").total_bytes <= budget
+        if budget is not None and self.memory(mix.need.needed_tokens, mix.activation_bytes, "").total_bytes > budget:
+            out.append("memory")
+        return tuple(out)
+
+    def fits(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> bool:
+        return not self.violations(image, video, audio)
+
+    def memory_total(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> int:
+        mix = self.evaluate(image, video, audio)
+        return self.memory(mix.need.needed_tokens, mix.activation_bytes, "").total_bytes
+
+    def at_max_model_len(self, max_model_len: int) -> _Planner:
+        """This planner for another ``max_model_len`` (the dynamic tiler's budget and the
+        KV cache minimum follow it)."""
+        other = copy.copy(self)
+        other.max_model_len = max_model_len
+        if self.geom.dynamic_resolution:
+            other.geom = ModelGeometry.from_hf_config(
+                self.hf_config,
+                tokenizer=self.geom.processor.tokenizer,
+                max_model_len=max_model_len,
+                max_num_tiles=self.geom.max_num_tiles,
+                video_pruning_rate=self.geom.video_pruning_rate,
+            )
+        return other
+
+
+def _model_max_len(vllm_config: VllmConfig) -> int:
+    """The longest ``max_model_len`` vLLM accepts for this model (its derived maximum)."""
+    mc = vllm_config.model_config
+    try:
+        derived = mc.model_arch_config.derived_max_model_len_and_key[0]
+    except AttributeError:
+        derived = getattr(mc.hf_text_config, "max_position_embeddings", mc.max_model_len)
+    return int(max(mc.max_model_len, derived if math.isfinite(derived) else mc.max_model_len))
 
 
 def _search_max(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
@@ -613,13 +760,38 @@ def _search_max(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
     return lo
 
 
+def _search_min(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
+    """Smallest x in [lo, hi] with ok(x), for a predicate false then true; None if ok(hi) fails."""
+    if hi < lo or not ok(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+_CONSTRAINT_WORDS = {
+    "media_limits": "the server's media limits",
+    "tokens": "the context (max_model_len)",
+    "encoder_cache": "vLLM's encoder cache",
+    "memory": "the memory budget",
+}
+
+
 def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: AudioItems) -> Recommendation:
+    """Counts for this mix that fit and are maximal: no count can grow by one and still
+    fit, so no combination that fits has at least as many items of every modality and
+    more of one (the constraints only tighten as items are added). Found by dropping, one
+    at a time, the item whose removal relieves the binding constraint most, then adding
+    items back round-robin while they fit. Also: what binds the asked mix and the
+    smallest ``max_model_len``, memory and ``max_num_batched_tokens`` that admit it."""
     req = planner.request
     geom = planner.geom
-
-    # Counts: drop one item at a time from the modality whose item costs the most
-    # prompt tokens until the mix fits (every count can reach 0).
-    counts = dict(planner.request.counts())
+    asked = dict(req.counts())
+    cache: dict[tuple[int, int, int], tuple[str, ...]] = {}
 
     def with_counts(c: Mapping[str, int]) -> tuple[ImageItems, VideoItems, AudioItems]:
         return (
@@ -628,12 +800,50 @@ def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: A
             dataclasses.replace(audio, count=c["audio"]),
         )
 
-    items = planner.items(image, video, audio)
-    cost = {m: (items[m][0].prompt_tokens if items[m] else 0) for m in MODALITIES}
-    while any(counts.values()) and not planner.fits(*with_counts(counts)):
-        m = max((m for m in MODALITIES if counts[m]), key=lambda m: cost[m])
-        counts[m] -= 1
-    fits = planner.fits(*with_counts(counts))
+    def broken(c: Mapping[str, int]) -> tuple[str, ...]:
+        key = (c["image"], c["video"], c["audio"])
+        if key not in cache:
+            cache[key] = planner.violations(*with_counts(c))
+        return cache[key]
+
+    def pressure(c: Mapping[str, int], constraint: str) -> float:
+        """How far ``c`` is over ``constraint`` (0 when it holds)."""
+        mixes = with_counts(c)
+        if constraint == "media_limits":
+            return len(planner.media_limit_violations(*mixes))
+        try:
+            mix = planner.evaluate(*mixes)
+        except InvalidArgument:
+            return math.inf
+        if constraint == "tokens":
+            return max(0, mix.media_prompt_tokens + req.text_tokens - (planner.max_model_len - 1))
+        if constraint == "encoder_cache":
+            return max(0, mix.need.min_tokens - planner.encoder_cache_size)
+        budget = req.memory_budget_bytes or 0
+        return max(0, planner.memory(mix.need.needed_tokens, mix.activation_bytes, "").total_bytes - budget)
+
+    asked_broken = broken(asked)
+    counts = dict(asked)
+    while any(counts.values()) and (now := broken(counts)):
+        binding = now[0]
+        best, relief = None, -math.inf
+        for m in MODALITIES:
+            if counts[m]:
+                fewer = {**counts, m: counts[m] - 1}
+                r = pressure(counts, binding) - pressure(fewer, binding)
+                if r > relief:
+                    best, relief = m, r
+        assert best is not None
+        counts[best] -= 1
+    fits = not broken(counts)
+    if fits:
+        grew = True
+        while grew:
+            grew = False
+            for m in MODALITIES:
+                more = {**counts, m: counts[m] + 1}
+                if counts[m] < asked[m] and not broken(more):
+                    counts, grew = more, True
 
     limit: dict[str, Any] = {}
     for m in MODALITIES:
@@ -653,6 +863,21 @@ def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: A
         else:
             limit[m] = {"count": counts[m], "length": audio_num_samples(geom, audio.seconds)}
 
+    admitting_len = admitting_memory = admitting_mnbt = None
+    if "tokens" in asked_broken:
+        admitting_len = _admitting_max_model_len(planner, *with_counts(asked))
+    if req.memory_budget_bytes is not None and asked_broken:
+        at = planner if admitting_len is None else planner.at_max_model_len(admitting_len)
+        try:
+            admitting_memory = at.memory_total(*with_counts(asked))
+        except InvalidArgument:
+            admitting_memory = None
+    if "encoder_cache" in asked_broken:
+        admitting_mnbt = planner.evaluate(*with_counts(asked)).need.min_tokens
+    note = _recommendation_note(
+        planner, asked_broken, fits, admitting_len, admitting_memory, admitting_mnbt, with_counts(asked)
+    )
+
     # Largest single item per requested modality, the rest of the mix at the
     # recommended counts (so an answer exists whenever one item of it fits at all).
     rest = dict(zip(MODALITIES, with_counts(counts), strict=True))
@@ -671,11 +896,82 @@ def _recommend(planner: _Planner, image: ImageItems, video: VideoItems, audio: A
         largest_audio = _largest_audio(planner, lambda it: planner.fits(*alone("audio", it)))
     return Recommendation(
         limit_mm_per_prompt=limit,
+        counts=dict(counts),
         fits=fits,
+        binding=asked_broken,
+        admitting_max_model_len=admitting_len,
+        admitting_memory_bytes=admitting_memory,
+        admitting_max_num_batched_tokens=admitting_mnbt,
+        note=note,
         largest_image=largest_image,
         largest_video=largest_video,
         largest_audio=largest_audio,
     )
+
+
+def _admitting_max_model_len(planner: _Planner, image: ImageItems, video: VideoItems, audio: AudioItems) -> int | None:
+    """The smallest ``max_model_len`` (up to the model's maximum) at which a prompt with
+    this mix fits the context; None if none does."""
+    text = planner.request.text_tokens
+
+    def ok(n: int) -> bool:
+        at = planner.at_max_model_len(n) if planner.geom.dynamic_resolution else planner
+        try:
+            mix = at.evaluate(image, video, audio)
+        except InvalidArgument:
+            return False
+        return mix.media_prompt_tokens + text <= n - 1
+
+    upper = planner.model_max_len
+    if not planner.geom.dynamic_resolution:
+        need = planner.evaluate(image, video, audio).media_prompt_tokens + text + 1
+        return need if need <= upper else None
+    return _search_min(planner.max_model_len + 1, upper, ok)
+
+
+def _recommendation_note(
+    planner: _Planner,
+    binding: tuple[str, ...],
+    fits: bool,
+    admitting_len: int | None,
+    admitting_memory: int | None,
+    admitting_mnbt: int | None,
+    asked: tuple[ImageItems, VideoItems, AudioItems],
+) -> str:
+    """One paragraph for the operator: what stops the asked mix and what would admit it."""
+    if not binding:
+        return "the asked mix fits"
+    req = planner.request
+    parts = [f"the asked mix is stopped by {' and '.join(_CONSTRAINT_WORDS[b] for b in binding)}"]
+    if "media_limits" in binding:
+        parts.append("; ".join(planner.media_limit_violations(*asked)) + " (the server refuses such items)")
+    if "tokens" in binding:
+        if admitting_len is not None:
+            parts.append(f"it fits the context from max_model_len {admitting_len} (now {planner.max_model_len})")
+        else:
+            parts.append(
+                f"no max_model_len up to the model's {planner.model_max_len} fits it: send fewer or smaller items"
+            )
+    if admitting_mnbt is not None:
+        parts.append(
+            f"its largest item needs an encoder cache of {admitting_mnbt} tokens (vLLM has "
+            f"{planner.encoder_cache_size}): set max_num_batched_tokens to at least {admitting_mnbt}"
+        )
+    if "memory" in binding or (req.memory_budget_bytes is not None and admitting_memory is not None):
+        fixed = sum(c.bytes for c in planner.fixed_memory())
+        budget = req.memory_budget_bytes or 0
+        if budget < fixed:
+            parts.append(
+                f"the memory budget {format_bytes(budget)} is below what this configuration holds before any media "
+                f"({format_bytes(fixed)}: weights, the KV cache of one max_model_len sequence and the Mamba state "
+                f"of max_num_seqs sequences): no media fits; raise the budget, or lower max_model_len or max_num_seqs"
+            )
+        if admitting_memory is not None and admitting_memory > budget:
+            at = f" at max_model_len {admitting_len}" if admitting_len is not None else ""
+            parts.append(f"it needs {format_bytes(admitting_memory)} of memory{at} (budget {format_bytes(budget)})")
+    if not fits and not any(p.startswith("the memory budget") for p in parts):
+        parts.append("not even one item of any requested modality fits")
+    return "; ".join(parts)
 
 
 def _largest_image(planner: _Planner, ok: Callable[[ImageItems], bool]) -> ImageItems | None:
@@ -708,7 +1004,7 @@ def _largest_video(planner: _Planner, video: VideoItems, ok: Callable[[VideoItem
     hi = (planner.max_model_len // (2 + (0 if evs else per_tubelet)) + 1) * t
 
     def video_of(k: int) -> VideoItems:
-        return dataclasses.replace(video, count=1, num_frames=k)
+        return dataclasses.replace(video.with_frames(k), count=1)
 
     n = _search_max(1, hi, lambda k: ok(video_of(k)))
     return video_of(n) if n else None
@@ -745,13 +1041,28 @@ def _validate(request: PlanRequest, *, supports_audio: bool) -> None:
             raise InvalidArgument(f"{name} must be positive, got {value}")
     if request.image.count and (request.image.width is None) != (request.image.height is None):
         raise InvalidArgument("give both image width and height, or neither (vLLM's largest image)")
-    if request.video.count and min(request.video.num_frames, request.video.width, request.video.height) <= 0:
-        raise InvalidArgument("a video needs num_frames, width and height (all positive)")
+    video = request.video
+    if video.count:
+        if min(video.num_frames, video.width, video.height) <= 0:
+            raise InvalidArgument("a video needs num_frames, width and height (all positive)")
+        if not (math.isfinite(video.fps) and video.fps > 0):
+            raise InvalidArgument(f"a video's fps must be a positive number of frames per second, got {video.fps}")
+        if video.frame_indices is not None:
+            if len(video.frame_indices) != video.num_frames:
+                raise InvalidArgument(
+                    f"a video of {video.num_frames} frames needs {video.num_frames} frame indices, "
+                    f"got {len(video.frame_indices)}"
+                )
+            if min(video.frame_indices) < 0:
+                raise InvalidArgument("video frame indices must not be negative")
     if request.audio.count:
         if not supports_audio:
             raise InvalidArgument("this checkpoint has no audio encoder: set the audio count to 0")
-        if request.audio.seconds <= 0:
-            raise InvalidArgument("an audio item needs a positive length in seconds")
+        if not (math.isfinite(request.audio.seconds) and request.audio.seconds > 0):
+            raise InvalidArgument(f"an audio item needs a positive length in seconds, got {request.audio.seconds}")
+    over = media_limit_violations(request.media_limits, request.image, request.video, request.audio)
+    if over:
+        raise InvalidArgument("; ".join(over) + ": the server refuses such items before the engine")
 
 
 def plan_budget(
@@ -792,7 +1103,9 @@ def plan_budget(
         image = dataclasses.replace(image, width=w, height=h)
 
     llm = llm_state(vllm_config, model_path)
-    planner = _Planner(request, vllm_config, geom, dict(mm_budget.mm_max_toks_per_item), llm)
+    planner = _Planner(
+        request, vllm_config, geom, dict(mm_budget.mm_max_toks_per_item), llm, int(mm_budget.encoder_cache_size)
+    )
     mix = planner.evaluate(image, request.video, request.audio)
     prompt_tokens = mix.media_prompt_tokens + request.text_tokens
     flat = [p.item for p in mix.plans if p.item is not None]
@@ -836,6 +1149,7 @@ def plan_budget(
         memory_nanovl=memory_nanovl,
         recommendation=_recommend(planner, image, request.video, request.audio),
         encoder_peak_bytes=mix.activation_bytes,
+        planner=planner,
     )
 
 

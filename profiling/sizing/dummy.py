@@ -1,11 +1,11 @@
 """RunDummyProfile: synthetic items of given sizes through the live engine's encoders.
 
 Each entry (one modality, ``count`` items of one size) is processed by vLLM's own
-multimodal processor inside the worker and run through the model's ``embed_multimodal``
-the way the model runner does it (this model encodes videos one at a time), timed and
-memory-metered there (``NanovlWorkerExtension.nanovl_encode_dummy``). Next to it: the
-exact tokens and the estimated encoder memory ``profiling.sizing.budget`` predicts for the
-same items and engine settings.
+multimodal processor inside the worker and encoded the way the model runner encodes a
+prompt's items, timed and memory-metered there
+(``NanovlWorkerExtension.nanovl_encode_dummy_prompt``; :meth:`DummyProfiler.run_mix` puts
+several modalities in one prompt). Next to it: the exact tokens and the encoder memory
+``profiling.sizing.memory_model`` predicts for the same items and engine settings.
 
 The pass runs inside the engine between scheduler steps (``collective_rpc``), so live
 requests pause while it runs; entries run one at a time.
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from nanovl.errors import FailedPrecondition, InvalidArgument, NanovlError, OutOfRange, Unavailable
 from nanovl.modalities import Modality
 from profiling.sizing.budget import AudioItems, ImageItems, PlanRequest, VideoItems, plan_budget
+from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 
 if TYPE_CHECKING:
     from vllm.engine.arg_utils import EngineArgs
@@ -115,15 +116,24 @@ def validate(engine: Engine, items: DummyItems) -> None:
         )
 
 
-def _predict(engine: Engine, engine_args: EngineArgs, items: DummyItems) -> _Prediction:
-    """Exact tokens and estimated encoder memory for the entry, for the live settings."""
-    return _predict_mix(engine, engine_args, [items])
+def _predict(
+    engine: Engine, engine_args: EngineArgs, items: DummyItems, media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS
+) -> _Prediction:
+    """Exact tokens and predicted encoder memory for the entry, for the live settings."""
+    return _predict_mix(engine, engine_args, [items], media_limits)
 
 
-def _predict_mix(engine: Engine, engine_args: EngineArgs, entries: Sequence[DummyItems]) -> _Prediction:
+def _predict_mix(
+    engine: Engine,
+    engine_args: EngineArgs,
+    entries: Sequence[DummyItems],
+    media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+) -> _Prediction:
     """Exact tokens and the memory model's encoder peak for one prompt carrying ``entries``."""
     request = PlanRequest(
-        max_model_len=engine.summary.max_model_len, **{modality_of(items): items for items in entries}
+        max_model_len=engine.summary.max_model_len,
+        media_limits=media_limits,
+        **{modality_of(items): items for items in entries},
     )
     plan = plan_budget(request, engine.summary.model, engine_args=engine_args)
     plans = [plan.modality(modality_of(items)) for items in entries]
@@ -138,15 +148,23 @@ def _predict_mix(engine: Engine, engine_args: EngineArgs, entries: Sequence[Dumm
 class DummyProfiler:
     """Runs dummy entries one at a time against one engine."""
 
-    def __init__(self, engine: Engine, engine_args: EngineArgs, *, plan_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        engine_args: EngineArgs,
+        *,
+        plan_lock: threading.Lock | None = None,
+        media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+    ) -> None:
         self._engine = engine
         self._engine_args = engine_args
+        self._media_limits = media_limits
         self._plan_lock = plan_lock or threading.Lock()
         self._run_lock = asyncio.Lock()
 
     def _predict(self, items: DummyItems) -> _Prediction:
         with self._plan_lock:  # vLLM's config building is not re-entrant
-            return _predict(self._engine, self._engine_args, items)
+            return _predict(self._engine, self._engine_args, items, self._media_limits)
 
     async def _encoder_cache_size(self) -> int:
         from profiling.sizing.live_budget import worker_facts
@@ -186,7 +204,7 @@ class DummyProfiler:
         for items in entries:
             validate(self._engine, items)
         with self._plan_lock:
-            prediction = _predict_mix(self._engine, self._engine_args, entries)
+            prediction = _predict_mix(self._engine, self._engine_args, entries, self._media_limits)
         async with self._run_lock:
             measured = await self._encode(*entries)
         return _combine(entries[0], measured, prediction)
@@ -209,7 +227,13 @@ def _entry(items: DummyItems) -> dict[str, Any]:
     if isinstance(items, ImageItems):
         entry.update(width=items.width, height=items.height)
     elif isinstance(items, VideoItems):
-        entry.update(num_frames=items.num_frames, width=items.width, height=items.height, fps=items.fps)
+        entry.update(
+            num_frames=items.num_frames,
+            width=items.width,
+            height=items.height,
+            fps=items.fps,
+            frame_indices=list(items.indices()),
+        )
     else:
         entry.update(seconds=items.seconds)
     return entry

@@ -24,6 +24,7 @@ from nanovl.modalities import MODALITIES, Modality
 from profiling.sizing.budget import AudioItems, ImageItems, PlanRequest, VideoItems, plan_budget
 from profiling.sizing.exact_sizing import EncoderSizing, ExactSizingReport, item_reports, vllm_default_sizing
 from profiling.telemetry.metrics import EncoderBudgetSnapshot
+from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -264,13 +265,20 @@ def largest_items(
     max_model_len: int | None = None,
     max_num_tiles: int | None = None,
     video_pruning_rate: float | None = None,
+    media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
 ) -> dict[Modality, LargestItem | None]:
     """For each modality, the largest single item a prompt can carry alone (count 1, no
-    text) under ``max_model_len``, and its exact tokens. Images: the tiler's largest grid
-    (or the dynamic tiler's largest square); video: the most frames at vLLM's dummy
-    frame size; audio: the longest clip, at 10 ms resolution. Blocking (vLLM's config
-    and processor are built): run it off the event loop."""
-    base = PlanRequest(max_model_len=max_model_len, max_num_tiles=max_num_tiles, video_pruning_rate=video_pruning_rate)
+    text) under ``max_model_len`` and within the server's ``media_limits`` (so the
+    server accepts it), and its exact tokens. Images: the tiler's largest grid (or the
+    dynamic tiler's largest square); video: the most frames at vLLM's dummy frame size
+    and timing (2 fps from frame 0); audio: the longest clip, at 10 ms resolution.
+    Blocking (vLLM's config and processor are built): run it off the event loop."""
+    base = PlanRequest(
+        max_model_len=max_model_len,
+        max_num_tiles=max_num_tiles,
+        video_pruning_rate=video_pruning_rate,
+        media_limits=media_limits,
+    )
     geom = plan_budget(base, model_path, engine_args=engine_args).geometry
     side = geom.image_size
     probes: dict[Modality, PlanRequest] = {
@@ -315,6 +323,7 @@ def resolve_unsized(
         max_model_len=request.max_model_len,
         max_num_tiles=request.max_num_tiles,
         video_pruning_rate=request.video_pruning_rate,
+        media_limits=request.media_limits,
     )
     updates: dict[str, MediaItem] = {}
     for m in unsized:
@@ -334,7 +343,9 @@ def item_tokens(geom: Any, item: MediaItem) -> ItemTokens:
         assert item.width is not None and item.height is not None
         return image_tokens(geom, item.width, item.height)
     if isinstance(item, VideoItems):
-        return video_tokens(geom, item.num_frames, item.width, item.height, fps=item.fps)
+        return video_tokens(
+            geom, item.num_frames, item.width, item.height, fps=item.fps, frame_indices=item.frame_indices
+        )
     return audio_tokens(geom, seconds=item.seconds)
 
 
@@ -384,9 +395,17 @@ class LiveBudgetReader:
     call. :meth:`encoder_snapshot` feeds the metrics gauges.
     """
 
-    def __init__(self, engine: Engine, engine_args: EngineArgs, *, plan_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        engine_args: EngineArgs,
+        *,
+        plan_lock: threading.Lock | None = None,
+        media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+    ) -> None:
         self._engine = engine
         self._engine_args = engine_args
+        self._media_limits = media_limits
         self._plan_lock = plan_lock or threading.Lock()
         self._largest: dict[Modality, LargestItem | None] | None = None
         self._largest_lock = asyncio.Lock()
@@ -420,7 +439,11 @@ class LiveBudgetReader:
                 def compute() -> dict[Modality, LargestItem | None]:
                     with self._plan_lock:  # vLLM's config building is not re-entrant
                         return largest_items(
-                            summary.model, enabled, engine_args=self._engine_args, max_model_len=summary.max_model_len
+                            summary.model,
+                            enabled,
+                            engine_args=self._engine_args,
+                            max_model_len=summary.max_model_len,
+                            media_limits=self._media_limits,
                         )
 
                 self._largest = await asyncio.to_thread(compute)

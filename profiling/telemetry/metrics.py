@@ -226,6 +226,8 @@ class ServiceMetrics:
         self._http = http_server
         self._budget_source: EncoderBudgetSource | None = None
         self._budget_failed = False
+        # One attribute dict per modality, not one per streamed token.
+        self._modality_attrs: dict[str, dict[str, str]] = {}
 
         self._requests = meter.create_counter(
             "nanovl.requests", unit="{request}", description="Finished RPCs by method, modality and gRPC status."
@@ -318,7 +320,9 @@ class ServiceMetrics:
         """``tokens`` output tokens arrived together ``gap_s`` after the previous ones:
         one sample of ``gap_s / tokens`` per token, so the histogram stays per token when
         vLLM coalesces a busy request's outputs."""
-        attrs = {"modality": modality}
+        attrs = self._modality_attrs.get(modality)
+        if attrs is None:
+            attrs = self._modality_attrs[modality] = {"modality": modality}
         for _ in range(tokens):
             self._itl.record(gap_s / tokens, attrs)
 

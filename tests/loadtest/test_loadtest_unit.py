@@ -699,6 +699,40 @@ def test_plots_and_tables(two_runs, tmp_path: Path) -> None:
     assert "x)" in text  # B's figures at the shared levels carry ratios to A
 
 
+def _lines_with_data(ax) -> dict[str, int]:
+    """Legend label -> points, for every line drawn on ``ax``."""
+    return {line.get_label(): len(line.get_xdata()) for line in ax.get_lines()}
+
+
+def test_compare_sweeps_show_every_run_with_data(two_runs) -> None:
+    # Every panel of each sweep has a line with points for every run that measured levels
+    # of that mode, TTFT included (it used to be empty for concurrency, and to show only
+    # the last run for rate), and no legend entry for a run without such levels.
+    from loadtest.plots import compare_sweep_figure
+
+    a, b = two_runs
+    c = replace(a, name="C", levels=tuple(lv for lv in a.levels if lv.level.mode == "concurrency"))
+    runs = [a, b, c]
+    for mode in ("concurrency", "rate"):
+        fig = compare_sweep_figure(runs, mode)
+        assert fig is not None
+        with_data = [r.name for r in runs if any(lv.level.mode == mode for lv in r.levels)]
+        assert with_data == (["A", "B", "C"] if mode == "concurrency" else ["A", "B"])
+        tok_ax, req_ax, ttft_ax = fig.axes
+        for ax, suffixes in ((tok_ax, [""]), (req_ax, [""]), (ttft_ax, [" p50", " p99"])):
+            lines = _lines_with_data(ax)
+            for name in with_data:
+                for suffix in suffixes:
+                    assert lines.get(name + suffix, 0) > 0, (mode, ax.get_title(), name + suffix, lines)
+            runs_drawn = {label.split(" ")[0] for label in lines if label != "offered"}
+            assert runs_drawn == set(with_data), (mode, ax.get_title(), lines)
+            legend = ax.get_legend()
+            assert legend is not None
+            assert {t.get_text() for t in legend.get_texts()} == set(lines)
+            assert all(n > 0 for n in lines.values())
+    assert compare_sweep_figure([c], "rate") is None
+
+
 def test_compare_command(two_runs, tmp_path: Path) -> None:
     a, b = two_runs
     pa, pb = write_reports(a, tmp_path / "a").json, write_reports(b, tmp_path / "b").json

@@ -2,7 +2,7 @@
 
 GetBudget against the engine's own objects, PlanBudget against what the engine then
 does with the same prompt (at the context boundary, +-1 token), dummy encoder passes for
-every modality, py-spy captures, the torch profiler's precondition, and the metrics feed.
+every modality, py-spy captures, and the metrics feed.
 """
 
 from __future__ import annotations
@@ -377,12 +377,4 @@ async def _drain(call):
     return [c async for c in call]
 
 
-# ------------------------------------------------------------------ torch profiler
-
-
-async def test_torch_profile_needs_the_profiler_config(stub):
-    error = await _status(stub.StartTorchProfile(pb.StartTorchProfileRequest(), timeout=60))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "--profiler-config.profiler=torch" in error.details()
-    error = await _status(stub.StopTorchProfile(pb.StopTorchProfileRequest(), timeout=60))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+# The profilers' bounds and the torch profiler: tests/profiling/test_profilers_live.py.

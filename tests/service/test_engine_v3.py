@@ -45,7 +45,8 @@ ENGINE_VARIANTS = [
 async def v3(request):
     path = ensure_tiny_checkpoint(request.param)
     has_audio = request.param == "omni-v3"
-    limits = {"image": 1, "video": 1, "audio": 1 if has_audio else 0}
+    # 8 images: enough large ones to make the dynamic tiler share its budget at 2048.
+    limits = {"image": 8, "video": 2, "audio": 1 if has_audio else 0}
     args = default_engine_args(str(path), max_model_len=MAX_MODEL_LEN, limit_mm_per_prompt=limits, max_num_seqs=8)
     engine = await Engine.start(args, warmup=False)
     yield request.param, path, engine
@@ -106,3 +107,54 @@ async def test_every_loaded_parameter_equals_its_checkpoint_tensor(v3):
     assert len(experts) == 2 * 2  # two MoE blocks in "MEM*E", w13 and w2 each
     assert sum(n.endswith(".mixer.gate.e_score_correction_bias") for n in report.matched) == 2
     assert all(n.endswith((".ls1", ".ls2")) for n in report.not_in_checkpoint), report.not_in_checkpoint
+
+
+async def test_image_counts_do_not_depend_on_the_processor_cache(v3):
+    # vLLM's processor cache is on (its default). An image first sent alone is stored at
+    # its size alone; sent again beside seven large images, the tiler shares its budget
+    # and would shrink it, but the cache would hand back the stored size (issue 13). The
+    # engine keys such a prompt's items per request, so every count is what nanovl's
+    # accounting says for the whole prompt, and the rendered prompt fits as predicted.
+    _, path, engine = v3
+    assert engine.engine_args.mm_processor_cache_gb > 0
+    rng = np.random.default_rng(5)
+    first = Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8))
+    # Eight images of 1024 patches each: 8192 patches, over the budget of (2048 - 4) x 4.
+    large = [Image.new("RGB", (2048, 2048), (i, 2 * i, 3 * i)) for i in range(7)]
+    geom = engine.geometry
+    alone = await engine.render(assemble_raw([MediaPart("image", first), TextPart("describe")]))
+    together = await engine.render(
+        assemble_raw([MediaPart("image", im) for im in [first, *large]] + [TextPart("compare")])
+    )
+    sizes = [im.size for im in [first, *large]]
+    from model.token_accounting import images_tokens
+
+    predicted = images_tokens(geom, sizes)
+    got = [int(r.length) for r in together.engine_input["mm_placeholders"]["image"]]
+    assert got == [it.prompt_tokens for it in predicted]
+    assert got[0] < alone.tokens_by_modality["image"]  # the shared budget shrank it
+
+
+async def test_an_image_the_tiler_cannot_process_is_refused_before_vllm(v3):
+    from nanovl.errors import InvalidArgument
+
+    _, _, engine = v3
+    thin = Image.new("RGB", (20000, 1))  # its one patch row scales to 0: vLLM divides by zero
+    with pytest.raises(InvalidArgument, match="too thin for this model's dynamic-resolution tiler"):
+        await engine.render(assemble_raw([MediaPart("image", thin), TextPart("what is this?")]))
+    # The engine still serves.
+    rendered, outputs = await _stream(engine, [TextPart("Hello")])
+    assert outputs[-1].finished
+
+
+async def test_videos_resized_to_different_shapes_are_refused_before_vllm(v3):
+    from nanovl.errors import InvalidArgument
+
+    _, _, engine = v3
+    wide = np.zeros((2, 240, 640, 3), np.uint8)
+    tall = np.zeros((2, 640, 240, 3), np.uint8)
+    parts = [
+        MediaPart("video", video_item(v, fps=2.0, frames_indices=[0, 1], total_num_frames=2)) for v in (wide, tall)
+    ]
+    with pytest.raises(InvalidArgument, match="resize to different frame shapes"):
+        await engine.render(assemble_raw([*parts, TextPart("compare")]))

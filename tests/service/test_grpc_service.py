@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
@@ -93,6 +94,22 @@ async def test_logprobs_come_with_every_token(grpc_target):
         assert len(entry.top) >= 2 and entry.top[0].rank == 1
         # Greedy: the sampled token is the most likely one.
         assert entry.top[0].token_id == token_id
+
+
+async def test_detokenize_false_streams_the_same_token_ids_without_text(client):
+    prompt = MEDIA["image"]()
+    full = await client.generate_text(prompt, sampling=SHORT)
+    ids_only = await client.generate_text(prompt, sampling=dataclasses.replace(SHORT, detokenize=False))
+    assert ids_only.token_ids == full.token_ids and full.text
+    assert ids_only.text == ""
+    assert ids_only.usage.completion_tokens == full.usage.completion_tokens
+
+
+async def test_detokenize_false_with_stop_strings_is_invalid_argument(client):
+    with pytest.raises(InferenceRpcError) as err:
+        await client.generate_text("hi", sampling=dataclasses.replace(SHORT, detokenize=False, stop=("x",)))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "detokenize" in err.value.details
 
 
 async def test_chunked_upload_of_a_multi_megabyte_video(client, tmp_path):
