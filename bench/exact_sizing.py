@@ -9,9 +9,9 @@ fresh process, reporting:
   ``MultiModalBudget``), the per-item maxima, and what the start-up profile encodes;
 - the dummy profile's encoder peak: the profile's own dummy batch encoded again after
   start-up under nanovl's tensor-allocation meter (``nanovl_replay_profile``: peak tensor
-  bytes, pixel inputs included), and the engine-core process's peak RSS over the start-up
-  (``VmHWM``: model load, compilation and the profile together);
-- start-up time (``AsyncLLM`` construction to a ready engine).
+  bytes, pixel inputs included), and the worker process's peak RSS over the start-up
+  (``getrusage``: model load, compilation and the profile together);
+- start-up time (``AsyncLLM`` construction to a ready engine), wall and the worker's CPU.
 
 Chunked prefill is on with ``max_num_batched_tokens`` 2048 (vLLM's CPU default for its
 server): with chunked prefill off vLLM raises ``max_num_batched_tokens`` to
@@ -34,7 +34,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from bench.doc_tables import REPO, emit, run_child, write_section
 
@@ -60,24 +59,15 @@ class Run:
     profile_items: int
     profile_tokens: int  # encoder embeddings the replayed dummy batch produced
     profile_peak_bytes: int  # replayed dummy batch: peak tensor bytes (inputs included)
-    startup_peak_rss_bytes: int  # engine-core process VmHWM after start-up
+    startup_peak_rss_bytes: int  # the worker process's peak RSS after start-up (getrusage)
     startup_s: float
-    # CPU seconds the engine-core process (and the compile workers it waited for) spent
-    # starting: steadier than wall time on a shared machine. 0: not measured.
+    # CPU seconds the worker process (and compile workers it waited for) spent starting:
+    # steadier than wall time on a shared machine. 0: not measured.
     startup_cpu_s: float = 0.0
     profile_encode_s: float = 0.0  # the replayed profile batch's encoder pass
 
 
-def _vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 async def _one(variant: str, max_model_len: int, sizing: str) -> Run:
-    import psutil
-
     from model.item_maxima import parse
     from model.tiny import cache_root, ensure_tiny_checkpoint
     from service.engine import Engine, apply_process_environment, default_engine_args
@@ -112,14 +102,9 @@ async def _one(variant: str, max_model_len: int, sizing: str) -> Run:
     engine = await Engine.start(args, warmup=False)
     startup_s = time.perf_counter() - t0
     try:
-        core = next(
-            (c for c in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(c.cmdline()) + c.name()),
-            None,
-        )
-        # Before the replay below adds its own.
-        peak_rss = _vm_hwm(core.pid) if core is not None else 0
-        cpu = core.cpu_times() if core is not None else None
-        startup_cpu_s = cpu.user + cpu.system + cpu.children_user + cpu.children_system if cpu else 0.0
+        # Before the replay below adds its own: the worker's (where the profile ran) peak
+        # RSS and CPU time over the start-up.
+        (usage, *_) = await engine.llm.collective_rpc("nanovl_process_usage")
         (facts, *_) = await engine.llm.collective_rpc("nanovl_budget_facts")
         (replay, *_) = await engine.llm.collective_rpc("nanovl_replay_profile")
     finally:
@@ -137,9 +122,9 @@ async def _one(variant: str, max_model_len: int, sizing: str) -> Run:
         profile_items=int(replay["items"]),
         profile_tokens=int(replay["tokens"]),
         profile_peak_bytes=int(replay["peak_bytes"]),
-        startup_peak_rss_bytes=peak_rss,
+        startup_peak_rss_bytes=int(usage["peak_rss_bytes"]),
         startup_s=startup_s,
-        startup_cpu_s=startup_cpu_s,
+        startup_cpu_s=float(usage["cpu_s"]),
         profile_encode_s=float(replay["seconds"]),
     )
 

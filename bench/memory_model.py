@@ -68,7 +68,7 @@ GRIDS: dict[str, list[tuple[str, int, str]]] = {
         ("video", 1, "9x640x360"),
         ("video", 2, "9x640x360"),
         ("video", 1, "64x320x240"),
-        ("video", 1, "300x320x240"),
+        ("video", 1, "256x320x240"),  # two 128-frame forwards (the media limit: 256 frames)
         ("audio", 2, "20"),
         ("audio", 1, "90"),
     ],

@@ -288,6 +288,20 @@ class NanovlProfilingMixin:
         budget = self.model_runner.mm_budget
         return {} if budget is None else {m: int(n) for m, n in budget.mm_max_toks_per_item.items()}
 
+    def nanovl_process_usage(self) -> dict:
+        """This worker process's peak resident memory and CPU time so far
+        (``getrusage``; children count once they have exited). For ``bench/exact_sizing.py``."""
+        import os
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "pid": os.getpid(),
+            "peak_rss_bytes": int(usage.ru_maxrss) * 1024,
+            "cpu_s": usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime,
+        }
+
     def nanovl_replay_profile(self) -> dict:
         """The encoder half of vLLM's start-up profile, run again and metered: the dummy
         batch ``GPUModelRunner.profile_run`` encodes (``MultiModalBudget
