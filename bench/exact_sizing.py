@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.exact_sizing", description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", default=["full"])
     p.add_argument("--lens", nargs="+", type=int, default=[8192, 32768])
-    p.add_argument("--sizings", nargs="+", default=list(SIZINGS), choices=list(SIZINGS))
+    p.add_argument("--sizings", nargs="+", default=["default", "typical"], choices=list(SIZINGS))
     p.add_argument("--timeout-s", type=float, default=900, help="per engine start")
     p.add_argument("--one", nargs=3, metavar=("VARIANT", "LEN", "SIZING"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
