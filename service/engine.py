@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model.item_maxima import ItemMaxima
 from model.prompt import AssembledPrompt, video_item
-from nanovl.errors import InvalidArgument, NanovlError, OutOfRange, Unavailable
+from nanovl.errors import FailedPrecondition, InvalidArgument, NanovlError, OutOfRange, Unavailable
 from nanovl.modalities import MODALITIES, Modality
 
 if TYPE_CHECKING:
@@ -141,6 +142,10 @@ class ModelSummary:
     limits: Mapping[Modality, int]
     audio_sample_rate: int | None
     vllm_version: str
+    # --exact-mm-sizing: the declared largest video/audio item (None: vLLM's own sizing),
+    # and the encoder tokens per item vLLM's budget is built from, as applied.
+    item_maxima: ItemMaxima | None = None
+    max_tokens_per_item: Mapping[Modality, int] = field(default_factory=dict)
 
     @property
     def enabled_modalities(self) -> tuple[Modality, ...]:
@@ -166,6 +171,8 @@ class RenderedPrompt:
 def _summarize(llm: AsyncLLM) -> ModelSummary:
     import vllm
 
+    from model.vllm_exact_sizing import declared_maxima, per_item_sizing
+
     model_config = llm.vllm_config.model_config
     mm_config = model_config.multimodal_config
     hf_config = model_config.hf_config
@@ -176,6 +183,12 @@ def _summarize(llm: AsyncLLM) -> ModelSummary:
             if m == "audio" and sound is None:
                 continue
             limits[m] = int(mm_config.get_limit_per_prompt(m))
+    maxima = declared_maxima(hf_config)
+    applied: dict[Modality, int] = {}
+    if maxima is not None and mm_config is not None:
+        enabled = {m: 1 for m, n in limits.items() if n > 0}
+        sizing = per_item_sizing(model_config, enabled).applied
+        applied = {m: int(sizing[m]) for m in MODALITIES if m in sizing}
     return ModelSummary(
         model=model_config.model,
         served_model_name=str(model_config.served_model_name or model_config.model),
@@ -183,6 +196,8 @@ def _summarize(llm: AsyncLLM) -> ModelSummary:
         limits=limits,
         audio_sample_rate=int(sound.sampling_rate) if sound is not None else None,
         vllm_version=vllm.__version__,
+        item_maxima=maxima,
+        max_tokens_per_item=applied,
     )
 
 
@@ -239,6 +254,11 @@ class Engine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from model import vllm_plugin
+
+        # Before vLLM resolves the model class in this process (it caches the answer):
+        # the class that applies --exact-mm-sizing (vLLM's own behaviour without it).
+        vllm_plugin.register(eager=True)
         t0 = time.perf_counter()
         if client_config is None:
             llm = AsyncLLM.from_engine_args(engine_args)
@@ -256,6 +276,20 @@ class Engine:
                 client_index=index,
             )
         engine = cls(llm, _summarize(llm), engine_args)
+        if engine.summary.item_maxima is not None:
+            try:
+                await engine._check_sizing_applied()
+            except BaseException:
+                engine.shutdown()
+                raise
+            per_item = ", ".join(f"{m} {n:,}" for m, n in engine.summary.max_tokens_per_item.items())
+            log.info(
+                "exact encoder sizing (--exact-mm-sizing %s): encoder tokens per item %s (vLLM's own: %s per video "
+                "or audio item)",
+                engine.summary.item_maxima.spec(),
+                per_item,
+                f"{engine.summary.max_model_len:,}",
+            )
         # nanovl serve reports this phase itself (one line, with its progress).
         log.debug("engine started in %.1fs: %s", time.perf_counter() - t0, engine.summary)
         if warmup:
@@ -289,6 +323,19 @@ class Engine:
             done.append(name)
         return done
 
+    async def _check_sizing_applied(self) -> None:
+        """--exact-mm-sizing takes effect in the engine's processes only where nanovl's
+        model class is registered (its vLLM plugin, or the worker extension): refuse to
+        serve with sizes the engine did not apply."""
+        (worker, *_) = await self.llm.collective_rpc("nanovl_mm_max_tokens_per_item")
+        expected = dict(self.summary.max_tokens_per_item)
+        if {m: int(worker.get(m, 0)) for m in expected} != expected:
+            raise FailedPrecondition(
+                f"--exact-mm-sizing is not applied in the engine's worker (it sizes items as {worker}, nanovl "
+                f"expects {expected}): install nanovl so vLLM loads its plugin (entry point "
+                "vllm.general_plugins), or keep the worker extension profiling.worker_extension"
+            )
+
     # ------------------------------------------------------------------ requests
 
     async def render(self, prompt: AssembledPrompt) -> RenderedPrompt:
@@ -315,6 +362,7 @@ class Engine:
         by_modality: dict[str, int] = {}
         for modality, ranges in (engine_input.get("mm_placeholders") or {}).items():
             by_modality[modality] = sum(int(r.length) for r in ranges)
+            self._check_item_tokens(modality, [int(r.get_num_embeds()) for r in ranges])
         by_modality["text"] = len(token_ids) - sum(by_modality.values())
         rendered = RenderedPrompt(engine_input, len(token_ids), by_modality, source=source)
         if rendered.num_prompt_tokens >= self.summary.max_model_len:
@@ -334,6 +382,46 @@ class Engine:
             "(fewer video frames, shorter audio, smaller images) or shorter text"
         )
 
+    def _check_item_tokens(self, modality: str, embeds_per_item: list[int]) -> None:
+        """--exact-mm-sizing: vLLM's encoder budget, encoder cache and start-up profile are
+        sized for the declared largest item; a larger one is refused (vLLM itself would only
+        refuse one larger than its whole encoder cache)."""
+        maxima = self.summary.item_maxima
+        limit = self.summary.max_tokens_per_item.get(modality)  # type: ignore[call-overload]
+        if maxima is None or limit is None or modality == "image":
+            return
+        for n, tokens in enumerate(embeds_per_item, 1):
+            if tokens > limit:
+                declared = maxima.video if modality == "video" else maxima.audio
+                raise OutOfRange(
+                    f"{modality} item {n} takes {tokens:,} encoder tokens, more than the largest {modality} this "
+                    f"server is sized for ({declared.describe() if declared else modality}: {limit:,} tokens, "
+                    f"{maxima.setting(modality)}); send "
+                    + ("fewer frames, or frames closer together in time" if modality == "video" else "shorter audio")
+                )
+
+    def _check_item_sizes(self, prompt: AssembledPrompt) -> None:
+        """--exact-mm-sizing, before vLLM's processor runs: more frames or seconds than
+        declared is refused at once (the exact token check after rendering covers the rest)."""
+        maxima = self.summary.item_maxima
+        if maxima is None:
+            return
+        if maxima.video is not None:
+            for n, (frames, _meta) in enumerate(prompt.multi_modal_data.get("video", ()), 1):
+                if len(frames) > maxima.video.num_frames:
+                    raise OutOfRange(
+                        f"video item {n} has {len(frames)} frames, more than the {maxima.video.num_frames} this server "
+                        f"is sized for ({maxima.setting('video')}); send at most {maxima.video.num_frames} frames"
+                    )
+        if maxima.audio is not None:
+            for n, (wave, rate) in enumerate(prompt.multi_modal_data.get("audio", ()), 1):
+                seconds = len(wave) / float(rate)
+                if seconds > maxima.audio.seconds + 1e-9:
+                    raise OutOfRange(
+                        f"audio item {n} is {seconds:.2f} s, longer than the {maxima.audio.seconds:g} s this server is "
+                        f"sized for ({maxima.setting('audio')}); send shorter audio"
+                    )
+
     def _check_limits(self, prompt: AssembledPrompt) -> None:
         if not self.summary.limits and prompt.multi_modal_data:
             raise InvalidArgument(f"this server's model ({self.summary.served_model_name}) accepts text only")
@@ -346,6 +434,7 @@ class Engine:
                     f"{count} {modality} item(s) in one prompt, but this server allows at most {limit} "
                     f"(--limit-mm-per-prompt); send fewer {modality} items per request"
                 )
+        self._check_item_sizes(prompt)
 
     def _translate_render_error(self, exc: Exception) -> NanovlError:
         """vLLM's rejection of a request, by type: ``VLLMValidationError`` carries the

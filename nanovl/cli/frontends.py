@@ -133,6 +133,7 @@ def run_frontends(args: argparse.Namespace) -> int:
     # The engine core and its workers watch this process (service.server_watch), and so do the frontends.
     os.environ["NANOVL_SERVER_PID"] = str(os.getpid())
     engine_args = AsyncEngineArgs.from_cli_args(args)
+    serve.apply_exact_sizing(args, engine_args)  # the engine core is sized as the frontends expect
     engine_args._api_process_count, engine_args._api_process_rank = count, -1
     vllm_config = engine_args.create_engine_config(UsageContext.ENGINE_CONTEXT)
 

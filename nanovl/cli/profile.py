@@ -296,6 +296,8 @@ def render_budget(b: pb.Budget) -> list[Any]:
                 ],
             )
         )
+    if b.HasField("exact_sizing"):
+        out.append(render_exact_sizing(b.exact_sizing))
     kv = b.kv_cache
     out.append(
         _table(
@@ -339,6 +341,30 @@ def render_budget(b: pb.Budget) -> list[Any]:
         )
     )
     return out
+
+
+def render_exact_sizing(x: pb.ExactSizing) -> Any:
+    """vLLM's default encoder sizing beside the applied one (``--exact-mm-sizing``)."""
+
+    def profile(e: pb.EncoderSizing) -> str:
+        return f"{e.profile_items} x {modality_name(e.profile_modality)}" if e.profile_modality else "-"
+
+    d, a = x.vllm_default, x.applied
+    rows = [
+        [f"max tokens per {m} item", d.max_tokens_per_item[m], a.max_tokens_per_item.get(m, "-")]
+        for m in d.max_tokens_per_item
+    ]
+    rows += [
+        ["encoder compute budget", d.compute_budget_tokens, a.compute_budget_tokens],
+        ["encoder cache", format_bytes(d.cache_size_bytes), format_bytes(a.cache_size_bytes)],
+        ["start-up profile encodes", profile(d), profile(a)],
+    ]
+    rows += [
+        [f"declared largest {modality_name(it.modality)}", "-", f"{it.declared}: {it.exact_tokens} tokens"]
+        for it in x.items
+    ]
+    title = f"Encoder sizing: vLLM default vs applied (--exact-mm-sizing {x.setting or 'off'})"
+    return _table(title, ["", "vLLM default", "applied"], rows)
 
 
 def render_plan(p: pb.BudgetPlan) -> list[Any]:

@@ -172,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--max-audio-seconds", type=float, default=lim.max_audio_seconds, help="length of one audio item (vLLM's cap)"
     )
+    x = p.add_argument_group(
+        "exact encoder sizing",
+        "vLLM sizes every video and audio item of this model as the whole --max-model-len (its encoder "
+        "compute budget, encoder cache and start-up dummy profile). Declare the largest item instead and "
+        "vLLM is sized for exactly that; larger items are refused (OUT_OF_RANGE) before the engine.",
+    )
+    x.add_argument(
+        "--exact-mm-sizing",
+        metavar="SPEC",
+        default=None,
+        help="'limits' (--max-video-frames frames, --max-audio-seconds of audio) or a comma list of "
+        "video=FRAMESxWIDTHxHEIGHT@FPS (frame timestamps within (FRAMES-1)/FPS s) and audio=SECONDS; "
+        "a modality not named is derived from the media limits. Off by default",
+    )
     _add_security_args(p)
     tracing.add_cli_args(p)
     metrics.add_cli_args(p)
@@ -428,6 +442,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return merged
 
 
+def apply_exact_sizing(args: argparse.Namespace, engine_args) -> None:
+    """``--exact-mm-sizing``: vLLM ``hf_overrides`` that carry the declaration to every engine
+    process (``model.vllm_exact_sizing`` reads it there), merged into the operator's own.
+    ``InvalidArgument`` naming the flag for a bad or impossible declaration."""
+    import dataclasses
+    import json
+
+    from model.item_maxima import parse
+    from service.media import MediaLimits
+
+    spec, model = args.exact_mm_sizing, args.model
+    if spec is None:
+        return
+
+    if Path(model, "config.json").is_file():
+        config = json.loads(Path(model, "config.json").read_text())
+    else:  # a hub name: its config, as vLLM will read it
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model, trust_remote_code=engine_args.trust_remote_code).to_dict()
+    limits = MediaLimits(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(MediaLimits) if hasattr(args, f.name)}
+    )
+    maxima = parse(
+        spec,
+        max_video_frames=limits.max_video_frames,
+        max_audio_seconds=limits.max_audio_seconds,
+        frame_side=int(config.get("force_image_size") or 0),
+        supports_audio=config.get("sound_config") is not None,
+    )
+    engine_args.hf_overrides = maxima.hf_overrides(engine_args.hf_overrides)
+
+
 def _cache_dir() -> Path:
     # model.tiny.cache_root() without importing it (it imports torch, which reads the
     # environment _start_logging sets).
@@ -533,6 +580,7 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
     settings = settings_from_args(args, **security)
+    apply_exact_sizing(args, engine_args)
     if frontend is not None:
         settings = frontend.settings(settings)
     with report.phase("engine start", "starting vLLM's engine") as phase:

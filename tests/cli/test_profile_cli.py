@@ -138,9 +138,11 @@ def test_offline_plan_error_is_one_line(capsys, tmp_path):
 def test_offline_plan_prints_the_plan_and_nothing_else(capfd, tiny_checkpoint):
     # Issue 13's example, as a user runs it: the recommendation keeps both videos (memory
     # binds, not their tokens), names what binds, and none of vLLM's log lines is printed
-    # (they were, once per vLLM config the planner built).
+    # (they were, once per vLLM config the planner built). 150 MiB, not the issue's 100: with
+    # the measured memory model 3 / 2 / 4 takes 131.5 MiB (the issue's 87.4 MiB was the old,
+    # low estimate), and 100 MiB holds 2 / 1 / 4.
     argv = ["plan", "--model", str(tiny_checkpoint), "--max-model-len", "8192", "--limit", "image=8,video=2,audio=4"]
-    argv += ["--image", "640x480", "--video", "16x640x360", "--audio", "30", "--memory", "100MiB", "--json"]
+    argv += ["--image", "640x480", "--video", "16x640x360", "--audio", "30", "--memory", "150MiB", "--json"]
     assert main(argv) == 0
     out, err = capfd.readouterr()
     assert err == ""

@@ -86,6 +86,16 @@ def test_budget_encoder_numbers_are_vllms(budget, engine):
     assert "eager" in e.profile_note
 
 
+def test_budget_without_exact_sizing_shows_vllms_default_as_applied(budget):
+    x = budget.exact_sizing
+    assert x.setting == "" and not x.items
+    assert x.vllm_default == x.applied  # the same sizing, computed apart and read from the worker
+    assert x.applied.cache_size_tokens == budget.encoder.cache_size_tokens
+    assert dict(x.applied.max_tokens_per_item) == {
+        NAMES[m.modality]: m.vllm_max_tokens_per_item for m in budget.modalities
+    }
+
+
 def test_budget_exact_maxima_are_the_largest_items_that_fit(budget, geometry):
     limit = TEST_MAX_MODEL_LEN - 1  # one position is kept for the output
     by_name = {NAMES[m.modality]: m for m in budget.modalities}
