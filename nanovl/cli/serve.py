@@ -129,7 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-max-tokens", type=int, default=d.default_max_tokens, help="completion length when not given"
     )
     g.add_argument(
-        "--drain-grace-s", type=float, default=d.drain_grace_s, help="SIGTERM: seconds in-flight calls may finish"
+        "--drain-readiness-grace-s",
+        type=float,
+        default=d.drain_readiness_grace_s,
+        help="SIGTERM: readiness turns NOT_SERVING at once (gRPC health, HTTP /ready) but calls are still "
+        "accepted for this long, so balancers and Kubernetes stop routing here before any call is refused; "
+        "counted from SIGUSR1 when a preStop hook sent one; Ctrl-C (SIGINT) skips it",
+    )
+    g.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=d.drain_grace_s,
+        help="SIGTERM: after the readiness grace, new calls are refused and in-flight calls may finish for this long",
     )
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
     g.add_argument(
@@ -455,9 +466,20 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
         if server.admin_target is not None:
             log.info("operator surface (Profiling) on %s", server.admin_target)
         stop = asyncio.Event()
+        interactive = False
+
+        def on_signal(sig: signal.Signals) -> None:
+            nonlocal interactive
+            if not stop.is_set():
+                interactive = sig == signal.SIGINT
+                stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
+        # SIGUSR1: readiness NOT_SERVING while still serving (a Kubernetes preStop hook sends
+        # it, so the replica leaves the balancers' rotation before SIGTERM refuses calls).
+        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(server.withdraw_readiness()))
         stopped, died = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.engine_died.wait())
         await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -468,8 +490,13 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
             log.error("the engine died: exiting with status %d so the supervisor restarts nanovl", EXIT_ENGINE_DIED)
             await server.stop(grace=1.0)
             return EXIT_ENGINE_DIED
-        log.info("shutdown requested: draining for up to %.0fs", settings.drain_grace_s)
-        clean = await server.drain_and_stop()
+        readiness_grace = 0.0 if interactive else settings.drain_readiness_grace_s
+        log.info(
+            "shutdown requested (%s): draining for up to %.0fs",
+            "SIGINT: no readiness grace" if interactive else f"SIGTERM: readiness grace {readiness_grace:g}s",
+            readiness_grace + settings.drain_grace_s,
+        )
+        clean = await server.drain_and_stop(readiness_grace_s=readiness_grace)
         if clean:
             log.info("drained cleanly")
             return EXIT_DRAINED
