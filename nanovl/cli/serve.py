@@ -348,6 +348,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.help_engine:
         build_engine_parser().print_help()
         raise SystemExit(0)
+    if "--headless" in rest:
+        from nanovl.errors import InvalidArgument
+
+        # vLLM's own API-server flag; headless ranks serve no API (docs/deployment.md).
+        raise InvalidArgument(
+            "--headless is for the data-parallel worker nodes, which run vLLM's engine ranks without an API "
+            "server: start them with `vllm serve MODEL --headless --data-parallel-start-rank R ...`; "
+            "nanovl serve is the head (--data-parallel-size, --data-parallel-size-local, --data-parallel-address)"
+        )
     # Operator errors in the security flags and files fail at once, before the seconds
     # that importing vLLM takes (and long before the engine's start-up).
     args.security = security_settings(args)
@@ -422,6 +431,10 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
     from service.server import build_server
 
     security, limits = args.security, args.operator_limits
+    # SIGUSR1 (a preStop hook) during start-up: readiness is NOT_SERVING already; remember it,
+    # so the server never turns SERVING (the default action would kill the process).
+    early_withdraw: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: early_withdraw.append(signum))
     apply_process_environment(cache_root())
     with report.phase("checkpoint", progress=False) as phase:
         if args.model is None:
@@ -461,6 +474,8 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
             with report.phase("warm-up") as phase:
                 done = await engine.warmup(on_item=lambda name: setattr(phase, "step", name))
                 phase.detail = ", ".join(done) if done else "nothing to warm up"
+        if early_withdraw:
+            await server.withdraw_readiness()
         await server.mark_serving()
         log.info("serving on %s: ready in %s", server.target, report.summary())
         if server.admin_target is not None:
