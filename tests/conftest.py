@@ -92,12 +92,21 @@ def server_settings(**overrides):
     )
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1, never the same one twice in a session (the kernel may hand
+    a just-released port out again, and several servers here take theirs before listening)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")

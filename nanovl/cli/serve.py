@@ -494,7 +494,14 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
             loop.add_signal_handler(sig, on_signal, sig)
         # SIGUSR1: readiness NOT_SERVING while still serving (a Kubernetes preStop hook sends
         # it, so the replica leaves the balancers' rotation before SIGTERM refuses calls).
-        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(server.withdraw_readiness()))
+        withdrawals: set[asyncio.Task] = set()  # strong references until each one is done
+
+        def on_usr1() -> None:
+            task = asyncio.ensure_future(server.withdraw_readiness())
+            withdrawals.add(task)
+            task.add_done_callback(withdrawals.discard)
+
+        loop.add_signal_handler(signal.SIGUSR1, on_usr1)
         stopped, died = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.engine_died.wait())
         await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()

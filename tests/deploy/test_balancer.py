@@ -46,15 +46,18 @@ REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
 
+# Two engines starting side by side on a machine also running the session's: minutes when
+# the machine is busy (each process imports torch and vLLM), well under one when it is not.
+START_TIMEOUT_S = 900
 pytestmark = [
     pytest.mark.engine,  # starts engines of its own
+    pytest.mark.timeout(START_TIMEOUT_S + 300),  # the module's replicas start in the first test's setup
     pytest.mark.skipif(
         HAPROXY is None,
         reason="haproxy is not installed: `make setup` installs Debian's package (it needs root and apt-get)",
     ),
 ]
 
-START_TIMEOUT_S = 420
 CONCURRENCY = 4  # calls the load tester keeps in flight through the balancer
 SERVE_ARGS = [
     "--no-warmup",  # the first load test warms both replicas up
@@ -348,3 +351,20 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     later = [r for r in records if r.start_s > first_failure]
     assert later and all(r.ok for r in later), _errors(later)
     assert _down(fleet.balancer, "replica2")
+
+
+def test_sigusr1_withdraws_readiness_then_sigterm_drains_at_once(fleet: Fleet) -> None:
+    """Kubernetes' preStop path (deploy/k8s/deployment.yaml): SIGUSR1 turns readiness 503 while
+    the replica still serves; the balancer takes it out; the SIGTERM that follows finds the
+    readiness grace already spent and drains."""
+    a = next(r for r in fleet.replicas if r.running())
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGUSR1)
+    ready = f"http://127.0.0.1:{a.metrics_port}/ready"
+    _wait_for("/ready to answer 503", lambda: _http_get(ready)[0] == 503, 10)
+    assert _http_get(ready)[1].startswith("draining")
+    assert _http_get(f"http://127.0.0.1:{a.metrics_port}/live") == (200, "live\n")
+    name = f"replica{fleet.replicas.index(a) + 1}"
+    _wait_for(f"HAProxy to take {name} out", lambda: _down(fleet.balancer, name), 30)
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(120) == 0, a.log_tail()
