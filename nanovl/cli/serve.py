@@ -427,7 +427,7 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
     from profiling.servicer import ProfilingServicer
     from profiling.telemetry import metrics as metrics_mod
     from profiling.telemetry import tracing
-    from service.engine import Engine, apply_process_environment
+    from service.engine import Engine, apply_process_environment, local_cpu_workers
     from service.server import build_server
 
     security, limits = args.security, args.operator_limits
@@ -435,7 +435,7 @@ async def _serve(args: argparse.Namespace, report) -> int:  # report: StartupRep
     # so the server never turns SERVING (the default action would kill the process).
     early_withdraw: list[int] = []
     signal.signal(signal.SIGUSR1, lambda signum, _frame: early_withdraw.append(signum))
-    apply_process_environment(cache_root())
+    apply_process_environment(cache_root(), cpu_workers=local_cpu_workers(args))
     with report.phase("checkpoint", progress=False) as phase:
         if args.model is None:
             variant = args.tiny_variant

@@ -41,3 +41,27 @@ def test_drain_timings_are_flags_with_defaults_and_are_checked() -> None:
     bad, _ = serve.build_parser().parse_known_args(["--drain-readiness-grace-s", "-1"])
     with pytest.raises(InvalidArgument, match="--drain-readiness-grace-s must be a number >= 0"):
         serve.settings_from_args(bad)
+
+
+def test_each_cpu_worker_gets_cores_of_its_own() -> None:
+    """vLLM's CPU backend wants one core list per local worker (ompmultiprocessing.py); the
+    single list nanovl used to give made the second data-parallel rank fail to start."""
+    from types import SimpleNamespace
+
+    from service.engine import cpu_thread_binding, local_cpu_workers
+
+    assert cpu_thread_binding(2, 1) == "0-1"
+    assert cpu_thread_binding(2, 2) == "0|1"
+    assert cpu_thread_binding(8, 2) == "0-3|4-7"
+    assert cpu_thread_binding(8, 3) == "0-2|3-4|5-7"
+    with pytest.raises(InvalidArgument, match="4 workers .* 2 cores"):
+        cpu_thread_binding(2, 4)
+
+    def args(**kw):
+        base = dict(data_parallel_size=1, data_parallel_size_local=None, tensor_parallel_size=1)
+        return SimpleNamespace(**{**base, "pipeline_parallel_size": 1, **kw})
+
+    assert local_cpu_workers(args()) == 1
+    assert local_cpu_workers(args(data_parallel_size=2)) == 2
+    assert local_cpu_workers(args(data_parallel_size=4, data_parallel_size_local=2)) == 2
+    assert local_cpu_workers(args(tensor_parallel_size=2)) == 2

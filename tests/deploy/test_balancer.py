@@ -289,7 +289,7 @@ def test_sigterm_mid_load_fails_no_call(fleet: Fleet) -> None:
     a, b = fleet.replicas
     out = fleet.out / "sigterm"
     before = a.served_ok()
-    loadtest = _start_loadtest(fleet.balancer.target, out, "--concurrency", str(CONCURRENCY), "--duration", "12")
+    loadtest = _start_loadtest(fleet.balancer.target, out, "--concurrency", str(CONCURRENCY), "--duration", "9")
     _wait_for("calls in flight on replica1", lambda: a.in_flight() >= 1 and a.served_ok() >= before + 2, 120, 0.1)
     in_flight_at_sigterm = a.in_flight()
     assert a.proc is not None
@@ -324,7 +324,7 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     out = fleet.out / "kill9"
     before = b.served_ok()
     loadtest = _start_loadtest(
-        fleet.balancer.target, out, "--concurrency", str(CONCURRENCY), "--duration", "10", "--warmup", "0"
+        fleet.balancer.target, out, "--concurrency", str(CONCURRENCY), "--duration", "6", "--warmup", "0"
     )
     _wait_for("calls in flight on replica2", lambda: b.in_flight() >= 2 and b.served_ok() >= before + 2, 120, 0.1)
     in_flight_at_kill = b.in_flight()
