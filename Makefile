@@ -13,14 +13,37 @@ PORT ?= 50051
 ADMIN_PORT ?= 50052
 SERVE_ARGS ?=
 
-.PHONY: setup serve test lint test-fast protos bench bench-exact-sizing bench-memory-model fuzz sizing-check clean
+.PHONY: setup system-packages serve test lint test-fast protos bench bench-exact-sizing bench-memory-model fuzz sizing-check clean
 
 .venv/.nanovl-synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --locked
 	@touch $@
 
-setup: .venv/.nanovl-synced
+# Debian packages the tests use: HAProxy, the balancer in front of two replicas in
+# tests/deploy/test_balancer.py (Debian bookworm ships 2.6). Installed with apt-get when
+# missing and this is root on a Debian-like system; otherwise the test says why it skips.
+SYSTEM_PACKAGES := haproxy
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "note:$$missing not installed (needs root and apt-get); the tests that use it will skip"; \
+	fi
+
+# Envoy's API as Python protobuf modules, to check deploy/envoy/envoy.yaml without Envoy
+# (tests/deploy/test_deploy_configs.py). Kept out of .venv: the xds-protos wheel carries its
+# own copies of opentelemetry-proto's and googleapis-common-protos' modules and would
+# overwrite theirs; the test imports it in a subprocess only.
+ENVOY_PROTOS := .cache/xds-protos-1.85.0
+$(ENVOY_PROTOS)/.installed:
+	$(UV) pip install --quiet --no-deps --target $(ENVOY_PROTOS) xds-protos==1.85.0
+	@touch $@
+
+setup: .venv/.nanovl-synced system-packages $(ENVOY_PROTOS)/.installed
 
 serve: setup
 	$(RUN) nanovl serve --host $(HOST) --port $(PORT) --admin-port $(ADMIN_PORT) $(SERVE_ARGS)

@@ -75,6 +75,11 @@ class LoadTestConfig:
     Per level, ``requests`` requests are measured, or as many as start within
     ``duration_s``; with neither, max(32, 4 x concurrency) for a closed loop and
     max(32, 30 s x rate) for an open loop.
+
+    ``target`` is one ``HOST:PORT`` (a server, or a balancer in front of several) or several
+    joined by commas: then request ``i`` of a level goes to target ``i mod n`` (the load is
+    spread evenly over them, as a client-side round robin would) and the report has
+    per-target figures too.
     """
 
     target: str
@@ -118,8 +123,11 @@ class LoadTestConfig:
             if not ok or math.isnan(value) or math.isinf(value):
                 raise InvalidArgument(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
 
-        if not self.target or ":" not in self.target:
-            raise InvalidArgument(f"target must be HOST:PORT, got {self.target!r}")
+        targets = self.targets
+        if not targets or any(":" not in t for t in targets):
+            raise InvalidArgument(f"target must be HOST:PORT or several joined by commas, got {self.target!r}")
+        if len(set(targets)) != len(targets):
+            raise InvalidArgument(f"target {self.target!r} names a server twice")
         for c in self.concurrency:
             if not isinstance(c, int) or c < 1:
                 raise InvalidArgument(f"concurrency levels must be integers >= 1, got {c!r}")
@@ -170,6 +178,11 @@ class LoadTestConfig:
                 )
 
     @property
+    def targets(self) -> tuple[str, ...]:
+        """The ``HOST:PORT`` targets, in the order requests are dealt to them."""
+        return tuple(t.strip() for t in self.target.split(",") if t.strip())
+
+    @property
     def levels(self) -> tuple[LoadLevel, ...]:
         levels = [LoadLevel("concurrency", c) for c in self.concurrency]
         levels += [LoadLevel("rate", r) for r in self.rates]
@@ -177,7 +190,11 @@ class LoadTestConfig:
 
     @property
     def warmup_count(self) -> int:
-        return len(self.mix.entries) if self.warmup_requests is None else self.warmup_requests
+        """Default: one request per mix kind on every target (each server's first request
+        of a modality pays one-off set-up costs)."""
+        if self.warmup_requests is not None:
+            return self.warmup_requests
+        return len(self.mix.entries) * len(self.targets)
 
     def requests_for(self, level: LoadLevel) -> int | None:
         """Requests measured at ``level``; None when the level runs for ``duration_s``."""

@@ -83,6 +83,7 @@ SUMMARY_COLUMNS = [
     "mode",
     "load",
     "kind",
+    "target",
     "requests",
     "succeeded",
     "failed",
@@ -103,6 +104,7 @@ REQUEST_COLUMNS = [
     "level",
     "index",
     "kind",
+    "target",
     "start_s",
     "scheduled_s",
     "latency_s",
@@ -123,13 +125,14 @@ def _summary_values(s: LatencySummary) -> list[float | None]:
     return [s.mean, s.p50, s.p90, s.p99]
 
 
-def _summary_row(run: str, level: LevelResult, g: GroupStats) -> list[object]:
+def _summary_row(run: str, level: LevelResult, g: GroupStats, target: str = "") -> list[object]:
     return [
         run,
         level.level.label,
         level.level.mode,
         level.level.value,
         g.kind,
+        target,
         g.requests,
         g.succeeded,
         g.failed,
@@ -152,6 +155,7 @@ def _request_row(level: LevelResult, r: RequestRecord) -> list[object]:
         level.level.label,
         r.index,
         r.kind,
+        r.target,
         r.start_s,
         r.scheduled_s,
         r.latency_s,
@@ -178,10 +182,13 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
 
 def write_reports(result: LoadTestResult, out_dir: str | Path) -> ReportFiles:
     """``results.json`` (everything but per-token ITL samples), ``summary.csv`` (one row per
-    level and kind, "all" included) and ``requests.csv`` (one row per request). Times in s."""
+    level and kind, "all" included, and with several targets one "all" row per target; the
+    ``target`` column is empty on rows over every target) and ``requests.csv`` (one row per
+    request). Times in s."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = [_summary_row(result.name, lv, g) for lv in result.levels for g in (lv.overall, *lv.by_kind)]
+    summary += [_summary_row(result.name, lv, t.stats, t.target) for lv in result.levels for t in lv.by_target]
     requests = [_request_row(lv, r) for lv in result.levels for r in lv.requests]
     return ReportFiles(
         json=write_json(result, out / "results.json"),
@@ -277,6 +284,25 @@ def result_tables(result: LoadTestResult) -> list[Table]:
                 _s(g.e2e.p99),
             )
     tables = [overall, by_kind]
+    if any(lv.by_target for lv in result.levels):
+        by_target = Table(title="per level and target", title_justify="left")
+        for col in ("level", "target", "ok", "err", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "E2E p50 s"):
+            by_target.add_column(col, justify="left" if col in ("level", "target") else "right")
+        for lv in result.levels:
+            for t in lv.by_target:
+                g = t.stats
+                by_target.add_row(
+                    lv.level.label,
+                    t.target,
+                    str(g.succeeded),
+                    str(g.failed),
+                    f"{g.requests_per_s:.2f}",
+                    f"{g.output_tokens_per_s:.1f}",
+                    _ms(g.ttft.p50),
+                    _ms(g.ttft.p99),
+                    _s(g.e2e.p50),
+                )
+        tables.append(by_target)
     if result.total_errors:
         errors = Table(title="errors (first message per code)", title_justify="left")
         for col in ("level", "code", "count", "first message"):

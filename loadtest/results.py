@@ -33,6 +33,7 @@ __all__ = [
     "MediaPoolInfo",
     "RequestRecord",
     "ServerInfo",
+    "TargetStats",
 ]
 
 SCHEMA_VERSION = 1
@@ -58,6 +59,7 @@ class RequestRecord:
     server_decode_s: float | None = None  # Final.timings.decode_media_s
     # Per-token ITL samples (see module doc). Large: kept in memory, not written to JSON.
     itl_s: tuple[float, ...] = field(default=(), repr=False)
+    target: str = ""  # the HOST:PORT it was sent to ("" in results written before targets were recorded)
 
     @property
     def ok(self) -> bool:
@@ -124,6 +126,15 @@ class ClientHealth:
 
 
 @dataclass(frozen=True)
+class TargetStats:
+    """Statistics of the requests one target got (a run over several ``--target``s); rates
+    use the level's window, so the targets' rates add up to the level's."""
+
+    target: str
+    stats: GroupStats
+
+
+@dataclass(frozen=True)
 class LevelResult:
     level: LoadLevel
     window_s: float
@@ -131,6 +142,7 @@ class LevelResult:
     by_kind: tuple[GroupStats, ...]
     client: ClientHealth
     requests: tuple[RequestRecord, ...]
+    by_target: tuple[TargetStats, ...] = ()  # only with more than one target
 
 
 @dataclass(frozen=True)

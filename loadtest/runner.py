@@ -10,6 +10,7 @@ each level's start; their records are merged (``perf_counter`` is system-wide on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -17,7 +18,7 @@ import queue as queue_mod
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -232,8 +233,32 @@ def _server_info(info: ModelInfo | None) -> ServerInfo | None:
 _FAILED_FINISH = (FinishReason.ABORT, FinishReason.ERROR)
 
 
+class _Targets:
+    """One client (channel) per target; request ``index`` of a level goes to target
+    ``index mod n``, so the load is spread evenly whatever the number of client processes."""
+
+    def __init__(self, clients: Sequence[tuple[str, AsyncInferenceClient]]) -> None:
+        self.clients = tuple(clients)
+
+    def pick(self, index: int) -> tuple[str, AsyncInferenceClient]:
+        return self.clients[index % len(self.clients)]
+
+    async def send(
+        self, item: PreparedRequest, index: int, scheduled: float | None, timeout_s: float, *, route: int | None = None
+    ) -> RequestRecord:
+        """``_send`` to the target of ``route`` (default: ``index``)."""
+        target, client = self.pick(index if route is None else route)
+        return await _send(client, item, index, scheduled, timeout_s, target=target)
+
+
 async def _send(
-    client: AsyncInferenceClient, item: PreparedRequest, index: int, scheduled: float | None, timeout_s: float
+    client: AsyncInferenceClient,
+    item: PreparedRequest,
+    index: int,
+    scheduled: float | None,
+    timeout_s: float,
+    *,
+    target: str = "",
 ) -> RequestRecord:
     """Send one prepared request and time its response stream (absolute perf_counter
     times; ``scheduled`` is the open loop's planned send time)."""
@@ -300,6 +325,7 @@ async def _send(
         server_queue_s=final.timings.queue_s if final is not None and ok else None,
         server_decode_s=final.timings.decode_media_s if final is not None and ok else None,
         itl_s=tuple(itl) if ok else (),
+        target=target,
     )
 
 
@@ -312,7 +338,7 @@ class _Events(Protocol):
 
 
 async def _closed_loop(
-    client: AsyncInferenceClient,
+    targets: _Targets,
     workload: Workload,
     sl: ShardLevel,
     config: LoadTestConfig,
@@ -333,13 +359,13 @@ async def _closed_loop(
             if deadline is not None and time.perf_counter() >= deadline:
                 return
             index = sl.first_index + next(counter) * sl.index_stride
-            on_record(await _send(client, workload.take(kind), index, None, config.timeout_s))
+            on_record(await targets.send(workload.take(kind), index, None, config.timeout_s))
 
     await asyncio.gather(*(worker(d) for d in worker_start_offsets(sl.concurrency, config.ramp_up_s)))
 
 
 async def _open_loop(
-    client: AsyncInferenceClient,
+    targets: _Targets,
     workload: Workload,
     sl: ShardLevel,
     config: LoadTestConfig,
@@ -357,7 +383,7 @@ async def _open_loop(
     tasks: list[asyncio.Task[None]] = []
 
     async def one(item: PreparedRequest, index: int, scheduled: float) -> None:
-        on_record(await _send(client, item, index, scheduled, config.timeout_s))
+        on_record(await targets.send(item, index, scheduled, config.timeout_s))
 
     t0 = time.perf_counter()
     for j, (offset, kind) in enumerate(zip(arrivals, kinds, strict=False)):
@@ -388,10 +414,18 @@ async def _run_shard(
 ) -> None:
     """Everything one client process does: connect, prepare, warm up, run each level."""
     p = progress or _NoProgress()
-    async with AsyncInferenceClient(config.target, tls=config.tls, token=client_token(config)) as client:
-        p.phase(f"connecting to {config.target}")
-        info = await wait_for_server(client, config.connect_timeout_s)
-        check_server(config, info)
+    async with contextlib.AsyncExitStack() as stack:
+        token = client_token(config)
+        clients = [
+            (t, await stack.enter_async_context(AsyncInferenceClient(t, tls=config.tls, token=token)))
+            for t in config.targets
+        ]
+        targets = _Targets(clients)
+        info = None
+        for t, client in clients:
+            p.phase(f"connecting to {t}")
+            info = await wait_for_server(client, config.connect_timeout_s)
+            check_server(config, info)
         total = sum(n for _, n in plan.pool_sizes)
         p.phase(f"preparing {total} prompts", total)
         workload = await asyncio.to_thread(
@@ -400,12 +434,15 @@ async def _run_shard(
         check_server(config, info, workload)
         if plan.warmup:
             p.phase(f"warming up ({len(plan.warmup)} requests, not measured)", len(plan.warmup))
+        kinds_per_round = max(1, len(config.mix.kinds))
         for j, kind in enumerate(plan.warmup):
-            rec = await _send(client, workload.take(kind), -1 - j, None, config.timeout_s)
+            # Every kind once on the first target, then on the next: each server warms every kind.
+            rec = await targets.send(workload.take(kind), -1 - j, None, config.timeout_s, route=j // kinds_per_round)
             if not rec.ok:
                 code = grpc.StatusCode[rec.error_code] if rec.error_code in grpc.StatusCode.__members__ else None
                 raise NanovlError(
-                    f"warm-up request ({kind}) failed, nothing was measured: {rec.error_code}: {rec.error_message}",
+                    f"warm-up request ({kind}) failed on {rec.target}, nothing was measured: "
+                    f"{rec.error_code}: {rec.error_message}",
                     code=code or grpc.StatusCode.UNKNOWN,
                 )
             p.phase_advance()
@@ -416,7 +453,7 @@ async def _run_shard(
             rng = np.random.default_rng([config.seed, i, plan.shard, 1])
             cpu0 = time.process_time()
             loop = _closed_loop if sl.level.mode == "concurrency" else _open_loop
-            await loop(client, workload, sl, config, rng, lambda r, i=i: events.record(i, r))
+            await loop(targets, workload, sl, config, rng, lambda r, i=i: events.record(i, r))
             events.level_done(plan.shard, i, time.process_time() - cpu0, workload.pool_info())
 
 
@@ -465,6 +502,7 @@ class _Aggregator:
             kinds=self.config.mix.kinds,
             cpu_s=sum(self._done[level_index].values()),
             processes=self.shards,
+            targets=self.config.targets,
         )
         self._records[level_index] = []
         self.levels.append(result)

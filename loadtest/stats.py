@@ -8,7 +8,15 @@ from dataclasses import replace
 import numpy as np
 
 from loadtest.config import LoadLevel
-from loadtest.results import ClientHealth, ErrorCount, GroupStats, LatencySummary, LevelResult, RequestRecord
+from loadtest.results import (
+    ClientHealth,
+    ErrorCount,
+    GroupStats,
+    LatencySummary,
+    LevelResult,
+    RequestRecord,
+    TargetStats,
+)
 
 __all__ = ["PERCENTILES", "count_errors", "group_stats", "level_result", "percentile", "summarize"]
 
@@ -77,6 +85,7 @@ def level_result(
     kinds: Sequence[str],
     cpu_s: float,
     processes: int = 1,
+    targets: Sequence[str] = (),
 ) -> LevelResult:
     """Statistics of one level. ``records`` carry absolute ``perf_counter`` times (from
     any number of client processes on this host); the result's are relative to the first
@@ -101,6 +110,11 @@ def level_result(
         send_lag_max_s=max(lags) if lags else None,
     )
     present = [k for k in kinds if any(r.kind == k for r in rel)]
+    by_target = ()
+    if len(targets) > 1:
+        by_target = tuple(
+            TargetStats(t, group_stats("all", [r for r in rel if r.target == t], window)) for t in targets
+        )
     return LevelResult(
         level=level,
         window_s=window,
@@ -108,4 +122,5 @@ def level_result(
         by_kind=tuple(group_stats(k, [r for r in rel if r.kind == k], window) for k in present),
         client=client,
         requests=tuple(rel),
+        by_target=by_target,
     )

@@ -82,9 +82,27 @@ def bounded_profiler_config(fields: Mapping[str, Any], *, cpu: bool) -> dict[str
     return {**PROFILER_DEFAULTS, **(CPU_PROFILER_DEFAULTS if cpu else {}), **fields}
 
 
-def apply_process_environment(cache_dir: Path) -> None:
+def cpu_thread_binding(ncpu: int, workers: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each of ``workers`` CPU workers its own contiguous
+    cores: ``0-1`` for one worker on 2 cores, ``0|1`` for two, ``0-3|4-7`` for two on 8.
+
+    vLLM's CPU backend wants one ``|``-separated core list per local worker: data-parallel
+    ranks on this node x tensor x pipeline parallel size (``OMPProcessManager`` in
+    ``vllm/utils/ompmultiprocessing.py``). Raises ``InvalidArgument`` with fewer cores than workers."""
+    if workers > ncpu:
+        raise InvalidArgument(
+            f"on CPU every engine worker needs cores of its own: {workers} workers (data-parallel ranks on this "
+            f"node x tensor x pipeline parallel size) but this machine has {ncpu} cores; use fewer ranks"
+        )
+    bounds = [round(i * ncpu / workers) for i in range(workers + 1)]
+    groups = [(lo, hi - 1) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    return "|".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in groups)
+
+
+def apply_process_environment(cache_dir: Path, *, cpu_workers: int = 1) -> None:
     """Environment the engine's worker processes inherit. Only fills what the operator
-    did not set; called once by the process entry point before the engine starts."""
+    did not set; called once by the process entry point before the engine starts.
+    ``cpu_workers``: the engine's workers on this machine (``cpu_thread_binding``)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     defaults = {
         "VLLM_CACHE_ROOT": str(cache_dir / "vllm"),
@@ -93,16 +111,22 @@ def apply_process_environment(cache_dir: Path) -> None:
         "TOKENIZERS_PARALLELISM": "false",
     }
     if on_cpu():
-        ncpu = os.cpu_count() or 1
         defaults.update(
             {
                 "VLLM_CPU_KVCACHE_SPACE": "1",
-                "VLLM_CPU_OMP_THREADS_BIND": f"0-{ncpu - 1}",
+                "VLLM_CPU_OMP_THREADS_BIND": cpu_thread_binding(os.cpu_count() or 1, cpu_workers),
                 "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             }
         )
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def local_cpu_workers(engine_args: Any) -> int:
+    """Engine workers this process starts on this machine: local data-parallel ranks x tensor
+    x pipeline parallel size (vLLM's ``ParallelConfig.local_world_size`` per rank)."""
+    local_ranks = engine_args.data_parallel_size_local or engine_args.data_parallel_size or 1
+    return int(local_ranks) * int(engine_args.tensor_parallel_size or 1) * int(engine_args.pipeline_parallel_size or 1)
 
 
 # The vLLM worker extension that carries nanovl's in-worker methods (weight check, live

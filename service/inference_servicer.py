@@ -246,7 +246,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         async with self._admitted("Generate", context) as outcome:
             clock = _RequestClock()
-            outcome["release"].enter_context(self._lifecycle.admission())
+            outcome["admission"] = outcome["release"].enter_context(self._lifecycle.admission())
             req = from_generate_request(request, **self._validation_kwargs())
             outcome["modality"] = req.modality_label()
             for i in req.media_indices:
@@ -263,7 +263,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             with self._lifecycle.upload():
                 req, decode_tasks, rest = await self._receive(request_iterator, clock)
             outcome["release"].callback(rest.cancel)
-            outcome["release"].enter_context(self._lifecycle.admission())
+            outcome["admission"] = outcome["release"].enter_context(self._lifecycle.admission())
             outcome["modality"] = req.modality_label()
             try:
                 decoded = await asyncio.gather(*decode_tasks.values())
@@ -525,6 +525,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         with self._tracer.stage_span(
             tracing.ENGINE_GENERATE, request_id=req.request_id, engine_request_id=req.engine_request_id
         ) as span:
+            outcome["admission"].to_engine()  # out of nanovl's queue, into vLLM's
             try:
                 async for output in self._engine.generate(
                     rendered,

@@ -1,5 +1,9 @@
 """Server lifecycle: STARTING → SERVING → DRAINING → STOPPED, the in-flight count drain
-waits on, and the admission budgets (admitted requests; StreamGenerate uploads)."""
+waits on, and the admission budgets (admitted requests; StreamGenerate uploads).
+
+Readiness can be withdrawn while the server still accepts calls (``withdraw``): the first
+step of a drain, so balancers and Kubernetes stop routing here before new calls would be
+refused (``NanovlServer.drain_and_stop``)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,20 @@ from collections.abc import Callable, Iterator
 from nanovl.errors import ResourceExhausted
 
 STARTING, SERVING, DRAINING, STOPPED = "STARTING", "SERVING", "DRAINING", "STOPPED"
+
+
+class Admission:
+    """One admitted request: ``queued`` (nanovl's own queue: media decoding, prompt
+    rendering) until ``to_engine`` hands it to vLLM."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self.queued = True
+
+    def to_engine(self) -> None:
+        if self.queued:
+            self.queued = False
+            self._lifecycle.queued -= 1
 
 
 class Lifecycle:
@@ -26,10 +44,14 @@ class Lifecycle:
         self.state = STARTING
         self.in_flight = 0  # every call inside the servicer, for drain
         self.admitted = 0  # requests past upload: decoding, queued or generating
+        self.queued = 0  # admitted requests not yet handed to the engine (decoding, rendering)
         self.uploading = 0  # StreamGenerate calls between header and End
         self.max_admitted = max_admitted
         self.max_uploading = max_uploading
         self.engine_dead = asyncio.Event()
+        # Readiness withdrawn (drain's first step, or SIGUSR1) at this loop time; the server
+        # still accepts calls until the state leaves SERVING.
+        self.withdrawn_at: float | None = None
         self.cut_calls = 0  # calls still running when a drain's grace ran out
         self._idle = asyncio.Event()
         self._idle.set()
@@ -46,7 +68,28 @@ class Lifecycle:
 
     @property
     def ready(self) -> bool:
-        return self.accepting and not self.saturated
+        return self.accepting and not self.saturated and self.withdrawn_at is None
+
+    def withdraw(self) -> bool:
+        """Readiness goes NOT_SERVING for good; calls are still accepted. False if it already was."""
+        if self.withdrawn_at is not None:
+            return False
+        self.withdrawn_at = asyncio.get_running_loop().time()
+        self._changed()
+        return True
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why readiness is NOT_SERVING, in a few words (the HTTP ``/ready`` body); None when ready."""
+        if self.engine_dead.is_set():
+            return "the engine died"
+        if self.state != SERVING:
+            return self.state.lower()
+        if self.withdrawn_at is not None:
+            return "draining (readiness withdrawn; in-flight calls finishing)"
+        if self.saturated:
+            return f"full: {self.admitted} requests admitted, the limit (--max-concurrent-requests)"
+        return None
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -74,7 +117,7 @@ class Lifecycle:
                 self._idle.set()
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self) -> Iterator[Admission]:
         """One admitted request; ResourceExhausted when every slot is taken."""
         if self.saturated:
             raise ResourceExhausted(
@@ -83,11 +126,14 @@ class Lifecycle:
             )
         was_saturated = self.saturated
         self.admitted += 1
+        self.queued += 1
+        admission = Admission(self)
         if self.saturated != was_saturated:
             self._changed()
         try:
-            yield
+            yield admission
         finally:
+            admission.to_engine()
             was_saturated = self.saturated
             self.admitted -= 1
             if self.saturated != was_saturated:

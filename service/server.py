@@ -16,7 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from model.prompt import ChatRenderer
 from nanovl.errors import InvalidArgument
 from nanovl.v1 import inference_pb2, inference_pb2_grpc, profiling_pb2, profiling_pb2_grpc
-from profiling.telemetry.metrics import ServiceMetrics
+from profiling.telemetry.http_endpoint import ProbeResult
+from profiling.telemetry.metrics import LoadSnapshot, ServiceMetrics
 from profiling.telemetry.tracing import get_tracer, server_interceptors
 from service.auth import TOKEN_ENV, Authenticator, AuthInterceptor, Role, TokenSet, load_token_sets
 from service.engine import Engine
@@ -70,18 +71,33 @@ class NanovlServer:
     def admin_target(self) -> str | None:
         return None if self.admin_port is None else f"{self.settings.admin_host}:{self.admin_port}"
 
+    def readiness(self) -> ProbeResult:
+        """Serving, engine alive, readiness not withdrawn (drain), and a free admission slot
+        (a full server asks balancers to route elsewhere instead of answering
+        RESOURCE_EXHAUSTED). gRPC health's readiness services and HTTP ``/ready`` report it;
+        safe to call from any thread."""
+        reason = "the engine died" if self.engine.is_dead else self.lifecycle.not_ready_reason
+        return ProbeResult(reason is None, reason or "ready")
+
+    def liveness(self) -> ProbeResult:
+        """``""`` in gRPC health and HTTP ``/live``: healthy unless the engine died (then the
+        process exits so its supervisor restarts it) or the server stopped."""
+        if self.engine.is_dead or self.lifecycle.engine_dead.is_set():
+            return ProbeResult(False, "the engine died")
+        if self.lifecycle.state == STOPPED:
+            return ProbeResult(False, "stopped")
+        return ProbeResult(True, "live")
+
+    def load(self) -> LoadSnapshot:
+        lc = self.lifecycle
+        return LoadSnapshot(lc.admitted, lc.queued, lc.uploading, lc.max_admitted)
+
     async def _set_health(self) -> None:
-        # Readiness: serving, engine alive, and a free admission slot (a full server asks
-        # balancers to route elsewhere instead of answering RESOURCE_EXHAUSTED).
-        ready = self.lifecycle.ready and not self.engine.is_dead
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        status = serving if self.readiness().ok else not_serving
         for name in READINESS_SERVICES:
             await self.health.set(name, status)
-        # "" is liveness: the process is healthy unless its engine died.
-        alive = not (self.engine.is_dead or self.lifecycle.engine_dead.is_set()) and self.lifecycle.state != STOPPED
-        await self.health.set(
-            "", health_pb2.HealthCheckResponse.SERVING if alive else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        await self.health.set("", serving if self.liveness().ok else not_serving)
 
     def health_changed(self) -> None:
         """Lifecycle callback (synchronous): refresh the health statuses soon, in order."""
@@ -120,11 +136,29 @@ class NanovlServer:
                 return
             await asyncio.sleep(ENGINE_DEATH_POLL_S)
 
-    async def drain_and_stop(self, grace_s: float | None = None) -> bool:
-        """SIGTERM path: NOT_SERVING, refuse new calls, let in-flight calls finish, stop."""
+    async def withdraw_readiness(self) -> None:
+        """Readiness NOT_SERVING (gRPC health, ``/ready``) while calls are still served: the
+        first step of a drain, and what SIGUSR1 does on its own (a Kubernetes preStop hook)."""
+        if self.lifecycle.withdraw():
+            await self._set_health()
+            log.info("readiness withdrawn (NOT_SERVING); calls are still accepted until the drain refuses them")
+
+    async def drain_and_stop(self, grace_s: float | None = None, *, readiness_grace_s: float | None = None) -> bool:
+        """SIGTERM path: readiness NOT_SERVING at once; calls still accepted until
+        ``readiness_grace_s`` (default ``settings.drain_readiness_grace_s``) after readiness was
+        withdrawn, so balancers take this replica out before it refuses anything; then new calls
+        get UNAVAILABLE, in-flight calls finish within ``grace_s`` (``settings.drain_grace_s``),
+        and the server stops. True if every call finished in time."""
         grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        readiness_grace = self.settings.drain_readiness_grace_s if readiness_grace_s is None else readiness_grace_s
+        await self.withdraw_readiness()
+        assert self.lifecycle.withdrawn_at is not None
+        loop = asyncio.get_running_loop()
+        if (wait := self.lifecycle.withdrawn_at + readiness_grace - loop.time()) > 0:
+            log.info("draining: still accepting calls for %.1fs while balancers see NOT_SERVING", wait)
+            await asyncio.sleep(wait)
         await self.set_state(DRAINING)
-        log.info("draining: %d request(s) in flight, grace %.0fs", self.lifecycle.in_flight, grace)
+        log.info("draining: new calls refused; %d request(s) in flight, grace %.0fs", self.lifecycle.in_flight, grace)
         clean = await self.lifecycle.wait_idle(grace)
         await self.stop(grace=0)
         return clean
@@ -307,6 +341,10 @@ async def build_server(
         health_port,
     )
     lifecycle.on_change = nanovl.health_changed
+    if metrics is not None:
+        # /ready, /live and the load gauges of the HTTP endpoint (--metrics-port).
+        metrics.set_probes(ready=nanovl.readiness, live=nanovl.liveness)
+        metrics.set_load_source(nanovl.load)
     await nanovl._set_health()
     await inference.start()
     await server.start()

@@ -45,7 +45,11 @@ class ServerSettings:
     default_video_max_frames: int | None = None
     # Completion length when the client does not say (vLLM's own default is 16).
     default_max_tokens: int = 256
-    # SIGTERM: stop admitting, let in-flight requests finish for this long, then exit.
+    # SIGTERM: readiness turns NOT_SERVING at once (gRPC health, HTTP /ready) while calls are
+    # still accepted for drain_readiness_grace_s, long enough for balancers' health checks and
+    # Kubernetes' endpoint updates to take this replica out of rotation; then new calls are
+    # refused (UNAVAILABLE) and in-flight calls may finish for drain_grace_s; then exit.
+    drain_readiness_grace_s: float = 5.0
     drain_grace_s: float = 20.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)
@@ -77,6 +81,10 @@ class ServerSettings:
         ):
             if not getattr(self, name) > 0:
                 raise InvalidArgument(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)!r}")
+        for name in ("drain_readiness_grace_s", "drain_grace_s"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):
+                raise InvalidArgument(f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
         # The video defaults apply to every request that leaves them unset: a bad one would
         # fail those requests with a message that blames the client.
         max_frames = self.media_limits.max_video_frames

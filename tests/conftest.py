@@ -24,9 +24,13 @@ TEST_MAX_MODEL_LEN = 2048
 TEST_LIMITS = {"image": 4, "video": 2, "audio": 2}
 
 
+# The session engine's served model name (vLLM's --served-model-name): what GetModelInfo and
+# the `model_name` label of vLLM's `vllm:` metrics say, instead of the checkpoint's path.
+TEST_SERVED_MODEL_NAME = "nanovl-tiny"
+
 # Fixtures that start (or stand on) the session's real vLLM engine: a test using any of
 # them is marked `engine`, so `make test-fast` (-m "not engine") skips it by marker.
-ENGINE_FIXTURES = frozenset({"engine", "server", "grpc_target", "admin_target"})
+ENGINE_FIXTURES = frozenset({"engine", "server", "grpc_target", "admin_target", "metrics_url"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,6 +66,7 @@ async def engine(tiny_checkpoint: Path, otlp_receiver, torch_trace_dir: Path):
         max_model_len=TEST_MAX_MODEL_LEN,
         limit_mm_per_prompt=TEST_LIMITS,
         max_num_seqs=64,
+        served_model_name=TEST_SERVED_MODEL_NAME,
         # vLLM's own tracing (its llm_request span) joins nanovl's traces in the tests.
         otlp_traces_endpoint=otlp_receiver.endpoint,
         # vLLM's torch profiler, with nanovl's bounded defaults (service.engine); it costs
@@ -89,21 +94,66 @@ def server_settings(**overrides):
             "warmup": False,
             # Shorter than the fuzz slice's stall timeout: a stalled upload ends on the server's side.
             "upload_idle_timeout_s": 8.0,
+            # No balancer watches test servers: a drain refuses new calls at once unless a test asks.
+            "drain_readiness_grace_s": 0.0,
             **overrides,
         }
     )
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, never the same one twice in a session (the kernel may hand
+    a just-released port out again, and several servers here take theirs before listening)."""
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
 @pytest.fixture(scope="session")
-async def server(engine):
+def session_metrics():
+    """The session server's metrics, served as `nanovl serve` serves them: /metrics, /ready and
+    /live on an HTTP port, from the process's global prometheus_client registry, where the
+    session engine's `vllm:` series are too."""
+    from profiling.telemetry.metrics import MetricsSettings, setup_metrics
+
+    metrics = setup_metrics(
+        MetricsSettings.from_env(prometheus_port=free_port(), prometheus_host="127.0.0.1", exporter="none")
+    )
+    yield metrics
+    metrics.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def server(engine, session_metrics):
     """The real gRPC server on a real socket, sharing the session engine; the Profiling
-    service on its admin port (127.0.0.1, an ephemeral port), as `nanovl serve --admin-port`."""
+    service on its admin port (127.0.0.1, an ephemeral port), as `nanovl serve --admin-port`;
+    metrics, /ready and /live on ``metrics_url``."""
     from service.server import build_server
 
-    srv = await build_server(engine, server_settings(admin_port=0), profiling_servicer=_profiling_servicer(engine))
+    srv = await build_server(
+        engine,
+        server_settings(admin_port=0),
+        metrics=session_metrics,
+        profiling_servicer=_profiling_servicer(engine),
+    )
     await srv.mark_serving()
     yield srv
     await srv.stop()
+
+
+@pytest.fixture(scope="session")
+def metrics_url(server, session_metrics) -> str:
+    """``http://127.0.0.1:PORT``: the session server's /metrics, /ready and /live."""
+    return f"http://127.0.0.1:{session_metrics.prometheus_port}"
 
 
 def _profiling_servicer(engine):

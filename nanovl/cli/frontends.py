@@ -154,6 +154,14 @@ def run_frontends(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
 
+    def on_withdraw(signum: int, _frame: Any) -> None:
+        # SIGUSR1 (a preStop hook): every frontend withdraws its readiness.
+        for p in manager.processes if manager is not None else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGUSR1)
+
+    signal.signal(signal.SIGUSR1, on_withdraw)
+
     listeners = bind_engine_zmq_listeners(vllm_config, count)
     launch = None
     try:
@@ -230,7 +238,8 @@ def _supervise(procs: list, ready: Any, stop_requested: list[int], args: argpars
                 if p.pid not in codes:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(p.pid, signal.SIGTERM)
-            kill_at = time.monotonic() + args.drain_grace_s + STOP_MARGIN_S
+            # Each frontend gets SIGTERM: its readiness grace, then its drain grace.
+            kill_at = time.monotonic() + args.drain_readiness_grace_s + args.drain_grace_s + STOP_MARGIN_S
         if kill_at is not None and time.monotonic() > kill_at:
             for p in procs:
                 if p.pid not in codes:

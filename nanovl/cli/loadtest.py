@@ -52,9 +52,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     load = p.add_argument_group("load")
     load.add_argument(
         "--target",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,HOST:PORT...]",
         default=os.environ.get("NANOVL_TARGET") or None,
-        help="the nanovl gRPC server (required to run; env NANOVL_TARGET)",
+        help="the nanovl gRPC server, or a balancer in front of several (required to run; env NANOVL_TARGET); "
+        "several, comma-separated: requests are dealt to them in turn and the report has per-target figures",
     )
     add_connection_args(p)
     load.add_argument(
@@ -250,12 +251,13 @@ def _preflight(config: LoadTestConfig) -> None:
     from nanovl.client.security import read_token_file
 
     token = read_token_file(config.token_file) if config.token_file else (os.environ.get("NANOVL_TOKEN") or None)
-    with InferenceClient(config.target, tls=config.tls, token=token) as client:
-        try:
-            client.get_model_info(timeout=config.connect_timeout_s)
-        except InferenceRpcError as exc:
-            if exc.code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
-                raise
+    for target in config.targets:
+        with InferenceClient(target, tls=config.tls, token=token) as client:
+            try:
+                client.get_model_info(timeout=config.connect_timeout_s)
+            except InferenceRpcError as exc:
+                if exc.code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
+                    raise
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:

@@ -131,7 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-max-tokens", type=int, default=d.default_max_tokens, help="completion length when not given"
     )
     g.add_argument(
-        "--drain-grace-s", type=float, default=d.drain_grace_s, help="SIGTERM: seconds in-flight calls may finish"
+        "--drain-readiness-grace-s",
+        type=float,
+        default=d.drain_readiness_grace_s,
+        help="SIGTERM: readiness turns NOT_SERVING at once (gRPC health, HTTP /ready) but calls are still "
+        "accepted for this long, so balancers and Kubernetes stop routing here before any call is refused; "
+        "counted from SIGUSR1 when a preStop hook sent one; Ctrl-C (SIGINT) skips it",
+    )
+    g.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=d.drain_grace_s,
+        help="SIGTERM: after the readiness grace, new calls are refused and in-flight calls may finish for this long",
     )
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
     g.add_argument(
@@ -427,6 +438,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.help_engine:
         build_engine_parser().print_help()
         raise SystemExit(0)
+    if "--headless" in rest:
+        from nanovl.errors import InvalidArgument
+
+        # vLLM's own API-server flag; headless ranks serve no API (docs/deployment.md).
+        raise InvalidArgument(
+            "--headless is for the data-parallel worker nodes, which run vLLM's engine ranks without an API "
+            "server: start them with `vllm serve MODEL --headless --data-parallel-start-rank R ...`; "
+            "nanovl serve is the head (--data-parallel-size, --data-parallel-size-local, --data-parallel-address)"
+        )
     # Operator errors in the security flags and files fail at once, before the seconds
     # that importing vLLM takes (and long before the engine's start-up).
     args.security = security_settings(args)
@@ -533,9 +553,9 @@ def prepare_model(args: argparse.Namespace, report) -> None:  # report: StartupR
     from model.checkpoint import validate_checkpoint
     from model.tiny import cache_root, ensure_tiny_checkpoint
     from profiling.telemetry import tracing
-    from service.engine import apply_process_environment
+    from service.engine import apply_process_environment, local_cpu_workers
 
-    apply_process_environment(cache_root())
+    apply_process_environment(cache_root(), cpu_workers=local_cpu_workers(args))
     with report.phase("checkpoint", progress=False) as phase:
         if args.model is None:
             variant = args.tiny_variant
@@ -565,6 +585,10 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
     from service.server import build_server
 
     security, limits = args.security, args.operator_limits
+    # SIGUSR1 (a preStop hook) during start-up: readiness is NOT_SERVING already; remember it,
+    # so the server never turns SERVING (the default action would kill the process).
+    early_withdraw: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: early_withdraw.append(signum))
     if frontend is None:
         prepare_model(args, report)
         # Engine processes watch this process and stop when it is gone, even after a kill -9
@@ -601,6 +625,8 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
             with report.phase("warm-up") as phase:
                 done = await engine.warmup(on_item=lambda name: setattr(phase, "step", name))
                 phase.detail = ", ".join(done) if done else "nothing to warm up"
+        if early_withdraw:
+            await server.withdraw_readiness()
         await server.mark_serving()
         if frontend is None:
             log.info("serving on %s: ready in %s", server.target, report.summary())
@@ -609,9 +635,27 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
         if server.admin_target is not None:
             log.info("operator surface (Profiling) on %s", server.admin_target)
         stop = asyncio.Event()
+        interactive = False
+
+        def on_signal(sig: signal.Signals) -> None:
+            nonlocal interactive
+            if not stop.is_set():
+                interactive = sig == signal.SIGINT
+                stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
+        # SIGUSR1: readiness NOT_SERVING while still serving (a Kubernetes preStop hook sends
+        # it, so the replica leaves the balancers' rotation before SIGTERM refuses calls).
+        withdrawals: set[asyncio.Task] = set()  # strong references until each one is done
+
+        def on_usr1() -> None:
+            task = asyncio.ensure_future(server.withdraw_readiness())
+            withdrawals.add(task)
+            task.add_done_callback(withdrawals.discard)
+
+        loop.add_signal_handler(signal.SIGUSR1, on_usr1)
         stopped, died = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.engine_died.wait())
         await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -622,8 +666,13 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
             log.error("the engine died: exiting with status %d so the supervisor restarts nanovl", EXIT_ENGINE_DIED)
             await server.stop(grace=1.0)
             return EXIT_ENGINE_DIED
-        log.info("shutdown requested: draining for up to %.0fs", settings.drain_grace_s)
-        clean = await server.drain_and_stop()
+        readiness_grace = 0.0 if interactive else settings.drain_readiness_grace_s
+        log.info(
+            "shutdown requested (%s): draining for up to %.0fs",
+            "SIGINT: no readiness grace" if interactive else f"SIGTERM: readiness grace {readiness_grace:g}s",
+            readiness_grace + settings.drain_grace_s,
+        )
+        clean = await server.drain_and_stop(readiness_grace_s=readiness_grace)
         if clean:
             log.info("drained cleanly")
             return EXIT_DRAINED

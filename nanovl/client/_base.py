@@ -22,8 +22,30 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 is what usually binds."""
 
 
+# grpc-core's words for a response stream that ended without a gRPC status (no trailers),
+# which it reports as UNKNOWN (chttp2 transport: "Stream removed (<reason>)").
+_STREAM_REMOVED = "Stream removed"
+
+
+def _cut_stream_status(code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
+    """A stream that ended without any status from the server was cut on its way: an HTTP/2
+    proxy in between (HAProxy, nginx) ends the client's stream cleanly, without trailers, when
+    its connection to the server breaks (the server died), and grpc-core calls that UNKNOWN.
+    gRPC's own rule for a client whose call broke after data was sent is UNAVAILABLE
+    (grpc/doc/statuscodes.md, "Some data transmitted ... before connection breaks"), which
+    is also what this client reports when it talks to the server directly and it dies: the
+    same event gets the same, retryable, status."""
+    if code == grpc.StatusCode.UNKNOWN and details.startswith(_STREAM_REMOVED):
+        return grpc.StatusCode.UNAVAILABLE, (
+            "the response stream ended without a gRPC status: the connection to the server broke on the way "
+            f"(e.g. a proxy's upstream replica went away); retry ({details})"
+        )
+    return code, details
+
+
 class InferenceRpcError(NanovlError):
-    """The server (or the channel) failed the RPC; ``code`` and ``details`` are gRPC's."""
+    """The server (or the channel) failed the RPC; ``code`` and ``details`` are gRPC's, except
+    that a stream cut without any status is UNAVAILABLE (``_cut_stream_status``)."""
 
     def __init__(
         self, error: grpc.RpcError, *, code: grpc.StatusCode | None = None, details: str | None = None
@@ -32,6 +54,7 @@ class InferenceRpcError(NanovlError):
             code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         if details is None:
             details = (error.details() if hasattr(error, "details") else None) or str(error)
+        code, details = _cut_stream_status(code, details)
         super().__init__(f"{code.name}: {details}", code=code)
         self.details: str = details
 

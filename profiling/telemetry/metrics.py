@@ -4,9 +4,15 @@ Readers: a Prometheus scrape endpoint (``--metrics-port``, 0 = off) and OTLP pus
 ``--otel-metrics-exporter otlp`` / ``OTEL_METRICS_EXPORTER=otlp`` or a metrics-specific
 OTLP endpoint is configured (push goes to ``--otel-endpoint`` / the OTEL_EXPORTER_OTLP_*
 variables). The scrape endpoint serves prometheus_client's global REGISTRY by default, so
-it also shows vLLM's own ``vllm:*`` metrics (vLLM registers them there when the engine
-runs with log stats on). Every nanovl metric is named ``nanovl.*`` (Prometheus:
-``nanovl_*``) so the two never clash.
+it also shows vLLM's own ``vllm:*`` metrics: vLLM's ``PrometheusStatLogger``
+(``vllm/v1/metrics/loggers.py``) registers them there in the process that runs ``AsyncLLM``
+(stats are on in nanovl), labelled ``model_name`` = the served model name
+(``--served-model-name``) and ``engine`` = the data-parallel rank. Routers that score
+replicas by ``vllm:num_requests_waiting`` and ``vllm:kv_cache_usage_perc`` (llm-d, the Gateway
+API Inference Extension's endpoint picker) read them from nanovl unchanged. Every nanovl
+metric is named ``nanovl.*`` (Prometheus: ``nanovl_*``) so the two never clash.
+
+The same HTTP endpoint answers ``/ready`` and ``/live`` (``http_endpoint``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import argparse
 import contextlib
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, get_args
@@ -32,6 +37,7 @@ from opentelemetry.sdk.environment_variables import (
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from nanovl.errors import FailedPrecondition, InvalidArgument
+from profiling.telemetry.http_endpoint import HttpEndpoint, Probe, start_http_endpoint
 from profiling.telemetry.tracing import OtlpTarget, resolve_service_name
 
 if TYPE_CHECKING:
@@ -103,6 +109,25 @@ class EncoderBudgetSnapshot:
 
 
 EncoderBudgetSource = Callable[[], "EncoderBudgetSnapshot | None"]
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """The server's own request counts at one instant (``service.lifecycle.Lifecycle``).
+
+    ``queued``: admitted requests nanovl has not handed to vLLM yet (media decoding, prompt
+    rendering); vLLM's own queue is ``vllm:num_requests_waiting``, so the two add up to the
+    work waiting on a replica. ``admitted`` counts queued, waiting and running requests;
+    readiness turns NOT_SERVING when it reaches ``admission_limit`` (--max-concurrent-requests).
+    ``uploading``: StreamGenerate calls between their header and ``End``."""
+
+    admitted: int
+    queued: int
+    uploading: int
+    admission_limit: int | None
+
+
+LoadSource = Callable[[], LoadSnapshot]
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -221,13 +246,14 @@ class ServiceMetrics:
     """Typed metrics the servicer records. Label values must come from small fixed sets
     (rpc method names, modalities ``text``/``image``/``video``/``audio``/``mixed``)."""
 
-    def __init__(self, meter: Meter, *, provider: MeterProvider | None = None, http_server: _HttpServer | None = None):
+    def __init__(self, meter: Meter, *, provider: MeterProvider | None = None, http_server: HttpEndpoint | None = None):
         self._provider = provider
         self._http = http_server
         self._budget_source: EncoderBudgetSource | None = None
         self._budget_failed = False
         # One attribute dict per modality, not one per streamed token.
         self._modality_attrs: dict[str, dict[str, str]] = {}
+        self._load_source: LoadSource | None = None
 
         self._requests = meter.create_counter(
             "nanovl.requests", unit="{request}", description="Finished RPCs by method, modality and gRPC status."
@@ -253,6 +279,28 @@ class ServiceMetrics:
         self._in_flight = meter.create_up_down_counter(
             "nanovl.requests.in_flight", unit="{request}", description="RPCs being served right now."
         )
+        for name, pick, description in (
+            (
+                "nanovl.requests.queued",
+                lambda s: s.queued,
+                "Admitted requests not yet handed to the engine (media decoding, prompt rendering); "
+                "vLLM's own queue is vllm:num_requests_waiting.",
+            ),
+            (
+                "nanovl.requests.admitted",
+                lambda s: s.admitted,
+                "Admitted requests: queued in nanovl, waiting in vLLM or generating.",
+            ),
+            ("nanovl.requests.uploading", lambda s: s.uploading, "StreamGenerate calls still uploading."),
+            (
+                "nanovl.requests.admission_limit",
+                lambda s: s.admission_limit,
+                "--max-concurrent-requests: readiness is NOT_SERVING while admitted requests are at it.",
+            ),
+        ):
+            meter.create_observable_gauge(
+                name, callbacks=[self._observe_load(pick)], unit="{request}", description=description
+            )
         self._bytes_received = meter.create_counter(
             "nanovl.media.received", unit="By", description="Media bytes received, by modality."
         )
@@ -292,8 +340,30 @@ class ServiceMetrics:
 
     @property
     def prometheus_port(self) -> int | None:
-        """The port /metrics is served on (None when off)."""
+        """The port /metrics (and /ready, /live) is served on (None when off)."""
         return self._http.port if self._http is not None else None
+
+    def set_probes(self, *, ready: Probe, live: Probe) -> None:
+        """What the HTTP endpoint's ``/ready`` and ``/live`` answer (no-op when it is off)."""
+        if self._http is not None:
+            self._http.probes.ready = ready
+            self._http.probes.live = live
+
+    def set_load_source(self, source: LoadSource | None) -> None:
+        """Callable read at every collection for the ``nanovl.requests.{queued,admitted,
+        uploading,admission_limit}`` gauges; cheap and thread-safe. No source: no gauges."""
+        self._load_source = source
+
+    def _observe_load(
+        self, pick: Callable[[LoadSnapshot], int | None]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            if self._load_source is None:
+                return ()
+            value = pick(self._load_source())
+            return () if value is None else (Observation(value),)
+
+        return callback
 
     # -- request lifecycle
     def record_request(self, rpc: str, modality: str, status: grpc.StatusCode, duration_s: float | None = None) -> None:
@@ -372,18 +442,6 @@ class ServiceMetrics:
 
 
 # --- setup -------------------------------------------------------------------------------------
-@dataclass
-class _HttpServer:
-    server: object
-    thread: threading.Thread
-    port: int
-
-    def close(self) -> None:
-        self.server.shutdown()  # type: ignore[attr-defined]
-        self.server.server_close()  # type: ignore[attr-defined]
-        self.thread.join(timeout=5)
-
-
 def _push_reader(settings: MetricsSettings, name: str) -> MetricReader:
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 
@@ -417,29 +475,25 @@ def setup_metrics(
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from prometheus_client import start_http_server
 
     readers: list[MetricReader] = [_push_reader(settings, name) for name in settings.exporters]
-    http: _HttpServer | None = None
+    http: HttpEndpoint | None = None
     if settings.prometheus_port > 0:
         # Scope labels would repeat "nanovl" on every series.
         prometheus = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
         readers.append(prometheus)
         try:
-            server, thread = start_http_server(
-                settings.prometheus_port, addr=settings.prometheus_host, registry=registry
-            )
+            http = start_http_endpoint(settings.prometheus_host, settings.prometheus_port, registry)
         except OSError as exc:
             prometheus.shutdown()  # unregister, so a retry with another port starts clean
             raise FailedPrecondition(
                 f"cannot serve metrics on {settings.prometheus_host}:{settings.prometheus_port} ({exc.strerror}); "
                 "choose a free --metrics-port, or 0 to turn the endpoint off"
             ) from exc
-        http = _HttpServer(server=server, thread=thread, port=server.server_port)
     readers.extend(extra_readers)
     provider = MeterProvider(metric_readers=readers, resource=Resource.create({SERVICE_NAME: settings.service_name}))
     log.info(
-        "metrics on: /metrics port=%s push=%s service=%s",
+        "metrics on: /metrics (and /ready, /live) port=%s push=%s service=%s",
         http.port if http else "-",
         ",".join(settings.exporters) or "-",
         settings.service_name,

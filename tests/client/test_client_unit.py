@@ -633,3 +633,27 @@ def test_started_media_items_from_proto() -> None:
     assert video.describe() == "video: 2 of 24 frames, 64x96, rotated 90°, at [0.00, 0.50] s of 1.00 s"
     assert audio.describe() == "audio: 3.00 s wav (2 ch at 44100 Hz) → 48000 samples at 16000 Hz mono"
     assert image.describe() == "image: 8x4 png (source mode I;16)"
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_stream_cut_without_a_status_is_unavailable() -> None:
+    """What grpc-core says when an HTTP/2 proxy ends a stream cleanly after its upstream died
+    (tests/deploy/test_balancer.py sees it through HAProxy): UNAVAILABLE, as a direct connection
+    that breaks gives; a server's own UNKNOWN stays UNKNOWN."""
+    cut = InferenceRpcError(
+        _FakeRpcError(grpc.StatusCode.UNKNOWN, "Stream removed (Data frame with END_STREAM flag received)")
+    )
+    assert cut.code == grpc.StatusCode.UNAVAILABLE
+    assert "without a gRPC status" in cut.details and "Data frame with END_STREAM" in cut.details
+    own = InferenceRpcError(_FakeRpcError(grpc.StatusCode.UNKNOWN, "Unexpected <class 'ValueError'>"))
+    assert own.code == grpc.StatusCode.UNKNOWN and own.details == "Unexpected <class 'ValueError'>"

@@ -230,6 +230,8 @@ def _config(**kw) -> LoadTestConfig:
     ("kw", "message"),
     [
         (dict(target="localhost"), "HOST:PORT"),
+        (dict(target="a:1,b"), "HOST:PORT"),
+        (dict(target="a:1, a:1"), "twice"),
         (dict(concurrency=(0,)), "concurrency"),
         (dict(requests=4, duration_s=1.0), "not both"),
         (dict(rates=(-1.0,)), "rate"),
@@ -470,8 +472,7 @@ class FakeInference(pb_grpc.InferenceServicer):
         )
 
 
-@pytest_asyncio.fixture(scope="module")
-async def fake() -> AsyncIterator[tuple[str, FakeBehaviour]]:
+async def _fake_server() -> AsyncIterator[tuple[str, FakeBehaviour]]:
     behaviour = FakeBehaviour()
     server = grpc.aio.server()
     pb_grpc.add_InferenceServicer_to_server(FakeInference(behaviour), server)
@@ -479,6 +480,11 @@ async def fake() -> AsyncIterator[tuple[str, FakeBehaviour]]:
     await server.start()
     yield f"127.0.0.1:{port}", behaviour
     await server.stop(None)
+
+
+fake = pytest_asyncio.fixture(scope="module", name="fake")(_fake_server)
+# A second fake server, for runs over several targets.
+fake_b = pytest_asyncio.fixture(scope="module", name="fake_b")(_fake_server)
 
 
 @pytest.fixture
@@ -615,6 +621,41 @@ async def test_client_processes_share_the_load(fake, behaviour: FakeBehaviour) -
         assert sorted(r.index for r in lv.requests) == list(range(8))
     assert sum(behaviour.seen.values()) == 2 * 8 + 2
     assert {m.kind: m.sent for m in result.media} == {"text": 9, "image": 9}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_several_targets_share_the_load_and_are_reported_apart(
+    fake, fake_b, behaviour: FakeBehaviour, processes: int, tmp_path: Path
+) -> None:
+    (a, _), (b, seen_b) = fake, fake_b
+    seen_b.seen.clear()
+    cfg = _config(
+        target=f"{a},{b}", concurrency=(2,), requests=10, client_processes=processes, mix=Mix.parse("text=1,image=1")
+    )
+    assert cfg.targets == (a, b) and cfg.warmup_count == 4  # every kind on every target
+    result = await run_load_test_async(cfg)
+    assert result.total_errors == 0 and result.warmup_requests == 4
+    # Warm-up: each server got each kind once; then request i went to target i mod 2.
+    assert sum(behaviour.seen.values()) == sum(seen_b.seen.values()) == 2 + 5
+    assert min(behaviour.seen["text"], behaviour.seen["image"], seen_b.seen["text"], seen_b.seen["image"]) >= 1
+    (level,) = result.levels
+    assert {r.target for r in level.requests if r.index % 2 == 0} == {a}
+    assert {r.target for r in level.requests if r.index % 2 == 1} == {b}
+    assert [(t.target, t.stats.succeeded) for t in level.by_target] == [(a, 5), (b, 5)]
+    assert sum(t.stats.requests_per_s for t in level.by_target) == pytest.approx(level.overall.requests_per_s)
+    files = write_reports(result, tmp_path)
+    with files.summary_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["kind"], r["target"], r["succeeded"]) for r in rows if r["target"]] == [("all", a, "5"), ("all", b, "5")]
+    with files.requests_csv.open() as f:
+        assert {r["target"] for r in csv.DictReader(f)} == {a, b}
+    from rich.console import Console
+
+    console = Console(record=True, width=250)
+    for t in result_tables(result):
+        console.print(t)
+    text = console.export_text()
+    assert "per level and target" in text and b in text
 
 
 # ------------------------------------------------------------------ reports and plots

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -16,10 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from nanovl.errors import FailedPrecondition, InvalidArgument
 from profiling.telemetry import metrics as metrics_mod
 from profiling.telemetry import tracing
+from profiling.telemetry.http_endpoint import ProbeResult
 from profiling.telemetry.metrics import (
     ITL_BUCKETS,
     TTFT_BUCKETS,
     EncoderBudgetSnapshot,
+    LoadSnapshot,
     MetricsSettings,
     ServiceMetrics,
     setup_metrics,
@@ -255,3 +258,61 @@ def test_bad_settings_raise(
         monkeypatch.setenv(key, value)
     with pytest.raises(InvalidArgument, match=match):
         parse(*argv)
+
+
+def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_ready_and_live_answer_what_the_server_says(served: ServiceMetrics) -> None:
+    port = served.prometheus_port
+    assert port is not None
+    # Before the server sets its probes: the process is up, the engine is not.
+    assert http_get(port, "/ready") == (503, "starting\n")
+    assert http_get(port, "/live") == (200, "live\n")
+    state = {"ready": ProbeResult(True, "ready"), "live": ProbeResult(True, "live")}
+    served.set_probes(ready=lambda: state["ready"], live=lambda: state["live"])
+    assert http_get(port, "/ready") == (200, "ready\n")
+    assert http_get(port, "/ready/") == (200, "ready\n")
+    assert http_get(port, "/ready", "HEAD") == (200, "")
+    state["ready"] = ProbeResult(False, "draining (readiness withdrawn)")
+    assert http_get(port, "/ready") == (503, "draining (readiness withdrawn)\n")
+    assert http_get(port, "/live") == (200, "live\n")  # readiness and liveness are apart
+    state["live"] = ProbeResult(False, "the engine died")
+    assert http_get(port, "/live") == (503, "the engine died\n")
+
+    def broken() -> ProbeResult:
+        raise RuntimeError("boom")
+
+    served.set_probes(ready=broken, live=broken)
+    assert http_get(port, "/ready") == (503, "probe failed: RuntimeError: boom\n")
+    # /metrics is still the Prometheus endpoint.
+    served.record_request("Generate", "text", grpc.StatusCode.OK)
+    status, text = http_get(port, "/metrics")
+    assert status == 200 and 'nanovl_requests_total{grpc_status="OK",modality="text",rpc="Generate"} 1.0' in text
+
+
+def test_load_gauges_follow_the_source(served: ServiceMetrics) -> None:
+    gauges = {
+        "nanovl_requests_queued",
+        "nanovl_requests_admitted",
+        "nanovl_requests_uploading",
+        "nanovl_requests_admission_limit",
+    }
+    assert not gauges & names(scrape(served))  # no source: no series
+    load = LoadSnapshot(admitted=5, queued=2, uploading=1, admission_limit=512)
+    served.set_load_source(lambda: load)
+    samples = scrape(served)
+    assert sample(samples, "nanovl_requests_queued") == 2
+    assert sample(samples, "nanovl_requests_admitted") == 5
+    assert sample(samples, "nanovl_requests_uploading") == 1
+    assert sample(samples, "nanovl_requests_admission_limit") == 512
+    load = LoadSnapshot(admitted=0, queued=0, uploading=0, admission_limit=None)
+    samples = scrape(served)  # read at every scrape; no limit: no limit series
+    assert sample(samples, "nanovl_requests_queued") == 0
+    assert "nanovl_requests_admission_limit" not in names(samples)

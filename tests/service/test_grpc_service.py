@@ -372,7 +372,8 @@ async def test_reflection_lists_the_services(grpc_target):
 
 
 async def test_health_transitions_and_draining(engine):
-    """A second server on the same engine: starting → serving → draining → stopped."""
+    """A second server on the same engine: starting → serving → readiness withdrawn (still
+    serving: what balancers see first) → draining (refusing) → stopped."""
     srv = await build_server(engine, server_settings(drain_grace_s=60))
     async with grpc.aio.insecure_channel(srv.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -391,7 +392,15 @@ async def test_health_transitions_and_draining(engine):
         in_flight = asyncio.create_task(_collect(stub.Generate(long)))
         while srv.lifecycle.in_flight == 0:
             await asyncio.sleep(0.01)
-        drained = asyncio.create_task(srv.drain_and_stop())
+        # A drain's first step (and SIGUSR1's): NOT_SERVING, but a call still gets served in full.
+        await srv.withdraw_readiness()
+        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await status("") == health_pb2.HealthCheckResponse.SERVING
+        assert srv.readiness().detail.startswith("draining") and srv.liveness().ok
+        short = pb.GenerateRequest(parts=[pb.ContentPart(text="b")], sampling=pb.SamplingOptions(max_tokens=2))
+        assert (await _collect(stub.Generate(short)))[-1].HasField("final")
+        # The readiness grace counts from the withdrawal: 0 s left, so the drain refuses at once.
+        drained = asyncio.create_task(srv.drain_and_stop(readiness_grace_s=0))
         while srv.lifecycle.state != DRAINING:
             await asyncio.sleep(0.01)
         assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,370 @@
+"""Two `nanovl serve` replicas behind HAProxy (``deploy/haproxy/haproxy.cfg`` as shipped),
+driven by the real ``nanovl loadtest`` CLI with mixed text/image/audio traffic over h2c:
+
+- ``nanovl loadtest --target A,B`` straight at both replicas: the load is spread, and the
+  report has per-target figures (this run also warms both replicas up);
+- (a) SIGTERM one replica mid-run: readiness turns 503 at once (HAProxy's ``/ready`` check
+  takes it out of rotation within ``inter`` x ``fall``), it keeps accepting calls for
+  ``--drain-readiness-grace-s`` and finishes those in flight: zero failed calls, exit 0;
+- (b) the SIGTERMed replica restarted on the same ports, then kill -9 of a replica mid-run:
+  only the calls in flight on it fail, with UNAVAILABLE (a stream HAProxy cut when its
+  upstream died carries no status; nanovl's client reports it as UNAVAILABLE, see
+  ``nanovl.client._base._cut_stream_status``), and every call sent after them succeeds
+  (HAProxy retries a call whose connection to the dead replica failed on the other one).
+
+Two extra engines on top of the session's: kept short (small outputs, modest traffic) and
+lean (one module, the same two replicas for both scenarios, each replica's vLLM worker on
+its own core). HAProxy comes from `make setup` (Debian's package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from loadtest.report import load_result
+from loadtest.results import LoadTestResult, RequestRecord
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
+
+# Two engines starting side by side on a machine also running the session's: minutes when
+# the machine is busy (each process imports torch and vLLM), well under one when it is not.
+START_TIMEOUT_S = 900
+pytestmark = [
+    pytest.mark.engine,  # starts engines of its own
+    pytest.mark.timeout(START_TIMEOUT_S + 300),  # the module's replicas start in the first test's setup
+    pytest.mark.skipif(
+        HAPROXY is None,
+        reason="haproxy is not installed: `make setup` installs Debian's package (it needs root and apt-get)",
+    ),
+]
+
+CONCURRENCY = 4  # calls the load tester keeps in flight through the balancer
+SERVE_ARGS = [
+    "--no-warmup",  # the first load test warms both replicas up
+    "--max-model-len",
+    "1024",
+    "--max-num-seqs",
+    "8",
+    "--limit-mm-per-prompt",
+    '{"image": 1, "video": 0, "audio": 1}',
+    "--served-model-name",
+    "nanovl-tiny",
+]
+LOAD_ARGS = [
+    "--mix",
+    "text=0.5,image=0.3,audio=0.2",
+    "--image-size",
+    "224x224",
+    "--audio-seconds",
+    "1",
+    "--prompt-words",
+    "8",
+    "--max-tokens",
+    "24",
+    "--no-progress",
+    "--no-plots",
+]
+
+
+def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval_s)
+
+
+@dataclass
+class Replica:
+    """One `nanovl serve` process (a pod, a container) on its own ports."""
+
+    name: str
+    cpu: int
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    children: list[psutil.Process] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = (self.log_dir / f"{self.name}-{self.port}.log").open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nanovl.cli", "serve", "--port", str(self.port)]
+            + ["--metrics-port", str(self.metrics_port), *SERVE_ARGS],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(self.cpu)},
+        )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while _http_get(f"http://127.0.0.1:{self.metrics_port}/ready")[0] != 200:
+            assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}: {self.log_tail()}"
+            assert time.monotonic() < deadline, f"{self.name} did not become ready: {self.log_tail()}"
+            time.sleep(0.5)
+        self.children = psutil.Process(self.proc.pid).children(recursive=True)
+
+    def log_tail(self) -> str:
+        logs = sorted(self.log_dir.glob(f"{self.name}-*.log"))
+        return logs[-1].read_text()[-3000:] if logs else ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a series over the samples matching ``labels`` (0 if absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = _http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        if status != 200:
+            return 0.0
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and labels.items() <= s.labels.items()
+        )
+
+    def in_flight(self) -> float:
+        return self.metric("nanovl_requests_in_flight", rpc="Generate")
+
+    def served_ok(self) -> float:
+        return self.metric("nanovl_requests_total", rpc="Generate", grpc_status="OK")
+
+    def kill(self) -> None:
+        """kill -9 of the whole replica (server and engine processes), as when its node dies."""
+        if self.running():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(30)
+        for child in self.children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+@dataclass
+class Balancer:
+    proc: subprocess.Popen
+    port: int
+    stats_port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def server_states(self) -> dict[str, str]:
+        status, text = _http_get(f"http://127.0.0.1:{self.stats_port}/;csv")
+        if status != 200:
+            return {}
+        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+        return {r["svname"]: r["status"] for r in rows if r["pxname"] == "nanovl" and r["svname"].startswith("replica")}
+
+    def wait_all_up(self) -> None:
+        _wait_for(
+            "HAProxy to see both replicas UP",
+            lambda: set(self.server_states().values()) == {"UP"} and len(self.server_states()) == 2,
+            60,
+            0.2,
+        )
+
+
+@dataclass
+class Fleet:
+    replicas: list[Replica]
+    balancer: Balancer
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    out = tmp_path_factory.mktemp("balancer")
+    cpus = os.cpu_count() or 1
+    replicas = [Replica("replica1", 0, out), Replica("replica2", 1 % cpus, out)]
+    balancer = None
+    try:
+        for r in replicas:
+            r.start()  # both engines start side by side
+        for r in replicas:
+            r.wait_ready()
+        lb_port, stats_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "NANOVL_LB_BIND": f"127.0.0.1:{lb_port}",
+            "NANOVL_LB_STATS": f"127.0.0.1:{stats_port}",
+        }
+        for i, r in enumerate(replicas, 1):
+            env[f"NANOVL_REPLICA{i}"] = r.target
+            env[f"NANOVL_REPLICA{i}_METRICS_PORT"] = str(r.metrics_port)
+        proc = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(HAPROXY_CFG)],
+            stdout=(out / "haproxy.log").open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        balancer = Balancer(proc, lb_port, stats_port)
+        balancer.wait_all_up()
+        yield Fleet(replicas, balancer, out)
+    finally:
+        if balancer is not None:
+            balancer.proc.terminate()
+            balancer.proc.wait(10)
+        for r in replicas:
+            r.kill()
+
+
+def _start_loadtest(target: str, out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nanovl.cli", "loadtest", "--target", target, "--out", str(out), *LOAD_ARGS, *args],
+        cwd=REPO,
+        stdout=(out.parent / f"{out.name}.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _finish(loadtest: subprocess.Popen, out: Path) -> LoadTestResult:
+    loadtest.wait(300)
+    results = out / "results.json"
+    assert results.exists(), (out.parent / f"{out.name}.log").read_text()[-3000:]
+    return load_result(results)
+
+
+def _down(balancer: Balancer, server: str) -> bool:
+    return balancer.server_states().get(server, "").startswith("DOWN")
+
+
+def _errors(records: list[RequestRecord]) -> list[tuple[str | None, str | None]]:
+    return [(r.error_code, r.error_message) for r in records if not r.ok]
+
+
+def test_loadtest_spreads_over_two_targets_and_reports_each(fleet: Fleet) -> None:
+    a, b = fleet.replicas
+    out = fleet.out / "spread"
+    result = _finish(_start_loadtest(f"{a.target},{b.target}", out, "--concurrency", "2", "--requests", "12"), out)
+    (level,) = result.levels
+    assert level.overall.failed == 0, _errors(list(level.requests))
+    assert [(t.target, t.stats.succeeded, t.stats.failed) for t in level.by_target] == [
+        (a.target, 6, 0),
+        (b.target, 6, 0),
+    ]
+    # Each replica served its share plus its warm-up (one request per kind), as its metrics say.
+    assert a.served_ok() == b.served_ok() == 6 + 3
+
+
+def test_sigterm_mid_load_fails_no_call(fleet: Fleet) -> None:
+    a, b = fleet.replicas
+    out = fleet.out / "sigterm"
+    before = a.served_ok()
+    loadtest = _start_loadtest(fleet.balancer.target, out, "--concurrency", str(CONCURRENCY), "--duration", "9")
+    _wait_for("calls in flight on replica1", lambda: a.in_flight() >= 1 and a.served_ok() >= before + 2, 120, 0.1)
+    in_flight_at_sigterm = a.in_flight()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGTERM)
+    t_sigterm = time.monotonic()
+    _wait_for("HAProxy to take replica1 out", lambda: _down(fleet.balancer, "replica1"), 30)
+    detected_s = time.monotonic() - t_sigterm
+    result = _finish(loadtest, out)
+    assert a.proc.wait(120) == 0, a.log_tail()  # drained: every call it accepted finished
+    records = [r for lv in result.levels for r in lv.requests]
+    failed = _errors(records)
+    summary = {
+        "scenario": "SIGTERM",
+        "calls": len(records),
+        "failed": len(failed),
+        "in_flight_on_replica_at_signal": in_flight_at_sigterm,
+        "balancer_detected_s": round(detected_s, 2),
+    }
+    (fleet.out / "sigterm.json").write_text(json.dumps(summary))
+    print(summary)
+    assert not failed, failed
+    assert len(records) >= 8 and in_flight_at_sigterm >= 1
+
+
+def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> None:
+    a, b = fleet.replicas
+    for r in (a, b):  # the replica the previous scenario drained, back on the same ports
+        if not r.running():
+            r.start()
+            r.wait_ready()
+    fleet.balancer.wait_all_up()
+    out = fleet.out / "kill9"
+    before = b.served_ok()
+    loadtest = _start_loadtest(
+        fleet.balancer.target, out, "--concurrency", str(CONCURRENCY), "--duration", "6", "--warmup", "0"
+    )
+    _wait_for("calls in flight on replica2", lambda: b.in_flight() >= 2 and b.served_ok() >= before + 2, 120, 0.1)
+    in_flight_at_kill = b.in_flight()
+    b.kill()
+    result = _finish(loadtest, out)
+    records = sorted((r for lv in result.levels for r in lv.requests), key=lambda r: r.start_s)
+    failed = [r for r in records if not r.ok]
+    summary = {
+        "scenario": "kill -9",
+        "calls": len(records),
+        "failed": len(failed),
+        "failed_codes": sorted({r.error_code for r in failed}),
+        "in_flight_on_replica_at_kill": in_flight_at_kill,
+    }
+    (fleet.out / "kill9.json").write_text(json.dumps(summary))
+    print(summary)
+    assert failed, "no call was cut: the kill did not hit calls in flight"
+    assert {r.error_code for r in failed} == {"UNAVAILABLE"}, _errors(failed)
+    # Only calls in flight at the kill: every failed call was sent before any failure ended...
+    first_failure = min(r.start_s + r.latency_s for r in failed)
+    assert max(r.start_s for r in failed) <= first_failure, _errors(failed)
+    assert len(failed) <= CONCURRENCY
+    # ...and every call sent after the failures succeeded, on the other replica.
+    later = [r for r in records if r.start_s > first_failure]
+    assert later and all(r.ok for r in later), _errors(later)
+    assert _down(fleet.balancer, "replica2")
+
+
+def test_sigusr1_withdraws_readiness_then_sigterm_drains_at_once(fleet: Fleet) -> None:
+    """Kubernetes' preStop path (deploy/k8s/deployment.yaml): SIGUSR1 turns readiness 503 while
+    the replica still serves; the balancer takes it out; the SIGTERM that follows finds the
+    readiness grace already spent and drains."""
+    a = next(r for r in fleet.replicas if r.running())
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGUSR1)
+    ready = f"http://127.0.0.1:{a.metrics_port}/ready"
+    _wait_for("/ready to answer 503", lambda: _http_get(ready)[0] == 503, 10)
+    assert _http_get(ready)[1].startswith("draining")
+    assert _http_get(f"http://127.0.0.1:{a.metrics_port}/live") == (200, "live\n")
+    name = f"replica{fleet.replicas.index(a) + 1}"
+    _wait_for(f"HAProxy to take {name} out", lambda: _down(fleet.balancer, name), 30)
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(120) == 0, a.log_tail()
