@@ -22,5 +22,6 @@ SAMPLING_SCALARS = (
     "skip_special_tokens",
     "spaces_between_special_tokens",
     "include_stop_str_in_output",
+    "thinking_token_budget",
 )
 SAMPLING_LISTS = ("stop", "stop_token_ids", "allowed_token_ids", "bad_words")

@@ -83,14 +83,19 @@ WORKER_EXTENSION_CLS = "profiling.worker_extension.NanovlWorkerExtension"
 
 
 def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
-    """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden."""
+    """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden.
+    The reasoning parser defaults to the checkpoint's (``model.output_format``): it also
+    gives the engine the reasoning config ``thinking_token_budget`` needs."""
     from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from model.output_format import output_format_of
 
     # Stats stay on: RequestOutput.metrics (queue time, TTFT) is None without them.
     kwargs: dict[str, Any] = {
         "model": model,
         "trust_remote_code": True,
         "worker_extension_cls": WORKER_EXTENSION_CLS,
+        "reasoning_parser": output_format_of(model).reasoning_parser,
     }
     if on_cpu():
         kwargs.update(CPU_ENGINE_DEFAULTS)
@@ -108,6 +113,9 @@ class ModelSummary:
     limits: Mapping[Modality, int]
     audio_sample_rate: int | None
     vllm_version: str
+    # vLLM's reasoning parser (engine argument; "" = none): splits reasoning from answers
+    # and gives thinking_token_budget its reasoning config.
+    reasoning_parser: str = ""
 
     @property
     def enabled_modalities(self) -> tuple[Modality, ...]:
@@ -150,6 +158,7 @@ def _summarize(llm: AsyncLLM) -> ModelSummary:
         limits=limits,
         audio_sample_rate=int(sound.sampling_rate) if sound is not None else None,
         vllm_version=vllm.__version__,
+        reasoning_parser=llm.vllm_config.structured_outputs_config.reasoning_parser or "",
     )
 
 
@@ -297,7 +306,11 @@ class Engine:
         *,
         request_id: str,
         trace_headers: Mapping[str, str] | None = None,
+        reasoning: Callable[[list[int]], Mapping[str, Any]] | None = None,
     ) -> AsyncIterator[RequestOutput]:
+        """Stream ``RequestOutput`` deltas. ``reasoning`` maps the prompt's token ids to
+        the reasoning arguments of ``AsyncLLM.generate`` (``reasoning_ended``,
+        ``reasoning_parser_kwargs``; see ``service.output_parsing``)."""
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -305,11 +318,13 @@ class Engine:
         try:
             for attempt in range(2):
                 produced = False
+                extra = dict(reasoning(rendered.engine_input.get("prompt_token_ids") or [])) if reasoning else {}
                 async for output in self.llm.generate(
                     rendered.engine_input,
                     sampling_params,
                     request_id if attempt == 0 else f"{request_id}-retry",
                     trace_headers=dict(trace_headers) if trace_headers else None,
+                    **extra,
                 ):
                     completion = output.outputs[0]
                     produced = produced or bool(completion.token_ids)

@@ -45,6 +45,11 @@ class ServerSettings:
     default_video_max_frames: int | None = None
     # Completion length when the client does not say (vLLM's own default is 16).
     default_max_tokens: int = 256
+    # vLLM tool-call parser for chat requests' tools ("" = tools refused); auto tool
+    # choice comes with it (vLLM composes no tool parser without it).
+    tool_call_parser: str = ""
+    # A video's audio track goes to the model unless the request says otherwise.
+    use_audio_in_video: bool = False
     # SIGTERM: stop admitting, let in-flight requests finish for this long, then exit.
     drain_grace_s: float = 20.0
     warmup: bool = True
