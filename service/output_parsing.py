@@ -286,8 +286,9 @@ class RequestParsing:
     def feed(
         self, text: str, token_ids: Sequence[int], prompt_token_ids: Sequence[int] | None, *, finished: bool
     ) -> ParsedDelta:
-        """Parse one engine delta; tool calls come out once each, when complete (a later
-        call started, their arguments form a whole JSON object, or the stream ended)."""
+        """Parse one engine delta; tool calls come out once each, when complete: their
+        arguments form a whole JSON object, or (no arguments) a later call or the end of
+        the stream follows. A call cut off mid-arguments is never returned."""
         if self.parser is None:
             return ParsedDelta(text=text)
         delta = self.parser.parse_delta(
@@ -321,10 +322,15 @@ class RequestParsing:
             if call.done or not call.name:
                 continue
             arguments = "".join(call.arguments)
-            later_started = n + 1 < len(indices)
-            if not (finished or later_started or _is_json_object(arguments)):
+            ended = finished or n + 1 < len(indices)  # the stream, or a later call, began after it
+            whole = _is_json_object(arguments)
+            if not (whole or ended):
                 continue
             call.done = True
+            if not (whole or not arguments.strip()):
+                # Cut off mid-arguments (max_tokens, a stop string): as vLLM's own parse drops
+                # incomplete tool-call markup, it is not returned; Final says why it ended.
+                continue
             self.tools_called = True
             out.append(pb.ToolCall(id=call.id or make_tool_call_id(), name=call.name, arguments=arguments or "{}"))
         return tuple(out)

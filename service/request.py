@@ -135,6 +135,7 @@ def _tool_calls(where: str, calls: Sequence[pb.ToolCall]) -> tuple[ToolCallTurn,
             raise InvalidArgument(f"{at}.arguments is not JSON: {e}") from None
         if not isinstance(arguments, dict):
             raise InvalidArgument(f"{at}.arguments must be a JSON object, got {type(arguments).__name__}")
+        check_text(call.id + call.name + call.arguments)  # the template writes them into the prompt
         out.append(ToolCallTurn(id=call.id, name=call.name, arguments=arguments))
     return tuple(out)
 
@@ -166,6 +167,7 @@ def _chat_turns(messages: Sequence[MessageIn]) -> tuple[ChatTurn, ...]:
                 raise InvalidArgument(f"{where} (tool) has {', '.join(kinds)} parts; a tool result is text only")
         elif m.tool_call_id:
             raise InvalidArgument(f"{where} ({m.role}) has a tool_call_id; only tool messages answer tool calls")
+        check_text(m.tool_call_id + m.reasoning_text)
         calls = _tool_calls(where, m.tool_calls)
         call_ids.update(c.id for c in calls)
         turns.append(
