@@ -239,7 +239,9 @@ async def test_a_videos_audio_track_reaches_the_model(v3_client):
     the tokens nanovl's accounting predicts; and the prompt is the one vLLM's own
     use_audio_in_video builds."""
     from model.token_accounting import video_with_audio_tokens
-    from nanovl.client import InferenceRpcError, Part, Sampling, Started
+    from nanovl.client import AsyncInferenceClient, InferenceRpcError, Part, Sampling, Started
+    from service.server import build_server
+    from tests.conftest import server_settings
     from tests.media_fixtures import make_mp4, make_video_with_audio
 
     variant, path, engine, client = v3_client
@@ -265,8 +267,27 @@ async def test_a_videos_audio_track_reaches_the_model(v3_client):
         )
         counts = started.prompt_tokens_by_modality
         assert (counts.video, counts.audio) == (video.prompt_tokens, audio.prompt_tokens), container
+    silent = make_mp4(4, 64, 48)
     with pytest.raises(InferenceRpcError, match="INVALID_ARGUMENT: video.use_audio_in_video is set but the MP4 has no"):
-        await client.generate_text([Part.video(make_mp4(4, 64, 48), use_audio_in_video=True), "?"], sampling=one)
+        await client.generate_text([Part.video(silent, use_audio_in_video=True), "?"], sampling=one)
+
+    # The server's default (--use-audio-in-video): a track when the clip has one, none
+    # (and no error) when it has not, and a request may still say no.
+    srv = await build_server(engine, server_settings(use_audio_in_video=True))
+    await srv.mark_serving()
+    try:
+        async with AsyncInferenceClient(srv.target, timeout=300) as by_default:
+            for part, has_track in (
+                (Part.video(clip, num_frames=4), True),
+                (Part.video(silent), False),
+                (Part.video(clip, num_frames=4, use_audio_in_video=False), False),
+            ):
+                async with by_default.generate([part, "?"], sampling=one) as call:
+                    started = [e async for e in call if isinstance(e, Started)][0]
+                assert ("audio" in started.media[0].details) == has_track
+                assert (started.prompt_tokens_by_modality.audio > 0) == has_track
+    finally:
+        await srv.stop()
 
     # vLLM's own use_audio_in_video (the audio item given beside the video, the processor
     # placing its context after <video>) builds exactly nanovl's prompt.
