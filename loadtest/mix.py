@@ -3,6 +3,10 @@
 An entry is a single modality or several media joined with ``+`` (``image+audio``: one
 prompt carrying both); every prompt also has a text part. Weights are relative and
 normalised; an entry without ``=weight`` weighs 1.
+
+Two more kinds stand alone, for reasoning models (Nemotron 3): ``reasoning`` (a chat text
+prompt with thinking on and a thinking budget) and ``tools`` (a chat text prompt declaring
+a tool, tool choice auto).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import numpy as np
 from nanovl.errors import InvalidArgument
 from nanovl.modalities import MODALITIES as MEDIA_MODALITIES
 
-__all__ = ["MEDIA_MODALITIES", "MODALITIES", "Mix", "MixEntry", "kind_schedule"]
+__all__ = ["CHAT_KINDS", "MEDIA_MODALITIES", "MODALITIES", "Mix", "MixEntry", "kind_schedule"]
 
 MODALITIES = ("text", *MEDIA_MODALITIES)  # the kinds of request a mix names
+CHAT_KINDS = ("reasoning", "tools")  # text prompts that use the server's reasoning / tool-call parser
 
 
 @dataclass(frozen=True)
@@ -27,15 +32,18 @@ class MixEntry:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(self.kind.split("+"))
+        return ("text",) if self.kind in CHAT_KINDS else tuple(self.kind.split("+"))
 
 
 def _canonical_kind(raw: str) -> str:
     names = [n.strip().lower() for n in raw.split("+")]
+    if len(names) == 1 and names[0] in CHAT_KINDS:
+        return names[0]
     for n in names:
         if n not in MODALITIES:
             raise InvalidArgument(
-                f"--mix: unknown modality {n!r}; use {', '.join(MODALITIES)} (media may be joined with '+')"
+                f"--mix: unknown modality {n!r}; use {', '.join(MODALITIES)} (media may be joined with '+') "
+                f"or, alone, {' or '.join(CHAT_KINDS)}"
             )
     if len(set(names)) != len(names):
         raise InvalidArgument(f"--mix: {raw!r} names a modality twice")
@@ -81,6 +89,12 @@ class Mix:
         """Every modality any entry uses (text always: every prompt has a text part)."""
         used = {m for e in self.entries for m in e.modalities} | {"text"}
         return tuple(m for m in MODALITIES if m in used)
+
+    @property
+    def chat_kinds(self) -> tuple[str, ...]:
+        """The reasoning / tools kinds the mix uses."""
+        used = {e.kind for e in self.entries}
+        return tuple(k for k in CHAT_KINDS if k in used)
 
     def __str__(self) -> str:
         return ",".join(f"{e.kind}={e.weight:.4g}" for e in self.entries)

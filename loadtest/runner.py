@@ -183,6 +183,15 @@ def check_server(config: LoadTestConfig, info: ModelInfo | None, workload: Workl
         mi = info.modality(m)
         if mi is not None and not mi.enabled:
             raise FailedPrecondition(f"the server has {m} disabled; remove {m} from --mix")
+    for kind, parser, flag in (
+        ("reasoning", info.reasoning_parser, "--reasoning-parser"),
+        ("tools", info.tool_call_parser, "--enable-auto-tool-choice --tool-call-parser"),
+    ):
+        if kind in config.mix.chat_kinds and not parser:
+            raise FailedPrecondition(
+                f"the server has no {'reasoning' if kind == 'reasoning' else 'tool-call'} parser ({flag}); "
+                f"remove {kind} from --mix"
+            )
     video = info.modality("video")
     wanted = config.video.sample_frames or config.video.frames
     if (

@@ -10,6 +10,7 @@ in the server's caches unless a pool is smaller than the number of requests sent
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +21,18 @@ import numpy as np
 
 from loadtest import media
 from loadtest.config import LoadTestConfig
-from loadtest.mix import MEDIA_MODALITIES
+from loadtest.mix import CHAT_KINDS, MEDIA_MODALITIES
 from loadtest.results import MediaPoolInfo
-from nanovl.client import Message, Part, Prompt, Sampling, build_generate_request, iter_stream_chunks
+from nanovl.client import (
+    ChatTemplate,
+    Message,
+    Part,
+    Prompt,
+    Sampling,
+    Tool,
+    build_generate_request,
+    iter_stream_chunks,
+)
 from nanovl.errors import InvalidArgument
 from nanovl.v1 import inference_pb2 as pb
 
@@ -63,7 +73,21 @@ _INSTRUCTIONS = {
     "image": "Describe the image in detail. Keywords:",
     "video": "Describe what happens in the video. Keywords:",
     "audio": "Describe the audio clip. Keywords:",
+    "reasoning": "Think it through, then answer in one line: which of these words go together?",
+    "tools": "Look up the weather for each of these places, using the tool:",
 }
+# The tool a "tools" prompt declares (tool choice auto: the model decides).
+WEATHER_TOOL = Tool(
+    name="get_weather",
+    description="Current weather at a place",
+    parameters={
+        "type": "object",
+        "properties": {"place": {"type": "string", "description": "a city or region"}},
+        "required": ["place"],
+    },
+)
+# A "reasoning" prompt's thinking budget: bounded, so one prompt's cost is predictable.
+REASONING_BUDGET_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -143,7 +167,12 @@ def _synthetic_part(modality: str, seed: int, config: LoadTestConfig) -> Part:
 def build_prompt(
     kind: str, rng: np.random.Generator, config: LoadTestConfig, index: int, directory: MediaDirectory | None
 ) -> Prompt:
-    """The prompt of one request of ``kind``: its media parts, then a random text part."""
+    """The prompt of one request of ``kind``: its media parts, then a random text part
+    (``reasoning`` and ``tools``: a chat prompt, see ``loadtest.mix``)."""
+    if kind in CHAT_KINDS:
+        words = " ".join(rng.choice(_WORDS, size=config.prompt_words))
+        message = Message.user(f"{_INSTRUCTIONS[kind]} {words}")
+        return Prompt.chat([message], tools=(WEATHER_TOOL,) if kind == "tools" else ())
     modalities = [m for m in kind.split("+") if m != "text"]
     parts: list[Part] = []
     for m in modalities:
@@ -165,11 +194,18 @@ def _prepare_one(
     rng = np.random.default_rng(np.random.SeedSequence([*seed_key, index]))
     prompt = build_prompt(kind, rng, config, index, directory)
     sampling = sampling_for(config)
+    template = None
+    if kind == "reasoning":
+        sampling = dataclasses.replace(sampling, thinking_token_budget=REASONING_BUDGET_TOKENS)
+        template = ChatTemplate(enable_thinking=True)
     # No request_id: the server makes unique ones, and a reused prompt must not collide.
     if config.chunked:
-        chunks = tuple(iter_stream_chunks(prompt, chunk_size=config.chunk_size, sampling=sampling))
+        chunks = tuple(
+            iter_stream_chunks(prompt, chunk_size=config.chunk_size, sampling=sampling, chat_template=template)
+        )
         return PreparedRequest(kind, None, chunks, prompt.media_bytes)
-    return PreparedRequest(kind, build_generate_request(prompt, sampling=sampling), None, prompt.media_bytes)
+    request = build_generate_request(prompt, sampling=sampling, chat_template=template)
+    return PreparedRequest(kind, request, None, prompt.media_bytes)
 
 
 class Workload:

@@ -4,10 +4,16 @@ vLLM's processor for ``NemotronH_Nano_VL_V2`` expands one placeholder per media 
 (``<image>``, ``<video>``, ``<so_embedding>``) into the item's tokens, matching the
 n-th placeholder of a modality with the n-th item of that modality. This module is
 the only place that knows those strings.
+
+A video's audio track (``use_audio_in_video``) is one more audio item whose placeholder
+follows the video's: ``<video><so_embedding>``, the prompt vLLM's own
+``use_audio_in_video`` builds (``NanoNemotronVLMultiModalProcessor.apply`` inserts the
+audio context right after each ``<video>`` of a video with audio).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +29,7 @@ PLACEHOLDERS: Mapping[Modality, str] = {"image": "<image>", "video": "<video>", 
 # the count of placeholders would no longer match the count of media items.
 RESERVED_STRINGS = ("<image>", "<img>", "</img>", "<video>", "<so_start>", "<so_end>", "<so_embedding>")
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -33,19 +39,37 @@ class TextPart:
 
 @dataclass(frozen=True)
 class MediaPart:
-    """One media item, already decoded into the object vLLM's ``multi_modal_data`` takes."""
+    """One media item, already decoded into the object vLLM's ``multi_modal_data`` takes.
+
+    ``audio_track`` (videos only): the clip's audio as an audio item (``(waveform,
+    sample_rate)``), given to the model right after the video (``use_audio_in_video``)."""
 
     modality: Modality
     item: Any
+    audio_track: Any = None
 
 
 ContentPart = TextPart | MediaPart
 
 
 @dataclass(frozen=True)
+class ToolCallTurn:
+    """A tool call an assistant turn made, as chat templates take it: ``arguments`` is the
+    parsed JSON object (vLLM's ``_postprocess_messages`` hands templates a dict too)."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
     parts: tuple[ContentPart, ...]
+    # assistant: the calls it made; tool: the call it answers; assistant: its reasoning.
+    tool_calls: tuple[ToolCallTurn, ...] = ()
+    tool_call_id: str | None = None
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +167,9 @@ def video_item_at_times(
     return frames, metadata
 
 
-def _check_text(text: str) -> None:
+def check_text(text: str) -> None:
+    """Refuse text holding a media placeholder (``InvalidArgument``): it would shift the
+    placeholders' matching to media items."""
     for reserved in RESERVED_STRINGS:
         if reserved in text:
             raise InvalidArgument(
@@ -155,9 +181,35 @@ def _check_text(text: str) -> None:
 def _collect(parts: Sequence[ContentPart], media: dict[Modality, list[Any]]) -> None:
     for part in parts:
         if isinstance(part, TextPart):
-            _check_text(part.text)
+            check_text(part.text)
         else:
             media.setdefault(part.modality, []).append(part.item)
+            if part.audio_track is not None:
+                media.setdefault("audio", []).append(part.audio_track)
+
+
+def _placeholder(part: MediaPart) -> str:
+    return PLACEHOLDERS[part.modality] + (PLACEHOLDERS["audio"] if part.audio_track is not None else "")
+
+
+def with_video_audio(rendered: str, video_audio: Sequence[bool]) -> str:
+    """A rendered chat prompt with an audio placeholder right after the ``<video>`` of each
+    video whose audio track goes to the model (``video_audio[i]`` for the i-th video), as
+    vLLM's ``use_audio_in_video`` places it. Raises ``InvalidArgument`` when the template
+    did not render one ``<video>`` per video."""
+    if not any(video_audio):
+        return rendered
+    tag = PLACEHOLDERS["video"]
+    head, *rest = rendered.split(tag)
+    if len(rest) != len(video_audio):
+        raise InvalidArgument(
+            f"the chat template rendered {len(rest)} {tag} placeholders for {len(video_audio)} videos; "
+            "cannot place the videos' audio tracks"
+        )
+    out = [head]
+    for has_audio, tail in zip(video_audio, rest, strict=True):
+        out.append(tag + (PLACEHOLDERS["audio"] if has_audio else "") + tail)
+    return "".join(out)
 
 
 def _freeze(media: dict[Modality, list[Any]]) -> dict[Modality, tuple[Any, ...]]:
@@ -170,7 +222,7 @@ def assemble_raw(parts: Sequence[ContentPart]) -> AssembledPrompt:
         raise InvalidArgument("the prompt is empty: send at least one text or media part")
     media: dict[Modality, list[Any]] = {}
     _collect(parts, media)
-    prompt = "".join(p.text if isinstance(p, TextPart) else PLACEHOLDERS[p.modality] for p in parts)
+    prompt = "".join(p.text if isinstance(p, TextPart) else _placeholder(p) for p in parts)
     return AssembledPrompt(prompt=prompt, multi_modal_data=_freeze(media))
 
 
@@ -232,6 +284,12 @@ class TemplateJob:
     tools: list[dict[str, Any]] | None
     documents: list[dict[str, Any]] | None
     variables: dict[str, Any]  # special tokens, then the request's own kwargs
+    # Per video, in prompt order: its audio track follows it (see with_video_audio).
+    video_audio: tuple[bool, ...] = ()
+
+    def finish(self, rendered: str) -> str:
+        """The rendered template as the prompt: the videos' audio placeholders added."""
+        return with_video_audio(rendered, self.video_audio)
 
 
 def render_template(job: TemplateJob) -> str:
@@ -286,20 +344,7 @@ class ChatRenderer:
         if not messages:
             raise InvalidArgument("messages is empty: send at least one message")
         media: dict[Modality, list[Any]] = {}
-        conversation = []
-        for i, message in enumerate(messages):
-            if message.role not in ROLES:
-                raise InvalidArgument(f"messages[{i}].role is {message.role!r}; expected one of {', '.join(ROLES)}")
-            _collect(message.parts, media)
-            conversation.append(
-                {
-                    "role": message.role,
-                    "content": [
-                        {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": p.modality}
-                        for p in message.parts
-                    ],
-                }
-            )
+        conversation = [_turn(i, message, media) for i, message in enumerate(messages)]
         kwargs = dict(chat_template_kwargs or {})
         tools, documents = kwargs.pop("tools", None), kwargs.pop("documents", None)
         # The checkpoint's template may be a set of named ones (e.g. "tool_use"):
@@ -312,6 +357,12 @@ class ChatRenderer:
             tools=tools,
             documents=documents,
             variables={**self._tokenizer.special_tokens_map, **kwargs},
+            video_audio=tuple(
+                p.audio_track is not None
+                for m in messages
+                for p in m.parts
+                if isinstance(p, MediaPart) and p.modality == "video"
+            ),
         )
         return job, _freeze(media)
 
@@ -326,4 +377,32 @@ class ChatRenderer:
         job, media = self.job(
             messages, add_generation_prompt=add_generation_prompt, chat_template_kwargs=chat_template_kwargs
         )
-        return AssembledPrompt(prompt=render_template(job), multi_modal_data=media)
+        return AssembledPrompt(prompt=job.finish(render_template(job)), multi_modal_data=media)
+
+
+def _turn(i: int, message: Message, media: dict[Modality, list[Any]]) -> dict[str, Any]:
+    """One message as chat templates take it (vLLM's conversation shape: OpenAI messages
+    with tool-call arguments as objects, a tool result's text as one string)."""
+    if message.role not in ROLES:
+        raise InvalidArgument(f"messages[{i}].role is {message.role!r}; expected one of {', '.join(ROLES)}")
+    _collect(message.parts, media)
+    content: Any = [
+        {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": p.modality} for p in message.parts
+    ]
+    turn: dict[str, Any] = {"role": message.role, "content": content}
+    if message.role == "tool":
+        # vLLM joins a tool result's text parts: most templates take a string there.
+        turn["content"] = "\n".join(p.text for p in message.parts if isinstance(p, TextPart))
+        turn["tool_call_id"] = message.tool_call_id
+    for text in (message.tool_call_id or "", *(f"{c.id}{c.name}{json.dumps(c.arguments)}" for c in message.tool_calls)):
+        check_text(text)
+    if message.tool_calls:
+        turn["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": dict(c.arguments)}}
+            for c in message.tool_calls
+        ]
+    if message.reasoning is not None:
+        check_text(message.reasoning)
+        # vLLM passes both names (chat_utils._parse_chat_message_content).
+        turn["reasoning"] = turn["reasoning_content"] = message.reasoning
+    return turn

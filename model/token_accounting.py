@@ -581,3 +581,25 @@ def audio_tokens(geom: ModelGeometry, *, seconds: float | None = None, num_sampl
             num_samples=n, sampling_rate=extractor.config.sampling_rate, clips=len(clips), clip_samples=clips
         ),
     )
+
+
+def video_with_audio_tokens(
+    geom: ModelGeometry,
+    num_frames: int,
+    width: int,
+    height: int,
+    *,
+    num_samples: int,
+    fps: float = DEFAULT_VIDEO_FPS,
+    frame_indices: Sequence[int] | None = None,
+) -> tuple[ItemTokens, ItemTokens]:
+    """Tokens of a video given with its audio track (``use_audio_in_video``): the video
+    item, then the track as an audio item of ``num_samples`` samples at the model's rate.
+
+    vLLM places the track's audio context right after the video's placeholder and
+    processes it as one more audio item (``NanoNemotronVLMultiModalProcessor.apply``), so
+    the two counts are exactly :func:`video_tokens` and :func:`audio_tokens`; the prompt
+    takes their sum. Raises ``FailedPrecondition`` on a checkpoint without an audio encoder.
+    """
+    audio = audio_tokens(geom, num_samples=num_samples)
+    return video_tokens(geom, num_frames, width, height, fps=fps, frame_indices=frame_indices), audio

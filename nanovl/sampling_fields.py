@@ -23,5 +23,6 @@ SAMPLING_SCALARS = (
     "spaces_between_special_tokens",
     "include_stop_str_in_output",
     "detokenize",
+    "thinking_token_budget",
 )
 SAMPLING_LISTS = ("stop", "stop_token_ids", "allowed_token_ids", "bad_words")

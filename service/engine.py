@@ -139,14 +139,19 @@ WORKER_EXTENSION_CLS = "profiling.worker_extension.NanovlWorkerExtension"
 def default_engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
     """``AsyncEngineArgs`` with nanovl's defaults; every vLLM argument can be overridden.
     A ``profiler_config`` given as a mapping gets nanovl's profiler defaults
-    (:func:`bounded_profiler_config`) for the fields it leaves out."""
+    (:func:`bounded_profiler_config`) for the fields it leaves out.
+    The reasoning parser defaults to the checkpoint's (``model.output_format``): it also
+    gives the engine the reasoning config ``thinking_token_budget`` needs."""
     from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from model.output_format import output_format_of
 
     # Stats stay on: RequestOutput.metrics (queue time, TTFT) is None without them.
     kwargs: dict[str, Any] = {
         "model": model,
         "trust_remote_code": True,
         "worker_extension_cls": WORKER_EXTENSION_CLS,
+        "reasoning_parser": output_format_of(model).reasoning_parser,
     }
     if on_cpu():
         kwargs.update(CPU_ENGINE_DEFAULTS)
@@ -170,6 +175,9 @@ class ModelSummary:
     # and the encoder tokens per item vLLM's budget is built from, as applied.
     item_maxima: ItemMaxima | None = None
     max_tokens_per_item: Mapping[Modality, int] = field(default_factory=dict)
+    # vLLM's reasoning parser (engine argument; "" = none): splits reasoning from answers
+    # and gives thinking_token_budget its reasoning config.
+    reasoning_parser: str = ""
 
     @property
     def enabled_modalities(self) -> tuple[Modality, ...]:
@@ -222,6 +230,7 @@ def _summarize(llm: AsyncLLM) -> ModelSummary:
         vllm_version=vllm.__version__,
         item_maxima=maxima,
         max_tokens_per_item=applied,
+        reasoning_parser=llm.vllm_config.structured_outputs_config.reasoning_parser or "",
     )
 
 
@@ -486,7 +495,11 @@ class Engine:
         *,
         request_id: str,
         trace_headers: Mapping[str, str] | None = None,
+        reasoning: Callable[[list[int]], Mapping[str, Any]] | None = None,
     ) -> AsyncIterator[RequestOutput]:
+        """Stream ``RequestOutput`` deltas. ``reasoning`` maps the prompt's token ids to
+        the reasoning arguments of ``AsyncLLM.generate`` (``reasoning_ended``,
+        ``reasoning_parser_kwargs``; see ``service.output_parsing``)."""
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -494,11 +507,13 @@ class Engine:
         try:
             for attempt in range(2):
                 produced = False
+                extra = dict(reasoning(rendered.engine_input.get("prompt_token_ids") or [])) if reasoning else {}
                 async for output in self.llm.generate(
                     rendered.engine_input,
                     sampling_params,
                     request_id if attempt == 0 else f"{request_id}-retry",
                     trace_headers=dict(trace_headers) if trace_headers else None,
+                    **extra,
                 ):
                     completion = output.outputs[0]
                     produced = produced or bool(completion.token_ids)

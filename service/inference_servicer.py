@@ -33,6 +33,7 @@ from profiling.telemetry.tracing import StageTracer
 from service import media
 from service.engine import Engine, RenderedPrompt
 from service.lifecycle import Lifecycle
+from service.output_parsing import OutputParsers, ParserConfig
 from service.part_decoding import DecodedPart, decode_part, modality_of, payload_size
 from service.request import (
     ValidatedRequest,
@@ -186,7 +187,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._sandbox = (
             TemplateSandbox(settings.chat_template_timeout_s) if settings.allow_request_chat_template else None
         )
-        self._vocab_size = engine.llm.vllm_config.model_config.get_vocab_size()
+        model_config = engine.llm.vllm_config.model_config
+        self._vocab_size = model_config.get_vocab_size()
+        self._parsers = OutputParsers(
+            ParserConfig(reasoning_parser=engine.summary.reasoning_parser, tool_call_parser=settings.tool_call_parser),
+            tokenizer=engine.llm.renderer.tokenizer,
+            model_config=model_config,
+        )
+        # A video's audio track can reach the model: an audio encoder, and audio enabled.
+        s = engine.summary
+        self._audio_in_video = s.audio_sample_rate is not None and s.limits.get("audio", 0) > 0
 
     async def start(self) -> None:
         """Warm what the first request would otherwise pay for (the template sandbox's
@@ -239,6 +249,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             max_num_seqs=int(config.scheduler_config.max_num_seqs),
             vllm_version=s.vllm_version,
             nanovl_version=nanovl.__version__,
+            reasoning_parser=self._parsers.config.reasoning_parser,
+            tool_call_parser=self._parsers.config.tool_call_parser,
+            supports_audio_in_video=self._audio_in_video,
+            default_use_audio_in_video=self._settings.use_audio_in_video and self._audio_in_video,
         )
 
     async def Generate(
@@ -282,7 +296,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     # ------------------------------------------------------------------ stages
 
     def _validation_kwargs(self) -> dict[str, Any]:
-        return {"settings": self._settings, "limits": self._engine.summary.limits, "vocab_size": self._vocab_size}
+        return {
+            "settings": self._settings,
+            "limits": self._engine.summary.limits,
+            "vocab_size": self._vocab_size,
+            "parsers": self._parsers,
+            "audio_in_video": self._audio_in_video,
+        }
 
     @contextlib.asynccontextmanager
     async def _admitted(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[dict[str, Any]]:
@@ -327,7 +347,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             if self._sandbox is None:  # validation refuses these unless allowed
                 raise InvalidArgument("this server does not accept per-request chat templates")
             job, media = chat_job(req, decoded, self._chat)
-            return AssembledPrompt(prompt=await self._sandbox.render(job), multi_modal_data=dict(media))
+            return AssembledPrompt(prompt=job.finish(await self._sandbox.render(job)), multi_modal_data=dict(media))
         return await self._in_pool(functools.partial(assemble_prompt, req, decoded, self._chat))
 
     async def _in_pool(self, fn: Callable[[], T]) -> T:
@@ -351,6 +371,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     default_video_max_frames=self._settings.default_video_max_frames,
                     audio_sample_rate=self._engine.summary.audio_sample_rate,
                     limits=self._settings.media_limits,
+                    default_use_audio_in_video=self._settings.use_audio_in_video and self._audio_in_video,
                 )
             )
             for key, value in decoded.attributes.items():
@@ -522,6 +543,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         completion_tokens = 0
         final_output = None
         prompt_logprobs: list[pb.TokenLogprobs] = []
+        parsing = req.parsing
+        prompt_ids = list(rendered.engine_input.get("prompt_token_ids") or [])
+        generated: list[int] = []  # for the reasoning token count
         with self._tracer.stage_span(
             tracing.ENGINE_GENERATE, request_id=req.request_id, engine_request_id=req.engine_request_id
         ) as span:
@@ -532,13 +556,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     req.sampling,
                     request_id=req.engine_request_id,
                     trace_headers=tracing.trace_headers_for_vllm() if self._tracer.enabled else None,
+                    reasoning=parsing.engine_kwargs if parsing is not None else None,
                 ):
                     final_output = output
                     # With DELTA outputs vLLM sends all prompt logprobs once, after prefill.
                     if output.prompt_logprobs and not prompt_logprobs:
                         prompt_logprobs = _prompt_logprobs(list(output.prompt_token_ids or []), output.prompt_logprobs)
                     completion = output.outputs[0]
-                    if token_ids := list(completion.token_ids):
+                    token_ids = list(completion.token_ids)
+                    if token_ids:
                         now = time.perf_counter()
                         if clock.first_token is None:
                             clock.first_token = now
@@ -549,12 +575,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             )
                         clock.last_token = now
                         completion_tokens += len(token_ids)
-                        # Filled in place: constructing GenerateResponse(delta=Delta(...)) copies
-                        # the Delta, on every streamed message.
-                        response = pb.GenerateResponse()
-                        delta = response.delta
+                    # Filled in place: constructing GenerateResponse(delta=Delta(...)) copies
+                    # the Delta, on every streamed message.
+                    response = pb.GenerateResponse()
+                    delta = response.delta
+                    if parsing is not None and (token_ids or output.finished):
+                        # vLLM's parser sees every delta, the last one flagged, so calls still
+                        # open when generation ends are returned too.
+                        generated.extend(token_ids)
+                        parsed = parsing.feed(completion.text, token_ids, prompt_ids, finished=output.finished)
+                        delta.text = parsed.text
+                        delta.reasoning_text = parsed.reasoning_text
+                        delta.tool_calls.extend(parsed.tool_calls)
+                    else:
                         delta.text = completion.text
-                        delta.token_ids.extend(token_ids)
+                    delta.token_ids.extend(token_ids)
+                    if token_ids or delta.tool_calls or delta.text or delta.reasoning_text:
                         if completion.logprobs:
                             delta.logprobs.extend(_logprobs(token_ids, completion.logprobs))
                         yield response
@@ -568,14 +604,23 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
         completion = final_output.outputs[0]
         now = time.perf_counter()
+        finish = _FINISH.get(completion.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED)
+        if (
+            parsing is not None
+            and parsing.tools_called
+            and finish == pb.FINISH_REASON_STOP
+            and not parsing.named_tool_choice
+        ):
+            finish = pb.FINISH_REASON_TOOL_CALLS  # as vLLM's "tool_calls" (a named choice stays "stop")
         final = pb.Final(
-            finish_reason=_FINISH.get(completion.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),
+            finish_reason=finish,
             request_id=req.request_id,
             usage=pb.Usage(
                 prompt_tokens=rendered.num_prompt_tokens,
                 completion_tokens=completion_tokens,
                 prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality),
                 cached_prompt_tokens=final_output.num_cached_tokens or 0,
+                reasoning_tokens=parsing.reasoning_tokens(generated) if parsing is not None else 0,
             ),
             timings=pb.Timings(
                 queue_s=(timeline.queue_s or 0.0) if timeline else 0.0,

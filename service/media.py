@@ -49,6 +49,7 @@ __all__ = [
     "decode_audio",
     "decode_image",
     "decode_video",
+    "decode_video_audio",
     "video_from_raw_frames",
 ]
 
@@ -1014,32 +1015,81 @@ def _decode_with_pyav(data: bytes, target_rate: int, limits: MediaLimits) -> Dec
             fmt = _audio_container_name(container)
             if not container.streams.audio:
                 raise MediaDecodeError(f"audio: the {_DISPLAY.get(fmt, fmt)} container has no audio stream")
-            stream = container.streams.audio[0]
-            ctx = stream.codec_context
-            if ctx is None:
-                # FFmpeg found no decoder for the declared encoding, e.g. a WAV header
-                # with 0 bits per sample or an unknown format tag.
-                raise MediaDecodeError(
-                    f"audio: the {_DISPLAY.get(fmt, fmt)} header declares an encoding that cannot be decoded "
-                    "(unknown codec, or a sample size such as 0 bits); the header is corrupt"
-                )
-            sr = int(ctx.sample_rate or 0)
-            channels = int(ctx.channels or 0)
-            if sr <= 0:
-                raise MediaDecodeError(f"audio: the {ctx.name} stream declares no sample rate")
-            if container.duration and container.duration > 0:
-                _check_duration(container.duration / av.time_base, limits)
-            sink = _MonoSink(sr, target_rate, limits)
-            # Planar float at a fixed rate: layout/rate changes mid-stream (chained MP3s)
-            # then arrive normalised; the sink downmixes whatever channel count comes.
-            resampler = av.AudioResampler(format="fltp", rate=sr)
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    sink.add(out.to_ndarray().T)
-            for out in resampler.resample(None):
-                sink.add(out.to_ndarray().T)
+            sink, channels = _read_audio_stream(container, f"audio: the {_DISPLAY.get(fmt, fmt)}", target_rate, limits)
     except av.FFmpegError as e:
         raise MediaDecodeError(f"audio: corrupt or truncated {_DISPLAY.get(fmt, fmt)} data: {_av_reason(e)}") from e
+    return _finish_audio(sink, fmt, channels, len(data))
+
+
+def _read_audio_stream(
+    container: av.container.InputContainer, what: str, target_rate: int, limits: MediaLimits
+) -> tuple[_MonoSink, int]:
+    """Decode the container's first audio stream into a mono sink at ``target_rate``;
+    returns the sink and the stream's channel count. ``what`` starts error messages."""
+    stream = container.streams.audio[0]
+    ctx = stream.codec_context
+    if ctx is None:
+        # FFmpeg found no decoder for the declared encoding, e.g. a WAV header
+        # with 0 bits per sample or an unknown format tag.
+        raise MediaDecodeError(
+            f"{what} header declares an encoding that cannot be decoded "
+            "(unknown codec, or a sample size such as 0 bits); the header is corrupt"
+        )
+    sr = int(ctx.sample_rate or 0)
+    channels = int(ctx.channels or 0)
+    if sr <= 0:
+        raise MediaDecodeError(f"{what}'s {ctx.name} stream declares no sample rate")
+    if container.duration and container.duration > 0:
+        _check_duration(container.duration / av.time_base, limits)
+    sink = _MonoSink(sr, target_rate, limits)
+    # Planar float at a fixed rate: layout/rate changes mid-stream (chained MP3s)
+    # then arrive normalised; the sink downmixes whatever channel count comes.
+    resampler = av.AudioResampler(format="fltp", rate=sr)
+    for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+            sink.add(out.to_ndarray().T)
+    for out in resampler.resample(None):
+        sink.add(out.to_ndarray().T)
+    return sink, channels
+
+
+def decode_video_audio(
+    data: bytes, *, target_sample_rate: int, limits: MediaLimits = DEFAULT_MEDIA_LIMITS
+) -> DecodedAudio | None:
+    """The audio track of an encoded video (MP4/MOV/WebM/MKV/AVI) as the model's audio
+    input: its first audio stream, the one vLLM's ``use_audio_in_video`` reads
+    (``vllm.multimodal.media.audio.load_audio_pyav``), decoded to mono float32 at
+    ``target_sample_rate`` (Hz) like an Audio part. None when the clip has no audio stream.
+
+    ``DecodedAudio.format`` is the container's name ("mp4", ...). Raises
+    ``MediaDecodeError`` (INVALID_ARGUMENT) for bytes that are not an accepted, intact
+    clip or an undecodable track, ``ResourceExhausted`` over ``max_audio_seconds``.
+    """
+    if not data:
+        raise MediaDecodeError(f"video: empty bytes; send one of {_accepted(ACCEPTED_FORMATS.video)}")
+    _check_target_rate(target_sample_rate)
+    return _guard("video", ACCEPTED_FORMATS.video, lambda: _decode_video_audio(data, target_sample_rate, limits))
+
+
+def _decode_video_audio(data: bytes, target_rate: int, limits: MediaLimits) -> DecodedAudio | None:
+    container = _open_av_or_raise("video", data, ACCEPTED_FORMATS.video)
+    fmt = "video"
+    try:
+        with container:
+            if container.format.name not in _VIDEO_DEMUXERS:
+                raise MediaDecodeError(
+                    f"video: container format {container.format.name!r} is not accepted; "
+                    f"accepted: {_accepted(ACCEPTED_FORMATS.video)}"
+                )
+            fmt = _video_container_name(container, data)
+            if not container.streams.audio:
+                return None
+            what = f"video: the {_DISPLAY.get(fmt, fmt)} audio track"
+            sink, channels = _read_audio_stream(container, what, target_rate, limits)
+    except av.FFmpegError as e:
+        raise MediaDecodeError(
+            f"video: corrupt or truncated audio track in the {_DISPLAY.get(fmt, fmt)} data: {_av_reason(e)}"
+        ) from e
     return _finish_audio(sink, fmt, channels, len(data))
 
 

@@ -44,11 +44,16 @@ def decode_part(
     limits: media.MediaLimits,
     default_video_fps: float | None = None,
     default_video_max_frames: int | None = None,
+    default_use_audio_in_video: bool = False,
 ) -> DecodedPart:
     """Decode one media part. Video sampling: the request's num_frames / fps /
     max_frames; when it sets neither num_frames nor fps, ``default_video_fps`` if the
     server has one, else ``default_video_frames``; max_frames defaults to
-    ``default_video_max_frames`` (``service.media.VideoSampling`` has the rules)."""
+    ``default_video_max_frames`` (``service.media.VideoSampling`` has the rules).
+
+    A video's audio track goes with it when ``Video.use_audio_in_video`` says so, or,
+    unset, when ``default_use_audio_in_video`` does; asked for explicitly, a clip without
+    one is ``InvalidArgument``, by default it is used without."""
     kind = part.WhichOneof("kind")
     if kind == "image":
         img = media.decode_image(part.image.data, limits)
@@ -83,10 +88,28 @@ def decode_part(
                 else:
                     num_frames = default_video_frames
             video = media.decode_video(v.encoded, num_frames=num_frames, fps=fps, max_frames=max_frames, limits=limits)
+        track = _audio_track(v, default_use_audio_in_video, audio_sample_rate, limits, video.container_format)
+        info = pb.VideoItemInfo(
+            width=video.width,
+            height=video.height,
+            frame_timestamps_s=list(video.timestamps_s),
+            frame_indices=list(video.frame_indices),
+            rotation_degrees=video.rotation_degrees,
+            mirrored=video.mirrored,
+            source_frame_count=video.source_frame_count,
+            duration_s=video.duration_s,
+            format=video.container_format,
+            codec=video.codec,
+        )
+        attributes: dict[str, Any] = {}
+        if track is not None:
+            info.audio.CopyFrom(_audio_info(track))
+            attributes = {"audio_samples": len(track.waveform), "audio_duration_s": track.duration_s}
         return DecodedPart(
-            MediaPart("video", video.to_vllm()),
+            MediaPart("video", video.to_vllm(), audio_track=track.to_vllm() if track is not None else None),
             video.nbytes,
             {
+                **attributes,
                 "format": video.container_format,
                 "codec": video.codec,
                 "frames": video.sampled_frame_count,
@@ -98,20 +121,7 @@ def decode_part(
                 "bytes": video.nbytes,
                 "rotation_degrees": video.rotation_degrees,
             },
-            pb.MediaItemInfo(
-                video=pb.VideoItemInfo(
-                    width=video.width,
-                    height=video.height,
-                    frame_timestamps_s=list(video.timestamps_s),
-                    frame_indices=list(video.frame_indices),
-                    rotation_degrees=video.rotation_degrees,
-                    mirrored=video.mirrored,
-                    source_frame_count=video.source_frame_count,
-                    duration_s=video.duration_s,
-                    format=video.container_format,
-                    codec=video.codec,
-                )
-            ),
+            pb.MediaItemInfo(video=info),
         )
     if kind == "audio":
         if audio_sample_rate is None:
@@ -142,18 +152,46 @@ def decode_part(
                 "resampled": audio.resampled,
                 "bytes": audio.nbytes,
             },
-            pb.MediaItemInfo(
-                audio=pb.AudioItemInfo(
-                    duration_s=audio.duration_s,
-                    sample_rate=audio.sample_rate,
-                    num_samples=len(audio.waveform),
-                    source_sample_rate=audio.source_sample_rate,
-                    source_channels=audio.source_channels,
-                    format=audio.format,
-                )
-            ),
+            pb.MediaItemInfo(audio=_audio_info(audio)),
         )
     raise InvalidArgument(f"part of kind {kind!r} carries no media")
+
+
+def _audio_info(audio: media.DecodedAudio) -> pb.AudioItemInfo:
+    return pb.AudioItemInfo(
+        duration_s=audio.duration_s,
+        sample_rate=audio.sample_rate,
+        num_samples=len(audio.waveform),
+        source_sample_rate=audio.source_sample_rate,
+        source_channels=audio.source_channels,
+        format=audio.format,
+    )
+
+
+def wants_audio_in_video(video: pb.Video, default: bool) -> bool:
+    """Whether a video part asks for its audio track (its own flag, else the server's default)."""
+    return video.use_audio_in_video if video.HasField("use_audio_in_video") else default
+
+
+def _audio_track(
+    v: pb.Video, default: bool, audio_sample_rate: int | None, limits: media.MediaLimits, container: str
+) -> media.DecodedAudio | None:
+    """The video's audio track for the model, or None (not asked for, or absent by default)."""
+    explicit = v.HasField("use_audio_in_video")
+    if not wants_audio_in_video(v, default):
+        return None
+    # Request validation refuses an explicit flag these cannot honour; by default they are skipped.
+    if audio_sample_rate is None or v.WhichOneof("source") == "raw_frames":
+        if explicit:
+            raise InvalidArgument("video.use_audio_in_video needs an encoded video and a model with an audio encoder")
+        return None
+    track = media.decode_video_audio(v.encoded, target_sample_rate=audio_sample_rate, limits=limits)
+    if track is None and explicit:
+        raise InvalidArgument(
+            f"video.use_audio_in_video is set but the {container.upper()} has no audio track; "
+            "send a video with an audio stream, or leave use_audio_in_video unset"
+        )
+    return track
 
 
 def modality_of(part: pb.ContentPart) -> Modality:

@@ -7,6 +7,7 @@ media payloads still missing, so a bad request is refused before its bytes are u
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
 
-from model.prompt import check_template_kwargs
+from model.prompt import ROLES, ToolCallTurn, check_template_kwargs, check_text
 from nanovl.errors import InvalidArgument
 from nanovl.modalities import Modality
 from nanovl.v1 import inference_pb2 as pb
+from service.output_parsing import ChatOptions, OutputParsers, RequestParsing, parse_tools, tool_choice_value
 from service.part_decoding import payload_size
-from service.sampling import to_sampling_params
+from service.sampling import structured_outputs_of, to_sampling_params
 from service.settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -30,6 +32,31 @@ MEDIA_KINDS: Mapping[str, Modality] = {"image": "image", "video": "video", "audi
 
 
 MAX_REQUEST_ID_CHARS = 256
+# The template variable that switches reasoning on and off (Nemotron 3, Qwen3, ...).
+ENABLE_THINKING = "enable_thinking"
+
+
+@dataclass(frozen=True)
+class MessageIn:
+    """One chat message as received (either RPC), before validation."""
+
+    role: str
+    parts: Sequence[pb.ContentPart]
+    tool_calls: Sequence[pb.ToolCall] = ()
+    tool_call_id: str = ""
+    reasoning_text: str = ""
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """A validated chat message: its role, how many of the request's parts it holds, and
+    its tool-call fields (see ``Message`` in inference.proto)."""
+
+    role: str
+    num_parts: int
+    tool_calls: tuple[ToolCallTurn, ...] = ()
+    tool_call_id: str | None = None
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,8 +65,8 @@ class ValidatedRequest:
     request_id: str
     # Every content part, in order (across messages for chat requests).
     parts: tuple[pb.ContentPart, ...]
-    # Chat requests: (role, number of parts) per message. Raw-parts requests: None.
-    messages: tuple[tuple[str, int], ...] | None
+    # Chat requests: one turn per message. Raw-parts requests: None.
+    messages: tuple[ChatTurn, ...] | None
     add_generation_prompt: bool
     chat_template_kwargs: Mapping[str, Any]
     sampling: Any  # vllm.SamplingParams
@@ -47,6 +74,9 @@ class ValidatedRequest:
     # The engine's id for this call alone: the caller's id need not be unique, and vLLM
     # aborts every engine request mapped to an id, so two calls never share one.
     engine_request_id: str = ""
+    # Chat requests on a server with parsers: vLLM's parser for this request's output
+    # (reasoning split, tool calls). None: the output is returned as generated.
+    parsing: RequestParsing | None = None
 
     @property
     def media_indices(self) -> tuple[int, ...]:
@@ -91,34 +121,192 @@ def _check_part(i: int, part: pb.ContentPart, *, payload_expected: bool) -> None
             raise InvalidArgument(f"parts[{i}] (audio) has no bytes: set encoded or pcm")
 
 
-def validate(
-    *,
-    request_id: str | None,
-    parts: Sequence[pb.ContentPart],
-    messages: Sequence[tuple[str, Sequence[pb.ContentPart]]],
+def _tool_calls(where: str, calls: Sequence[pb.ToolCall]) -> tuple[ToolCallTurn, ...]:
+    out = []
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        if not call.id:
+            raise InvalidArgument(f"{at}.id is empty: send the id the call was returned with")
+        if not call.name:
+            raise InvalidArgument(f"{at}.name is empty")
+        try:
+            arguments = json.loads(call.arguments) if call.arguments else {}
+        except (ValueError, RecursionError) as e:
+            raise InvalidArgument(f"{at}.arguments is not JSON: {e}") from None
+        if not isinstance(arguments, dict):
+            raise InvalidArgument(f"{at}.arguments must be a JSON object, got {type(arguments).__name__}")
+        check_text(call.id + call.name + call.arguments)  # the template writes them into the prompt
+        out.append(ToolCallTurn(id=call.id, name=call.name, arguments=arguments))
+    return tuple(out)
+
+
+def _chat_turns(messages: Sequence[MessageIn]) -> tuple[ChatTurn, ...]:
+    """Roles and tool-call fields checked before any media is decoded (OpenAI's rules: a
+    tool result answers an earlier assistant call by its id)."""
+    turns = []
+    call_ids: set[str] = set()
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if m.role not in ROLES:
+            raise InvalidArgument(f"{where}.role is {m.role!r}; expected one of {', '.join(ROLES)}")
+        if m.tool_calls and m.role != "assistant":
+            raise InvalidArgument(f"{where} ({m.role}) has tool_calls; only assistant messages make tool calls")
+        if m.reasoning_text and m.role != "assistant":
+            raise InvalidArgument(f"{where} ({m.role}) has reasoning_text; only assistant messages reason")
+        if m.role == "tool":
+            if not m.tool_call_id:
+                raise InvalidArgument(
+                    f"{where} (tool) has no tool_call_id: set it to the id of the call whose result it carries"
+                )
+            if m.tool_call_id not in call_ids:
+                raise InvalidArgument(
+                    f"{where}.tool_call_id {m.tool_call_id[:80]!r} answers no tool call of an earlier "
+                    "assistant message; send the assistant message with its tool_calls before the results"
+                )
+            if kinds := sorted({p.WhichOneof("kind") or "empty" for p in m.parts} - {"text"}):
+                raise InvalidArgument(f"{where} (tool) has {', '.join(kinds)} parts; a tool result is text only")
+        elif m.tool_call_id:
+            raise InvalidArgument(f"{where} ({m.role}) has a tool_call_id; only tool messages answer tool calls")
+        check_text(m.tool_call_id + m.reasoning_text)
+        calls = _tool_calls(where, m.tool_calls)
+        call_ids.update(c.id for c in calls)
+        turns.append(
+            ChatTurn(
+                role=m.role,
+                num_parts=len(m.parts),
+                tool_calls=calls,
+                tool_call_id=m.tool_call_id or None,
+                reasoning=m.reasoning_text or None,
+            )
+        )
+    return tuple(turns)
+
+
+def _openai_messages(messages: Sequence[MessageIn], turns: Sequence[ChatTurn]) -> list[dict[str, Any]]:
+    """The messages as vLLM's ``ChatCompletionRequest`` holds them, text only (media are
+    rendered by nanovl; the parsers read no message content)."""
+    out = []
+    for m, turn in zip(messages, turns, strict=True):
+        msg: dict[str, Any] = {"role": m.role, "content": "".join(p.text for p in m.parts if p.HasField("text"))}
+        if turn.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                for c in turn.tool_calls
+            ]
+        if turn.tool_call_id:
+            msg["tool_call_id"] = turn.tool_call_id
+        out.append(msg)
+    return out
+
+
+def _check_chat_only(chat_template: pb.ChatTemplateOptions, sampling: pb.SamplingOptions, tools: Any, choice: Any):
+    asked = [
+        name
+        for name, present in (
+            ("tools", bool(tools)),
+            ("tool_choice", choice is not None),
+            ("chat_template.enable_thinking", chat_template.HasField("enable_thinking")),
+            ("sampling.thinking_token_budget", sampling.HasField("thinking_token_budget")),
+        )
+        if present
+    ]
+    if asked:
+        raise InvalidArgument(
+            f"{', '.join(asked)} apply to chat messages only; a raw-parts prompt is used verbatim. "
+            "Send the prompt as messages"
+        )
+
+
+def _thinking(
     chat_template: pb.ChatTemplateOptions,
     sampling: pb.SamplingOptions,
-    settings: ServerSettings,
-    limits: Mapping[Modality, int],
-    vocab_size: int,
-    payload_expected: bool,
-) -> ValidatedRequest:
-    if bool(parts) == bool(messages):
-        raise InvalidArgument(
-            "set exactly one of parts (raw prompt) or messages (chat); "
-            f"got {len(parts)} parts and {len(messages)} messages"
-        )
-    if messages:
-        flat = [p for _, ps in messages for p in ps]
-        layout: tuple[tuple[str, int], ...] | None = tuple((role, len(ps)) for role, ps in messages)
-    else:
-        flat, layout = list(parts), None
+    kwargs: dict[str, Any],
+    parsers: OutputParsers,
+) -> None:
+    """Map ChatTemplateOptions.enable_thinking into the template kwargs; refuse thinking
+    options on a server whose model output has no reasoning parser."""
+    for name, present in (
+        ("chat_template.enable_thinking", chat_template.HasField("enable_thinking")),
+        ("sampling.thinking_token_budget", sampling.HasField("thinking_token_budget")),
+    ):
+        if present and not parsers.reasoning:
+            raise InvalidArgument(
+                f"{name} needs a reasoning model: this server has no reasoning parser (it was started without "
+                "--reasoning-parser, which Nemotron 3 checkpoints get by default); remove the option"
+            )
+    if chat_template.HasField("enable_thinking"):
+        given = kwargs.get(ENABLE_THINKING)
+        if given is not None and given != chat_template.enable_thinking:
+            raise InvalidArgument(
+                f"chat_template.enable_thinking is {chat_template.enable_thinking} but "
+                f"chat_template_kwargs.enable_thinking is {given!r}; set one of them"
+            )
+        kwargs[ENABLE_THINKING] = chat_template.enable_thinking
+
+
+def _count_media(
+    flat: Sequence[pb.ContentPart], *, payload_expected: bool, audio_in_video: bool
+) -> dict[Modality, int]:
     counts: dict[Modality, int] = {}
     for i, part in enumerate(flat):
         _check_part(i, part, payload_expected=payload_expected)
         kind = part.WhichOneof("kind")
         if kind in MEDIA_KINDS:
             counts[MEDIA_KINDS[kind]] = counts.get(MEDIA_KINDS[kind], 0) + 1
+        if kind == "video" and part.video.HasField("use_audio_in_video") and part.video.use_audio_in_video:
+            if not audio_in_video:
+                raise InvalidArgument(
+                    f"parts[{i}] (video) sets use_audio_in_video, but this server gives the model no audio "
+                    "(its checkpoint has no audio encoder, or audio is disabled); leave it unset"
+                )
+            if part.video.WhichOneof("source") == "raw_frames":
+                raise InvalidArgument(
+                    f"parts[{i}] (video) sets use_audio_in_video on raw frames, which carry no audio track; "
+                    "send the encoded video, or an Audio part beside the frames"
+                )
+            # Its track is one more audio item (the server's default may add more; the
+            # engine counts those after decoding).
+            counts["audio"] = counts.get("audio", 0) + 1
+    return counts
+
+
+def validate(
+    *,
+    request_id: str | None,
+    parts: Sequence[pb.ContentPart],
+    messages: Sequence[MessageIn],
+    chat_template: pb.ChatTemplateOptions,
+    sampling: pb.SamplingOptions,
+    settings: ServerSettings,
+    limits: Mapping[Modality, int],
+    vocab_size: int,
+    payload_expected: bool,
+    tools: Sequence[pb.Tool] = (),
+    tool_choice: pb.ToolChoice | None = None,
+    parsers: OutputParsers | None = None,
+    audio_in_video: bool = False,
+) -> ValidatedRequest:
+    """Every check that needs no media bytes. ``parsers``: the server's vLLM parsers (chat
+    requests are parsed with them); ``audio_in_video``: the server can give a video's
+    audio track to the model (audio encoder, audio enabled)."""
+    if bool(parts) == bool(messages):
+        raise InvalidArgument(
+            "set exactly one of parts (raw prompt) or messages (chat); "
+            f"got {len(parts)} parts and {len(messages)} messages"
+        )
+    choice = tool_choice_value(tool_choice) if tool_choice is not None else None
+    turns: tuple[ChatTurn, ...] | None = None
+    if messages:
+        turns = _chat_turns(messages)
+        flat = [p for m in messages for p in m.parts]
+    else:
+        _check_chat_only(chat_template, sampling, tools, choice)
+        flat = list(parts)
+    counts = _count_media(
+        flat,
+        payload_expected=payload_expected,
+        audio_in_video=audio_in_video,
+    )
     for modality, count in counts.items():
         limit = limits.get(modality)
         if limit is None or limit == 0:
@@ -127,11 +315,38 @@ def validate(
         if count > limit:
             raise InvalidArgument(
                 f"{count} {modality} items in one prompt, but this server allows at most {limit} "
-                "(--limit-mm-per-prompt); split the request or send fewer items"
+                "(--limit-mm-per-prompt; a video's audio track is an audio item); split the request or send fewer items"
             )
     kwargs = MessageToDict(chat_template.chat_template_kwargs) if chat_template.HasField("chat_template_kwargs") else {}
+    parsing: RequestParsing | None = None
+    structured = structured_outputs_of(sampling)
     if messages:
         check_template_kwargs(kwargs, allow_request_template=settings.allow_request_chat_template)
+        parsers = parsers or OutputParsers.none()
+        _thinking(chat_template, sampling, kwargs, parsers)
+        tool_dicts = parse_tools(tools) if tools else None
+        if tool_dicts is not None:
+            if "tools" in kwargs:
+                raise InvalidArgument("send tools either as the tools field or in chat_template_kwargs.tools, not both")
+            check_text(json.dumps(tool_dicts))
+        assert turns is not None
+        # Without parsers, tools or a tool choice there is nothing for vLLM's request to check.
+        if tool_dicts is not None or choice is not None or parsers.config.any:
+            parsing = parsers.for_request(
+                ChatOptions(
+                    messages=_openai_messages(messages, turns),
+                    tools=tool_dicts,
+                    tool_choice=choice,
+                    chat_template_kwargs=kwargs,
+                    structured_outputs=structured,
+                )
+            )
+            if tool_dicts is not None:
+                # Rendered as vLLM renders them (ChatCompletionToolsParam.model_dump).
+                kwargs["tools"] = [t.model_dump() for t in parsing.request.tools or ()]
+            structured = parsing.structured_outputs
+            if parsing.parser is None:
+                parsing = None  # nothing to parse: the output is the answer
     if request_id is not None and (len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable()):
         raise InvalidArgument(
             f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters, got {len(request_id)} characters"
@@ -141,13 +356,19 @@ def validate(
         request_id=client_id,
         engine_request_id=f"{client_id}-{uuid.uuid4().hex[:12]}",
         parts=tuple(flat),
-        messages=layout,
+        messages=turns,
         add_generation_prompt=chat_template.add_generation_prompt
         if chat_template.HasField("add_generation_prompt")
         else True,
         chat_template_kwargs=kwargs,
-        sampling=to_sampling_params(sampling, default_max_tokens=settings.default_max_tokens, vocab_size=vocab_size),
+        sampling=to_sampling_params(
+            sampling,
+            default_max_tokens=settings.default_max_tokens,
+            vocab_size=vocab_size,
+            structured_outputs=structured,
+        ),
         item_counts=counts,
+        parsing=parsing,
     )
 
 
@@ -155,10 +376,14 @@ def from_generate_request(req: pb.GenerateRequest, **kw: Any) -> ValidatedReques
     return validate(
         request_id=req.request_id if req.HasField("request_id") else None,
         parts=list(req.parts),
-        messages=[(m.role, list(m.parts)) for m in req.messages],
+        messages=[
+            MessageIn(m.role, list(m.parts), m.tool_calls, m.tool_call_id, m.reasoning_text) for m in req.messages
+        ],
         chat_template=req.chat_template,
         sampling=req.sampling,
         payload_expected=True,
+        tools=req.tools,
+        tool_choice=req.tool_choice if req.HasField("tool_choice") else None,
         **kw,
     )
 
@@ -167,10 +392,15 @@ def from_stream_header(header: pb.StreamGenerateHeader, **kw: Any) -> ValidatedR
     return validate(
         request_id=header.request_id if header.HasField("request_id") else None,
         parts=[d.part for d in header.parts],
-        messages=[(m.role, [d.part for d in m.parts]) for m in header.messages],
+        messages=[
+            MessageIn(m.role, [d.part for d in m.parts], m.tool_calls, m.tool_call_id, m.reasoning_text)
+            for m in header.messages
+        ],
         chat_template=header.chat_template,
         sampling=header.sampling,
         payload_expected=False,
+        tools=header.tools,
+        tool_choice=header.tool_choice if header.HasField("tool_choice") else None,
         **kw,
     )
 
@@ -214,8 +444,17 @@ def _messages(req: ValidatedRequest, decoded: Mapping[int, DecodedPart], chat: C
     if chat is None:
         raise InvalidArgument("this checkpoint has no chat template; send raw parts instead of messages")
     parts, messages, offset = _parts(req, decoded), [], 0
-    for role, n in req.messages or ():
-        messages.append(Message(role, tuple(parts[offset : offset + n])))
+    for turn in req.messages or ():
+        n = turn.num_parts
+        messages.append(
+            Message(
+                turn.role,
+                tuple(parts[offset : offset + n]),
+                tool_calls=turn.tool_calls,
+                tool_call_id=turn.tool_call_id,
+                reasoning=turn.reasoning,
+            )
+        )
         offset += n
     return messages
 

@@ -10,6 +10,16 @@ from nanovl.sampling_fields import SAMPLING_SCALARS
 from nanovl.v1 import inference_pb2 as pb
 
 
+def structured_outputs_of(opts: pb.SamplingOptions) -> Any:
+    """The request's own output constraint as vLLM's ``StructuredOutputsParams`` (None: none)."""
+    if not opts.HasField("structured_output"):
+        return None
+    try:
+        return _structured(opts.structured_output)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"invalid sampling.structured_output: {exc}") from exc
+
+
 def _structured(so: pb.StructuredOutput) -> Any:
     from vllm.sampling_params import StructuredOutputsParams
 
@@ -42,7 +52,15 @@ def _check_finite(opts: pb.SamplingOptions) -> None:
         )
 
 
-def to_sampling_params(opts: pb.SamplingOptions, *, default_max_tokens: int, vocab_size: int) -> Any:
+_FROM_OPTIONS: Any = object()
+
+
+def to_sampling_params(
+    opts: pb.SamplingOptions, *, default_max_tokens: int, vocab_size: int, structured_outputs: Any = _FROM_OPTIONS
+) -> Any:
+    """``SamplingParams`` for the options. ``structured_outputs``, when given, replaces the
+    options' own constraint (the tool-call grammar vLLM's parser derived, see
+    ``service.output_parsing``)."""
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import RequestOutputKind
@@ -66,8 +84,10 @@ def to_sampling_params(opts: pb.SamplingOptions, *, default_max_tokens: int, voc
         if bad := [i for i in opts.logit_bias if i >= vocab_size]:
             raise InvalidArgument(f"sampling.logit_bias has ids {bad[:5]} outside the vocabulary (size {vocab_size})")
         kwargs["logit_bias"] = dict(opts.logit_bias)
-    if opts.HasField("structured_output"):
-        kwargs["structured_outputs"] = _structured(opts.structured_output)
+    if structured_outputs is _FROM_OPTIONS:
+        structured_outputs = structured_outputs_of(opts)
+    if structured_outputs is not None:
+        kwargs["structured_outputs"] = structured_outputs
     try:
         return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
     except (

@@ -45,11 +45,17 @@ class ServerSettings:
     default_video_max_frames: int | None = None
     # Completion length when the client does not say (vLLM's own default is 16).
     default_max_tokens: int = 256
+    # vLLM tool-call parser for chat requests' tools ("" = tools refused); auto tool
+    # choice comes with it (vLLM composes no tool parser without it).
+    tool_call_parser: str = ""
+    # A video's audio track goes to the model unless the request says otherwise.
+    use_audio_in_video: bool = False
     # SIGTERM: readiness turns NOT_SERVING at once (gRPC health, HTTP /ready) while calls are
     # still accepted for drain_readiness_grace_s, long enough for balancers' health checks and
     # Kubernetes' endpoint updates to take this replica out of rotation; then new calls are
     # refused (UNAVAILABLE) and in-flight calls may finish for drain_grace_s; then exit.
     drain_readiness_grace_s: float = 5.0
+    # SIGTERM, after the readiness grace: in-flight calls may finish for this long, then exit.
     drain_grace_s: float = 20.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)

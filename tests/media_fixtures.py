@@ -335,3 +335,43 @@ def make_mp3_pyav(seconds: float, sample_rate: int = 44100, channels: int = 1, s
     return encode_audio(
         waveform(seconds, sample_rate, channels, seed), sample_rate, container="mp3", codec="libmp3lame"
     )
+
+
+def make_video_with_audio(
+    num_frames: int,
+    width: int,
+    height: int,
+    *,
+    fps: int = 8,
+    audio_seconds: float,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    container: str = "mp4",
+    seed: int = 0,
+) -> bytes:
+    """A clip with a video and an audio stream, muxed with PyAV: ``container`` "mp4"
+    (H.264 + AAC: the decoded track is padded to whole 1024-sample AAC frames) or
+    "matroska" (H.264 + 16-bit PCM: the track decodes to exactly ``audio_seconds *
+    sample_rate`` samples)."""
+    frames = video_frames(num_frames, width, height, seed)
+    wave = waveform(audio_seconds, sample_rate, channels, seed)
+    layout = "mono" if channels == 1 else "stereo"
+    codec = "aac" if container == "mp4" else "pcm_s16le"
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "ultrafast"}
+        audio = out.add_stream(codec, rate=sample_rate, layout=layout)
+        resampler = av.AudioResampler(format=audio.codec_context.format, layout=layout, rate=sample_rate)
+        for array in frames:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        out.mux(video.encode(None))
+        for start in range(0, wave.shape[0], 1024):
+            chunk = np.ascontiguousarray(wave[start : start + 1024].T)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = sample_rate, start
+            for resampled in resampler.resample(frame):
+                out.mux(audio.encode(resampled))
+        out.mux(audio.encode(None))
+    return buf.getvalue()

@@ -36,6 +36,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunked", action="store_true", help="upload media in chunks with StreamGenerate")
     p.add_argument("--chunk-size", type=int, default=1 << 20, help="bytes per StreamGenerate chunk")
     p.add_argument("--chat", action="store_true", help="send as a user message through the chat template")
+    p.add_argument(
+        "--audio-in-video",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="give the model each video's audio track too (default: the server's, see GetModelInfo)",
+    )
+    r = p.add_argument_group("reasoning and tools (chat; the server must have the parsers, see GetModelInfo)")
+    r.add_argument(
+        "--thinking",
+        choices=("on", "off"),
+        help="reason before answering, or not (the chat template's enable_thinking); default: the template's",
+    )
+    r.add_argument(
+        "--thinking-budget", type=int, metavar="N", help="most tokens spent reasoning (thinking_token_budget)"
+    )
+    r.add_argument(
+        "--tools",
+        type=readable_file,
+        metavar="FILE",
+        help="JSON file with a list of OpenAI-style tools the model may call",
+    )
+    r.add_argument("--tool-choice", metavar="MODE", help="auto (default with tools), none, required, or a tool's name")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float)
     p.add_argument("--seed", type=int)
@@ -54,27 +76,61 @@ def _generate_main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from nanovl.client import Delta, Final, InferenceClient, InferenceRpcError, Message, Part, Sampling, Started
+    from nanovl.client import (
+        ChatTemplate,
+        Delta,
+        Final,
+        InferenceClient,
+        InferenceRpcError,
+        Message,
+        Part,
+        Prompt,
+        Sampling,
+        Started,
+        load_tools,
+    )
 
     err = Console(stderr=True)
     escape = not args.raw and sys.stdout.isatty()
     parts = (
         [Part.image(p) for p in args.image]
-        + [Part.video(p, num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames) for p in args.video]
+        + [
+            Part.video(
+                p,
+                num_frames=args.num_frames,
+                fps=args.fps,
+                max_frames=args.max_frames,
+                use_audio_in_video=args.audio_in_video,
+            )
+            for p in args.video
+        ]
         + [Part.audio(p) for p in args.audio]
         + [Part.text(args.prompt)]
     )
-    prompt = [Message.user(*parts)] if args.chat else parts
-    sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    chat = args.chat or args.tools or args.tool_choice or args.thinking or args.thinking_budget is not None
+    prompt = (
+        Prompt.chat(
+            [Message.user(*parts)], tools=load_tools(args.tools) if args.tools else (), tool_choice=args.tool_choice
+        )
+        if chat
+        else Prompt(parts=tuple(parts))
+    )
+    sampling = Sampling(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        thinking_token_budget=args.thinking_budget,
+    )
+    template = ChatTemplate(enable_thinking=args.thinking == "on") if args.thinking else None
     final = None
     tls, token = connection_from_args(args)
     wrote = False
     with InferenceClient(args.target, timeout=args.timeout, tls=tls, token=token) as client:
         try:
             call = (
-                client.stream_generate(prompt, sampling=sampling, chunk_size=args.chunk_size)
+                client.stream_generate(prompt, sampling=sampling, chunk_size=args.chunk_size, chat_template=template)
                 if args.chunked
-                else client.generate(prompt, sampling=sampling)
+                else client.generate(prompt, sampling=sampling, chat_template=template)
             )
             with call:
                 for event in call:
@@ -82,8 +138,12 @@ def _generate_main(args: argparse.Namespace) -> int:
                         for item in event.media:
                             err.print(f"[dim]part {item.part_index}: {item.describe()}[/dim]", highlight=False)
                     if isinstance(event, Delta):
+                        if event.reasoning_text:  # the reasoning, apart from the answer: dimmed, on stderr
+                            err.print(escape_nonprintable(event.reasoning_text), end="", style="dim", markup=False)
                         sys.stdout.write(escape_nonprintable(event.text) if escape else event.text)
-                        wrote = wrote or bool(event.text)
+                        for call_ in event.tool_calls:
+                            sys.stdout.write(f"\n[tool call {call_.id}] {call_.name}({call_.arguments})\n")
+                        wrote = wrote or bool(event.text or event.tool_calls)
                         sys.stdout.flush()
                     elif isinstance(event, Final):
                         final = event
@@ -102,7 +162,12 @@ def _generate_main(args: argparse.Namespace) -> int:
         table.add_row(
             "prompt tokens", f"{u.prompt_tokens} (text {by.text}, image {by.image}, video {by.video}, audio {by.audio})"
         )
-        table.add_row("completion tokens", str(u.completion_tokens))
+        table.add_row(
+            "completion tokens",
+            f"{u.completion_tokens} ({u.reasoning_tokens} reasoning)"
+            if u.reasoning_tokens
+            else str(u.completion_tokens),
+        )
         # In the order they happen (README "Timings" explains each).
         names = ("upload_s", "decode_media_s", "preprocess_s", "queue_s", "prefill_s", "ttft_s", "decode_s", "total_s")
         for name in names:

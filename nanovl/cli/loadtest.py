@@ -102,7 +102,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--mix",
         default=DEFAULT_MIX,
         help=f"kinds and weights (default {DEFAULT_MIX}); join media with + for multi-media prompts, "
-        "e.g. image+audio=0.1",
+        "e.g. image+audio=0.1; reasoning and tools (alone) are chat prompts for reasoning models (Nemotron 3): "
+        "thinking on with a 64-token budget, and a tool the model may call",
     )
     work.add_argument("--image-size", default="640x480", metavar="WxH")
     work.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")

@@ -161,6 +161,30 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: uvloop when installed (less CPU per streamed token), else asyncio",
     )
+    o = p.add_argument_group(
+        "model output (reasoning, tools, audio in video)",
+        "Nemotron 3 checkpoints (*_Omni_Reasoning_V3) default to vLLM's nemotron_v3 reasoning parser and "
+        "qwen3_coder tool calls with auto tool choice (NVIDIA's vLLM recipe); others to none. "
+        "--reasoning-parser is vLLM's engine flag (none: off).",
+    )
+    o.add_argument(
+        "--tool-call-parser",
+        default=None,
+        metavar="NAME",
+        help="vLLM tool-call parser for requests' tools (none: tools refused); default: the checkpoint's",
+    )
+    o.add_argument(
+        "--enable-auto-tool-choice",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let the model decide when to call tools (vLLM's flag; tools need it); default: on with the "
+        "checkpoint's default tool-call parser",
+    )
+    o.add_argument(
+        "--use-audio-in-video",
+        action="store_true",
+        help="give the model each video's audio track unless a request says otherwise (vLLM's use_audio_in_video)",
+    )
     g.add_argument(
         "--tiny-variant",
         default="full",
@@ -424,6 +448,8 @@ def build_engine_parser() -> argparse.ArgumentParser:
         # The weight-load progress bar is written to the terminal by the worker, outside
         # logging (it would break --log-format json); start-up reports "weight load: N s".
         use_tqdm_on_load=False,
+        # None: the checkpoint's (model.output_format), decided once the model is known.
+        reasoning_parser=None,
         **(CPU_ENGINE_DEFAULTS if on_cpu() else {}),
     )
     return p
@@ -561,12 +587,16 @@ def prepare_model(args: argparse.Namespace, report) -> None:  # report: StartupR
             variant = args.tiny_variant
             args.model = str(ensure_tiny_checkpoint(variant))
             phase.detail = f"embedded tiny checkpoint ({variant}) {args.model}"
+        has_audio = None
         if Path(args.model).is_dir():
-            validate_checkpoint(args.model)
+            has_audio = validate_checkpoint(args.model).has_audio
             phase.detail = phase.detail or f"{args.model} (validated)"
         else:
             phase.detail = f"{args.model} (vLLM resolves it)"
-    for_vllm = tracing.TracingSettings.from_args(args).for_vllm()
+        resolve_output_format(args, has_audio=has_audio)
+
+    trace_settings = tracing.TracingSettings.from_args(args)
+    for_vllm = trace_settings.for_vllm()
     if for_vllm.otlp_traces_endpoint and not args.otlp_traces_endpoint:
         args.otlp_traces_endpoint = for_vllm.otlp_traces_endpoint
     os.environ.update(for_vllm.env)
@@ -689,6 +719,40 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
         engine.shutdown()
         tracing.shutdown_tracing(provider)
         service_metrics.shutdown()
+
+
+def resolve_output_format(args: argparse.Namespace, *, has_audio: bool | None = None) -> None:
+    """Settle ``args.reasoning_parser`` and ``args.tool_call_parser`` for the checkpoint in
+    ``args.model`` (defaults from ``model.output_format``) and check
+    ``args.use_audio_in_video`` against it (``has_audio``: its audio encoder, None when
+    unknown); operator errors raise ``InvalidArgument`` (exit 2)."""
+    from model.output_format import output_format_of, resolve_parser
+    from nanovl.errors import InvalidArgument
+    from service.output_parsing import ParserConfig, check_parser_names
+
+    default = output_format_of(args.model)
+    args.reasoning_parser = resolve_parser(args.reasoning_parser, default.reasoning_parser)
+    tool = resolve_parser(args.tool_call_parser, default.tool_call_parser)
+    auto = args.enable_auto_tool_choice
+    if auto is None:
+        auto = args.tool_call_parser is None and bool(tool)  # the checkpoint's default comes with auto
+    if auto and not tool:
+        raise InvalidArgument("--enable-auto-tool-choice needs a --tool-call-parser (this checkpoint has no default)")
+    if tool and not auto:
+        if args.enable_auto_tool_choice is False:
+            tool = ""  # tools switched off
+        else:
+            raise InvalidArgument(
+                f"--tool-call-parser {tool} needs --enable-auto-tool-choice, as in vLLM (it composes no tool "
+                "parser without it)"
+            )
+    args.tool_call_parser = tool
+    check_parser_names(ParserConfig(reasoning_parser=args.reasoning_parser, tool_call_parser=tool))
+    if args.use_audio_in_video:
+        if has_audio is False:
+            raise InvalidArgument("--use-audio-in-video needs a checkpoint with an audio encoder; this one has none")
+        if (getattr(args, "limit_mm_per_prompt", None) or {}).get("audio", 1) == 0:
+            raise InvalidArgument("--use-audio-in-video needs audio enabled (--limit-mm-per-prompt audio=0 here)")
 
 
 def main(argv: list[str] | None = None) -> int:

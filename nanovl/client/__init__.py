@@ -16,12 +16,12 @@ one uploads. Leaving the ``async with`` block (or calling ``cancel()``) cancels 
 and the server aborts the generation. Failed RPCs raise :class:`InferenceRpcError`;
 prompts that cannot be built raise :class:`nanovl.errors.InvalidArgument`.
 
-Modules: ``parts`` (prompt parts and messages), ``sampling`` (sampling, structured output,
-chat template options), ``requests`` (the protobuf request layer), ``events`` (response
-events, results, model info), ``aio`` / ``sync`` (the two clients over one shared
-implementation in ``_base``), ``security`` (``TlsConfig``, bearer tokens). The client
-imports only grpc and protobuf (numpy when arrays are passed): never torch, transformers
-or vLLM.
+Modules: ``parts`` (prompt parts and messages), ``tools`` (tools, tool choice, tool
+calls), ``sampling`` (sampling, structured output, chat template options), ``requests``
+(the protobuf request layer), ``events`` (response events, results, model info),
+``aio`` / ``sync`` (the two clients over one shared implementation in ``_base``),
+``security`` (``TlsConfig``, bearer tokens). The client imports only grpc and protobuf
+(numpy when arrays are passed): never torch, transformers or vLLM.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from nanovl.client.requests import build_generate_request, build_stream_header, 
 from nanovl.client.sampling import ChatTemplate, Sampling, StructuredOutput
 from nanovl.client.security import TlsConfig, read_token_file
 from nanovl.client.sync import Generation, InferenceClient
+from nanovl.client.tools import Tool, ToolCall, ToolChoice, load_tools
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -85,6 +86,9 @@ __all__ = [
     "Timings",
     "TlsConfig",
     "TokenLogprobs",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
     "Usage",
     "build_generate_request",
     "build_stream_header",
@@ -92,5 +96,6 @@ __all__ = [
     "collect_result",
     "event_from_proto",
     "iter_stream_chunks",
+    "load_tools",
     "read_token_file",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from nanovl.client.tools import ToolCall
 from nanovl.errors import NanovlError
 from nanovl.modalities import modality_name
 from nanovl.v1 import inference_pb2 as pb
@@ -25,6 +26,7 @@ class FinishReason(StrEnum):
     ABORT = "abort"
     ERROR = "error"
     REPETITION = "repetition"
+    TOOL_CALLS = "tool_calls"  # stopped to have its tool calls run
 
 
 _FINISH_REASONS = {
@@ -34,6 +36,7 @@ _FINISH_REASONS = {
     pb.FINISH_REASON_ABORT: FinishReason.ABORT,
     pb.FINISH_REASON_ERROR: FinishReason.ERROR,
     pb.FINISH_REASON_REPETITION: FinishReason.REPETITION,
+    pb.FINISH_REASON_TOOL_CALLS: FinishReason.TOOL_CALLS,
 }
 
 
@@ -55,6 +58,7 @@ class Usage:
     completion_tokens: int
     prompt_tokens_by_modality: ModalityTokens
     cached_prompt_tokens: int
+    reasoning_tokens: int = 0  # of completion_tokens, the reasoning's
 
     @staticmethod
     def from_proto(m: pb.Usage) -> Usage:
@@ -63,6 +67,7 @@ class Usage:
             completion_tokens=m.completion_tokens,
             prompt_tokens_by_modality=ModalityTokens.from_proto(m.prompt_tokens_by_modality),
             cached_prompt_tokens=m.cached_prompt_tokens,
+            reasoning_tokens=m.reasoning_tokens,
         )
 
 
@@ -132,15 +137,7 @@ class MediaItem:
     def from_proto(m: pb.MediaItemInfo) -> MediaItem:
         kind = m.WhichOneof("kind") or ""
         info = getattr(m, kind) if kind else None
-        details = (
-            {
-                f.name: (v if isinstance(v, str | bytes | int | float) else list(v))  # repeated → list
-                for f in info.DESCRIPTOR.fields
-                for v in [getattr(info, f.name)]
-            }
-            if info is not None
-            else {}
-        )
+        details = _fields(info) if info is not None else {}
         return MediaItem(part_index=m.part_index, kind=kind, details=details)
 
     def describe(self) -> str:
@@ -152,9 +149,13 @@ class MediaItem:
             times = ", ".join(f"{t:.2f}" for t in d["frame_timestamps_s"])
             turn = f", rotated {d['rotation_degrees']}°" if d["rotation_degrees"] else ""
             mirror = ", mirrored" if d["mirrored"] else ""
+            audio = d.get("audio")
+            with_audio = (
+                f", with its audio track: {audio['num_samples']} samples at {audio['sample_rate']} Hz" if audio else ""
+            )
             return (
                 f"video: {len(d['frame_timestamps_s'])} of {d['source_frame_count']} frames, "
-                f"{d['width']}x{d['height']}{turn}{mirror}, at [{times}] s of {d['duration_s']:.2f} s"
+                f"{d['width']}x{d['height']}{turn}{mirror}, at [{times}] s of {d['duration_s']:.2f} s{with_audio}"
             )
         if self.kind == "audio":
             return (
@@ -162,6 +163,22 @@ class MediaItem:
                 f"{d['source_sample_rate']} Hz) → {d['num_samples']} samples at {d['sample_rate']} Hz mono"
             )
         return f"{self.kind or 'unknown'} item"
+
+
+def _fields(info: Any) -> dict[str, Any]:
+    """A message's fields as plain values: repeated → list, a set message → dict, an
+    unset message field left out."""
+    out: dict[str, Any] = {}
+    for f in info.DESCRIPTOR.fields:
+        v = getattr(info, f.name)
+        if f.message_type is not None and not f.is_repeated:
+            if info.HasField(f.name):
+                out[f.name] = _fields(v)
+        elif isinstance(v, str | bytes | int | float):
+            out[f.name] = v
+        else:
+            out[f.name] = list(v)
+    return out
 
 
 @dataclass(frozen=True)
@@ -175,11 +192,14 @@ class Started:
 
 @dataclass(frozen=True)
 class Delta:
-    """Newly generated text and tokens."""
+    """Newly generated text and tokens: ``text`` is the answer, ``reasoning_text`` the
+    reasoning (reasoning models), ``tool_calls`` the calls completed since the last Delta."""
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprobs, ...] = ()
+    reasoning_text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,6 +235,8 @@ def event_from_proto(resp: pb.GenerateResponse) -> Event:
             text=d.text,
             token_ids=tuple(d.token_ids),
             logprobs=tuple(TokenLogprobs.from_proto(lp) for lp in d.logprobs),
+            reasoning_text=d.reasoning_text,
+            tool_calls=tuple(ToolCall.from_proto(c) for c in d.tool_calls),
         )
     if kind == "final":
         f = resp.final
@@ -246,11 +268,24 @@ class Result:
     request_id: str
     logprobs: tuple[TokenLogprobs, ...] = ()
     prompt_logprobs: tuple[TokenLogprobs, ...] = ()
+    reasoning_text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    def assistant_message(self) -> Any:
+        """This answer as the assistant ``Message`` that continues the conversation (its
+        tool calls and reasoning included); send it back with the tools' results."""
+        from nanovl.client.parts import Message
+
+        return Message.assistant(
+            *([self.text] if self.text else []), tool_calls=self.tool_calls, reasoning_text=self.reasoning_text
+        )
 
 
 class _ResultBuilder:
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._calls: list[ToolCall] = []
         self._tokens: list[int] = []
         self._logprobs: list[TokenLogprobs] = []
         self.final: Final | None = None
@@ -258,6 +293,8 @@ class _ResultBuilder:
     def add(self, event: Event) -> None:
         if isinstance(event, Delta):
             self._text.append(event.text)
+            self._reasoning.append(event.reasoning_text)
+            self._calls.extend(event.tool_calls)
             self._tokens.extend(event.token_ids)
             self._logprobs.extend(event.logprobs)
         elif isinstance(event, Final):
@@ -277,6 +314,8 @@ class _ResultBuilder:
             request_id=f.request_id,
             logprobs=tuple(self._logprobs),
             prompt_logprobs=f.prompt_logprobs,
+            reasoning_text="".join(self._reasoning),
+            tool_calls=tuple(self._calls),
         )
 
 
@@ -343,6 +382,10 @@ class ModelInfo:
     max_num_seqs: int
     vllm_version: str
     nanovl_version: str
+    reasoning_parser: str = ""  # "" : no reasoning split, thinking options refused
+    tool_call_parser: str = ""  # "" : tools refused
+    supports_audio_in_video: bool = False
+    default_use_audio_in_video: bool = False
 
     def modality(self, modality: Modality | str) -> ModalityInfo | None:
         return next((m for m in self.modalities if m.modality == modality), None)
@@ -362,4 +405,8 @@ class ModelInfo:
             max_num_seqs=m.max_num_seqs,
             vllm_version=m.vllm_version,
             nanovl_version=m.nanovl_version,
+            reasoning_parser=m.reasoning_parser,
+            tool_call_parser=m.tool_call_parser,
+            supports_audio_in_video=m.supports_audio_in_video,
+            default_use_audio_in_video=m.default_use_audio_in_video,
         )

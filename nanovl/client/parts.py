@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from nanovl.client.tools import Tool, ToolCall, ToolChoice
 from nanovl.errors import InvalidArgument
 from nanovl.units import MiB
 from nanovl.v1 import inference_pb2 as pb
@@ -72,6 +73,7 @@ class Part:
     max_frames: int | None = None  # video: cap on sampled frames
     raw_frames: RawFramesSpec | None = None  # video payload is decoded RGB24 frames
     pcm_spec: PcmSpec | None = None  # audio payload is raw PCM
+    use_audio_in_video: bool | None = None  # video: give the model its audio track (None: server default)
     # Payload size captured when the part was built, so a file that changes before it is
     # uploaded is caught instead of silently sending a mismatched declaration.
     size: int = field(default=0, compare=False)
@@ -95,15 +97,26 @@ class Part:
         format: str = "",
         fps: float | None = None,
         max_frames: int | None = None,
+        use_audio_in_video: bool | None = None,
     ) -> Part:
         """An encoded video (MP4, WebM, ...) from a file path or bytes; the server samples
         ``num_frames`` frames uniformly over the clip by presentation time, or one every
-        ``1 / fps`` seconds, at most ``max_frames`` (its defaults when None)."""
+        ``1 / fps`` seconds, at most ``max_frames`` (its defaults when None).
+        ``use_audio_in_video``: also give the model the clip's audio track (None: the
+        server's default, ``ModelInfo.default_use_audio_in_video``)."""
         _check_positive("num_frames", num_frames)
         _check_positive("max_frames", max_frames)
         if fps is not None and not fps > 0:
             raise InvalidArgument(f"fps must be > 0, got {fps}")
-        return Part._media("video", source, format=format, num_frames=num_frames, fps=fps, max_frames=max_frames)
+        return Part._media(
+            "video",
+            source,
+            format=format,
+            num_frames=num_frames,
+            fps=fps,
+            max_frames=max_frames,
+            use_audio_in_video=use_audio_in_video,
+        )
 
     @staticmethod
     def video_frames(
@@ -283,6 +296,8 @@ class Part:
                 video.fps = self.fps
             if self.max_frames is not None:
                 video.max_frames = self.max_frames
+            if self.use_audio_in_video is not None:
+                video.use_audio_in_video = self.use_audio_in_video
             return pb.ContentPart(video=video)
         audio = pb.Audio(format=self.format)
         if self.pcm_spec is not None:
@@ -310,16 +325,32 @@ def _as_part(item: str | Part) -> Part:
 
 @dataclass(frozen=True, init=False)
 class Message:
-    """One chat turn; rendered with the checkpoint's chat template."""
+    """One chat turn; rendered with the checkpoint's chat template. ``tool_calls``
+    (assistant): the calls it made, as returned; ``tool_call_id`` (tool): the call whose
+    result it carries; ``reasoning_text`` (assistant): its reasoning, if kept."""
 
     role: str
     parts: tuple[Part, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    reasoning_text: str = ""
 
-    def __init__(self, role: str, parts: str | Part | Iterable[str | Part]) -> None:
+    def __init__(
+        self,
+        role: str,
+        parts: str | Part | Iterable[str | Part] = (),
+        *,
+        tool_calls: Iterable[ToolCall] = (),
+        tool_call_id: str = "",
+        reasoning_text: str = "",
+    ) -> None:
         if isinstance(parts, (str, Part)):
             parts = (parts,)
         object.__setattr__(self, "role", role)
         object.__setattr__(self, "parts", tuple(_as_part(p) for p in parts))
+        object.__setattr__(self, "tool_calls", tuple(tool_calls))
+        object.__setattr__(self, "tool_call_id", tool_call_id)
+        object.__setattr__(self, "reasoning_text", reasoning_text)
 
     @classmethod
     def system(cls, *parts: str | Part) -> Message:
@@ -330,16 +361,43 @@ class Message:
         return cls("user", parts)
 
     @classmethod
-    def assistant(cls, *parts: str | Part) -> Message:
-        return cls("assistant", parts)
+    def assistant(cls, *parts: str | Part, tool_calls: Iterable[ToolCall] = (), reasoning_text: str = "") -> Message:
+        return cls("assistant", parts, tool_calls=tool_calls, reasoning_text=reasoning_text)
+
+    @classmethod
+    def tool(cls, tool_call_id: str, *parts: str) -> Message:
+        """The result of the call ``tool_call_id`` (text)."""
+        return cls("tool", parts, tool_call_id=tool_call_id)
+
+    def _fill(self, msg: pb.Message | pb.DeclaredMessage) -> None:
+        msg.role = self.role
+        msg.tool_calls.extend(c.to_proto() for c in self.tool_calls)
+        msg.tool_call_id = self.tool_call_id
+        msg.reasoning_text = self.reasoning_text
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A normalised prompt: exactly one of ``parts`` (raw) and ``messages`` (chat) is set."""
+    """A normalised prompt: exactly one of ``parts`` (raw) and ``messages`` (chat) is set.
+    A chat prompt may declare ``tools`` and a ``tool_choice`` (chat only)."""
 
     parts: tuple[Part, ...] = ()
     messages: tuple[Message, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tools or self.tool_choice is not None) and not self.messages:
+            raise InvalidArgument("tools and tool_choice need a chat prompt (messages)")
+
+    @staticmethod
+    def chat(
+        messages: Iterable[Message], *, tools: Iterable[Tool] = (), tool_choice: ToolChoice | str | None = None
+    ) -> Prompt:
+        """A chat prompt with tools (``tool_choice``: a ToolChoice, or "auto", "none",
+        "required" or a function name)."""
+        choice = ToolChoice.parse(tool_choice) if isinstance(tool_choice, str) else tool_choice
+        return Prompt(messages=tuple(messages), tools=tuple(tools), tool_choice=choice)
 
     @staticmethod
     def of(prompt: PromptLike) -> Prompt:

@@ -36,11 +36,20 @@ def build_generate_request(
     p = Prompt.of(prompt)
     req = pb.GenerateRequest()
     _common_fields(req, request_id, sampling, chat_template)
+    _tools(req, p)
     if p.parts:
         req.parts.extend(part.to_proto() for part in p.parts)
     for m in p.messages:
-        req.messages.add(role=m.role).parts.extend(part.to_proto() for part in m.parts)
+        msg = req.messages.add()
+        m._fill(msg)
+        msg.parts.extend(part.to_proto() for part in m.parts)
     return req
+
+
+def _tools(msg: pb.GenerateRequest | pb.StreamGenerateHeader, p: Prompt) -> None:
+    msg.tools.extend(t.to_proto() for t in p.tools)
+    if p.tool_choice is not None:
+        msg.tool_choice.CopyFrom(p.tool_choice.to_proto())
 
 
 def build_stream_header(
@@ -54,10 +63,13 @@ def build_stream_header(
     p = Prompt.of(prompt)
     header = pb.StreamGenerateHeader()
     _common_fields(header, request_id, sampling, chat_template)
+    _tools(header, p)
     if p.parts:
         header.parts.extend(part.declare() for part in p.parts)
     for m in p.messages:
-        header.messages.add(role=m.role).parts.extend(part.declare() for part in m.parts)
+        msg = header.messages.add()
+        m._fill(msg)
+        msg.parts.extend(part.declare() for part in m.parts)
     return header
 
 

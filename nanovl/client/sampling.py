@@ -91,6 +91,7 @@ class Sampling:
     allowed_token_ids: tuple[int, ...] = ()
     bad_words: tuple[str, ...] = ()
     structured_output: StructuredOutput | None = None
+    thinking_token_budget: int | None = None  # most reasoning tokens (chat, reasoning models)
 
     def to_proto(self) -> pb.SamplingOptions:
         msg = pb.SamplingOptions()
@@ -119,11 +120,14 @@ class ChatTemplate:
 
     add_generation_prompt: bool | None = None
     kwargs: Mapping[str, Any] | None = None  # e.g. {"enable_thinking": False}
+    enable_thinking: bool | None = None  # reason before answering (reasoning models); None: the template's default
 
     def to_proto(self) -> pb.ChatTemplateOptions:
         msg = pb.ChatTemplateOptions()
         if self.add_generation_prompt is not None:
             msg.add_generation_prompt = self.add_generation_prompt
+        if self.enable_thinking is not None:
+            msg.enable_thinking = self.enable_thinking
         if self.kwargs:
             struct = struct_pb2.Struct()
             try:

@@ -14,6 +14,13 @@ class PcmEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PCM_ENCODING_S16LE: _ClassVar[PcmEncoding]
     PCM_ENCODING_F32LE: _ClassVar[PcmEncoding]
 
+class ToolChoiceMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_AUTO: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_NONE: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_REQUIRED: _ClassVar[ToolChoiceMode]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
@@ -22,6 +29,7 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_ABORT: _ClassVar[FinishReason]
     FINISH_REASON_ERROR: _ClassVar[FinishReason]
     FINISH_REASON_REPETITION: _ClassVar[FinishReason]
+    FINISH_REASON_TOOL_CALLS: _ClassVar[FinishReason]
 
 class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,12 +41,17 @@ class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 PCM_ENCODING_UNSPECIFIED: PcmEncoding
 PCM_ENCODING_S16LE: PcmEncoding
 PCM_ENCODING_F32LE: PcmEncoding
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_ABORT: FinishReason
 FINISH_REASON_ERROR: FinishReason
 FINISH_REASON_REPETITION: FinishReason
+FINISH_REASON_TOOL_CALLS: FinishReason
 MODALITY_UNSPECIFIED: Modality
 MODALITY_TEXT: Modality
 MODALITY_IMAGE: Modality
@@ -66,20 +79,22 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Video(_message.Message):
-    __slots__ = ("encoded", "raw_frames", "num_frames", "format", "fps", "max_frames")
+    __slots__ = ("encoded", "raw_frames", "num_frames", "format", "fps", "max_frames", "use_audio_in_video")
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RAW_FRAMES_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    USE_AUDIO_IN_VIDEO_FIELD_NUMBER: _ClassVar[int]
     encoded: bytes
     raw_frames: RawFrames
     num_frames: int
     format: str
     fps: float
     max_frames: int
-    def __init__(self, encoded: _Optional[bytes] = ..., raw_frames: _Optional[_Union[RawFrames, _Mapping]] = ..., num_frames: _Optional[int] = ..., format: _Optional[str] = ..., fps: _Optional[float] = ..., max_frames: _Optional[int] = ...) -> None: ...
+    use_audio_in_video: bool
+    def __init__(self, encoded: _Optional[bytes] = ..., raw_frames: _Optional[_Union[RawFrames, _Mapping]] = ..., num_frames: _Optional[int] = ..., format: _Optional[str] = ..., fps: _Optional[float] = ..., max_frames: _Optional[int] = ..., use_audio_in_video: _Optional[bool] = ...) -> None: ...
 
 class RawFrames(_message.Message):
     __slots__ = ("rgb24", "width", "height", "num_frames", "fps")
@@ -118,23 +133,61 @@ class Pcm(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., encoding: _Optional[_Union[PcmEncoding, str]] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("role", "parts")
+    __slots__ = ("role", "parts", "tool_calls", "tool_call_id", "reasoning_text")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TEXT_FIELD_NUMBER: _ClassVar[int]
     role: str
     parts: _containers.RepeatedCompositeFieldContainer[ContentPart]
-    def __init__(self, role: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    reasoning_text: str
+    def __init__(self, role: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., reasoning_text: _Optional[str] = ...) -> None: ...
+
+class Tool(_message.Message):
+    __slots__ = ("name", "description", "parameters", "strict")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters: str
+    strict: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
+
+class ToolChoice(_message.Message):
+    __slots__ = ("mode", "function_name")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    mode: ToolChoiceMode
+    function_name: str
+    def __init__(self, mode: _Optional[_Union[ToolChoiceMode, str]] = ..., function_name: _Optional[str] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("id", "name", "arguments")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    arguments: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
 
 class ChatTemplateOptions(_message.Message):
-    __slots__ = ("add_generation_prompt", "chat_template_kwargs")
+    __slots__ = ("add_generation_prompt", "chat_template_kwargs", "enable_thinking")
     ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_KWARGS_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_THINKING_FIELD_NUMBER: _ClassVar[int]
     add_generation_prompt: bool
     chat_template_kwargs: _struct_pb2.Struct
-    def __init__(self, add_generation_prompt: _Optional[bool] = ..., chat_template_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    enable_thinking: bool
+    def __init__(self, add_generation_prompt: _Optional[bool] = ..., chat_template_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., enable_thinking: _Optional[bool] = ...) -> None: ...
 
 class SamplingOptions(_message.Message):
-    __slots__ = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "min_tokens", "stop", "stop_token_ids", "seed", "repetition_penalty", "presence_penalty", "frequency_penalty", "ignore_eos", "logprobs", "prompt_logprobs", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output", "logit_bias", "allowed_token_ids", "bad_words", "structured_output", "detokenize")
+    __slots__ = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "min_tokens", "stop", "stop_token_ids", "seed", "repetition_penalty", "presence_penalty", "frequency_penalty", "ignore_eos", "logprobs", "prompt_logprobs", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output", "logit_bias", "allowed_token_ids", "bad_words", "structured_output", "thinking_token_budget", "detokenize")
     class LogitBiasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +217,7 @@ class SamplingOptions(_message.Message):
     ALLOWED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     BAD_WORDS_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    THINKING_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     DETOKENIZE_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_p: float
@@ -187,8 +241,9 @@ class SamplingOptions(_message.Message):
     allowed_token_ids: _containers.RepeatedScalarFieldContainer[int]
     bad_words: _containers.RepeatedScalarFieldContainer[str]
     structured_output: StructuredOutput
+    thinking_token_budget: int
     detokenize: bool
-    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., min_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[int] = ..., prompt_logprobs: _Optional[int] = ..., skip_special_tokens: _Optional[bool] = ..., spaces_between_special_tokens: _Optional[bool] = ..., include_stop_str_in_output: _Optional[bool] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., allowed_token_ids: _Optional[_Iterable[int]] = ..., bad_words: _Optional[_Iterable[str]] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ..., detokenize: _Optional[bool] = ...) -> None: ...
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., min_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[int] = ..., prompt_logprobs: _Optional[int] = ..., skip_special_tokens: _Optional[bool] = ..., spaces_between_special_tokens: _Optional[bool] = ..., include_stop_str_in_output: _Optional[bool] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., allowed_token_ids: _Optional[_Iterable[int]] = ..., bad_words: _Optional[_Iterable[str]] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ..., thinking_token_budget: _Optional[int] = ..., detokenize: _Optional[bool] = ...) -> None: ...
 
 class StructuredOutput(_message.Message):
     __slots__ = ("json_schema", "regex", "choice", "grammar", "json_object", "disable_any_whitespace", "disable_additional_properties", "whitespace_pattern")
@@ -217,18 +272,22 @@ class Choices(_message.Message):
     def __init__(self, choices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "parts", "messages", "chat_template", "sampling")
+    __slots__ = ("request_id", "parts", "messages", "chat_template", "sampling", "tools", "tool_choice")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     parts: _containers.RepeatedCompositeFieldContainer[ContentPart]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     chat_template: ChatTemplateOptions
     sampling: SamplingOptions
-    def __init__(self, request_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., chat_template: _Optional[_Union[ChatTemplateOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingOptions, _Mapping]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_choice: ToolChoice
+    def __init__(self, request_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., chat_template: _Optional[_Union[ChatTemplateOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingOptions, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("header", "media", "end")
@@ -241,18 +300,22 @@ class GenerateChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[StreamGenerateHeader, _Mapping]] = ..., media: _Optional[_Union[MediaChunk, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ...) -> None: ...
 
 class StreamGenerateHeader(_message.Message):
-    __slots__ = ("request_id", "parts", "messages", "chat_template", "sampling")
+    __slots__ = ("request_id", "parts", "messages", "chat_template", "sampling", "tools", "tool_choice")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     parts: _containers.RepeatedCompositeFieldContainer[DeclaredPart]
     messages: _containers.RepeatedCompositeFieldContainer[DeclaredMessage]
     chat_template: ChatTemplateOptions
     sampling: SamplingOptions
-    def __init__(self, request_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[DeclaredPart, _Mapping]]] = ..., messages: _Optional[_Iterable[_Union[DeclaredMessage, _Mapping]]] = ..., chat_template: _Optional[_Union[ChatTemplateOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingOptions, _Mapping]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_choice: ToolChoice
+    def __init__(self, request_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[DeclaredPart, _Mapping]]] = ..., messages: _Optional[_Iterable[_Union[DeclaredMessage, _Mapping]]] = ..., chat_template: _Optional[_Union[ChatTemplateOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingOptions, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ...) -> None: ...
 
 class DeclaredPart(_message.Message):
     __slots__ = ("part", "size_bytes")
@@ -263,12 +326,18 @@ class DeclaredPart(_message.Message):
     def __init__(self, part: _Optional[_Union[ContentPart, _Mapping]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class DeclaredMessage(_message.Message):
-    __slots__ = ("role", "parts")
+    __slots__ = ("role", "parts", "tool_calls", "tool_call_id", "reasoning_text")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TEXT_FIELD_NUMBER: _ClassVar[int]
     role: str
     parts: _containers.RepeatedCompositeFieldContainer[DeclaredPart]
-    def __init__(self, role: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[DeclaredPart, _Mapping]]] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    reasoning_text: str
+    def __init__(self, role: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[DeclaredPart, _Mapping]]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., reasoning_text: _Optional[str] = ...) -> None: ...
 
 class MediaChunk(_message.Message):
     __slots__ = ("part_index", "data", "last")
@@ -329,7 +398,7 @@ class ImageItemInfo(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ..., source_mode: _Optional[str] = ...) -> None: ...
 
 class VideoItemInfo(_message.Message):
-    __slots__ = ("width", "height", "frame_timestamps_s", "frame_indices", "rotation_degrees", "mirrored", "source_frame_count", "duration_s", "format", "codec")
+    __slots__ = ("width", "height", "frame_timestamps_s", "frame_indices", "rotation_degrees", "mirrored", "source_frame_count", "duration_s", "format", "codec", "audio")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FRAME_TIMESTAMPS_S_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +409,7 @@ class VideoItemInfo(_message.Message):
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     width: int
     height: int
     frame_timestamps_s: _containers.RepeatedScalarFieldContainer[float]
@@ -350,7 +420,8 @@ class VideoItemInfo(_message.Message):
     duration_s: float
     format: str
     codec: str
-    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., frame_timestamps_s: _Optional[_Iterable[float]] = ..., frame_indices: _Optional[_Iterable[int]] = ..., rotation_degrees: _Optional[int] = ..., mirrored: _Optional[bool] = ..., source_frame_count: _Optional[int] = ..., duration_s: _Optional[float] = ..., format: _Optional[str] = ..., codec: _Optional[str] = ...) -> None: ...
+    audio: AudioItemInfo
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., frame_timestamps_s: _Optional[_Iterable[float]] = ..., frame_indices: _Optional[_Iterable[int]] = ..., rotation_degrees: _Optional[int] = ..., mirrored: _Optional[bool] = ..., source_frame_count: _Optional[int] = ..., duration_s: _Optional[float] = ..., format: _Optional[str] = ..., codec: _Optional[str] = ..., audio: _Optional[_Union[AudioItemInfo, _Mapping]] = ...) -> None: ...
 
 class AudioItemInfo(_message.Message):
     __slots__ = ("duration_s", "sample_rate", "num_samples", "source_sample_rate", "source_channels", "format")
@@ -369,14 +440,18 @@ class AudioItemInfo(_message.Message):
     def __init__(self, duration_s: _Optional[float] = ..., sample_rate: _Optional[int] = ..., num_samples: _Optional[int] = ..., source_sample_rate: _Optional[int] = ..., source_channels: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("text", "token_ids", "logprobs")
+    __slots__ = ("text", "token_ids", "logprobs", "reasoning_text", "tool_calls")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprobs]
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ...) -> None: ...
+    reasoning_text: str
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., reasoning_text: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ...) -> None: ...
 
 class Final(_message.Message):
     __slots__ = ("finish_reason", "stop_string", "stop_token_id", "usage", "timings", "request_id", "prompt_logprobs")
@@ -397,16 +472,18 @@ class Final(_message.Message):
     def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., stop_string: _Optional[str] = ..., stop_token_id: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., request_id: _Optional[str] = ..., prompt_logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "prompt_tokens_by_modality", "cached_prompt_tokens")
+    __slots__ = ("prompt_tokens", "completion_tokens", "prompt_tokens_by_modality", "cached_prompt_tokens", "reasoning_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_BY_MODALITY_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     prompt_tokens_by_modality: ModalityTokens
     cached_prompt_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., prompt_tokens_by_modality: _Optional[_Union[ModalityTokens, _Mapping]] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
+    reasoning_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., prompt_tokens_by_modality: _Optional[_Union[ModalityTokens, _Mapping]] = ..., cached_prompt_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
 
 class ModalityTokens(_message.Message):
     __slots__ = ("text", "image", "video", "audio")
@@ -465,7 +542,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "model_path", "architecture", "max_model_len", "modalities", "audio_sample_rate", "has_chat_template", "max_message_bytes", "max_request_bytes", "max_num_seqs", "vllm_version", "nanovl_version")
+    __slots__ = ("model_name", "model_path", "architecture", "max_model_len", "modalities", "audio_sample_rate", "has_chat_template", "max_message_bytes", "max_request_bytes", "max_num_seqs", "vllm_version", "nanovl_version", "reasoning_parser", "tool_call_parser", "supports_audio_in_video", "default_use_audio_in_video")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -478,6 +555,10 @@ class ModelInfo(_message.Message):
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     VLLM_VERSION_FIELD_NUMBER: _ClassVar[int]
     NANOVL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASONING_PARSER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_PARSER_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_AUDIO_IN_VIDEO_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_USE_AUDIO_IN_VIDEO_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     architecture: str
@@ -490,7 +571,11 @@ class ModelInfo(_message.Message):
     max_num_seqs: int
     vllm_version: str
     nanovl_version: str
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., max_model_len: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[ModalityInfo, _Mapping]]] = ..., audio_sample_rate: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., vllm_version: _Optional[str] = ..., nanovl_version: _Optional[str] = ...) -> None: ...
+    reasoning_parser: str
+    tool_call_parser: str
+    supports_audio_in_video: bool
+    default_use_audio_in_video: bool
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., max_model_len: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[ModalityInfo, _Mapping]]] = ..., audio_sample_rate: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., vllm_version: _Optional[str] = ..., nanovl_version: _Optional[str] = ..., reasoning_parser: _Optional[str] = ..., tool_call_parser: _Optional[str] = ..., supports_audio_in_video: _Optional[bool] = ..., default_use_audio_in_video: _Optional[bool] = ...) -> None: ...
 
 class ModalityInfo(_message.Message):
     __slots__ = ("modality", "enabled", "max_items_per_prompt", "accepted_formats", "accepted_raw_formats", "max_tokens_per_item", "default_num_frames", "max_num_frames", "default_fps", "default_max_frames")

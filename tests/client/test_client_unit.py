@@ -116,14 +116,16 @@ def reassemble(chunks: Iterable[pb.GenerateChunk]) -> pb.GenerateRequest:
     req = pb.GenerateRequest()
     if header.HasField("request_id"):
         req.request_id = header.request_id
-    for name in ("sampling", "chat_template"):
+    for name in ("sampling", "chat_template", "tool_choice"):
         if header.HasField(name):
             getattr(req, name).CopyFrom(getattr(header, name))
+    req.tools.extend(header.tools)
     if header.parts:
         req.parts.extend(fill(d, i) for i, d in enumerate(header.parts))
     index = 0
     for m in header.messages:
-        out = req.messages.add(role=m.role)
+        out = req.messages.add(role=m.role, tool_call_id=m.tool_call_id, reasoning_text=m.reasoning_text)
+        out.tool_calls.extend(m.tool_calls)
         for d in m.parts:
             out.parts.append(fill(d, index))
             index += 1

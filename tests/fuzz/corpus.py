@@ -487,6 +487,60 @@ def chat_messages(seed: int, rng: random.Random) -> Case:
     return _generate("chat.messages", seed, req, must_reject=False)
 
 
+def _junk_schema(rng: random.Random) -> str:
+    return rng.choice(
+        [
+            "{",
+            "[]",
+            '"object"',
+            '{"type": "string"}',
+            '{"type": "object", "properties": 7}',
+            '{"type": "object", "required": "x"}',
+            "[" * 3000 + "]" * 3000,
+            '{"type": "object", "properties": {"a": {"type": "' + "x" * 300_000 + '"}}}',
+            '{"type": "object", "properties": {"a": {"type": "string"}}}',  # valid: refused for want of a parser
+        ]
+    )
+
+
+def chat_tools(seed: int, rng: random.Random) -> Case:
+    """Tools, tool choices, tool messages and thinking options, hostile or merely not
+    served: the fuzz server (the V2 tiny checkpoint) has no reasoning or tool-call parser,
+    so every one is refused."""
+    user = pb.Message(role="user", parts=[_text(rng)])
+    req = pb.GenerateRequest(messages=[user], sampling=_sampling())
+    choice = rng.randrange(6)
+    if choice == 0:
+        name = rng.choice(["get_weather", "", "a b", "x" * 65, "ü", "f"])
+        req.tools.extend([pb.Tool(name=name, parameters=_junk_schema(rng))] * rng.choice([1, 2, 129]))
+    elif choice == 1:  # a choice without tools, or naming an unknown one
+        req.tool_choice.CopyFrom(
+            rng.choice([pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED), pb.ToolChoice(function_name="nope")])
+        )
+        if req.tool_choice.function_name and rng.random() < 0.5:
+            req.tools.append(pb.Tool(name="other"))
+    elif choice == 2:  # a tool result answering nothing, or carrying media
+        tool = pb.Message(role="tool", tool_call_id=rng.choice(["", "call-9", "<video>"]), parts=[_text(rng)])
+        if rng.random() < 0.3:
+            tool.parts.append(media_part("image", media_corpus()["png"][1]))
+        req.messages.append(tool)
+    elif choice == 3:  # calls that are not calls
+        call = pb.ToolCall(
+            id=rng.choice(["", "c1"]), name=rng.choice(["", "f"]), arguments=rng.choice(["{", "[1]", "7", '"x"'])
+        )
+        req.messages.append(pb.Message(role=rng.choice(["assistant", "user", "system"]), tool_calls=[call]))
+    elif choice == 4:  # thinking options on a model without a reasoning parser
+        if rng.random() < 0.5:
+            req.chat_template.enable_thinking = rng.random() < 0.5
+        else:
+            req.sampling.thinking_token_budget = rng.choice([0, 1, 1 << 31])
+    else:  # a raw-frames video (no track) asking for its audio track
+        raw = pb.RawFrames(rgb24=bytes(2 * 2 * 3), width=2, height=2, num_frames=1, fps=1.0)
+        user.parts.append(pb.ContentPart(video=pb.Video(raw_frames=raw, use_audio_in_video=True)))
+        req = pb.GenerateRequest(messages=[user], sampling=_sampling())
+    return _generate("chat.tools", seed, req)
+
+
 def _kwargs_value(rng: random.Random) -> object:
     return rng.choice([None, True, 1.5, "x", [], [1, "a"], {"a": {"b": []}}, "y" * 10_000])
 
@@ -657,6 +711,7 @@ KINDS: dict[str, Callable[[int, random.Random], Case]] = {
     "chat.messages": chat_messages,
     "chat.template_kwargs": chat_template_kwargs,
     "chat.template_kwargs_deep": chat_template_kwargs_deep,
+    "chat.tools": chat_tools,
     **{f"stream.{step}": stream_protocol(step) for step in STREAM_STEPS},
     "stream.cancel_mid_upload": stream_cancel_mid_upload,
     "stream.stall": stream_stall,

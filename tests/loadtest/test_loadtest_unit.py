@@ -809,3 +809,37 @@ async def test_cli_run_writes_everything(fake, behaviour: FakeBehaviour, tmp_pat
     assert {p.name for p in out.iterdir()} >= {"results.json", "summary.csv", "requests.csv", "latency_cdf_c2.png"}
     behaviour.fail_kinds = {"image"}
     assert await asyncio.to_thread(main, [*argv, "--warmup", "0", "--out", str(tmp_path / "r2")]) == 1
+
+
+# ------------------------------------------------------------------ reasoning and tool prompts
+
+
+def test_reasoning_and_tools_kinds_are_chat_prompts_for_reasoning_models() -> None:
+    from loadtest.runner import check_server
+    from loadtest.workload import REASONING_BUDGET_TOKENS
+    from nanovl.client.events import ModelInfo
+    from nanovl.errors import FailedPrecondition
+
+    mix = Mix.parse("text=1,reasoning=1,tools=2")
+    assert mix.kinds == ("text", "reasoning", "tools") and mix.modalities == ("text",)
+    assert mix.chat_kinds == ("reasoning", "tools")
+    for spec in ("image+tools", "tools+reasoning"):
+        with pytest.raises(InvalidArgument, match="unknown modality"):
+            Mix.parse(spec)
+    cfg = _config(mix=mix)
+    wl = prepare_workload(cfg, [("reasoning", 1), ("tools", 1)])
+    reasoning, tools = wl.take("reasoning").request, wl.take("tools").request
+    assert reasoning.messages[0].role == "user" and not reasoning.tools
+    assert (
+        reasoning.chat_template.enable_thinking and reasoning.sampling.thinking_token_budget == REASONING_BUDGET_TOKENS
+    )
+    assert [t.name for t in tools.tools] == ["get_weather"] and json.loads(tools.tools[0].parameters)[
+        "type"
+    ] == "object"
+    assert not tools.HasField("tool_choice")  # auto: the model decides
+    # A server without the parsers is refused before anything is measured.
+    bare = ModelInfo.from_proto(pb.ModelInfo(modalities=[pb.ModalityInfo(modality=pb.MODALITY_TEXT, enabled=True)]))
+    with pytest.raises(FailedPrecondition, match=r"no reasoning parser \(--reasoning-parser\); remove reasoning"):
+        check_server(cfg, bare)
+    full = ModelInfo.from_proto(pb.ModelInfo(reasoning_parser="nemotron_v3", tool_call_parser="qwen3_coder"))
+    check_server(cfg, full)

@@ -2,7 +2,9 @@
 
 One engine start per V3 variant (a module-scoped fixture; one V3 engine alive at a
 time), and each start is used for everything: every modality the checkpoint has in one
-streamed prompt, beside a concurrent text-only request, and the weight-equality guard.
+streamed prompt, beside a concurrent text-only request, the weight-equality guard, and,
+through a gRPC server on the same engine, the reasoning split, a tool-call round trip and
+a video's audio track (use_audio_in_video).
 
 By default only ``omni-v3`` starts (it has every V3 feature: MoE, tubelets, dynamic
 tiler, audio); ``omni-v3-no-audio`` (same LLM and vision tower, no sound encoder, the
@@ -158,3 +160,201 @@ async def test_videos_resized_to_different_shapes_are_refused_before_vllm(v3):
     ]
     with pytest.raises(InvalidArgument, match="resize to different frame shapes"):
         await engine.render(assemble_raw([*parts, TextPart("compare")]))
+
+
+# ---------------------------------------------------------------- reasoning, tools, audio in video
+#
+# Through a real gRPC server on this module's engine (no further engine start). The tiny
+# model's output is noise, so each test steers a greedy stream with vLLM's own levers
+# (thinking_token_budget, structured outputs, logit_bias, allowed_token_ids) into the
+# format the real model writes; vLLM's real parsers then read that real stream.
+
+
+@pytest.fixture(scope="module")
+async def v3_client(v3):
+    from nanovl.client import AsyncInferenceClient
+    from service.server import build_server
+    from tests.conftest import server_settings
+
+    variant, path, engine = v3
+    srv = await build_server(engine, server_settings(tool_call_parser="qwen3_coder"))
+    await srv.mark_serving()
+    client = AsyncInferenceClient(srv.target, timeout=300)
+    yield variant, path, engine, client
+    await client.close()
+    await srv.stop()
+
+
+def _ids(engine: Engine, *texts: str) -> list[int]:
+    tok = engine.llm.renderer.tokenizer
+    return [i for t in texts for i in tok.encode(t, add_special_tokens=False)]
+
+
+async def test_model_info_names_the_parsers_and_audio_in_video(v3_client):
+    variant, _, _, client = v3_client
+    info = await client.get_model_info()
+    assert (info.reasoning_parser, info.tool_call_parser) == ("nemotron_v3", "qwen3_coder")
+    assert info.supports_audio_in_video == (variant == "omni-v3") and not info.default_use_audio_in_video
+
+
+@pytest.mark.parametrize("upload", ["unary", "stream"])
+async def test_reasoning_is_split_from_the_answer(v3_client, upload):
+    """Thinking on (the template opens <think>), a budget of 6: vLLM ends the thinking with
+    </think> inside the budget, then a regex shapes the answer. Letters only, and no
+    natural </think> or EOS while thinking, so the greedy stream is fixed."""
+    from nanovl.client import ChatTemplate, FinishReason, Message, Sampling, StructuredOutput
+
+    _, _, engine, client = v3_client
+    letters = _ids(engine, *"abcdefghijklmnopqrstuvwxyz")
+    (think_end,), eos = _ids(engine, "</think>"), _ids(engine, "<|im_end|>", "</s>")
+    sampling = Sampling(
+        max_tokens=40,
+        temperature=0.0,
+        thinking_token_budget=6,
+        allowed_token_ids=(*letters, think_end, *eos),
+        logit_bias={think_end: -100.0, **dict.fromkeys(eos, -100.0)},
+        structured_output=StructuredOutput.regex("[a-z]{4}"),
+    )
+    result = await client.generate_text(
+        [Message.user("Why is the sky blue?")],
+        sampling=sampling,
+        chat_template=ChatTemplate(enable_thinking=True),
+        upload=upload,
+    )
+    ids = list(result.token_ids)
+    k = ids.index(think_end)
+    assert k + 1 == 6  # the budget, the forced </think> included
+    assert result.usage.reasoning_tokens == k and set(ids[:k]) <= set(letters)
+    assert result.reasoning_text == engine.llm.renderer.tokenizer.decode(ids[:k])
+    assert len(result.text) == 4 and result.text.isalpha() and result.text.islower()
+    assert ids[-1] in eos and result.finish_reason is FinishReason.STOP and not result.tool_calls
+    # Greedy: the same stream whichever RPC carried the request.
+    again = await client.generate_text(
+        [Message.user("Why is the sky blue?")], sampling=sampling, chat_template=ChatTemplate(enable_thinking=True)
+    )
+    assert again.token_ids == result.token_ids and again.reasoning_text == result.reasoning_text
+
+
+async def test_a_tool_call_round_trip(v3_client):
+    """tool_choice required: vLLM's qwen3_coder grammar forces the call format; the parser
+    returns the whole call; the call and its result go back through the chat template."""
+    from nanovl.client import ChatTemplate, FinishReason, Message, Prompt, Sampling, Tool
+
+    _, _, engine, client = v3_client
+    weather = Tool(
+        "get_weather",
+        "current weather",
+        {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        strict=True,
+    )
+    # The grammar allows free whitespace between the call's lines and free text after it:
+    # the random model is steered past both (to "<" and to EOS) so the stream is short.
+    steer = {i: -100.0 for i in _ids(engine, " ", "\t", "\n", "\r")} | dict.fromkeys(
+        _ids(engine, "<|im_end|>", "</s>"), 50.0
+    )
+    sampling = Sampling(max_tokens=160, temperature=0.0, logit_bias=steer)  # a call is ~80 byte tokens
+    no_thinking = ChatTemplate(enable_thinking=False)
+    chat = [Message.user("Weather in Paris?")]
+    first = await client.generate_text(
+        Prompt.chat(chat, tools=[weather], tool_choice="required"), sampling=sampling, chat_template=no_thinking
+    )
+    (call,) = first.tool_calls
+    assert call.name == "get_weather" and call.parsed_arguments() in ({"city": "Paris"}, {"city": "Rome"})
+    assert call.id and first.text.strip() == "" and not first.reasoning_text
+    assert first.finish_reason is FinishReason.TOOL_CALLS
+    named = await client.generate_text(
+        Prompt.chat(chat, tools=[weather], tool_choice="get_weather"), sampling=sampling, chat_template=no_thinking
+    )
+    assert [c.name for c in named.tool_calls] == ["get_weather"] and named.finish_reason is FinishReason.STOP
+
+    turns = [*chat, first.assistant_message(), Message.tool(call.id, "sunny, 21 C")]
+    second = await client.generate_text(
+        Prompt.chat(turns, tools=[weather]), sampling=Sampling(max_tokens=2, temperature=0.0), chat_template=no_thinking
+    )
+    # The call and its result are in the prompt: as many more tokens as the template wrote.
+    tool_turn = (
+        f"<think></think><tool_call>\n<function=get_weather>\n<parameter=city>\n{call.parsed_arguments()['city']}"
+        "\n</parameter>\n</function>\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nsunny, 21 C\n"
+        "</tool_response>\n<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens + len(_ids(engine, tool_turn))
+
+
+async def test_a_videos_audio_track_reaches_the_model(v3_client):
+    """use_audio_in_video: the track decoded from the container (MKV with PCM: exactly the
+    samples muxed; MP4 with AAC: whole 1024-sample frames), counted as an audio item with
+    the tokens nanovl's accounting predicts; and the prompt is the one vLLM's own
+    use_audio_in_video builds."""
+    from model.token_accounting import video_with_audio_tokens
+    from nanovl.client import AsyncInferenceClient, InferenceRpcError, Part, Sampling, Started
+    from service.server import build_server
+    from tests.conftest import server_settings
+    from tests.media_fixtures import make_mp4, make_video_with_audio
+
+    variant, path, engine, client = v3_client
+    one = Sampling(max_tokens=1, temperature=0.0)
+    if variant != "omni-v3":
+        clip = make_video_with_audio(5, 64, 48, audio_seconds=1.5, container="matroska")
+        with pytest.raises(InferenceRpcError, match="INVALID_ARGUMENT: .*gives the model no audio"):
+            await client.generate_text([Part.video(clip, num_frames=4, use_audio_in_video=True), "?"], sampling=one)
+        return
+    geom = ModelGeometry.from_checkpoint(path, max_model_len=MAX_MODEL_LEN)
+    for container, expected in (("matroska", lambda n: n == 24000), ("mp4", lambda n: n % 1024 == 0 and n >= 24000)):
+        clip = make_video_with_audio(5, 64, 48, fps=8, audio_seconds=1.5, container=container, seed=4)
+        async with client.generate(
+            [Part.video(clip, num_frames=4, use_audio_in_video=True), "What is said?"], sampling=one
+        ) as call:
+            started = [e async for e in call if isinstance(e, Started)][0]
+        track = started.media[0].details["audio"]
+        assert expected(track["num_samples"]) and track["sample_rate"] == 16000, (container, track)
+        # Frames are placed on nanovl's millisecond clock (model.prompt.video_item_at_times).
+        times_ms = [round(t * 1000) for t in started.media[0].details["frame_timestamps_s"]]
+        video, audio = video_with_audio_tokens(
+            geom, 4, 64, 48, num_samples=track["num_samples"], fps=1000.0, frame_indices=times_ms
+        )
+        counts = started.prompt_tokens_by_modality
+        assert (counts.video, counts.audio) == (video.prompt_tokens, audio.prompt_tokens), container
+    silent = make_mp4(4, 64, 48)
+    with pytest.raises(InferenceRpcError, match="INVALID_ARGUMENT: video.use_audio_in_video is set but the MP4 has no"):
+        await client.generate_text([Part.video(silent, use_audio_in_video=True), "?"], sampling=one)
+
+    # The server's default (--use-audio-in-video): a track when the clip has one, none
+    # (and no error) when it has not, and a request may still say no.
+    srv = await build_server(engine, server_settings(use_audio_in_video=True))
+    await srv.mark_serving()
+    try:
+        async with AsyncInferenceClient(srv.target, timeout=300) as by_default:
+            for part, has_track in (
+                (Part.video(clip, num_frames=4), True),
+                (Part.video(silent), False),
+                (Part.video(clip, num_frames=4, use_audio_in_video=False), False),
+            ):
+                async with by_default.generate([part, "?"], sampling=one) as call:
+                    started = [e async for e in call if isinstance(e, Started)][0]
+                assert ("audio" in started.media[0].details) == has_track
+                assert (started.prompt_tokens_by_modality.audio > 0) == has_track
+    finally:
+        await srv.stop()
+
+    # vLLM's own use_audio_in_video (the audio item given beside the video, the processor
+    # placing its context after <video>) builds exactly nanovl's prompt.
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 255, (4, 48, 64, 3), dtype=np.uint8)
+    item = video_item(frames, fps=2.0, frames_indices=list(range(4)), total_num_frames=4)
+    wave = (rng.standard_normal(24000) * 0.1).astype(np.float32)
+    ours = await engine.render(assemble_raw([TextPart("a "), MediaPart("video", item, audio_track=(wave, 16000))]))
+    (theirs,) = await engine.llm.renderer.render_cmpl_async(
+        [
+            {
+                "prompt": "a <video>",
+                "multi_modal_data": {"video": [item], "audio": [(wave, 16000)]},
+                "mm_processor_kwargs": {"use_audio_in_video": True},
+            }
+        ]
+    )
+    assert ours.engine_input["prompt_token_ids"] == theirs["prompt_token_ids"]

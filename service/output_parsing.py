@@ -1,0 +1,349 @@
+"""Reasoning and tool calls: vLLM's own parsers, driven the way vLLM's OpenAI server drives them.
+
+vLLM's chat server composes the reasoning parser (``--reasoning-parser``) and the tool-call
+parser (``--enable-auto-tool-choice --tool-call-parser``) into one ``Parser`` class
+(``vllm.parser.ParserManager.get_parser``), builds one instance per request from the
+request's tools and chat template kwargs, lets it adjust the request (a grammar that forces
+the tool-call format for ``tool_choice`` required or named: ``Parser.adjust_request``),
+tells the engine whether the prompt already ended the reasoning
+(``ChatCompletionRequest.resolve_reasoning_ended``), and feeds it every streamed delta
+(``Parser.parse_delta``). nanovl does the same with the same objects, a vLLM
+``ChatCompletionRequest`` included, so tools, ``tool_choice`` and their errors are exactly
+vLLM's (``vllm/entrypoints/openai/chat_completion/serving.py`` and
+``vllm/renderers/online_renderer.py`` are the reference).
+
+What nanovl adds: tool-call deltas are gathered and each call is returned once, complete
+(id, name, arguments JSON), and tool schemas are checked as JSON Schema (vLLM takes any
+object).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nanovl.errors import InvalidArgument
+from nanovl.v1 import inference_pb2 as pb
+
+if TYPE_CHECKING:
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.parser.abstract_parser import Parser
+    from vllm.sampling_params import StructuredOutputsParams
+
+# Bounds on what one request may declare (OpenAI allows 128 tools; a name is
+# ^[a-zA-Z0-9_-]{1,64}$). A schema is rendered into the prompt, so max_model_len bounds
+# it in the end; this bound only keeps validation cheap.
+MAX_TOOLS = 128
+MAX_TOOL_SCHEMA_BYTES = 256 * 1024
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+_TOOL_CHOICE_MODES = {
+    pb.TOOL_CHOICE_MODE_AUTO: "auto",
+    pb.TOOL_CHOICE_MODE_NONE: "none",
+    pb.TOOL_CHOICE_MODE_REQUIRED: "required",
+}
+
+
+@dataclass(frozen=True)
+class ParserConfig:
+    """The server's parsers ("" = none). Tools need both a tool-call parser and auto tool
+    choice, as in vLLM (``ParserManager.get_tool_parser`` composes none without it)."""
+
+    reasoning_parser: str = ""
+    tool_call_parser: str = ""
+
+    @property
+    def any(self) -> bool:
+        return bool(self.reasoning_parser or self.tool_call_parser)
+
+
+def check_parser_names(config: ParserConfig) -> None:
+    """Refuse parser names vLLM does not know (``InvalidArgument``, listing the known ones)."""
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    for flag, name, manager in (
+        ("--reasoning-parser", config.reasoning_parser, ReasoningParserManager),
+        ("--tool-call-parser", config.tool_call_parser, ToolParserManager),
+    ):
+        known = sorted(manager.list_registered())
+        if name and name not in known:
+            raise InvalidArgument(f"{flag} {name!r} is not one of vLLM's parsers: {', '.join(known)} (or none)")
+
+
+def parse_tools(tools: Sequence[pb.Tool]) -> list[dict[str, Any]]:
+    """The request's tools in OpenAI's shape (``{"type": "function", "function": {...}}``),
+    each schema checked as a JSON Schema document. Raises ``InvalidArgument`` naming the
+    tool and what is wrong."""
+    if len(tools) > MAX_TOOLS:
+        raise InvalidArgument(f"{len(tools)} tools in one request; at most {MAX_TOOLS} are accepted")
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not tool.name or len(tool.name) > 64 or not set(tool.name) <= _NAME_CHARS:
+            raise InvalidArgument(f"{where}.name {tool.name[:80]!r} must be 1-64 characters of a-z, A-Z, 0-9, _ and -")
+        if tool.name in seen:
+            raise InvalidArgument(f"{where}.name {tool.name!r} is declared twice; tool names must be unique")
+        seen.add(tool.name)
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            function["description"] = tool.description
+        if tool.parameters:
+            function["parameters"] = _schema(where, tool.parameters)
+        if tool.HasField("strict"):
+            function["strict"] = tool.strict
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _schema(where: str, text: str) -> dict[str, Any]:
+    import jsonschema
+
+    if len(text.encode()) > MAX_TOOL_SCHEMA_BYTES:
+        raise InvalidArgument(
+            f"{where}.parameters is {len(text.encode())} bytes; at most {MAX_TOOL_SCHEMA_BYTES} are accepted"
+        )
+    try:
+        schema = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgument(f"{where}.parameters is not JSON: {e}") from None
+    if not isinstance(schema, dict):
+        raise InvalidArgument(f"{where}.parameters must be a JSON Schema object, got {type(schema).__name__}")
+    if schema.get("type", "object") != "object":
+        raise InvalidArgument(f'{where}.parameters must describe an object ("type": "object"), got {schema["type"]!r}')
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        path = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise InvalidArgument(f"{where}.parameters is not a valid JSON Schema at {path}: {e.message}") from None
+    except RecursionError:
+        raise InvalidArgument(f"{where}.parameters is nested too deeply") from None
+    return schema
+
+
+def tool_choice_value(choice: pb.ToolChoice) -> str | dict[str, Any] | None:
+    """``ToolChoice`` as vLLM's ``tool_choice`` ("auto", "none", "required", or a named
+    function); None when unset (vLLM's default: auto with tools)."""
+    kind = choice.WhichOneof("choice")
+    if kind is None:
+        return None
+    if kind == "function_name":
+        return {"type": "function", "function": {"name": choice.function_name}}
+    if choice.mode not in _TOOL_CHOICE_MODES:
+        return None  # UNSPECIFIED: the default
+    return _TOOL_CHOICE_MODES[choice.mode]
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """What a chat request asks of the parsers (from ``service.request`` validation)."""
+
+    messages: list[dict[str, Any]]  # OpenAI-shaped, text only (what parsers may read)
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    chat_template_kwargs: Mapping[str, Any]
+    structured_outputs: StructuredOutputsParams | None
+
+
+class OutputParsers:
+    """The server's composed vLLM ``Parser`` class (None without parsers), built once."""
+
+    def __init__(self, config: ParserConfig, *, tokenizer: Any = None, model_config: Any = None) -> None:
+        self.config = config
+        self._tokenizer = tokenizer
+        self._model_config = model_config
+        self._cls: type[Parser] | None = None
+        if config.any:
+            from vllm.parser import ParserManager
+
+            try:
+                self._cls = ParserManager.get_parser(
+                    tool_parser_name=config.tool_call_parser or None,
+                    reasoning_parser_name=config.reasoning_parser or None,
+                    enable_auto_tools=bool(config.tool_call_parser),
+                    model_name=getattr(model_config, "model", None),
+                    tokenizer=tokenizer,
+                )
+            except TypeError as e:  # vLLM's words for an unknown parser or a tokenizer that lacks its tokens
+                raise InvalidArgument(str(e)) from e
+
+    @classmethod
+    def none(cls) -> OutputParsers:
+        """No parsers: chat output is returned as generated, tools are refused."""
+        return cls(ParserConfig())
+
+    @property
+    def tools(self) -> bool:
+        return bool(self.config.tool_call_parser)
+
+    @property
+    def reasoning(self) -> bool:
+        return bool(self.config.reasoning_parser)
+
+    def for_request(self, options: ChatOptions) -> RequestParsing:
+        """A parser for one chat request, its vLLM ``ChatCompletionRequest`` validated and
+        adjusted (``InvalidArgument`` with vLLM's message when tools or tool_choice are wrong)."""
+        from pydantic import ValidationError
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.exceptions import VLLMValidationError
+
+        fields: dict[str, Any] = {
+            "messages": options.messages,
+            "chat_template_kwargs": dict(options.chat_template_kwargs),
+            "structured_outputs": options.structured_outputs,
+        }
+        if options.tools is not None:
+            fields["tools"] = options.tools
+        if options.tool_choice is not None:
+            fields["tool_choice"] = options.tool_choice
+        try:
+            request = ChatCompletionRequest(**fields)
+        except ValidationError as e:
+            raise InvalidArgument(f"vLLM rejected the request: {_pydantic_message(e)}") from None
+        except VLLMValidationError as e:
+            raise InvalidArgument(f"vLLM rejected the request: {e}") from None
+        if request.tool_choice not in (None, "none") and not self.tools:
+            raise InvalidArgument(
+                "this server has no tool-call parser: tools are refused (it was started without "
+                "--enable-auto-tool-choice --tool-call-parser); send tool_choice none or no tools"
+            )
+        parser = None
+        if self._cls is not None:
+            parser = self._cls(
+                self._tokenizer,
+                request.tools,
+                chat_template_kwargs=dict(options.chat_template_kwargs),
+                model_config=self._model_config,
+            )
+            # As vLLM's renderer: adjusted when there is a reasoning parser or a tool choice.
+            if parser.reasoning_parser is not None or request.tool_choice != "none":
+                try:
+                    request = parser.adjust_request(request)
+                except (VLLMValidationError, ValueError) as e:
+                    raise InvalidArgument(f"vLLM rejected the tools: {e}") from None
+        return RequestParsing(request=request, parser=parser, chat_template_kwargs=dict(options.chat_template_kwargs))
+
+
+def _pydantic_message(e: Any) -> str:
+    errors = e.errors()
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("function-after", "function-before"))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+
+
+@dataclass
+class _PendingCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedDelta:
+    """One streamed delta, split: answer text, reasoning text, completed tool calls."""
+
+    text: str = ""
+    reasoning_text: str = ""
+    tool_calls: tuple[pb.ToolCall, ...] = ()
+
+
+@dataclass
+class RequestParsing:
+    """One chat request's parser and its stream state (not shared between requests)."""
+
+    request: ChatCompletionRequest
+    parser: Parser | None
+    chat_template_kwargs: dict[str, Any]
+    _calls: dict[int, _PendingCall] = field(default_factory=dict)
+    tools_called: bool = False
+
+    @property
+    def structured_outputs(self) -> StructuredOutputsParams | None:
+        """The output constraint after ``adjust_request`` (the client's, or the tool-call
+        grammar vLLM derives for tool_choice required or named)."""
+        return self.request.structured_outputs
+
+    @property
+    def named_tool_choice(self) -> bool:
+        return isinstance(self.request.tool_choice, dict) or hasattr(self.request.tool_choice, "function")
+
+    def engine_kwargs(self, prompt_token_ids: Sequence[int]) -> dict[str, Any]:
+        """``reasoning_ended`` and ``reasoning_parser_kwargs`` for ``AsyncLLM.generate``
+        (as ``OpenAIServingChat._engine_reasoning_kwargs``)."""
+        kwargs: dict[str, Any] = {
+            "reasoning_ended": self.request.resolve_reasoning_ended(self.parser, list(prompt_token_ids))
+        }
+        if self.parser is not None and self.parser.reasoning_parser is not None:
+            kwargs["reasoning_parser_kwargs"] = {"chat_template_kwargs": self.chat_template_kwargs}
+        return kwargs
+
+    def feed(
+        self, text: str, token_ids: Sequence[int], prompt_token_ids: Sequence[int] | None, *, finished: bool
+    ) -> ParsedDelta:
+        """Parse one engine delta; tool calls come out once each, when complete: their
+        arguments form a whole JSON object, or (no arguments) a later call or the end of
+        the stream follows. A call cut off mid-arguments is never returned."""
+        if self.parser is None:
+            return ParsedDelta(text=text)
+        delta = self.parser.parse_delta(
+            delta_text=text,
+            delta_token_ids=list(token_ids),
+            request=self.request,
+            prompt_token_ids=list(prompt_token_ids) if prompt_token_ids is not None else None,
+            finished=finished,
+        )
+        if delta is None:
+            return ParsedDelta(tool_calls=self._complete(finished)) if finished else ParsedDelta()
+        for call in delta.tool_calls or ():
+            pending = self._calls.setdefault(call.index, _PendingCall())
+            if call.id:
+                pending.id = call.id
+            if call.function is not None:
+                pending.name = pending.name or (call.function.name or "")
+                if call.function.arguments:
+                    pending.arguments.append(call.function.arguments)
+        return ParsedDelta(
+            text=delta.content or "", reasoning_text=delta.reasoning or "", tool_calls=self._complete(finished)
+        )
+
+    def _complete(self, finished: bool) -> tuple[pb.ToolCall, ...]:
+        from vllm.renderers.chat_utils import make_tool_call_id
+
+        out = []
+        indices = sorted(self._calls)
+        for n, index in enumerate(indices):
+            call = self._calls[index]
+            if call.done or not call.name:
+                continue
+            arguments = "".join(call.arguments)
+            ended = finished or n + 1 < len(indices)  # the stream, or a later call, began after it
+            whole = _is_json_object(arguments)
+            if not (whole or ended):
+                continue
+            call.done = True
+            if not (whole or not arguments.strip()):
+                # Cut off mid-arguments (max_tokens, a stop string): as vLLM's own parse drops
+                # incomplete tool-call markup, it is not returned; Final says why it ended.
+                continue
+            self.tools_called = True
+            out.append(pb.ToolCall(id=call.id or make_tool_call_id(), name=call.name, arguments=arguments or "{}"))
+        return tuple(out)
+
+    def reasoning_tokens(self, token_ids: Sequence[int]) -> int:
+        """Of the generated ``token_ids``, how many the reasoning parser counts as reasoning."""
+        return self.parser.count_reasoning_tokens(tuple(token_ids)) if self.parser is not None else 0
+
+
+def _is_json_object(text: str) -> bool:
+    if not text.endswith("}"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

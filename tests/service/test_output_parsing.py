@@ -1,0 +1,412 @@
+"""Reasoning and tool calls without an engine: request validation (tools, tool_choice,
+tool messages, thinking options, audio in video) and vLLM's real parsers fed a real
+tokenization of the tiny Nemotron 3 checkpoint's output format.
+
+Engine-backed end-to-end checks (a real stream through a real server) are in
+tests/service/test_engine_v3.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from model.tiny import ensure_tiny_checkpoint
+from nanovl.errors import InvalidArgument
+from nanovl.v1 import inference_pb2 as pb
+from service.output_parsing import (
+    MAX_TOOL_SCHEMA_BYTES,
+    MAX_TOOLS,
+    OutputParsers,
+    ParserConfig,
+    parse_tools,
+    tool_choice_value,
+)
+from service.request import from_generate_request
+from tests.conftest import server_settings
+
+WEATHER = pb.Tool(
+    name="get_weather",
+    description="the weather",
+    parameters=json.dumps(
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+        }
+    ),
+)
+LIMITS = {"image": 1, "video": 1, "audio": 1}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from vllm.tokenizers import get_tokenizer
+
+    return get_tokenizer(str(ensure_tiny_checkpoint("omni-v3")), trust_remote_code=True)
+
+
+@pytest.fixture(scope="module")
+def v3_parsers(tokenizer) -> OutputParsers:
+    return OutputParsers(
+        ParserConfig(reasoning_parser="nemotron_v3", tool_call_parser="qwen3_coder"), tokenizer=tokenizer
+    )
+
+
+def _validate(req: pb.GenerateRequest, parsers: OutputParsers | None = None, **kw):
+    kw.setdefault("audio_in_video", True)
+    return from_generate_request(
+        req,
+        settings=server_settings(),
+        limits=LIMITS,
+        vocab_size=320,
+        parsers=parsers or OutputParsers.none(),
+        **kw,
+    )
+
+
+def _chat(*messages: pb.Message, **fields) -> pb.GenerateRequest:
+    return pb.GenerateRequest(messages=list(messages), **fields)
+
+
+def _user(text: str = "hi") -> pb.Message:
+    return pb.Message(role="user", parts=[pb.ContentPart(text=text)])
+
+
+CALL = pb.ToolCall(id="call-1", name="get_weather", arguments='{"city": "Paris"}')
+
+
+# ------------------------------------------------------------------ tools
+
+
+def test_tools_become_openai_function_tools():
+    (tool,) = parse_tools([WEATHER])
+    assert tool == {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "the weather", "parameters": json.loads(WEATHER.parameters)},
+    }
+
+
+@pytest.mark.parametrize(
+    ("parameters", "match"),
+    [
+        ("{not json", r"tools\[0\].parameters is not JSON"),
+        ("[1, 2]", r"must be a JSON Schema object, got list"),
+        ('{"type": "string"}', r"must describe an object"),
+        ('{"type": "object", "properties": 5}', r"not a valid JSON Schema at properties: 5 is not of type 'object'"),
+        ('{"type": "object", "required": "city"}', r"not a valid JSON Schema at required"),
+        (
+            '{"type": "object", "properties": {"a": {"type": "strnig"}}}',
+            r"not a valid JSON Schema at properties/a/type",
+        ),
+        ("[" * 5000 + "]" * 5000, r"(not JSON|nested too deeply)"),
+    ],
+    ids=["not-json", "array", "not-object", "properties-int", "required-str", "bad-type", "deep"],
+)
+def test_a_bad_schema_is_invalid_argument_naming_the_place(parameters, match):
+    with pytest.raises(InvalidArgument, match=match):
+        parse_tools([pb.Tool(name="f", parameters=parameters)])
+
+
+@pytest.mark.parametrize(
+    ("tools", "match"),
+    [
+        ([pb.Tool(name="")], r"tools\[0\].name '' must be 1-64 characters"),
+        ([pb.Tool(name="get weather")], r"must be 1-64 characters"),
+        ([pb.Tool(name="x" * 65)], r"must be 1-64 characters"),
+        ([pb.Tool(name="f"), pb.Tool(name="f")], r"tools\[1\].name 'f' is declared twice"),
+        ([pb.Tool(name=f"f{i}") for i in range(MAX_TOOLS + 1)], rf"{MAX_TOOLS + 1} tools in one request"),
+        (
+            [pb.Tool(name="f", parameters=json.dumps({"type": "object", "description": "x" * MAX_TOOL_SCHEMA_BYTES}))],
+            r"parameters is \d+ bytes; at most",
+        ),
+    ],
+    ids=["empty-name", "space", "long-name", "duplicate", "too-many", "huge-schema"],
+)
+def test_bad_tool_declarations_are_invalid_argument(tools, match):
+    with pytest.raises(InvalidArgument, match=match):
+        parse_tools(tools)
+
+
+def test_seeded_hostile_schemas_are_refused_or_accepted_never_crash():
+    """Mutations of a valid schema (truncation, type swaps, junk keys): each is either a
+    valid JSON Schema or an InvalidArgument, never another exception."""
+    rng = random.Random(14)
+    base = WEATHER.parameters
+    values = [None, 1, -1, "x", [], {}, True, 1e308, "object", ["string", 3]]
+    outcomes = {"accepted": 0, "refused": 0}
+    for _ in range(300):
+        choice = rng.randrange(3)
+        if choice == 0:
+            text = base[: rng.randrange(len(base))]
+        else:
+            schema = json.loads(base)
+            node = schema if choice == 1 else schema["properties"]["city"]
+            node[rng.choice(["type", "properties", "required", "enum", "minimum", "items", "$ref", "x"])] = rng.choice(
+                values
+            )
+            text = json.dumps(schema)
+        try:
+            parse_tools([pb.Tool(name="f", parameters=text)])
+            outcomes["accepted"] += 1
+        except InvalidArgument:
+            outcomes["refused"] += 1
+    assert outcomes["accepted"] and outcomes["refused"]
+
+
+def test_tool_choice_maps_to_vllms_values():
+    assert tool_choice_value(pb.ToolChoice()) is None
+    assert tool_choice_value(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_UNSPECIFIED)) is None
+    assert tool_choice_value(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_AUTO)) == "auto"
+    assert tool_choice_value(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NONE)) == "none"
+    assert tool_choice_value(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED)) == "required"
+    assert tool_choice_value(pb.ToolChoice(function_name="f")) == {"type": "function", "function": {"name": "f"}}
+
+
+# ------------------------------------------------------------------ request validation
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        (
+            [_user(), pb.Message(role="tool", parts=[pb.ContentPart(text="r")])],
+            r"messages\[1\] \(tool\) has no tool_call_id",
+        ),
+        (
+            [_user(), pb.Message(role="tool", tool_call_id="nope", parts=[pb.ContentPart(text="r")])],
+            r"messages\[1\].tool_call_id 'nope' answers no tool call of an earlier assistant message",
+        ),
+        ([pb.Message(role="user", tool_calls=[CALL])], r"messages\[0\] \(user\) has tool_calls"),
+        ([pb.Message(role="user", tool_call_id="call-1")], r"messages\[0\] \(user\) has a tool_call_id"),
+        ([pb.Message(role="system", reasoning_text="x")], r"messages\[0\] \(system\) has reasoning_text"),
+        ([pb.Message(role="robot")], r"messages\[0\].role is 'robot'; expected one of system, user, assistant, tool"),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="f", arguments="{bad")])],
+            r"messages\[0\].tool_calls\[0\].arguments is not JSON",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="f", arguments="[1]")])],
+            r"arguments must be a JSON object, got list",
+        ),
+        ([pb.Message(role="assistant", tool_calls=[pb.ToolCall(name="f")])], r"tool_calls\[0\].id is empty"),
+        (
+            [
+                pb.Message(role="assistant", tool_calls=[CALL]),
+                pb.Message(role="tool", tool_call_id="call-1", parts=[pb.ContentPart(image=pb.Image(data=b"x"))]),
+            ],
+            r"messages\[1\] \(tool\) has image parts; a tool result is text only",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="f", arguments='{"a": "<image>"}')])],
+            r"reserved string '<image>'",
+        ),
+    ],
+    ids=[
+        "tool-no-id",
+        "tool-unknown-id",
+        "user-calls",
+        "user-call-id",
+        "system-reasoning",
+        "bad-role",
+        "args-not-json",
+        "args-not-object",
+        "call-no-id",
+        "tool-image",
+        "placeholder-in-args",
+    ],
+)
+def test_hostile_chat_messages_are_invalid_argument(messages, match, v3_parsers):
+    with pytest.raises(InvalidArgument, match=match):
+        _validate(_chat(*messages), v3_parsers)
+
+
+def test_a_tool_round_trip_validates_and_reaches_the_template(v3_parsers):
+    req = _validate(
+        _chat(
+            _user("weather in Paris?"),
+            pb.Message(role="assistant", tool_calls=[CALL], reasoning_text="look it up"),
+            pb.Message(role="tool", tool_call_id="call-1", parts=[pb.ContentPart(text="sunny")]),
+            tools=[WEATHER],
+        ),
+        v3_parsers,
+    )
+    assistant, tool = req.messages[1], req.messages[2]
+    assert assistant.tool_calls[0].arguments == {"city": "Paris"} and assistant.reasoning == "look it up"
+    assert tool.tool_call_id == "call-1" and tool.num_parts == 1
+    assert req.chat_template_kwargs["tools"][0]["function"]["name"] == "get_weather"
+    assert req.parsing is not None and req.parsing.request.tool_choice == "auto"
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (
+            {"tool_choice": pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED)},
+            r"When using `tool_choice`, `tools` must be set",
+        ),
+        (
+            {"tools": [WEATHER], "tool_choice": pb.ToolChoice(function_name="get_time")},
+            r"does not match any of the specified `tools`",
+        ),
+        (
+            {"tools": [WEATHER], "chat_template": pb.ChatTemplateOptions(chat_template_kwargs={"tools": []})},
+            r"either as the tools field or in chat_template_kwargs.tools",
+        ),
+        (
+            {
+                "chat_template": pb.ChatTemplateOptions(
+                    enable_thinking=True, chat_template_kwargs={"enable_thinking": False}
+                )
+            },
+            r"chat_template.enable_thinking is True but chat_template_kwargs.enable_thinking is False",
+        ),
+    ],
+    ids=["choice-without-tools", "named-unknown", "tools-twice", "thinking-contradiction"],
+)
+def test_contradictory_tool_and_thinking_options_are_invalid_argument(fields, match, v3_parsers):
+    with pytest.raises(InvalidArgument, match=match):
+        _validate(_chat(_user(), **fields), v3_parsers)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"tools": [WEATHER]}, r"no tool-call parser: tools are refused"),
+        ({"chat_template": pb.ChatTemplateOptions(enable_thinking=False)}, r"needs a reasoning model"),
+        (
+            {"sampling": pb.SamplingOptions(thinking_token_budget=8)},
+            r"sampling.thinking_token_budget needs a reasoning",
+        ),
+    ],
+    ids=["tools", "thinking", "budget"],
+)
+def test_reasoning_and_tool_options_on_a_server_without_parsers(fields, match):
+    with pytest.raises(InvalidArgument, match=match):
+        _validate(_chat(_user(), **fields))
+
+
+def test_tools_with_tool_choice_none_are_rendered_without_a_parser():
+    req = _validate(_chat(_user(), tools=[WEATHER], tool_choice=pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NONE)))
+    assert req.chat_template_kwargs["tools"][0]["function"]["name"] == "get_weather" and req.parsing is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tools": [WEATHER]},
+        {"tool_choice": pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NONE)},
+        {"chat_template": pb.ChatTemplateOptions(enable_thinking=True)},
+        {"sampling": pb.SamplingOptions(thinking_token_budget=4)},
+    ],
+    ids=["tools", "tool_choice", "thinking", "budget"],
+)
+def test_chat_options_on_raw_parts_are_invalid_argument(fields, v3_parsers):
+    with pytest.raises(InvalidArgument, match="apply to chat messages only"):
+        _validate(pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], **fields), v3_parsers)
+
+
+def test_thinking_maps_to_the_templates_enable_thinking_and_the_budget_to_sampling(v3_parsers):
+    req = _validate(
+        _chat(
+            _user(),
+            chat_template=pb.ChatTemplateOptions(enable_thinking=False),
+            sampling=pb.SamplingOptions(thinking_token_budget=7),
+        ),
+        v3_parsers,
+    )
+    assert req.chat_template_kwargs["enable_thinking"] is False
+    assert req.sampling.thinking_token_budget == 7
+    assert req.parsing is not None and req.parsing.chat_template_kwargs["enable_thinking"] is False
+
+
+def test_required_tool_choice_constrains_the_output_to_the_call_format(v3_parsers):
+    req = _validate(
+        _chat(_user(), tools=[WEATHER], tool_choice=pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED)), v3_parsers
+    )
+    so = req.sampling.structured_outputs
+    assert so is not None and (so.structural_tag or so.json)
+    assert "get_weather" in (so.structural_tag or json.dumps(so.json))
+
+
+def _video(raw: bool = False, flag: bool | None = True) -> pb.ContentPart:
+    video = (
+        pb.Video(raw_frames=pb.RawFrames(rgb24=b"\0" * 12, width=2, height=2, num_frames=1, fps=1))
+        if raw
+        else pb.Video(encoded=b"x")
+    )
+    if flag is not None:
+        video.use_audio_in_video = flag
+    return pb.ContentPart(video=video)
+
+
+def test_audio_in_video_is_refused_precisely():
+    with pytest.raises(InvalidArgument, match=r"sets use_audio_in_video on raw frames"):
+        _validate(pb.GenerateRequest(parts=[_video(raw=True)]))
+    with pytest.raises(InvalidArgument, match=r"gives the model no audio"):
+        _validate(pb.GenerateRequest(parts=[_video()]), audio_in_video=False)
+    with pytest.raises(InvalidArgument, match=r"2 audio items in one prompt, but this server allows at most 1"):
+        _validate(pb.GenerateRequest(parts=[_video(), pb.ContentPart(audio=pb.Audio(encoded=b"x"))]))
+    # Counted as an audio item when asked for; not when left to the server's default.
+    assert _validate(pb.GenerateRequest(parts=[_video()])).item_counts == {"video": 1, "audio": 1}
+    assert _validate(pb.GenerateRequest(parts=[_video(flag=None)])).item_counts == {"video": 1}
+
+
+# ------------------------------------------------------------------ vLLM's parsers on a real tokenization
+
+OUTPUT = (
+    "let me think</think>Sure.\n"
+    "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>\n"
+    "<tool_call>\n<function=get_weather>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>"
+)
+
+
+def _stream(parsing, tokenizer, text: str, prompt_ids: list[int]):
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    deltas = [
+        parsing.feed(tokenizer.decode([t]), [t], prompt_ids, finished=i == len(ids) - 1) for i, t in enumerate(ids)
+    ]
+    return ids, deltas
+
+
+def test_the_stream_is_split_into_reasoning_answer_and_whole_tool_calls(v3_parsers, tokenizer):
+    req = _validate(_chat(_user(), tools=[WEATHER]), v3_parsers)
+    prompt_ids = tokenizer.encode("<|im_start|>assistant\n<think>\n", add_special_tokens=False)
+    ids, deltas = _stream(req.parsing, tokenizer, OUTPUT, prompt_ids)
+    assert "".join(d.reasoning_text for d in deltas) == "let me think"
+    assert "".join(d.text for d in deltas).strip() == "Sure."
+    calls = [(i, c) for i, d in enumerate(deltas) for c in d.tool_calls]
+    assert [(c.name, json.loads(c.arguments)) for _, c in calls] == [
+        ("get_weather", {"city": "Paris", "days": 3}),
+        ("get_weather", {"city": "Rome"}),
+    ]
+    # Each call comes out once, as soon as its arguments are complete (before its closing tag).
+    ends = [i for i, t in enumerate(ids) if t == tokenizer.convert_tokens_to_ids("</tool_call>")]
+    assert calls[0][0] < ends[0] < calls[1][0] < ends[1]
+    assert calls[0][1].id != calls[1][1].id and all(c.id for _, c in calls)
+    assert req.parsing.tools_called
+    assert req.parsing.reasoning_tokens(ids) == len(tokenizer.encode("let me think", add_special_tokens=False))
+
+
+def test_with_thinking_off_everything_is_answer(v3_parsers, tokenizer):
+    req = _validate(_chat(_user(), chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers)
+    prompt_ids = tokenizer.encode("<|im_start|>assistant\n<think></think>", add_special_tokens=False)
+    assert req.parsing.engine_kwargs(prompt_ids)["reasoning_ended"] is True
+    _, deltas = _stream(req.parsing, tokenizer, "plain answer", prompt_ids)
+    assert "".join(d.text for d in deltas) == "plain answer" and not any(d.reasoning_text for d in deltas)
+
+
+@pytest.mark.parametrize(("cut", "returned"), [(60, 0), (150, 1)])
+def test_a_call_cut_off_mid_arguments_is_not_returned(v3_parsers, tokenizer, cut, returned):
+    """As vLLM's own parse drops incomplete tool-call markup: only whole calls come out."""
+    req = _validate(
+        _chat(_user(), tools=[WEATHER], chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers
+    )
+    prompt_ids = tokenizer.encode("<|im_start|>assistant\n<think></think>", add_special_tokens=False)
+    _, deltas = _stream(req.parsing, tokenizer, OUTPUT.split("</think>")[1][:cut], prompt_ids)
+    calls = [c for d in deltas for c in d.tool_calls]
+    assert len(calls) == returned and all(json.loads(c.arguments) for c in calls)
+    assert req.parsing.tools_called == bool(returned)
