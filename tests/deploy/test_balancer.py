@@ -11,6 +11,12 @@ driven by the real ``nanovl loadtest`` CLI with mixed text/image/audio traffic o
   upstream died carries no status; nanovl's client reports it as UNAVAILABLE, see
   ``nanovl.client._base._cut_stream_status``), and every call sent after them succeeds
   (HAProxy retries a call whose connection to the dead replica failed on the other one).
+  Only the server process is killed, as a supervisor's kill -9 does: its engine core and
+  workers stop by themselves and their shared memory goes with them;
+- (c) SIGUSR1 (Kubernetes' preStop hook): readiness 503 while the replica still serves
+  direct calls, the balancer takes it out; then its engine dies under a call: the call
+  fails UNAVAILABLE at once and the server exits with status 4 (a supervisor restarts it),
+  its processes gone.
 
 Two extra engines on top of the session's: kept short (small outputs, modest traffic) and
 lean (one module, the same two replicas for both scenarios, each replica's vLLM worker on
@@ -114,6 +120,7 @@ class Replica:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     children: list[psutil.Process] = field(default_factory=list)
+    shm: set[str] = field(default_factory=set)  # /dev/shm files its processes map
 
     @property
     def target(self) -> str:
@@ -140,7 +147,12 @@ class Replica:
             assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}: {self.log_tail()}"
             assert time.monotonic() < deadline, f"{self.name} did not become ready: {self.log_tail()}"
             time.sleep(0.5)
-        self.children = psutil.Process(self.proc.pid).children(recursive=True)
+        server = psutil.Process(self.proc.pid)
+        self.children = server.children(recursive=True)
+        self.shm = {m.path for p in [server, *self.children] for m in _maps(p) if m.path.startswith("/dev/shm/")}
+
+    def engine_core(self) -> psutil.Process:
+        return next(c for c in self.children if "EngineCore" in " ".join(c.cmdline()) + c.name())
 
     def log_tail(self) -> str:
         logs = sorted(self.log_dir.glob(f"{self.name}-*.log"))
@@ -175,6 +187,19 @@ class Replica:
         for child in self.children:
             with contextlib.suppress(psutil.Error):
                 child.kill()
+
+
+def _maps(p: psutil.Process) -> list:
+    try:
+        return p.memory_maps(grouped=False)
+    except psutil.Error:
+        return []
+
+
+def _gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """The processes still alive (zombies count as gone) after up to ``timeout_s``."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
 @dataclass
@@ -328,7 +353,9 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     )
     _wait_for("calls in flight on replica2", lambda: b.in_flight() >= 2 and b.served_ok() >= before + 2, 120, 0.1)
     in_flight_at_kill = b.in_flight()
-    b.kill()
+    assert b.proc is not None and b.children, "the engine runs in child processes"
+    b.proc.kill()  # the server only: its engine processes must notice and stop by themselves
+    b.proc.wait(30)
     result = _finish(loadtest, out)
     records = sorted((r for lv in result.levels for r in lv.requests), key=lambda r: r.start_s)
     failed = [r for r in records if not r.ok]
@@ -351,12 +378,22 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     later = [r for r in records if r.start_s > first_failure]
     assert later and all(r.ok for r in later), _errors(later)
     assert _down(fleet.balancer, "replica2")
+    # The killed server's engine core and workers stopped by themselves, their shared memory gone.
+    alive = _gone(b.children, timeout_s=90)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    left = {path for path in b.shm if os.path.exists(path)}
+    assert not left, left
 
 
-def test_sigusr1_withdraws_readiness_then_sigterm_drains_at_once(fleet: Fleet) -> None:
+def test_sigusr1_withdraws_readiness_then_engine_death_exits_4(fleet: Fleet) -> None:
     """Kubernetes' preStop path (deploy/k8s/deployment.yaml): SIGUSR1 turns readiness 503 while
-    the replica still serves; the balancer takes it out; the SIGTERM that follows finds the
-    readiness grace already spent and drains."""
+    the replica still serves; the balancer takes it out. Then its engine dies under a call:
+    the call fails UNAVAILABLE at once, the server exits 4, and no engine process is left."""
+    import grpc
+
+    from nanovl.v1 import inference_pb2 as pb
+    from nanovl.v1 import inference_pb2_grpc as pb_grpc
+
     a = next(r for r in fleet.replicas if r.running())
     assert a.proc is not None
     a.proc.send_signal(signal.SIGUSR1)
@@ -366,5 +403,18 @@ def test_sigusr1_withdraws_readiness_then_sigterm_drains_at_once(fleet: Fleet) -
     assert _http_get(f"http://127.0.0.1:{a.metrics_port}/live") == (200, "live\n")
     name = f"replica{fleet.replicas.index(a) + 1}"
     _wait_for(f"HAProxy to take {name} out", lambda: _down(fleet.balancer, name), 30)
-    a.proc.send_signal(signal.SIGTERM)
-    assert a.proc.wait(120) == 0, a.log_tail()
+    long_call = pb.GenerateRequest(
+        parts=[pb.ContentPart(text="go")], sampling=pb.SamplingOptions(max_tokens=900, ignore_eos=True)
+    )
+    with grpc.insecure_channel(a.target) as channel:
+        call = pb_grpc.InferenceStub(channel).Generate(long_call, timeout=300)
+        assert next(call).HasField("started")  # withdrawn from rotation, still serving
+        next(call)  # generating
+        a.engine_core().kill()
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert a.proc.wait(120) == 4, a.log_tail()
+    alive = _gone(a.children, timeout_s=60)
+    assert not alive, [(p.pid, p.name()) for p in alive]
