@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,19 @@ from tests.conftest import TEST_MAX_MODEL_LEN
 LIMITS = {"image": 4, "video": 1, "audio": 2}
 
 
+def _document(capsys) -> Any:
+    """The JSON document the command printed. The tests' server runs in this process, and
+    vLLM logs each config its planner builds to this process's stdout (logging it
+    reconfigures when a command's settings differ): the document is what follows them. A
+    real client's stdout holds the document alone (``test_offline_plan_prints_the_plan_and_nothing_else``)."""
+    out = capsys.readouterr().out
+    start = 0 if out.startswith(("{", "[")) else min(i for i in (out.find("\n{"), out.find("\n[")) if i >= 0) + 1
+    return json.loads(out[start:])
+
+
 def _run_json(capsys, argv: list[str]) -> dict:
     assert main(argv) == 0
-    return json.loads(capsys.readouterr().out)
+    return _document(capsys)
 
 
 def _vllm_max_tokens(checkpoint, limits) -> tuple[dict[str, int], int]:
@@ -209,7 +220,7 @@ async def _cli(*argv: str) -> int:
 
 async def test_budget_command(capsys, monkeypatch, admin_target):
     assert await _cli("budget", "--target", admin_target, "--json") == 0
-    budget = json.loads(capsys.readouterr().out)
+    budget = _document(capsys)
     assert budget["max_model_len"] == TEST_MAX_MODEL_LEN
     assert {m["modality"] for m in budget["modalities"]} == {"MODALITY_IMAGE", "MODALITY_VIDEO", "MODALITY_AUDIO"}
     monkeypatch.setenv("COLUMNS", "250")
@@ -225,24 +236,21 @@ async def test_budget_command(capsys, monkeypatch, admin_target):
 async def test_plan_command_online_matches_offline(capsys, admin_target, tiny_checkpoint):
     argv = ["plan", "--image", "640x480:2", "--video", "8x320x240", "--text-tokens", "20", "--json"]
     assert await _cli(*argv, "--target", admin_target) == 0
-    # The server runs in this process here, and vLLM logs each config its planner builds
-    # to this process's stdout: the CLI's document is what follows those lines.
-    out = capsys.readouterr().out
-    online = json.loads(out[out.find("{") if out.startswith("{") else out.index("\n{") + 1 :])
+    online = _document(capsys)
     assert (
         main(
             [*argv, "--model", str(tiny_checkpoint), "--max-model-len", str(TEST_MAX_MODEL_LEN), "--max-num-seqs", "64"]
         )
         == 0
     )
-    offline = json.loads(capsys.readouterr().out)
+    offline = _document(capsys)
     assert online["modalities"] == offline["modalities"] and online["accepted"] == offline["accepted"] is True
     assert online["prompt_tokens"] == offline["prompt_tokens"]
 
 
 async def test_dummy_command(capsys, monkeypatch, admin_target):
     assert await _cli("dummy", "--target", admin_target, "--image", "224x224", "--audio", "1.5:2", "--json") == 0
-    result = json.loads(capsys.readouterr().out)
+    result = _document(capsys)
     assert [m["modality"] for m in result["modalities"]] == ["MODALITY_IMAGE", "MODALITY_AUDIO"]
     assert all(m["tokens"] == m["predicted_tokens"] > 0 for m in result["modalities"])
     monkeypatch.setenv("COLUMNS", "250")
@@ -270,7 +278,7 @@ async def test_cpu_command_writes_files(capsys, admin_target, tmp_path):
         )
         == 0
     )
-    (written,) = json.loads(capsys.readouterr().out)["files"]
+    (written,) = _document(capsys)["files"]
     assert written["role"] == "server" and written["samples"] > 0 and not written["warning"]
     profile = json.loads(open(written["path"]).read())
     assert profile["$schema"].endswith("file-format-schema.json")
@@ -282,10 +290,10 @@ async def test_torch_commands_show_the_bounds_and_how_it_ended(capsys, admin_tar
     assert err.startswith("error: FAILED_PRECONDITION") and "StartTorchProfile first" in err
     argv = ("torch", "start", "--target", admin_target, "--max-iterations", "3", "--max-duration", "30", "--json")
     assert await _cli(*argv) == 0
-    started = json.loads(capsys.readouterr().out)
+    started = _document(capsys)
     assert started["max_iterations"] == 3 and started["max_duration_s"] == 30
     assert await _cli("torch", "stop", "--target", admin_target, "--json") == 0
-    stopped = json.loads(capsys.readouterr().out)
+    stopped = _document(capsys)
     assert stopped["ended_by"] in ("TORCH_PROFILE_END_STOPPED", "TORCH_PROFILE_END_STEPS")
     assert await _cli("torch", "start", "--target", admin_target, "--max-iterations", "0") == 1
     err = capsys.readouterr().err
