@@ -43,6 +43,14 @@ def register(*, eager: bool = False) -> None:
         target = MODEL_CLASS
     for arch in SERVED_ARCHITECTURES:
         ModelRegistry.register_model(arch, target)  # type: ignore[arg-type]
+    # vLLM memoises each model config's resolved class (``get_model_architecture`` in
+    # ``vllm/model_executor/model_loader/utils.py``): a config resolved in this process before
+    # this call would keep vLLM's own class, and with it vLLM's sizing. Forget those.
+    from vllm.model_executor.model_loader import utils as loader_utils
+
+    memo = getattr(loader_utils, "_MODEL_ARCH_BY_HASH", None)
+    if isinstance(memo, dict):
+        memo.clear()
 
 
 class CarriedDeclaration(dict):  # type: ignore[type-arg]
