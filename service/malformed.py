@@ -36,7 +36,10 @@ class Malformed:
 
 
 def _message_type(deserializer: Callable[[bytes], Any] | None, method: str) -> str:
-    # Generated handlers deserialize with the message class's bound FromString.
+    # A deserializer may name its type (service.grpc_standard's reflection v1); generated
+    # handlers deserialize with the message class's bound FromString.
+    if named := getattr(deserializer, "message_type", None):
+        return str(named)
     cls = getattr(deserializer, "__self__", None)
     descriptor = getattr(cls, "DESCRIPTOR", None)
     return getattr(descriptor, "full_name", None) or f"request message of {method}"

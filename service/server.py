@@ -67,6 +67,16 @@ class NanovlServer:
         """Set when the engine died: the process should exit (non-zero) so its supervisor restarts it."""
         return self.lifecycle.engine_dead
 
+    def listening(self) -> dict[str, tuple[grpc.aio.Server, str]]:
+        """Every gRPC server this process serves, by role ("inference", "admin", "health"),
+        with its ``host:port`` target."""
+        out = {"inference": (self.server, self.target)}
+        if self.admin is not None and self.admin_target is not None:
+            out["admin"] = (self.admin, self.admin_target)
+        if self.health_server is not None:
+            out["health"] = (self.health_server, f"{self.settings.host}:{self.health_port}")
+        return out
+
     @property
     def admin_target(self) -> str | None:
         return None if self.admin_port is None else f"{self.settings.admin_host}:{self.admin_port}"
@@ -237,12 +247,21 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings, host: str, port: 
     return bound
 
 
+def _grpc_server(
+    settings: ServerSettings, interceptors: list[grpc.aio.ServerInterceptor] | None = None
+) -> grpc.aio.Server:
+    """Every gRPC server nanovl builds (inference, admin, health-only port) comes from here:
+    undecodable request bytes are refused first, with INVALID_ARGUMENT naming the message
+    type and no traceback (``service.malformed``), whatever else the server serves."""
+    return grpc.aio.server(interceptors=rejecting_malformed(interceptors or ()), options=server_options(settings))
+
+
 def _interceptors(
     tracer_provider, token_sets: dict[Role, TokenSet], rules: dict[str, frozenset[Role]], surface: str
 ) -> list[grpc.aio.ServerInterceptor]:
-    # Undecodable requests are refused first (no span, no traceback); then tracing, so
-    # calls refused by auth still appear as spans with their status.
-    interceptors = rejecting_malformed(server_interceptors(tracer_provider))
+    # Tracing first (after _grpc_server's malformed-request check), so calls refused by
+    # auth still appear as spans with their status.
+    interceptors = list(server_interceptors(tracer_provider))
     if token_sets:
         interceptors.append(AuthInterceptor(Authenticator(rules, token_sets), surface=surface))
     return interceptors
@@ -270,10 +289,7 @@ async def build_server(
         rules[PROFILING] = admin_only
     if settings.auth.reflection_requires_token:
         rules[REFLECTION_RULE] = any_token
-    server = grpc.aio.server(
-        interceptors=_interceptors(tracer_provider, token_sets, rules, "inference"),
-        options=server_options(settings),
-    )
+    server = _grpc_server(settings, _interceptors(tracer_provider, token_sets, rules, "inference"))
     lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
     health_servicer = HealthServicer()
     try:
@@ -302,10 +318,7 @@ async def build_server(
         admin_rules: dict[str, frozenset[Role]] = {PROFILING: admin_only}
         if settings.auth.reflection_requires_token:
             admin_rules[REFLECTION_RULE] = admin_only
-        admin = grpc.aio.server(
-            interceptors=_interceptors(tracer_provider, token_sets, admin_rules, "admin"),
-            options=server_options(settings),
-        )
+        admin = _grpc_server(settings, _interceptors(tracer_provider, token_sets, admin_rules, "admin"))
         admin_services = [health.SERVICE_NAME]
         if profiling_servicer is not None:
             profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, admin)
@@ -321,7 +334,7 @@ async def build_server(
     if settings.health_port is not None:
         # Kubernetes' gRPC probes speak neither TLS nor metadata; this port says only
         # SERVING / NOT_SERVING, so it needs neither.
-        health_server = grpc.aio.server(options=server_options(settings))
+        health_server = _grpc_server(settings)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         if health_port == 0:
