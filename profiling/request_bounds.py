@@ -31,8 +31,13 @@ MAX_PLAN_SEQS = 1 << 16
 # A frame index or time: a day of video at 240 fps.
 MAX_FRAME_INDEX = 24 * 3600 * 240
 MAX_FRAME_TIME_S = 24 * 3600.0
-# Video frame rates the server samples at (service.media: (0, 240]).
+# Video frame rates a plan may assume: the server samples at most 240 fps
+# (service.media), and below one frame an hour the planner's millisecond timestamps
+# (vLLM's int(1000 / fps)) stop meaning anything.
 MAX_FPS = 240.0
+MIN_FPS = 1 / 3600
+# Shortest audio a plan may ask for (the planner's 10 ms resolution); 0 means unsized.
+MIN_AUDIO_S = 0.01
 # PATH_MAX on Linux.
 MAX_PATH_CHARS = 4096
 
@@ -58,8 +63,11 @@ def check_media_items(m: pb.MediaItems, *, where: str, limits: MediaLimits) -> N
         _check_video(m.video, where=f"{where}.video", limits=limits)
     elif kind == "audio":
         seconds = m.audio.seconds
-        if not math.isfinite(seconds) or seconds < 0:
-            raise InvalidArgument(f"{where}.audio.seconds must be a finite number >= 0, got {seconds!r}")
+        if not math.isfinite(seconds) or seconds < 0 or 0 < seconds < MIN_AUDIO_S:
+            raise InvalidArgument(
+                f"{where}.audio.seconds must be 0 (unsized) or a finite number of seconds >= {MIN_AUDIO_S:g}, "
+                f"got {seconds!r}"
+            )
         if seconds > limits.max_audio_seconds:
             raise InvalidArgument(
                 f"{where}.audio.seconds is {seconds:g}, over this server's max_audio_seconds "
@@ -92,8 +100,11 @@ def _check_video(v: pb.VideoItem, *, where: str, limits: MediaLimits) -> None:
             f"{where}: {frames} frames of {v.width}x{v.height} decode to {frames * pixels * 3:,} bytes, over this "
             f"server's max_video_decoded_bytes {limits.max_video_decoded_bytes:,} (--max-video-decoded-bytes)"
         )
-    if v.HasField("fps") and not (math.isfinite(v.fps) and 0 < v.fps <= MAX_FPS):
-        raise InvalidArgument(f"{where}.fps must be in (0, {MAX_FPS:g}] frames per second, got {v.fps!r}")
+    if v.HasField("fps") and not (math.isfinite(v.fps) and MIN_FPS <= v.fps <= MAX_FPS):
+        raise InvalidArgument(
+            f"{where}.fps must be in [1/3600, {MAX_FPS:g}] frames per second (one frame an hour to the server's "
+            f"sampling maximum), got {v.fps!r}"
+        )
     if any(i > MAX_FRAME_INDEX for i in v.frame_indices):
         raise OutOfRange(f"{where}.frame_indices must be at most {MAX_FRAME_INDEX} (a day of video at 240 fps)")
     if any(not (math.isfinite(t) and 0 <= t <= MAX_FRAME_TIME_S) for t in v.frame_times_s):

@@ -223,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoded RGB bytes of one video's sampled frames",
     )
     m.add_argument(
+        "--max-image-pixels-per-byte",
+        type=int,
+        default=lim.max_image_pixels_per_byte,
+        help="decoded pixels per encoded byte of an image over 4 Mpx (refuses decode bombs and "
+        "JPEGs whose data ends early)",
+    )
+    m.add_argument(
         "--max-audio-seconds", type=float, default=lim.max_audio_seconds, help="length of one audio item (vLLM's cap)"
     )
     x = p.add_argument_group(
