@@ -140,3 +140,19 @@ def test_float_sampling_values_outside_float32_are_refused(seed):
             to_sampling_params(pb.SamplingOptions(**{name: value}), default_max_tokens=4, vocab_size=VOCAB)
     with pytest.raises(InvalidArgument, match="logit_bias"):
         to_sampling_params(pb.SamplingOptions(logit_bias={3: rng.choice(bad)}), default_max_tokens=4, vocab_size=VOCAB)
+
+
+def test_vllm_processor_errors_do_not_dump_inputs():
+    """M2: vLLM wraps a processor's error as "Failed to apply X on data={...}", the data
+    holding the decoded pixels; the client gets the processor's name and its own error."""
+    from service.engine import _processor_message
+
+    pixels = "array([[[[128, 128, 128], " * 10_000
+    try:
+        try:
+            raise IndexError("index 3 is out of bounds for axis 0 with size 1")
+        except IndexError as cause:
+            raise ValueError(f"Failed to apply NanoNemotronVLProcessor on data={{'videos': [({pixels})]}}") from cause
+    except ValueError as exc:
+        message = _processor_message(exc)
+    assert message == "NanoNemotronVLProcessor: index 3 is out of bounds for axis 0 with size 1"
