@@ -307,11 +307,40 @@ def _decode_image(data: bytes, limits: MediaLimits) -> DecodedImage:
             raise ResourceExhausted(f"image: {e}; downscale the image") from e
         except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as e:
             raise MediaDecodeError(f"image: corrupt or truncated {_DISPLAY[fmt]} data ({e})") from e
+        if fmt == "jpeg" and not _jpeg_scan_complete(data):
+            raise MediaDecodeError(
+                "image: corrupt or truncated JPEG data (the compressed scan ends before the image's "
+                f"{w}x{h} pixels are coded; a decoder would fill the rest with grey); send the complete file"
+            )
         source_mode = im.mode
         rgb = _to_rgb(_upright(im))
     return DecodedImage(
         image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data), source_mode=source_mode
     )
+
+
+def _jpeg_scan_complete(data: bytes) -> bool:
+    """Whether a JPEG that Pillow decoded codes every pixel it declares.
+
+    libjpeg (Pillow's decoder) treats a scan that ends early (a file cut short and closed
+    with an EOI marker, or a frame header claiming more than its data holds) as a warning:
+    it fills the missing blocks with grey and Pillow reports nothing. FFmpeg's MJPEG
+    decoder with ``err_detect=explode`` fails on such a scan instead; ``lowres=3``
+    entropy-decodes every block but reconstructs only 1/8 of each side (about half of
+    Pillow's decode time). When FFmpeg cannot decode the file even leniently (a JPEG
+    variant it does not support, e.g. arithmetic coding), Pillow's verdict stands."""
+
+    def decodes(options: dict[str, str]) -> bool:
+        try:
+            codec = av.CodecContext.create("mjpeg", "r")
+            codec.thread_count = 1
+            codec.options = {"lowres": "3", **options}
+            codec.decode(av.Packet(data))
+            return True
+        except (av.FFmpegError, ValueError):
+            return False
+
+    return decodes({"err_detect": "explode"}) or not decodes({})
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -55,3 +55,24 @@ def test_truncated_images_stay_refused_after_the_server_stack_is_imported():
     import service.server  # noqa: F401  (vLLM, transformers and the model code with it)
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_jpegs_whose_scan_ends_early_are_refused(seed):
+    """A JPEG cut anywhere in its scan and closed with EOI decodes in Pillow with grey fill;
+    it is INVALID_ARGUMENT (baseline, progressive, 4:4:4 and 4:2:0, any quality)."""
+    import numpy as np
+
+    rng = random.Random(seed)
+    pixels = np.random.default_rng(seed).integers(0, 256, (rng.randrange(64, 400), rng.randrange(64, 400), 3))
+    for kw in ({}, {"progressive": True}, {"subsampling": 0}, {"quality": rng.randrange(20, 95)}):
+        b = io.BytesIO()
+        Image.fromarray(pixels.astype("uint8")).save(b, "JPEG", **kw)
+        whole = b.getvalue()
+        assert decode_image(whole).width == pixels.shape[1]
+        sos = whole.find(b"\xff\xda")
+        cut = rng.randrange(sos + 20, len(whole) - 16)
+        with pytest.raises(NanovlError) as err:
+            decode_image(whole[:cut] + b"\xff\xd9")
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT, (kw, cut, len(whole))
+        assert "truncated JPEG" in err.value.message or "truncated" in err.value.message
