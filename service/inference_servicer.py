@@ -45,7 +45,7 @@ from service.request import (
     has_request_template,
     with_payload,
 )
-from service.request_limits import RequestCounter
+from service.request_limits import RequestCounter, WireCounter
 from service.settings import ServerSettings
 from service.status import abort_with, status_of
 from service.template_sandbox import TemplateSandbox
@@ -215,6 +215,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         # A video's audio track can reach the model: an audio encoder, and audio enabled.
         s = engine.summary
         self._audio_in_video = s.audio_sample_rate is not None and s.limits.get("audio", 0) > 0
+
+    def prechecks(self) -> dict[str, Callable[[bytes], None]]:
+        """Element counts checked on the request bytes before grpc.aio parses them on the
+        event loop (``service.request_limits.WireCounter``), by method path."""
+        return {
+            f"/{pb.DESCRIPTOR.services_by_name['Inference'].full_name}/{method}": WireCounter(self._counter, root).check
+            for method, root in (
+                ("Generate", pb.GenerateRequest.DESCRIPTOR),
+                ("StreamGenerate", pb.GenerateChunk.DESCRIPTOR),
+            )
+        }
 
     async def start(self) -> None:
         """Warm what the first request would otherwise pay for (the template sandbox's

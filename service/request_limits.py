@@ -176,13 +176,126 @@ class RequestCounter:
             elif fd.message_type is not None and _holds_counted(fd.message_type):
                 self._walk(value, counts)
 
-    def _check_struct(self, fd: FieldDescriptor, value: Message) -> None:
+    def _check_struct(self, fd: FieldDescriptor, value: Message | _Sized) -> None:
         size = value.ByteSize()
         if size > self.limits.max_template_kwargs_bytes:
             raise ResourceExhausted(
                 f"{fd.name} is {size} bytes encoded, over this server's limit of "
                 f"{self.limits.max_template_kwargs_bytes} bytes (RequestLimits.max_template_kwargs_bytes)"
             )
+
+
+class _Unwalkable(Exception):
+    """Bytes the wire walk cannot follow (truncated, a group): the parser reports them."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Unwalkable
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+_HIGH_BYTES = bytes(range(128))  # deleting these leaves a varint blob's continuation bytes
+_FIXED_SIZE = {
+    FieldDescriptor.TYPE_DOUBLE: 8,
+    FieldDescriptor.TYPE_FIXED64: 8,
+    FieldDescriptor.TYPE_SFIXED64: 8,
+    FieldDescriptor.TYPE_FLOAT: 4,
+    FieldDescriptor.TYPE_FIXED32: 4,
+    FieldDescriptor.TYPE_SFIXED32: 4,
+}
+_LENGTH_DELIMITED = (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
+
+
+class WireCounter:
+    """The same limits as :class:`RequestCounter`, counted on a request's wire bytes before
+    protobuf parses them.
+
+    grpc.aio parses a request on the event loop, and upb's parser holds the GIL for the
+    whole message (on a thread too): 32M empty parts (61 MiB) took 5.3 s. This walk reads
+    tags and lengths only, skips every field that cannot hold a counted one (text, media
+    bytes, a content part) by its length, and stops at the first limit passed, so it
+    touches at most the limits' worth of fields (milliseconds) whatever the message holds.
+    Bytes it cannot follow are left to the parser, which reports them."""
+
+    def __init__(self, counter: RequestCounter, root: Descriptor) -> None:
+        self._counter = counter
+        self._root = root
+
+    def check(self, data: bytes) -> None:
+        """Raise ``ResourceExhausted`` / ``InvalidArgument`` as ``RequestCounter.check`` would."""
+        try:
+            self._walk(self._root, data, 0, len(data), {})
+        except _Unwalkable:
+            return
+
+    def _walk(self, desc: Descriptor, data: bytes, pos: int, end: int, counts: dict[int, int]) -> None:
+        by_field = self._counter._by_field
+        fields = desc.fields_by_number
+        while pos < end:
+            tag = data[pos]  # one-byte varints inline: most tags and short lengths
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = _varint(data, pos)
+            wire_type, fd = tag & 7, fields.get(tag >> 3)
+            start = pos
+            if wire_type == 2:
+                length = data[pos] if pos < end else 0x80
+                if length < 0x80:
+                    start = pos + 1
+                else:
+                    length, start = _varint(data, pos)
+                pos = start + length
+            elif wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                raise _Unwalkable
+            if pos > end:
+                raise _Unwalkable
+            if fd is None:
+                continue
+            sub = fd.message_type
+            if fd.is_repeated:
+                limit = by_field.get(fd.full_name)
+                if limit is None:
+                    raise AssertionError(f"no request limit for repeated field {fd.full_name}")
+                n = 1
+                if wire_type == 2 and fd.type not in _LENGTH_DELIMITED:  # packed scalars
+                    blob = data[start:pos]
+                    size = _FIXED_SIZE.get(fd.type)
+                    n = len(blob) // size if size else len(blob) - len(blob.translate(None, _HIGH_BYTES))
+                key = id(limit)
+                counts[key] = counts.get(key, 0) + n
+                if counts[key] > limit.limit:
+                    limit.refuse()
+                if sub is not None and wire_type == 2 and _holds_counted(sub):
+                    self._walk(sub, data, start, pos, counts)
+            elif sub is not None and wire_type == 2:
+                if sub.full_name == STRUCT:
+                    if pos - start > self._counter.limits.max_template_kwargs_bytes:
+                        self._counter._check_struct(fd, _Sized(pos - start))
+                elif _holds_counted(sub):
+                    self._walk(sub, data, start, pos, counts)
+
+
+@dataclass(frozen=True)
+class _Sized:
+    size: int
+
+    def ByteSize(self) -> int:  # noqa: N802 (protobuf's name)
+        return self.size
 
 
 def repeated_fields(root: str) -> set[str]:
@@ -208,4 +321,4 @@ def repeated_fields(root: str) -> set[str]:
     return found
 
 
-__all__ = ["MAX_TOOLS", "RequestCounter", "RequestLimits", "field_limits", "repeated_fields"]
+__all__ = ["MAX_TOOLS", "RequestCounter", "RequestLimits", "WireCounter", "field_limits", "repeated_fields"]

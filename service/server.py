@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,7 +25,7 @@ from service.engine import Engine
 from service.grpc_standard import HealthServicer, enable_reflection
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
-from service.malformed import rejecting_malformed
+from service.malformed import Precheck, rejecting_malformed
 from service.settings import ServerSettings
 from service.tls import server_credentials
 
@@ -248,12 +249,17 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings, host: str, port: 
 
 
 def _grpc_server(
-    settings: ServerSettings, interceptors: list[grpc.aio.ServerInterceptor] | None = None
+    settings: ServerSettings,
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+    prechecks: Mapping[str, Precheck] | None = None,
 ) -> grpc.aio.Server:
     """Every gRPC server nanovl builds (inference, admin, health-only port) comes from here:
     undecodable request bytes are refused first, with INVALID_ARGUMENT naming the message
-    type and no traceback (``service.malformed``), whatever else the server serves."""
-    return grpc.aio.server(interceptors=rejecting_malformed(interceptors or ()), options=server_options(settings))
+    type and no traceback (``service.malformed``), whatever else the server serves;
+    ``prechecks`` see a method's request bytes before they are parsed."""
+    return grpc.aio.server(
+        interceptors=rejecting_malformed(interceptors or (), prechecks), options=server_options(settings)
+    )
 
 
 def _interceptors(
@@ -289,7 +295,6 @@ async def build_server(
         rules[PROFILING] = admin_only
     if settings.auth.reflection_requires_token:
         rules[REFLECTION_RULE] = any_token
-    server = _grpc_server(settings, _interceptors(tracer_provider, token_sets, rules, "inference"))
     lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
     health_servicer = HealthServicer()
     try:
@@ -303,6 +308,9 @@ async def build_server(
         tracer=get_tracer(tracer_provider),
         metrics=metrics or ServiceMetrics.noop(),
         chat=chat,
+    )
+    server = _grpc_server(
+        settings, _interceptors(tracer_provider, token_sets, rules, "inference"), prechecks=inference.prechecks()
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
     services = [INFERENCE, health.SERVICE_NAME]

@@ -120,7 +120,8 @@ def test_status_messages_fit_grpc_metadata_whatever_they_echo(seed):
         "".join(chr(rng.randrange(0x20, 0x2FFFF)) for _ in range(50)),
     ]
     for _ in range(30):
-        value = "".join(rng.choice(rng.choice(alphabets)) for _ in range(rng.choice([1, 10, 1000, 100_000])))
+        chunk = "".join(rng.choice(rng.choice(alphabets)) for _ in range(50))
+        value = (chunk * rng.choice([1, 20, 2000]))[: rng.choice([1, 10, 1000, 100_000])]
         err = InvalidArgument(f"messages[0].role is {echo(value)}; expected one of system, user")
         assert _encoded(err.message) <= MAX_DETAILS_BYTES
         assert err.message.startswith("messages[0].role is ")
@@ -156,3 +157,55 @@ def test_vllm_processor_errors_do_not_dump_inputs():
     except ValueError as exc:
         message = _processor_message(exc)
     assert message == "NanoNemotronVLProcessor: index 3 is out of bounds for axis 0 with size 1"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_wire_walk_agrees_with_the_parsed_check(seed):
+    """WireCounter (before parsing) refuses exactly what RequestCounter (after) refuses,
+    with the same status, for seeded counts around every limit, packed or not."""
+    from service.request_limits import WireCounter
+
+    rng = random.Random(seed)
+    table = field_limits(LIMITS, vocab_size=VOCAB)
+    for field, limit in table.items():
+        n = limit.limit + rng.choice([-1, 0, 1, rng.randrange(1, 3 * limit.limit + 2)])
+        msg = _over(field, max(n, 0))
+        if isinstance(msg, pb.StreamGenerateHeader):
+            wire, data = WireCounter(COUNTER, pb.GenerateChunk.DESCRIPTOR), pb.GenerateChunk(header=msg)
+        else:
+            wire, data = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR), msg
+        outcomes = []
+        for check, arg in ((COUNTER.check, msg), (wire.check, data.SerializeToString())):
+            try:
+                check(arg)
+                outcomes.append(None)
+            except NanovlError as e:
+                outcomes.append(e.code)
+        assert outcomes[0] == outcomes[1], (field, n, outcomes)
+
+
+def test_the_wire_walk_stops_at_the_limit():
+    """61 MiB of empty parts: upb's parse holds the GIL for seconds; the walk reads at most
+    the limit's worth of fields (a deterministic stand-in for its time: bytes it reads)."""
+    from service.request_limits import WireCounter
+
+    data = b"\x12\x00" * 32_000_000
+    reads = 0
+
+    class Counting(bytes):
+        def __getitem__(self, i):
+            nonlocal reads
+            reads += 1
+            return bytes.__getitem__(self, i)
+
+    with pytest.raises(NanovlError, match="--max-parts-per-request"):
+        WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR).check(Counting(data))
+    assert reads < 10 * LIMITS.max_parts
+
+
+def test_the_wire_walk_leaves_garbage_to_the_parser():
+    from service.request_limits import WireCounter
+
+    wire = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR)
+    for data in (b"\x0a", b"\x0f\x00", b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"\x1b\x00"):
+        wire.check(data)  # no exception: the parser reports it as INVALID_ARGUMENT
