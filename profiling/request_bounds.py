@@ -38,6 +38,8 @@ MAX_FPS = 240.0
 MIN_FPS = 1 / 3600
 # Shortest audio a plan may ask for (the planner's 10 ms resolution); 0 means unsized.
 MIN_AUDIO_S = 0.01
+# CaptureCpuProfileRequest.processes: three roles, a few repeats tolerated.
+MAX_PROCESS_ROLES = 16
 # PATH_MAX on Linux.
 MAX_PATH_CHARS = 4096
 
@@ -140,7 +142,15 @@ def check_dummy_request(req: pb.RunDummyProfileRequest, *, limits: MediaLimits) 
         check_media_items(m, where=f"items[{i}]", limits=limits)
 
 
+def check_cpu_request(req: pb.CaptureCpuProfileRequest) -> None:
+    """``processes`` names at most a few roles (SERVER, ENGINE_CORE, WORKER; repeats are
+    harmless): counted before each is looked at. Durations and rates are checked by
+    ``profiling.profilers.cpu_profile.validate`` and the server's limits."""
+    _at_most("processes", len(req.processes), MAX_PROCESS_ROLES, "one entry per process role")
+
+
 __all__ = [
+    "check_cpu_request",
     "MAX_DUMMY_ENTRIES",
     "MAX_PLAN_ITEMS",
     "MAX_PLAN_SEQS",

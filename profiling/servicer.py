@@ -46,7 +46,7 @@ from profiling.proto import (
     torch_result_to_pb,
     torch_started_to_pb,
 )
-from profiling.request_bounds import check_dummy_request, check_plan_request
+from profiling.request_bounds import check_cpu_request, check_dummy_request, check_plan_request
 from profiling.sizing.budget import plan_budget
 from profiling.sizing.dummy import DummyProfiler
 from profiling.sizing.live_budget import LiveBudgetReader, resolve_unsized
@@ -184,6 +184,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         self, request: pb.CaptureCpuProfileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CpuProfileChunk]:
         limits = self._limits.cpu_profile
+        check_cpu_request(request)
         cpu_request = cpu_request_from_pb(request)
         if not request.HasField("rate_hz"):
             cpu_request = dataclasses.replace(cpu_request, rate_hz=limits.default_rate_hz(cpu_request.native))

@@ -500,7 +500,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         break
                     if kind != "media":
                         raise InvalidArgument(
-                            f"unexpected {_kind_phrase(msg)} after the header; send media chunks then End"
+                            f"unexpected {kind or 'empty'} message after the header"
+                            f"{'' if kind else ' (none of header, media, end set)'}; send media chunks then End"
                         )
                     chunk = msg.media
                     if not pending:

@@ -79,3 +79,12 @@ def test_ordinary_plans_pass():
     check_plan_request(
         pb.PlanBudgetRequest(items=[pb.MediaItems(count=1, image=pb.ImageItem())]), limits=DEFAULT_MEDIA_LIMITS
     )
+
+
+def test_cpu_profile_process_lists_are_counted():
+    from profiling.request_bounds import check_cpu_request
+
+    check_cpu_request(pb.CaptureCpuProfileRequest(processes=[1, 2, 3]))
+    with pytest.raises(NanovlError) as err:
+        check_cpu_request(pb.CaptureCpuProfileRequest(processes=[1] * 100_000))
+    assert err.value.code == grpc.StatusCode.OUT_OF_RANGE
