@@ -249,19 +249,51 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 REQUEST_TEMPLATE_KEY = "chat_template"
 
 
+# What to use instead of a reserved chat_template_kwargs key, where the API has a field for it.
+_RESERVED_HINTS = {
+    "add_generation_prompt": "use ChatTemplateOptions.add_generation_prompt for add_generation_prompt",
+    "messages": "send the conversation as GenerateRequest.messages",
+    "conversation": "send the conversation as GenerateRequest.messages",
+}
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value's kind, as a message names it ("a string", "a number", "an object")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
 def check_template_kwargs(kwargs: Mapping[str, Any], *, allow_request_template: bool) -> None:
     """Refuse ``chat_template_kwargs`` the renderer cannot take: reserved names, ``tools``
     and ``documents`` not shaped as lists of objects, and a per-request template unless the
     server allows one. Raises ``InvalidArgument`` (``PermissionDenied`` for the template)."""
     if bad := sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs)):
+        hints = [hint for key, hint in _RESERVED_HINTS.items() if key in bad]
         raise InvalidArgument(
-            f"chat_template_kwargs may not set {', '.join(bad)}: the server sets them "
-            "(use ChatTemplateOptions.add_generation_prompt for that one)"
+            f"chat_template_kwargs may not set {', '.join(bad)}: the server sets "
+            f"{'it' if len(bad) == 1 else 'them'}{'; ' + '; '.join(hints) if hints else ''}"
         )
-    for key in ("tools", "documents"):
+    for key, what in (("tools", "tool definitions"), ("documents", "documents")):
         value = kwargs.get(key)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
-            raise InvalidArgument(f"chat_template_kwargs.{key} must be a list of objects, got {type(value).__name__}")
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise InvalidArgument(
+                f"chat_template_kwargs.{key} must be a list of objects ({what}), got {_json_kind(value)}"
+            )
+        if (i := next((i for i, v in enumerate(value) if not isinstance(v, dict)), None)) is not None:
+            raise InvalidArgument(
+                f"chat_template_kwargs.{key} must be a list of objects ({what}); item {i} is {_json_kind(value[i])}"
+            )
     if REQUEST_TEMPLATE_KEY in kwargs:
         if not isinstance(kwargs[REQUEST_TEMPLATE_KEY], str):
             raise InvalidArgument("chat_template_kwargs.chat_template must be a string (a Jinja template)")

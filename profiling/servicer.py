@@ -46,6 +46,7 @@ from profiling.proto import (
     torch_result_to_pb,
     torch_started_to_pb,
 )
+from profiling.request_bounds import check_cpu_request, check_dummy_request, check_plan_request
 from profiling.sizing.budget import plan_budget
 from profiling.sizing.dummy import DummyProfiler
 from profiling.sizing.live_budget import LiveBudgetReader, resolve_unsized
@@ -143,6 +144,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         )
 
     def _plan(self, request: pb.PlanBudgetRequest) -> pb.BudgetPlan:
+        check_plan_request(request, limits=self._media_limits)
         plan_request, order = plan_request_from_pb(request)
         plan_request = dataclasses.replace(plan_request, media_limits=self._media_limits)
         other = self._other_checkpoint(request.model_path) if request.HasField("model_path") else None
@@ -172,6 +174,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
     async def RunDummyProfile(
         self, request: pb.RunDummyProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.DummyProfileResult:
+        check_dummy_request(request, limits=self._media_limits)
         entries = dummy_request_from_pb(request)
         with self._exclusive("a dummy profile"):
             return dummy_to_pb(await self._dummy.run(entries))
@@ -181,6 +184,7 @@ class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):
         self, request: pb.CaptureCpuProfileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CpuProfileChunk]:
         limits = self._limits.cpu_profile
+        check_cpu_request(request)
         cpu_request = cpu_request_from_pb(request)
         if not request.HasField("rate_hz"):
             cpu_request = dataclasses.replace(cpu_request, rate_hz=limits.default_rate_hz(cpu_request.native))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -256,6 +257,23 @@ def warmup_items(summary: ModelSummary) -> dict[Modality, Any]:
     return items
 
 
+# vLLM's InputProcessingContext.call_hf_processor wraps the processor's exception as
+# ValueError(f"Failed to apply {processor} on data={data} with kwargs={kwargs}"): the data
+# holds the decoded media, and its repr dumps pixel arrays into the client's message.
+_FAILED_TO_APPLY = re.compile(r"^Failed to apply (\w+) on data=")
+
+
+def _processor_message(exc: BaseException) -> str:
+    """``exc``'s message for a client: vLLM's "Failed to apply X on data=..." becomes X and
+    the processor's own error (its cause), without the dumped inputs."""
+    message = str(exc).strip() or type(exc).__name__
+    if (m := _FAILED_TO_APPLY.match(message)) is not None:
+        cause = exc.__cause__
+        why = (str(cause).strip() or type(cause).__name__) if cause is not None else "it raised an error"
+        return f"{m.group(1)}: {why}"
+    return message
+
+
 class Engine:
     """One ``AsyncLLM`` and what the service needs from it."""
 
@@ -475,7 +493,7 @@ class Engine:
         raises plain ``ValueError``/``TypeError`` for media it cannot process."""
         from vllm.exceptions import VLLMValidationError
 
-        message = str(exc).strip() or type(exc).__name__
+        message = _processor_message(exc)
         if isinstance(exc, VLLMValidationError):
             if exc.parameter == "input_tokens" and isinstance(exc.value, int):
                 # vLLM stops tokenizing just past the limit, so it knows a lower bound only.

@@ -10,7 +10,8 @@ UNIMPLEMENTED and a server-side traceback), and grpcio-reflection ships only the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -57,6 +58,17 @@ def _register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.AddSerializedFile(proto.SerializeToString())
 
 
+def _deserializer(service: str) -> Callable[[bytes], Any]:
+    """v1alpha's request parser, named as ``service``'s request type (the wire format is
+    the same; ``service.malformed`` names the type in its INVALID_ARGUMENT)."""
+
+    def deserialize(data: bytes) -> Any:
+        return reflection_pb2.ServerReflectionRequest.FromString(data)
+
+    deserialize.message_type = f"{service.rsplit('.', 1)[0]}.ServerReflectionRequest"  # type: ignore[attr-defined]
+    return deserialize
+
+
 def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serve reflection v1 and v1alpha for ``service_names`` (both reflection services
     are added to the list)."""
@@ -71,7 +83,7 @@ def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> 
             {
                 "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
                     servicer.ServerReflectionInfo,
-                    request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                    request_deserializer=_deserializer(service),
                     response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
                 )
             },

@@ -45,6 +45,7 @@ from service.request import (
     has_request_template,
     with_payload,
 )
+from service.request_limits import RequestCounter, WireCounter
 from service.settings import ServerSettings
 from service.status import abort_with, status_of
 from service.template_sandbox import TemplateSandbox
@@ -136,8 +137,22 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+# Threads validating requests (service.request): each request's work is bounded by
+# ServerSettings.request_limits, so two keep up with the engine; a burst of large
+# requests queues here rather than on the event loop.
+VALIDATE_THREADS = 2
+
 # How long the Final waits for a client that has not half-closed after End (see StreamGenerate).
 AFTER_END_GRACE_S = 0.25
+
+
+def _kind_phrase(msg: pb.GenerateChunk) -> str:
+    """How a message names a GenerateChunk: "a header message", "an end message", "an
+    empty GenerateChunk (no kind set)"."""
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        return "an empty GenerateChunk (none of header, media, end set)"
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} message"
 
 
 async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError | None:
@@ -150,8 +165,7 @@ async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError |
     except Exception:  # the call ended (cancelled, finished): nothing to police
         return None
     return InvalidArgument(
-        f"a {msg.WhichOneof('kind') or 'empty'} message arrived after End; End must be the last message "
-        "of a StreamGenerate request"
+        f"{_kind_phrase(msg)} arrived after End; End must be the last message of a StreamGenerate request"
     )
 
 
@@ -184,11 +198,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._metrics = metrics
         self._chat = chat
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="nanovl-decode")
+        # Request validation and conversion (protobuf → vLLM objects): CPU work proportional to
+        # the request, never on the event loop (issue 10, N1); bounded by request_limits.
+        self._validate_pool = ThreadPoolExecutor(VALIDATE_THREADS, thread_name_prefix="nanovl-validate")
         self._sandbox = (
             TemplateSandbox(settings.chat_template_timeout_s) if settings.allow_request_chat_template else None
         )
         model_config = engine.llm.vllm_config.model_config
         self._vocab_size = model_config.get_vocab_size()
+        self._counter = RequestCounter(settings.request_limits, vocab_size=self._vocab_size)
         self._parsers = OutputParsers(
             ParserConfig(reasoning_parser=engine.summary.reasoning_parser, tool_call_parser=settings.tool_call_parser),
             tokenizer=engine.llm.renderer.tokenizer,
@@ -198,6 +216,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         s = engine.summary
         self._audio_in_video = s.audio_sample_rate is not None and s.limits.get("audio", 0) > 0
 
+    def prechecks(self) -> dict[str, Callable[[bytes], None]]:
+        """Element counts checked on the request bytes before grpc.aio parses them on the
+        event loop (``service.request_limits.WireCounter``), by method path."""
+        return {
+            f"/{pb.DESCRIPTOR.services_by_name['Inference'].full_name}/{method}": WireCounter(self._counter, root).check
+            for method, root in (
+                ("Generate", pb.GenerateRequest.DESCRIPTOR),
+                ("StreamGenerate", pb.GenerateChunk.DESCRIPTOR),
+            )
+        }
+
     async def start(self) -> None:
         """Warm what the first request would otherwise pay for (the template sandbox's
         fork server imports transformers: seconds)."""
@@ -206,6 +235,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._validate_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ RPCs
 
@@ -261,7 +291,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         async with self._admitted("Generate", context) as outcome:
             clock = _RequestClock()
             outcome["admission"] = outcome["release"].enter_context(self._lifecycle.admission())
-            req = from_generate_request(request, **self._validation_kwargs())
+            req = await self._validate(from_generate_request, request)
             outcome["modality"] = req.modality_label()
             for i in req.media_indices:
                 self._metrics.add_bytes_received(modality_of(req.parts[i]), payload_size(req.parts[i]))
@@ -294,6 +324,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 yield response
 
     # ------------------------------------------------------------------ stages
+
+    async def _validate(self, convert: Callable[..., ValidatedRequest], message: Any) -> ValidatedRequest:
+        """``convert(message)`` (``from_generate_request`` / ``from_stream_header``) in the
+        validation threads, after ``request_limits`` are checked there: a request with
+        millions of parts or messages is refused by count, and the per-element work of one
+        within the limits never holds the event loop (health checks, other streams, SIGTERM)."""
+
+        def run() -> ValidatedRequest:
+            self._counter.check(message)
+            return convert(message, **self._validation_kwargs())
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._validate_pool, contextvars.copy_context().run, run)
 
     def _validation_kwargs(self) -> dict[str, Any]:
         return {
@@ -435,10 +478,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 raise InvalidArgument("StreamGenerate received no messages: send a header first")
             clock.header = time.perf_counter()
             if first.WhichOneof("kind") != "header":
-                raise InvalidArgument(
-                    f"the first StreamGenerate message must be a header, got {first.WhichOneof('kind')}"
-                )
-            req = from_stream_header(first.header, **self._validation_kwargs())
+                raise InvalidArgument(f"the first StreamGenerate message must be a header, got {_kind_phrase(first)}")
+            req = await self._validate(from_stream_header, first.header)
             sizes = declared_sizes(first.header)
             declared_total = sum(n for n in sizes if n is not None)
             if declared_total > self._settings.max_request_bytes:
@@ -458,7 +499,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         clock.end = time.perf_counter()
                         break
                     if kind != "media":
-                        raise InvalidArgument(f"unexpected {kind} message after the header; send media chunks then End")
+                        raise InvalidArgument(
+                            f"unexpected {kind or 'empty'} message after the header"
+                            f"{'' if kind else ' (none of header, media, end set)'}; send media chunks then End"
+                        )
                     chunk = msg.media
                     if not pending:
                         raise InvalidArgument(

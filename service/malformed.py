@@ -14,36 +14,56 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from nanovl.errors import NanovlError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Malformed:
-    """Stands in for a request message that did not decode."""
+    """Stands in for a request message that did not decode, or that a pre-parse check
+    refused (``refusal``: its status and message)."""
 
     message_type: str
     error: str
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+    refusal: str | None = None
 
     @property
     def details(self) -> str:
-        return f"the request is not a valid {self.message_type}: {self.error}"
+        return self.refusal or f"the request is not a valid {self.message_type}: {self.error}"
+
+
+# A check of a request's wire bytes before protobuf parses them (on the event loop:
+# grpc.aio deserializes there); raises NanovlError to refuse the request with its status.
+Precheck = Callable[[bytes], None]
 
 
 def _message_type(deserializer: Callable[[bytes], Any] | None, method: str) -> str:
-    # Generated handlers deserialize with the message class's bound FromString.
+    # A deserializer may name its type (service.grpc_standard's reflection v1); generated
+    # handlers deserialize with the message class's bound FromString.
+    if named := getattr(deserializer, "message_type", None):
+        return str(named)
     cls = getattr(deserializer, "__self__", None)
     descriptor = getattr(cls, "DESCRIPTOR", None)
     return getattr(descriptor, "full_name", None) or f"request message of {method}"
 
 
-def _tolerant(deserializer: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
+def _tolerant(
+    deserializer: Callable[[bytes], Any], message_type: str, precheck: Precheck | None = None
+) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
+        if precheck is not None:
+            try:
+                precheck(data)
+            except NanovlError as exc:
+                return Malformed(message_type, exc.message, code=exc.code, refusal=exc.message)
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError, RecursionError, UnicodeDecodeError, ...
@@ -56,15 +76,15 @@ def _tolerant(deserializer: Callable[[bytes], Any], message_type: str) -> Callab
 
 
 async def _abort(context: grpc.aio.ServicerContext, bad: Malformed, method: str) -> None:
-    log.info("%s: malformed request: %s", method, bad.details)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.details)
+    log.info("%s: %s request: %s", method, "refused" if bad.refusal else "malformed", bad.details)
+    await context.abort(bad.code, bad.details)
 
 
 def _abort_sync(context: grpc.ServicerContext, bad: Malformed, method: str) -> None:
     # grpc.aio's context for sync handlers sends the status and returns (it does not
     # raise); grpc then raises the abort once the handler returns.
-    log.info("%s: malformed request: %s", method, bad.details)
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.details)
+    log.info("%s: %s request: %s", method, "refused" if bad.refusal else "malformed", bad.details)
+    context.abort(bad.code, bad.details)
 
 
 async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[Any]:
@@ -136,7 +156,12 @@ def _wrap(
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Undecodable request bytes → INVALID_ARGUMENT naming the message type, no traceback."""
+    """Undecodable request bytes → INVALID_ARGUMENT naming the message type, no traceback.
+    ``prechecks``: per method path, a check of the request bytes before they are parsed
+    (``service.request_limits.WireCounter``: element counts)."""
+
+    def __init__(self, prechecks: Mapping[str, Precheck] | None = None) -> None:
+        self._prechecks = dict(prechecks or {})
 
     async def intercept_service(
         self,
@@ -148,7 +173,9 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         message_type = _message_type(handler.request_deserializer, method)
-        replaced: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer, message_type)}
+        replaced: dict[str, Any] = {
+            "request_deserializer": _tolerant(handler.request_deserializer, message_type, self._prechecks.get(method))
+        }
         # RpcMethodHandler is a namedtuple: exactly one of the four behaviours is set.
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             if (behavior := getattr(handler, kind)) is not None:
@@ -158,10 +185,12 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(**replaced)
 
 
-def rejecting_malformed(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> list[grpc.aio.ServerInterceptor]:
+def rejecting_malformed(
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (), prechecks: Mapping[str, Precheck] | None = None
+) -> list[grpc.aio.ServerInterceptor]:
     """``interceptors`` with :class:`MalformedRequestInterceptor` first, for
     ``grpc.aio.server(interceptors=...)``."""
-    return [MalformedRequestInterceptor(), *interceptors]
+    return [MalformedRequestInterceptor(prechecks), *interceptors]
 
 
-__all__ = ["Malformed", "MalformedRequestInterceptor", "rejecting_malformed"]
+__all__ = ["Malformed", "MalformedRequestInterceptor", "Precheck", "rejecting_malformed"]

@@ -138,6 +138,14 @@ class MediaLimits:
     # resolution bounds the memory one request can pin: 256 4K frames would be 6.4 GB.
     max_video_decoded_bytes: int = 2 * 1024**3
     max_audio_seconds: float = 600.0  # = vLLM's MAX_AUDIO_LEN_S for this model
+    # Decoded pixels per encoded byte, for images over IMAGE_AMPLIFICATION_FREE_PIXELS
+    # (issue 10, N5). Real files stay far below: a baseline JPEG spends at least ~6 bits on
+    # each 8x8 block (< 100 px/byte), and deflate compresses at most ~1032:1, so a blank
+    # RGB PNG is ~340 px/byte and a blank 8-bit one ~1032. Above it: 1/2/4-bit PNGs of
+    # nothing (a 4.4 KB PNG decoding to 36 Mpx) and JPEGs whose scan ends early (an 857 B
+    # file declaring 6000x6000, the rest filled grey by the decoder): decode bombs, refused
+    # from the header alone (RESOURCE_EXHAUSTED).
+    max_image_pixels_per_byte: int = 2048
 
     def __post_init__(self) -> None:
         for name in (
@@ -146,6 +154,7 @@ class MediaLimits:
             "max_video_pixels_per_frame",
             "max_video_decoded_bytes",
             "max_audio_seconds",
+            "max_image_pixels_per_byte",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MediaLimits.{name} must be > 0, got {getattr(self, name)!r}")
@@ -241,6 +250,10 @@ class DecodedAudio:
 # --------------------------------------------------------------------------- image
 
 
+# Images up to this size are decoded whatever their bytes-to-pixels ratio (12 MB of RGB).
+IMAGE_AMPLIFICATION_FREE_PIXELS = 4_000_000
+
+
 def decode_image(data: bytes, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> DecodedImage:
     """Decode PNG/JPEG/WebP/GIF (first frame)/BMP into an upright RGB PIL image."""
     if not data:
@@ -278,17 +291,56 @@ def _decode_image(data: bytes, limits: MediaLimits) -> DecodedImage:
                 "max_image_pixels",
                 "downscale the image",
             )
+        if w * h > IMAGE_AMPLIFICATION_FREE_PIXELS and w * h > limits.max_image_pixels_per_byte * len(data):
+            raise _over_limit(
+                "image:",
+                f"{w}x{h} = {w * h:,} pixels from {len(data):,} bytes ({w * h // len(data):,} pixels per byte)",
+                f"{limits.max_image_pixels_per_byte:,} pixels per byte above "
+                f"{IMAGE_AMPLIFICATION_FREE_PIXELS:,} pixels",
+                "max_image_pixels_per_byte",
+                "send the image at its real size (a JPEG whose data ends early, or a PNG of that size "
+                "holding almost nothing, decodes to more pixels than its bytes carry)",
+            )
         try:
             im.load()
         except Image.DecompressionBombError as e:
             raise ResourceExhausted(f"image: {e}; downscale the image") from e
         except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as e:
             raise MediaDecodeError(f"image: corrupt or truncated {_DISPLAY[fmt]} data ({e})") from e
+        if fmt == "jpeg" and not _jpeg_scan_complete(data):
+            raise MediaDecodeError(
+                "image: corrupt or truncated JPEG data (the compressed scan ends before the image's "
+                f"{w}x{h} pixels are coded; a decoder would fill the rest with grey); send the complete file"
+            )
         source_mode = im.mode
         rgb = _to_rgb(_upright(im))
     return DecodedImage(
         image=rgb, format=fmt, width=rgb.width, height=rgb.height, nbytes=len(data), source_mode=source_mode
     )
+
+
+def _jpeg_scan_complete(data: bytes) -> bool:
+    """Whether a JPEG that Pillow decoded codes every pixel it declares.
+
+    libjpeg (Pillow's decoder) treats a scan that ends early (a file cut short and closed
+    with an EOI marker, or a frame header claiming more than its data holds) as a warning:
+    it fills the missing blocks with grey and Pillow reports nothing. FFmpeg's MJPEG
+    decoder with ``err_detect=explode`` fails on such a scan instead; ``lowres=3``
+    entropy-decodes every block but reconstructs only 1/8 of each side (about half of
+    Pillow's decode time). When FFmpeg cannot decode the file even leniently (a JPEG
+    variant it does not support, e.g. arithmetic coding), Pillow's verdict stands."""
+
+    def decodes(options: dict[str, str]) -> bool:
+        try:
+            codec = av.CodecContext.create("mjpeg", "r")
+            codec.thread_count = 1
+            codec.options = {"lowres": "3", **options}
+            codec.decode(av.Packet(data))
+            return True
+        except (av.FFmpegError, ValueError):
+            return False
+
+    return decodes({"err_detect": "explode"}) or not decodes({})
 
 
 def _upright(im: Image.Image) -> Image.Image:

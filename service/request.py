@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.json_format import MessageToDict
 
 from model.prompt import ROLES, ToolCallTurn, check_template_kwargs, check_text
-from nanovl.errors import InvalidArgument
+from nanovl.errors import InvalidArgument, echo
 from nanovl.modalities import Modality
 from nanovl.v1 import inference_pb2 as pb
 from service.output_parsing import ChatOptions, OutputParsers, RequestParsing, parse_tools, tool_choice_value
@@ -148,7 +148,7 @@ def _chat_turns(messages: Sequence[MessageIn]) -> tuple[ChatTurn, ...]:
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if m.role not in ROLES:
-            raise InvalidArgument(f"{where}.role is {m.role!r}; expected one of {', '.join(ROLES)}")
+            raise InvalidArgument(f"{where}.role is {echo(m.role)}; expected one of {', '.join(ROLES)}")
         if m.tool_calls and m.role != "assistant":
             raise InvalidArgument(f"{where} ({m.role}) has tool_calls; only assistant messages make tool calls")
         if m.reasoning_text and m.role != "assistant":
@@ -160,7 +160,7 @@ def _chat_turns(messages: Sequence[MessageIn]) -> tuple[ChatTurn, ...]:
                 )
             if m.tool_call_id not in call_ids:
                 raise InvalidArgument(
-                    f"{where}.tool_call_id {m.tool_call_id[:80]!r} answers no tool call of an earlier "
+                    f"{where}.tool_call_id {echo(m.tool_call_id)} answers no tool call of an earlier "
                     "assistant message; send the assistant message with its tool_calls before the results"
                 )
             if kinds := sorted({p.WhichOneof("kind") or "empty" for p in m.parts} - {"text"}):
@@ -347,10 +347,16 @@ def validate(
             structured = parsing.structured_outputs
             if parsing.parser is None:
                 parsing = None  # nothing to parse: the output is the answer
-    if request_id is not None and (len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable()):
-        raise InvalidArgument(
-            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters, got {len(request_id)} characters"
-        )
+    if request_id is not None:
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidArgument(
+                f"request_id is {len(request_id)} characters; at most {MAX_REQUEST_ID_CHARS} are accepted"
+            )
+        if bad := next((c for c in request_id if not c.isprintable()), None):
+            raise InvalidArgument(
+                f"request_id {echo(request_id)} holds the non-printable character U+{ord(bad):04X}; "
+                "use printable characters only (no control characters, newlines or tabs)"
+            )
     client_id = request_id or f"nvl-{uuid.uuid4().hex}"
     return ValidatedRequest(
         request_id=client_id,

@@ -40,15 +40,38 @@ def _structured(so: pb.StructuredOutput) -> Any:
 _FLOATS = tuple(f.name for f in pb.SamplingOptions.DESCRIPTOR.fields if f.type in (f.TYPE_DOUBLE, f.TYPE_FLOAT))
 
 
+# vLLM's sampler holds these values in float32 tensors (``SamplingMetadata``): a double
+# beyond float32's range becomes infinity there, and a nonzero one below its smallest
+# normal number becomes 0 or a denormal (5e-324 is 0.0, which vLLM refuses for
+# repetition_penalty when sent as 0). Both are refused by name (numpy.finfo(float32)).
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_SMALLEST_NORMAL = 1.1754943508222875e-38
+_FLOAT32_RANGE = f"0 or a magnitude in [{FLOAT32_SMALLEST_NORMAL:.4g}, {FLOAT32_MAX:.4g}] (float32)"
+
+
+def _float32_problem(value: float) -> str | None:
+    if not math.isfinite(value):
+        return "NaN or infinity"
+    if abs(value) > FLOAT32_MAX:
+        return "beyond float32's range"
+    if value != 0 and abs(value) < FLOAT32_SMALLEST_NORMAL:
+        return "below float32's smallest normal number"
+    return None
+
+
 def _check_finite(opts: pb.SamplingOptions) -> None:
     """NaN and infinity pass most of vLLM's range checks (every comparison with NaN is
-    false) and then poison the sampler; refuse them by name."""
+    false) and then poison the sampler; values outside float32's finite range turn into
+    infinity or 0 in vLLM's float32 tensors. Refuse them by name."""
     for name in _FLOATS:
-        if opts.HasField(name) and not math.isfinite(value := getattr(opts, name)):
-            raise InvalidArgument(f"sampling.{name} must be a finite number, got {value}")
-    if bad := [i for i, v in opts.logit_bias.items() if not math.isfinite(v)]:
+        if opts.HasField(name) and (problem := _float32_problem(value := getattr(opts, name))):
+            raise InvalidArgument(
+                f"sampling.{name} must be a finite number, {_FLOAT32_RANGE}; got {value!r} ({problem})"
+            )
+    if bad := [i for i, v in opts.logit_bias.items() if _float32_problem(v)]:
         raise InvalidArgument(
-            f"sampling.logit_bias must map token ids to finite numbers; ids {sorted(bad)[:5]} have NaN or infinity"
+            f"sampling.logit_bias must map token ids to finite numbers ({_FLOAT32_RANGE}); "
+            f"ids {sorted(bad)[:5]} have NaN, infinity or a value float32 cannot hold"
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,7 +25,7 @@ from service.engine import Engine
 from service.grpc_standard import HealthServicer, enable_reflection
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
-from service.malformed import rejecting_malformed
+from service.malformed import Precheck, rejecting_malformed
 from service.settings import ServerSettings
 from service.tls import server_credentials
 
@@ -66,6 +67,16 @@ class NanovlServer:
     def engine_died(self) -> asyncio.Event:
         """Set when the engine died: the process should exit (non-zero) so its supervisor restarts it."""
         return self.lifecycle.engine_dead
+
+    def listening(self) -> dict[str, tuple[grpc.aio.Server, str]]:
+        """Every gRPC server this process serves, by role ("inference", "admin", "health"),
+        with its ``host:port`` target."""
+        out = {"inference": (self.server, self.target)}
+        if self.admin is not None and self.admin_target is not None:
+            out["admin"] = (self.admin, self.admin_target)
+        if self.health_server is not None:
+            out["health"] = (self.health_server, f"{self.settings.host}:{self.health_port}")
+        return out
 
     @property
     def admin_target(self) -> str | None:
@@ -237,12 +248,26 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings, host: str, port: 
     return bound
 
 
+def _grpc_server(
+    settings: ServerSettings,
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+    prechecks: Mapping[str, Precheck] | None = None,
+) -> grpc.aio.Server:
+    """Every gRPC server nanovl builds (inference, admin, health-only port) comes from here:
+    undecodable request bytes are refused first, with INVALID_ARGUMENT naming the message
+    type and no traceback (``service.malformed``), whatever else the server serves;
+    ``prechecks`` see a method's request bytes before they are parsed."""
+    return grpc.aio.server(
+        interceptors=rejecting_malformed(interceptors or (), prechecks), options=server_options(settings)
+    )
+
+
 def _interceptors(
     tracer_provider, token_sets: dict[Role, TokenSet], rules: dict[str, frozenset[Role]], surface: str
 ) -> list[grpc.aio.ServerInterceptor]:
-    # Undecodable requests are refused first (no span, no traceback); then tracing, so
-    # calls refused by auth still appear as spans with their status.
-    interceptors = rejecting_malformed(server_interceptors(tracer_provider))
+    # Tracing first (after _grpc_server's malformed-request check), so calls refused by
+    # auth still appear as spans with their status.
+    interceptors = list(server_interceptors(tracer_provider))
     if token_sets:
         interceptors.append(AuthInterceptor(Authenticator(rules, token_sets), surface=surface))
     return interceptors
@@ -270,10 +295,6 @@ async def build_server(
         rules[PROFILING] = admin_only
     if settings.auth.reflection_requires_token:
         rules[REFLECTION_RULE] = any_token
-    server = grpc.aio.server(
-        interceptors=_interceptors(tracer_provider, token_sets, rules, "inference"),
-        options=server_options(settings),
-    )
     lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
     health_servicer = HealthServicer()
     try:
@@ -287,6 +308,9 @@ async def build_server(
         tracer=get_tracer(tracer_provider),
         metrics=metrics or ServiceMetrics.noop(),
         chat=chat,
+    )
+    server = _grpc_server(
+        settings, _interceptors(tracer_provider, token_sets, rules, "inference"), prechecks=inference.prechecks()
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
     services = [INFERENCE, health.SERVICE_NAME]
@@ -302,10 +326,7 @@ async def build_server(
         admin_rules: dict[str, frozenset[Role]] = {PROFILING: admin_only}
         if settings.auth.reflection_requires_token:
             admin_rules[REFLECTION_RULE] = admin_only
-        admin = grpc.aio.server(
-            interceptors=_interceptors(tracer_provider, token_sets, admin_rules, "admin"),
-            options=server_options(settings),
-        )
+        admin = _grpc_server(settings, _interceptors(tracer_provider, token_sets, admin_rules, "admin"))
         admin_services = [health.SERVICE_NAME]
         if profiling_servicer is not None:
             profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, admin)
@@ -321,7 +342,7 @@ async def build_server(
     if settings.health_port is not None:
         # Kubernetes' gRPC probes speak neither TLS nor metadata; this port says only
         # SERVING / NOT_SERVING, so it needs neither.
-        health_server = grpc.aio.server(options=server_options(settings))
+        health_server = _grpc_server(settings)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         if health_port == 0:

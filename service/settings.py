@@ -8,6 +8,7 @@ from nanovl.errors import InvalidArgument
 from nanovl.units import MiB
 from service.auth import AuthSettings
 from service.media import DEFAULT_MEDIA_LIMITS, MediaLimits
+from service.request_limits import RequestLimits
 from service.tls import TlsSettings
 
 
@@ -59,6 +60,8 @@ class ServerSettings:
     drain_grace_s: float = 20.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)
+    # Elements of each repeated field in one request (messages, parts, stop strings, ...).
+    request_limits: RequestLimits = field(default_factory=RequestLimits)
     # TLS (mTLS with a client CA) for every port; None: plaintext.
     tls: TlsSettings | None = None
     auth: AuthSettings = field(default_factory=AuthSettings)

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from nanovl.errors import NanovlError
+from nanovl.errors import NanovlError, bounded
 from profiling.telemetry.tracing import record_rpc_error
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,11 @@ T = TypeVar("T")
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a client sees for ``exc``."""
+    """The status code and message a client sees for ``exc``; the message is bounded
+    (``nanovl.errors.bounded``) so it fits gRPC's metadata limit whatever it echoes."""
     if isinstance(exc, NanovlError):
         return exc.code, exc.message
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(exc).__name__}: {exc}")
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:

@@ -136,12 +136,12 @@ def session_metrics():
 async def server(engine, session_metrics):
     """The real gRPC server on a real socket, sharing the session engine; the Profiling
     service on its admin port (127.0.0.1, an ephemeral port), as `nanovl serve --admin-port`;
-    metrics, /ready and /live on ``metrics_url``."""
+    the plaintext health-only port (`--health-port`); metrics, /ready and /live on ``metrics_url``."""
     from service.server import build_server
 
     srv = await build_server(
         engine,
-        server_settings(admin_port=0),
+        server_settings(admin_port=0, health_port=0),
         metrics=session_metrics,
         profiling_servicer=_profiling_servicer(engine),
     )

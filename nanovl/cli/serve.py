@@ -191,6 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=VARIANTS,
         help="which embedded tiny checkpoint to serve when --model is not given",
     )
+    r = p.add_argument_group(
+        "request limits (counted before any per-element work; more: RESOURCE_EXHAUSTED naming the flag)"
+    )
+    rl = d.request_limits
+    r.add_argument(
+        "--max-messages-per-request",
+        dest="max_messages",
+        type=int,
+        default=rl.max_messages,
+        help="chat messages in one request",
+    )
+    r.add_argument(
+        "--max-parts-per-request",
+        dest="max_parts",
+        type=int,
+        default=rl.max_parts,
+        help="content parts in one request, counted over all its messages",
+    )
     m = p.add_argument_group("media limits (each item is checked before the expensive part of decoding)")
     lim = d.media_limits
     m.add_argument("--max-image-pixels", type=int, default=lim.max_image_pixels, help="pixels of one image")
@@ -203,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=lim.max_video_decoded_bytes,
         help="decoded RGB bytes of one video's sampled frames",
+    )
+    m.add_argument(
+        "--max-image-pixels-per-byte",
+        type=int,
+        default=lim.max_image_pixels_per_byte,
+        help="decoded pixels per encoded byte of an image over 4 Mpx (refuses decode bombs and "
+        "JPEGs whose data ends early)",
     )
     m.add_argument(
         "--max-audio-seconds", type=float, default=lim.max_audio_seconds, help="length of one audio item (vLLM's cap)"
@@ -247,6 +272,7 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> ServerSetti
     import dataclasses
 
     from service.media import MediaLimits
+    from service.request_limits import RequestLimits
     from service.settings import ServerSettings
 
     def pick(cls: type) -> dict[str, object]:
@@ -255,6 +281,7 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> ServerSetti
     values = pick(ServerSettings)
     values["warmup"] = not args.no_warmup
     values["media_limits"] = MediaLimits(**pick(MediaLimits))
+    values["request_limits"] = RequestLimits(**pick(RequestLimits))
     return ServerSettings(**{**values, **extra})
 
 

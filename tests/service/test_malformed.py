@@ -198,3 +198,71 @@ async def test_the_real_server_rejects_garbage_and_keeps_serving(grpc_target, ca
         responses = [r async for r in pb_grpc.InferenceStub(channel).Generate(request, timeout=60)]
         assert responses[-1].HasField("final")
     assert not [r for r in caplog.records if r.exc_info], "a client's mistake logged a traceback"
+
+
+# Every RPC any nanovl port may serve, reflection v1 and Health/List included.
+ALL_RPCS = [
+    *RPCS,
+    ("/grpc.health.v1.Health/List", False, False, "grpc.health.v1.HealthListRequest"),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        True,
+        True,
+        "grpc.reflection.v1.ServerReflectionRequest",
+    ),
+]
+
+
+async def test_every_port_of_the_real_server_rejects_undecodable_bytes(server, caplog):
+    """Every gRPC server ``build_server`` starts (inference, admin, the plaintext health-only
+    port, and any added later: ``NanovlServer.listening``) answers undecodable bytes on every
+    RPC it serves with INVALID_ARGUMENT naming the message type (UNIMPLEMENTED where it does
+    not serve the RPC), never UNKNOWN/INTERNAL, and logs no traceback (issue 10, R1)."""
+    caplog.set_level(logging.INFO)
+    ports = server.listening()
+    assert {"inference", "admin", "health"} <= set(ports), ports
+    for role, (_, target) in ports.items():
+        served = 0
+        async with grpc.aio.insecure_channel(target) as channel:
+            for path, stream_request, stream_response, message_type in ALL_RPCS:
+                err = await call_raw(channel, path, stream_request, stream_response, [b"\x0a"], timeout=10)
+                assert err is not None, (role, path)
+                assert err.code() in (INVALID, grpc.StatusCode.UNIMPLEMENTED), (role, path, err)
+                if err.code() == INVALID:
+                    served += 1
+                    assert f"not a valid {message_type}" in err.details(), (role, path, err.details())
+        assert served >= 3, f"{role}: health Check, Watch and List at least"  # every port serves health
+    assert not [r for r in caplog.records if r.exc_info], "a client's mistake logged a traceback"
+
+
+def test_every_grpc_server_is_built_through_one_factory():
+    """``service.server._grpc_server`` installs the malformed-request interceptor; a server
+    made anywhere else would lack it. No other code in the package calls grpc's server
+    constructors."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for package in ("nanovl", "service", "profiling", "model"):
+        for path in (root / package).rglob("*.py"):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "server":
+                    owner = ast.unparse(node.func.value)
+                    if owner in ("grpc", "grpc.aio", "aio"):
+                        offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == ["service/server.py:" + str(_factory_line(root))], offenders
+
+
+def _factory_line(root) -> int:
+    import ast
+
+    tree = ast.parse((root / "service" / "server.py").read_text())
+    factory = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_grpc_server")
+    call = next(
+        n
+        for n in ast.walk(factory)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "server"
+    )
+    return call.lineno

@@ -1,0 +1,211 @@
+"""Hostile element counts (issue 10, N1): every repeated field of a request is bounded and
+counted before any per-element work; status messages stay within gRPC's metadata limit
+whatever they echo (N4); float sampling values float32 cannot hold are refused (M5).
+Pure logic, seeded generators; the end-to-end checks are in test_hostile_counts_e2e.py."""
+
+from __future__ import annotations
+
+import random
+import urllib.parse
+
+import grpc
+import pytest
+
+from nanovl.errors import MAX_DETAILS_BYTES, InvalidArgument, NanovlError, bounded, echo
+from nanovl.v1 import inference_pb2 as pb
+from service.request_limits import RequestCounter, RequestLimits, field_limits, repeated_fields
+from service.sampling import _FLOATS, FLOAT32_MAX, to_sampling_params
+
+VOCAB = 1000
+LIMITS = RequestLimits(max_messages=50, max_parts=80, max_stop_strings=5, max_bad_words=5, max_choices=7)
+COUNTER = RequestCounter(LIMITS, vocab_size=VOCAB)
+
+
+def test_every_repeated_field_of_a_request_has_a_limit():
+    fields = repeated_fields("nanovl.v1.GenerateRequest") | repeated_fields("nanovl.v1.StreamGenerateHeader")
+    assert fields == set(field_limits(RequestLimits(), vocab_size=VOCAB)), "a repeated field without a limit"
+
+
+def _over(field: str, n: int) -> pb.GenerateRequest | pb.StreamGenerateHeader:
+    """A request with ``n`` elements in ``field`` (a proto full name), built cheaply."""
+    part, decl = pb.ContentPart(text="x"), pb.DeclaredPart(part=pb.ContentPart(text="x"))
+    sampling = pb.SamplingOptions()
+    msg_name, name = field.rsplit(".", 1)
+    if msg_name == "nanovl.v1.SamplingOptions":
+        if name == "logit_bias":
+            for i in range(n):
+                sampling.logit_bias[i] = 1.0
+        elif name in ("stop", "bad_words"):
+            getattr(sampling, name).extend(["s"] * n)
+        else:
+            getattr(sampling, name).extend(range(n))
+        return pb.GenerateRequest(parts=[part], sampling=sampling)
+    if msg_name == "nanovl.v1.Choices":
+        sampling.structured_output.choice.choices.extend(["c"] * n)
+        return pb.GenerateRequest(parts=[part], sampling=sampling)
+    tool = pb.Tool(name="f")
+    call = pb.ToolCall(id="1", name="f", arguments="{}")
+    stream = msg_name in ("nanovl.v1.StreamGenerateHeader", "nanovl.v1.DeclaredMessage")
+    p = decl if stream else part
+    if name == "messages":
+        msg = (pb.DeclaredMessage if stream else pb.Message)(role="user", parts=[p])
+        return (pb.StreamGenerateHeader if stream else pb.GenerateRequest)(messages=[msg] * n)
+    if name == "tools":
+        return (pb.StreamGenerateHeader if stream else pb.GenerateRequest)(parts=[p], tools=[tool] * n)
+    if msg_name.endswith("Message"):  # parts or tool_calls, spread over two messages
+        cls = pb.DeclaredMessage if stream else pb.Message
+        half = n // 2
+        kw = "parts" if name == "parts" else "tool_calls"
+        el = p if name == "parts" else call
+        msgs = [cls(role="assistant", **{kw: [el] * half}), cls(role="assistant", **{kw: [el] * (n - half)})]
+        return (pb.StreamGenerateHeader if stream else pb.GenerateRequest)(messages=msgs)
+    return (pb.StreamGenerateHeader if stream else pb.GenerateRequest)(parts=[p] * n)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_seeded_counts_over_each_limit_get_the_precise_status(seed):
+    rng = random.Random(seed)
+    table = field_limits(LIMITS, vocab_size=VOCAB)
+    for field, limit in table.items():
+        n = limit.limit + rng.choice([1, 2, rng.randrange(1, 5 * limit.limit + 2)])
+        with pytest.raises(NanovlError) as err:
+            COUNTER.check(_over(field, n))
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if limit.server_limit else grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.code == code, (field, err.value)
+        assert f"more than {limit.limit} " in err.value.message and limit.source in err.value.message
+        # At the limit: accepted.
+        COUNTER.check(_over(field, limit.limit))
+
+
+def test_parts_are_counted_over_all_messages():
+    msgs = [pb.Message(role="user", parts=[pb.ContentPart(text="x")] * 40)] * 3  # 120 parts, 3 messages
+    with pytest.raises(NanovlError, match="--max-parts-per-request"):
+        COUNTER.check(pb.GenerateRequest(messages=msgs))
+
+
+def test_millions_of_elements_are_refused_by_count():
+    """The reproducers: 5M empty parts (10 MB on the wire), 1M chat messages."""
+    counter = RequestCounter(RequestLimits(), vocab_size=VOCAB)
+    for data in (
+        b"\x12\x00" * 5_000_000,
+        pb.GenerateRequest(messages=[pb.Message(role="user", parts=[pb.ContentPart(text="hi")])]).SerializeToString()
+        * 1_000_000,
+    ):
+        with pytest.raises(NanovlError) as err:
+            counter.check(pb.GenerateRequest.FromString(data))
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_template_kwargs_are_bounded_by_size():
+    req = pb.GenerateRequest(messages=[pb.Message(role="user", parts=[pb.ContentPart(text="x")])])
+    req.chat_template.chat_template_kwargs.update({"k": "v" * (LIMITS.max_template_kwargs_bytes + 1)})
+    with pytest.raises(NanovlError, match="chat_template_kwargs is .* bytes"):
+        COUNTER.check(req)
+
+
+def _encoded(message: str) -> int:
+    # grpc-message percent-encoding
+    return len(urllib.parse.quote(message.encode("utf-8", "surrogatepass"), safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_status_messages_fit_grpc_metadata_whatever_they_echo(seed):
+    rng = random.Random(seed)
+    alphabets = [
+        "a",
+        "\U0001f600",
+        "%",
+        "\x00\n\t",
+        "é漢",
+        "".join(chr(rng.randrange(0x20, 0x2FFFF)) for _ in range(50)),
+    ]
+    for _ in range(30):
+        chunk = "".join(rng.choice(rng.choice(alphabets)) for _ in range(50))
+        value = (chunk * rng.choice([1, 20, 2000]))[: rng.choice([1, 10, 1000, 100_000])]
+        err = InvalidArgument(f"messages[0].role is {echo(value)}; expected one of system, user")
+        assert _encoded(err.message) <= MAX_DETAILS_BYTES
+        assert err.message.startswith("messages[0].role is ")
+        raw = InvalidArgument("x" + value)
+        assert _encoded(raw.message) <= MAX_DETAILS_BYTES
+        assert raw.message == "x" + value or raw.message.endswith("...")
+    assert bounded("short") == "short"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float_sampling_values_outside_float32_are_refused(seed):
+    rng = random.Random(seed)
+    bad = [1e308, -1e308, 5e-324, -5e-324, 1e-40, FLOAT32_MAX * 1.01, 3.5e38, float("nan"), float("inf")]
+    for name in _FLOATS:
+        value = rng.choice(bad)
+        with pytest.raises(InvalidArgument, match=f"sampling.{name} must be a finite number.*float32"):
+            to_sampling_params(pb.SamplingOptions(**{name: value}), default_max_tokens=4, vocab_size=VOCAB)
+    with pytest.raises(InvalidArgument, match="logit_bias"):
+        to_sampling_params(pb.SamplingOptions(logit_bias={3: rng.choice(bad)}), default_max_tokens=4, vocab_size=VOCAB)
+
+
+def test_vllm_processor_errors_do_not_dump_inputs():
+    """M2: vLLM wraps a processor's error as "Failed to apply X on data={...}", the data
+    holding the decoded pixels; the client gets the processor's name and its own error."""
+    from service.engine import _processor_message
+
+    pixels = "array([[[[128, 128, 128], " * 10_000
+    try:
+        try:
+            raise IndexError("index 3 is out of bounds for axis 0 with size 1")
+        except IndexError as cause:
+            raise ValueError(f"Failed to apply NanoNemotronVLProcessor on data={{'videos': [({pixels})]}}") from cause
+    except ValueError as exc:
+        message = _processor_message(exc)
+    assert message == "NanoNemotronVLProcessor: index 3 is out of bounds for axis 0 with size 1"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_wire_walk_agrees_with_the_parsed_check(seed):
+    """WireCounter (before parsing) refuses exactly what RequestCounter (after) refuses,
+    with the same status, for seeded counts around every limit, packed or not."""
+    from service.request_limits import WireCounter
+
+    rng = random.Random(seed)
+    table = field_limits(LIMITS, vocab_size=VOCAB)
+    for field, limit in table.items():
+        n = limit.limit + rng.choice([-1, 0, 1, rng.randrange(1, 3 * limit.limit + 2)])
+        msg = _over(field, max(n, 0))
+        if isinstance(msg, pb.StreamGenerateHeader):
+            wire, data = WireCounter(COUNTER, pb.GenerateChunk.DESCRIPTOR), pb.GenerateChunk(header=msg)
+        else:
+            wire, data = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR), msg
+        outcomes = []
+        for check, arg in ((COUNTER.check, msg), (wire.check, data.SerializeToString())):
+            try:
+                check(arg)
+                outcomes.append(None)
+            except NanovlError as e:
+                outcomes.append(e.code)
+        assert outcomes[0] == outcomes[1], (field, n, outcomes)
+
+
+def test_the_wire_walk_stops_at_the_limit():
+    """61 MiB of empty parts: upb's parse holds the GIL for seconds; the walk reads at most
+    the limit's worth of fields (a deterministic stand-in for its time: bytes it reads)."""
+    from service.request_limits import WireCounter
+
+    data = b"\x12\x00" * 32_000_000
+    reads = 0
+
+    class Counting(bytes):
+        def __getitem__(self, i):
+            nonlocal reads
+            reads += 1
+            return bytes.__getitem__(self, i)
+
+    with pytest.raises(NanovlError, match="--max-parts-per-request"):
+        WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR).check(Counting(data))
+    assert reads < 10 * LIMITS.max_parts
+
+
+def test_the_wire_walk_leaves_garbage_to_the_parser():
+    from service.request_limits import WireCounter
+
+    wire = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR)
+    for data in (b"\x0a", b"\x0f\x00", b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"\x1b\x00"):
+        wire.check(data)  # no exception: the parser reports it as INVALID_ARGUMENT
