@@ -99,8 +99,9 @@ class NanovlServer:
             await self.health.set(name, status)
         await self.health.set("", serving if self.liveness().ok else not_serving)
 
-    def health_changed(self) -> None:
-        """Lifecycle callback (synchronous): refresh the health statuses soon, in order."""
+    def health_changed(self) -> asyncio.Task:
+        """Lifecycle callback (synchronous): refresh the health statuses soon, in order;
+        returns the update (``Lifecycle.settled`` awaits it)."""
         previous = self._health_update
 
         async def update() -> None:
@@ -109,6 +110,7 @@ class NanovlServer:
             await self._set_health()
 
         self._health_update = asyncio.get_running_loop().create_task(update())
+        return self._health_update
 
     async def set_state(self, state: str) -> None:
         self.lifecycle.set_state(state)
@@ -160,6 +162,12 @@ class NanovlServer:
         await self.set_state(DRAINING)
         log.info("draining: new calls refused; %d request(s) in flight, grace %.0fs", self.lifecycle.in_flight, grace)
         clean = await self.lifecycle.wait_idle(grace)
+        if not clean:
+            log.warning("drain grace of %.0fs ran out: cutting %d call(s)", grace, self.lifecycle.in_flight)
+            await self.lifecycle.cut(
+                f"the server stopped (shutdown; its drain grace of {grace:g} s ran out) before this call "
+                "finished; retry it on another replica"
+            )
         await self.stop(grace=0)
         return clean
 
@@ -274,7 +282,11 @@ async def build_server(
         interceptors=_interceptors(tracer_provider, token_sets, rules, "inference"),
         options=server_options(settings),
     )
-    lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
+    lifecycle = Lifecycle(
+        max_admitted=settings.max_concurrent_requests,
+        max_uploading=settings.max_concurrent_uploads,
+        max_uploading_per_peer=settings.max_uploads_per_peer,
+    )
     health_servicer = HealthServicer()
     try:
         chat = ChatRenderer(engine.summary.model)

@@ -1,0 +1,83 @@
+"""The engine processes a server started, and a bound on how long its exit may take.
+
+vLLM stops its engine core with SIGTERM and kills it after a timeout
+(``vllm.v1.utils.shutdown``), but the rest of an exit is unbounded: a worker whose engine
+core was killed is re-parented away from the server, and interpreter teardown joins
+threads. ``nanovl serve`` snapshots its process tree once the engine runs
+(:class:`ProcessTree`), and arms :func:`exit_within` when it starts to shut down: past the
+bound, every process of the snapshot still running is killed and the server exits with
+the status it had decided on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+class ProcessTree:
+    """This process's descendants at construction (engine core, workers, helpers)."""
+
+    def __init__(self) -> None:
+        try:
+            children = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            children = []
+        # multiprocessing's resource tracker unlinks leaked shared memory when this process
+        # exits: it must outlive the engine, never be killed with it.
+        self.processes = [p for p in children if not _is_resource_tracker(p)]
+
+    def alive(self) -> list[psutil.Process]:
+        # is_running() compares the create time: a reused pid is not ours.
+        return [p for p in self.processes if _running(p)]
+
+    def kill(self) -> list[int]:
+        """SIGKILL every process of the snapshot still running; their pids."""
+        killed = []
+        for p in self.alive():
+            try:
+                p.kill()
+                killed.append(p.pid)
+            except psutil.Error:
+                pass
+        return killed
+
+
+def _is_resource_tracker(p: psutil.Process) -> bool:
+    try:
+        return any("resource_tracker" in arg for arg in p.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def exit_within(seconds: float, status: Callable[[], int], tree: ProcessTree) -> threading.Thread:
+    """Arms a daemon thread: if this process is still running after ``seconds``, kill what
+    is left of ``tree`` and exit at once with ``status()`` (no further cleanup)."""
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        killed = tree.kill()
+        log.error(
+            "shutdown took longer than %.0fs (--engine-shutdown-timeout-s + margin): killed %s; exiting now",
+            seconds,
+            killed or "nothing",
+        )
+        os._exit(status())
+
+    thread = threading.Thread(target=watchdog, name="nanovl-exit-bound", daemon=True)
+    thread.start()
+    return thread
