@@ -38,6 +38,8 @@ ENGINE_DEATH_POLL_S = 0.5
 # Every reflection service (v1alpha, v1): one auth rule covers them all.
 REFLECTION_RULE = "grpc.reflection.*"
 ENGINE_HEALTH_INTERVAL_S = 5.0
+# After a drain cut its calls, how long gRPC may take to send their statuses before it stops.
+CUT_STATUS_GRACE_S = 1.0
 
 
 @dataclass
@@ -168,7 +170,9 @@ class NanovlServer:
                 f"the server stopped (shutdown; its drain grace of {grace:g} s ran out) before this call "
                 "finished; retry it on another replica"
             )
-        await self.stop(grace=0)
+        # The cut calls' statuses are on their way out: gRPC's grace lets them go (a grace
+        # of 0 would replace them with its own "Cancelling all calls").
+        await self.stop(grace=0 if clean else CUT_STATUS_GRACE_S)
         return clean
 
     async def stop(self, grace: float | None = 0) -> None:

@@ -540,6 +540,8 @@ async def test_a_drain_that_cuts_calls_says_so(make_server):
         assert await srv.drain_and_stop(grace_s=0.5) is False
         assert srv.lifecycle.cut_calls == 1
         # The cut call hears it from nanovl, with what to do, not gRPC's "Cancelling all calls".
-        code, details = await _failure(call)
-        assert code == grpc.StatusCode.UNAVAILABLE
-        assert "drain grace" in details and "retry" in details, details
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "drain grace" in err.value.details() and "retry" in err.value.details(), err.value.details()
