@@ -201,7 +201,7 @@ class Lifecycle:
             if was_full and not self.uploads_full:
                 self._changed()
 
-    async def cut(self, reason: str, timeout_s: float = 2.0) -> None:
+    async def cut(self, reason: str, timeout_s: float = 1.0) -> None:
         """Cancels every call still in flight; their handlers end them UNAVAILABLE with
         ``reason`` (instead of gRPC's bare "Cancelling all calls" when the server stops)."""
         self.cut_reason = reason

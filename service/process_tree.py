@@ -11,10 +11,10 @@ the status it had decided on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import threading
-import time
+import signal
 from collections.abc import Callable
 
 import psutil
@@ -64,20 +64,22 @@ def _running(p: psutil.Process) -> bool:
         return False
 
 
-def exit_within(seconds: float, status: Callable[[], int], tree: ProcessTree) -> threading.Thread:
-    """Arms a daemon thread: if this process is still running after ``seconds``, kill what
-    is left of ``tree`` and exit at once with ``status()`` (no further cleanup)."""
+def exit_within(seconds: float, status: Callable[[], int], tree: ProcessTree) -> None:
+    """Bounds the rest of this process's life: ``seconds`` from now, whatever it is doing —
+    vLLM's shutdown, interpreter teardown joining threads and child processes — what is
+    left of ``tree`` is killed and the process exits at once with ``status()``.
 
-    def watchdog() -> None:
-        time.sleep(seconds)
+    A real-time interval timer (SIGALRM) rather than a thread: daemon threads stop running
+    once the interpreter starts finalizing, and that teardown is one of the slow parts.
+    Main thread only; arming again moves the deadline."""
+
+    def expired(signum: int, frame: object) -> None:
         killed = tree.kill()
-        log.error(
-            "shutdown took longer than %.0fs (--engine-shutdown-timeout-s + margin): killed %s; exiting now",
-            seconds,
-            killed or "nothing",
-        )
+        log.error("shutdown ran past its bound of %.0fs: killed %s; exiting now", seconds, killed or "nothing")
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
         os._exit(status())
 
-    thread = threading.Thread(target=watchdog, name="nanovl-exit-bound", daemon=True)
-    thread.start()
-    return thread
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))

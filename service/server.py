@@ -182,7 +182,7 @@ class NanovlServer:
         await self.server.stop(grace)
         for extra in (self.admin, self.health_server):
             if extra is not None:
-                await extra.stop(grace)
+                await extra.stop(0)  # health watches and operator calls: nothing to finish
         self.inference.close()
 
 

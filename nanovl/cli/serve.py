@@ -745,6 +745,14 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
         await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         died.cancel()
+        if tree is not None:
+            # From here the exit is bounded (README "Running under a supervisor"): the
+            # drain's graces, then the engine's shutdown, then EXIT_MARGIN_S.
+            if server.engine_died.is_set():
+                drain = 1.0  # server.stop(grace=1.0) below
+            else:
+                drain = (0.0 if interactive else settings.drain_readiness_grace_s) + settings.drain_grace_s
+            exit_within(drain + settings.engine_shutdown_timeout_s + EXIT_MARGIN_S, lambda: outcome["status"], tree)
         if server.engine_died.is_set():
             # In-flight calls already failed UNAVAILABLE; give their statuses a moment to
             # reach the clients, then exit so the supervisor starts a fresh process.
@@ -771,7 +779,7 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
         )
         return EXIT_DRAIN_CUT
     finally:
-        if tree is not None:
+        if tree is not None and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
             exit_within(settings.engine_shutdown_timeout_s + EXIT_MARGIN_S, lambda: outcome["status"], tree)
         if server is not None and server.lifecycle.state != "STOPPED":
             await server.stop()
