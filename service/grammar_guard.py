@@ -144,6 +144,9 @@ def _zygote_main(conn: Connection, config_source: Any) -> None:
     from vllm.tokenizers import cached_tokenizer_from_config
     from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
 
+    # What vLLM would log about a client's constraint here is the client's business (its
+    # status says it); the engine logs its own view if the constraint ever reaches it.
+    logging.getLogger("vllm").setLevel(logging.CRITICAL)
     if hasattr(config_source, "create_engine_config"):
         vllm_config = config_source.create_engine_config()
     else:
@@ -298,6 +301,8 @@ class GrammarGuard:
             if not future.done():
                 future.set_exception(Unavailable("the structured-output checker restarted; retry"))
         self._pending.clear()
+        if self._closed:
+            return
         if self._process is not None and self._process.exitcode not in (None, 0):
             log.error("the structured-output checker died (exit %s); restarting it", self._process.exitcode)
         self._conn = None
