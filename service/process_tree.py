@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 
 import psutil
@@ -83,3 +84,17 @@ def exit_within(seconds: float, status: Callable[[], int], tree: ProcessTree) ->
 
     signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+
+
+def exit_if_bounded(status: int) -> None:
+    """When :func:`exit_within` is armed (a server shutting down), exit now with ``status``,
+    logs flushed: interpreter teardown (joining threads and helper processes, seconds) would
+    otherwise run into the bound, where Python signal handlers are already gone and SIGALRM
+    would end the process with its own status (142) instead."""
+    if signal.getitimer(signal.ITIMER_REAL)[0] <= 0:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

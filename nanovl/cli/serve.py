@@ -617,9 +617,13 @@ def run(args: argparse.Namespace) -> int:
             from nanovl.cli import frontends
 
             return frontends.run_frontends(args)
-        return event_loop.run(_serve(args, args.startup), loop=args.event_loop)
+        status = event_loop.run(_serve(args, args.startup), loop=args.event_loop)
     finally:
         args.engine_logs.stop()
+    from service.process_tree import exit_if_bounded
+
+    exit_if_bounded(status)  # the engine and its processes are stopped: skip interpreter teardown
+    return status
 
 
 def prepare_model(args: argparse.Namespace, report) -> None:  # report: StartupReport

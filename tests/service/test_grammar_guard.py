@@ -133,3 +133,16 @@ async def test_settled_waits_for_the_readiness_update():
     await lc.settled()
     order.append("status")
     assert order == ["readiness", "status"]
+
+
+def test_a_bounded_shutdown_exits_with_its_own_status_not_sigalrm():
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from service.process_tree import ProcessTree, exit_if_bounded, exit_within
+        exit_within(30, lambda: 9, ProcessTree())
+        exit_if_bounded(3)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=60).returncode == 3
