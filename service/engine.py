@@ -300,12 +300,17 @@ class Engine:
         if client_config is None:
             # The structured-output checker imports vLLM in a process of its own: started
             # now, it is ready by the time the engine is (service.grammar_guard).
-            grammar_guard = GrammarGuard(copy.deepcopy(engine_args))
-            grammar_guard.start()
+            try:
+                grammar_guard = GrammarGuard(copy.deepcopy(engine_args))
+                grammar_guard.start()
+            except Exception as exc:  # noqa: BLE001 - args that cannot travel: start it from the config later
+                log.info("structured-output checker: starting after the engine (%s)", exc)
+                grammar_guard = None
             try:
                 llm = AsyncLLM.from_engine_args(engine_args)
             except BaseException:
-                grammar_guard.close()
+                if grammar_guard is not None:
+                    grammar_guard.close()
                 raise
         else:
             addresses = dict(client_config)
