@@ -8,6 +8,7 @@ failures into ``NanovlError``s with actionable messages; it knows nothing of gRP
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -25,6 +26,7 @@ from model.item_maxima import ItemMaxima
 from model.prompt import AssembledPrompt, video_item
 from nanovl.errors import FailedPrecondition, InvalidArgument, NanovlError, OutOfRange, Unavailable
 from nanovl.modalities import MODALITIES, Modality
+from service.grammar_guard import GrammarGuard
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -283,6 +285,7 @@ class Engine:
         self.engine_args = engine_args
         self._shut_down = False
         self._geometry: ModelGeometry | None = None
+        self.grammar_guard: GrammarGuard | None = None
 
     @property
     def geometry(self) -> ModelGeometry:
@@ -311,8 +314,22 @@ class Engine:
         # the class that applies --exact-mm-sizing (vLLM's own behaviour without it).
         vllm_plugin.register(eager=True)
         t0 = time.perf_counter()
+        grammar_guard = None
         if client_config is None:
-            llm = AsyncLLM.from_engine_args(engine_args)
+            # The structured-output checker imports vLLM in a process of its own: started
+            # now, it is ready by the time the engine is (service.grammar_guard).
+            try:
+                grammar_guard = GrammarGuard(copy.deepcopy(engine_args))
+                grammar_guard.start()
+            except Exception as exc:  # noqa: BLE001 - args that cannot travel: start it from the config later
+                log.info("structured-output checker: starting after the engine (%s)", exc)
+                grammar_guard = None
+            try:
+                llm = AsyncLLM.from_engine_args(engine_args)
+            except BaseException:
+                if grammar_guard is not None:
+                    grammar_guard.close()
+                raise
         else:
             addresses = dict(client_config)
             count, index = addresses.pop("client_count"), addresses.pop("client_index")
@@ -327,6 +344,10 @@ class Engine:
                 client_index=index,
             )
         engine = cls(llm, _summarize(llm), engine_args)
+        if grammar_guard is not None and GrammarGuard.applies(llm.vllm_config):
+            engine.grammar_guard = grammar_guard
+        elif grammar_guard is not None:
+            grammar_guard.close()
         if engine.summary.item_maxima is not None:
             try:
                 await engine._check_sizing_applied()
@@ -554,7 +575,12 @@ class Engine:
                 else:
                     return
         except EngineDeadError as exc:
-            raise Unavailable(f"the inference engine has stopped ({exc}); the server must be restarted") from exc
+            # vLLM's text points at its own log ("See stack trace (above)"): that is for
+            # the operator's log, not for the client.
+            log.error("request %s: the engine died: %s", request_id, exc)
+            raise Unavailable(
+                "the inference engine has stopped; the server is restarting, retry on another replica"
+            ) from exc
         except EngineGenerateError as exc:
             raise NanovlError(f"generation failed: {str(exc) or type(exc).__name__}") from exc
         except (ValueError, VLLMValidationError) as exc:
@@ -581,7 +607,17 @@ class Engine:
             return False
         return True
 
-    def shutdown(self) -> None:
+    def grammar_checker(self) -> GrammarGuard | None:
+        """The structured-output checker of this engine (None: its backend compiles lazily)."""
+        if self.grammar_guard is None and GrammarGuard.applies(self.llm.vllm_config):
+            self.grammar_guard = GrammarGuard.shared(self.llm.vllm_config)  # a frontend process
+        return self.grammar_guard
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Stops the engine processes: vLLM's ``AsyncLLM.shutdown(timeout)`` sends SIGTERM
+        and kills what is still running after ``timeout_s`` (None: vLLM's default, 5 s)."""
         if not self._shut_down:
             self._shut_down = True
-            self.llm.shutdown()
+            if self.grammar_guard is not None:
+                self.grammar_guard.close()
+            self.llm.shutdown(timeout=timeout_s)

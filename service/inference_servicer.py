@@ -32,6 +32,7 @@ from profiling.telemetry.metrics import ServiceMetrics
 from profiling.telemetry.tracing import StageTracer
 from service import media
 from service.engine import Engine, RenderedPrompt
+from service.grammar_guard import GrammarGuard, GrammarLimits, check_size
 from service.lifecycle import Lifecycle
 from service.output_parsing import OutputParsers, ParserConfig
 from service.part_decoding import DecodedPart, decode_part, modality_of, payload_size
@@ -142,6 +143,8 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 # requests queues here rather than on the event loop.
 VALIDATE_THREADS = 2
 
+ENGINE_STOPPED = "the inference engine has stopped; the server is restarting, retry on another replica"
+
 # How long the Final waits for a client that has not half-closed after End (see StreamGenerate).
 AFTER_END_GRACE_S = 0.25
 
@@ -167,6 +170,56 @@ async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError |
     return InvalidArgument(
         f"{_kind_phrase(msg)} arrived after End; End must be the last message of a StreamGenerate request"
     )
+
+
+# How long a rejected StreamGenerate keeps reading what the client is still sending, so the
+# client's half-close lands before the status (see _drain_client), and how much it reads.
+REJECT_DRAIN_S = 1.0
+REJECT_DRAIN_BYTES = 64 * 2**20
+# How long a request stream that ended without End waits for the cancel that usually
+# explains it (grpc.aio delivers the end of the stream and the cancel in either order).
+CLIENT_GONE_WAIT_S = 0.5
+
+
+class _StreamEnded(InvalidArgument):
+    """The request stream ended before End: a protocol violation, or a client that left."""
+
+
+# Rejections where the client is not writing (it stalled, the engine died): nothing to read.
+_NO_DRAIN = (DeadlineExceeded, Unavailable, _StreamEnded)
+
+
+async def _drain_client(
+    iterator: AsyncIterator[pb.GenerateChunk] | None, rest: asyncio.Task[NanovlError | None] | None
+) -> None:
+    """Reads (and drops) what a rejected client is still sending, until it half-closes,
+    for at most REJECT_DRAIN_S / REJECT_DRAIN_BYTES. grpc.aio clients that are still
+    writing when the status arrives get "Internal error from Core" for their write instead
+    of the server's status; once they have half-closed they get the real one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REJECT_DRAIN_S
+    if rest is not None:  # after End: a task already reads the rest of the stream
+        await asyncio.wait({rest}, timeout=REJECT_DRAIN_S)
+        return
+    if iterator is None:
+        return
+    drained = 0
+    try:
+        while drained <= REJECT_DRAIN_BYTES and (remaining := deadline - loop.time()) > 0:
+            msg = await asyncio.wait_for(iterator.__anext__(), remaining)
+            drained += msg.ByteSize()
+    except asyncio.CancelledError:
+        raise
+    except BaseException:  # noqa: BLE001 - half-closed, timed out, or the call ended: done
+        return
+
+
+def _peer_of(context: grpc.aio.ServicerContext) -> str:
+    """The client's address without its port (``ipv4:10.0.0.7``), for per-peer upload caps."""
+    peer = context.peer() or ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rsplit(":", 1)[0]
+    return peer
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
@@ -204,7 +257,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._sandbox = (
             TemplateSandbox(settings.chat_template_timeout_s) if settings.allow_request_chat_template else None
         )
-        model_config = engine.llm.vllm_config.model_config
+        self._grammar_limits = GrammarLimits(
+            max_bytes=settings.max_structured_output_bytes,
+            max_choices=settings.max_structured_output_choices,
+            compile_timeout_s=settings.structured_output_compile_timeout_s,
+        )
+        vllm_config = engine.llm.vllm_config
+        self._grammar: GrammarGuard | None = None
+        model_config = vllm_config.model_config
         self._vocab_size = model_config.get_vocab_size()
         self._counter = RequestCounter(settings.request_limits, vocab_size=self._vocab_size)
         self._parsers = OutputParsers(
@@ -229,7 +289,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def start(self) -> None:
         """Warm what the first request would otherwise pay for (the template sandbox's
-        fork server imports transformers: seconds)."""
+        fork server imports transformers: seconds); the structured-output checker starts
+        in the background (it imports vLLM; the first constraints wait for it)."""
+        self._grammar = self._engine.grammar_checker()
+        if self._grammar is not None:
+            await self._grammar.wait_ready()  # SERVING only once constraints can be checked
         if self._sandbox is not None:
             await asyncio.to_thread(self._sandbox.start)
 
@@ -293,6 +357,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             outcome["admission"] = outcome["release"].enter_context(self._lifecycle.admission())
             req = await self._validate(from_generate_request, request)
             outcome["modality"] = req.modality_label()
+            await self._check_constraint(req)
             for i in req.media_indices:
                 self._metrics.add_bytes_received(modality_of(req.parts[i]), payload_size(req.parts[i]))
             decoded = await asyncio.gather(*(self._decode(i, req.parts[i], clock) for i in req.media_indices))
@@ -302,10 +367,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def StreamGenerate(
         self, request_iterator: AsyncIterator[pb.GenerateChunk], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        async with self._admitted("StreamGenerate", context) as outcome:
+        iterator = request_iterator.__aiter__()
+        rest: asyncio.Task[NanovlError | None] | None = None
+
+        async def before_status(exc: BaseException) -> None:
+            # A client still writing when the server ends the call sees grpc.aio's
+            # "Internal error from Core" instead of the status: read what it is still
+            # sending (briefly) so its half-close lands before the status.
+            if isinstance(exc, NanovlError) and not isinstance(exc, _NO_DRAIN):
+                await _drain_client(iterator if rest is None else None, rest)
+
+        async with self._admitted("StreamGenerate", context, before_status=before_status) as outcome:
             clock = _RequestClock()
-            with self._lifecycle.upload():
-                req, decode_tasks, rest = await self._receive(request_iterator, clock)
+            req, decode_tasks, rest = await self._receive(iterator, clock, _peer_of(context))
             outcome["release"].callback(rest.cancel)
             outcome["admission"] = outcome["release"].enter_context(self._lifecycle.admission())
             outcome["modality"] = req.modality_label()
@@ -338,6 +412,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._validate_pool, contextvars.copy_context().run, run)
 
+    async def _check_constraint(self, req: ValidatedRequest) -> None:
+        """The request's structured-output constraint (its own, or the one its tool choice
+        implies) within the size limits and compilable within the time limit
+        (service.grammar_guard), before the engine's grammar threads see it."""
+        params = req.sampling.structured_outputs
+        if params is None:
+            return
+        if self._grammar is None:
+            check_size(params, self._grammar_limits)
+        else:
+            await self._grammar.check(params, self._grammar_limits)
+
     def _validation_kwargs(self) -> dict[str, Any]:
         return {
             "settings": self._settings,
@@ -348,14 +434,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         }
 
     @contextlib.asynccontextmanager
-    async def _admitted(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[dict[str, Any]]:
+    async def _admitted(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        *,
+        before_status: Callable[[BaseException], Any] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         """Admission control, metrics and the one place errors become gRPC statuses."""
         outcome: dict[str, Any] = {"modality": "unknown", "release": contextlib.ExitStack()}
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         try:
             if self._engine.is_dead or self._lifecycle.engine_dead.is_set():
-                raise Unavailable("the inference engine has stopped; the server must be restarted")
+                raise Unavailable(ENGINE_STOPPED)
             if not self._lifecycle.accepting:
                 raise Unavailable(
                     f"the server is {self._lifecycle.state.lower()} and accepts no new requests; "
@@ -363,9 +455,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 )
             with self._lifecycle.track(), self._metrics.in_flight(rpc), outcome["release"]:
                 yield outcome
-        except (asyncio.CancelledError, GeneratorExit):
-            code = _client_gone(context)
-            raise
+        except (asyncio.CancelledError, GeneratorExit) as exc:
+            if self._lifecycle.cut_reason is None or not isinstance(exc, asyncio.CancelledError):
+                code = _client_gone(context)
+                raise
+            # A drain cut this call: say so, and that a retry elsewhere will do.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, self._lifecycle.cut_reason)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
@@ -374,8 +473,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             # stream early, and grpc.aio has cancelled this task by then: the outcome is the
             # cancel or the deadline, not the truncated stream it caused.
             code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else status_of(exc)[0]
+            if self._engine.is_dead:
+                # Readiness says NOT_SERVING before any caller hears UNAVAILABLE.
+                self._lifecycle.mark_engine_dead()
+                await self._lifecycle.settled()
             try:
-                await asyncio.sleep(0)  # where a pending cancel lands
+                # Where a pending cancel lands. A request stream that ended early is most
+                # often a client that cancelled (or whose deadline passed): grpc.aio ends the
+                # stream and cancels this task in either order, so wait a moment for it.
+                await asyncio.sleep(CLIENT_GONE_WAIT_S if isinstance(exc, _StreamEnded) else 0)
+                if _deadline_passed(context):
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    raise asyncio.CancelledError
+                if before_status is not None:
+                    await before_status(exc)
             except asyncio.CancelledError:
                 code = _client_gone(context)
                 raise
@@ -425,14 +536,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return decoded
 
     async def _next_message(
-        self, iterator: AsyncIterator[pb.GenerateChunk], upload_deadline: float
+        self, iterator: AsyncIterator[pb.GenerateChunk], upload_deadline: float, pace_deadline: float = float("inf")
     ) -> pb.GenerateChunk | None:
         """The client's next StreamGenerate message (None at the end of its stream), bounded
-        by the idle timeout and the whole upload's deadline; UNAVAILABLE at once if the
+        by the idle timeout, the whole upload's deadline and the minimum upload rate
+        (``pace_deadline``: when the bytes so far fall below it); UNAVAILABLE at once if the
         engine dies meanwhile (the upload could never be served)."""
         s = self._settings
         idle = s.upload_idle_timeout_s
-        timeout = min(idle, upload_deadline - time.monotonic())
+        now = time.monotonic()
+        timeout = min(idle, upload_deadline - now, pace_deadline - now)
         read = asyncio.ensure_future(iterator.__anext__())
         # If the call ends while the read is pending, its outcome is nobody's business:
         # retrieve it so asyncio does not log "Task exception was never retrieved".
@@ -450,7 +563,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             except StopAsyncIteration:
                 return None
         if dead in done:
-            raise Unavailable("the inference engine has stopped; the server must be restarted")
+            raise Unavailable(ENGINE_STOPPED)
+        if pace_deadline - now <= min(idle, upload_deadline - now):
+            raise DeadlineExceeded(
+                f"the upload is slower than this server's minimum of {s.min_upload_bytes_per_s} bytes/s "
+                f"after its first {s.upload_rate_grace_s:g} s (--min-upload-bytes-per-s); "
+                "send the media faster, or smaller media"
+            )
         if timeout < idle:
             raise DeadlineExceeded(
                 f"the upload took longer than this server's limit of {s.upload_timeout_s:g} s "
@@ -462,24 +581,28 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         )
 
     async def _receive(
-        self, chunks: AsyncIterator[pb.GenerateChunk], clock: _RequestClock
+        self, iterator: AsyncIterator[pb.GenerateChunk], clock: _RequestClock, peer: str = ""
     ) -> tuple[ValidatedRequest, dict[int, asyncio.Task[DecodedPart]], asyncio.Task[NanovlError | None]]:
         """Read header, media chunks and End; start decoding each part as soon as its
         last chunk arrives, so decoding overlaps the rest of the upload.
 
         Returns the request, its decode tasks, and a task that keeps reading the request
         stream after End: the protocol allows nothing more, so any further message is a
-        violation the caller turns into INVALID_ARGUMENT."""
+        violation the caller turns into INVALID_ARGUMENT.
+
+        The upload slot (``--max-concurrent-uploads``, ``--max-uploads-per-peer``) is taken
+        only once the header is read and valid, so an undecodable or invalid header gets
+        its own status, never RESOURCE_EXHAUSTED; it is held until End."""
         upload_deadline = time.monotonic() + self._settings.upload_timeout_s
         with self._tracer.stage_span(tracing.RECEIVE) as span:
-            iterator = chunks.__aiter__()
             first = await self._next_message(iterator, upload_deadline)
             if first is None:
-                raise InvalidArgument("StreamGenerate received no messages: send a header first")
+                raise _StreamEnded("StreamGenerate received no messages: send a header first")
             clock.header = time.perf_counter()
             if first.WhichOneof("kind") != "header":
                 raise InvalidArgument(f"the first StreamGenerate message must be a header, got {_kind_phrase(first)}")
             req = await self._validate(from_stream_header, first.header)
+            await self._check_constraint(req)
             sizes = declared_sizes(first.header)
             declared_total = sum(n for n in sizes if n is not None)
             if declared_total > self._settings.max_request_bytes:
@@ -492,8 +615,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             tasks: dict[int, asyncio.Task[DecodedPart]] = {}
             buffer: list[bytes] = []
             buffered = total = num_chunks = 0
+            min_rate = self._settings.min_upload_bytes_per_s
+            paced_from = time.monotonic() + self._settings.upload_rate_grace_s
+            slot = contextlib.ExitStack()
             try:
-                while (msg := await self._next_message(iterator, upload_deadline)) is not None:
+                slot.enter_context(self._lifecycle.upload(peer))
+                while (
+                    msg := await self._next_message(
+                        iterator, upload_deadline, paced_from + total / min_rate if min_rate else float("inf")
+                    )
+                ) is not None:
                     kind = msg.WhichOneof("kind")
                     if kind == "end":
                         clock.end = time.perf_counter()
@@ -544,7 +675,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     for done in [t for t in tasks.values() if t.done() and t.exception()]:
                         done.result()  # fail fast: no need to receive the rest
                 else:
-                    raise InvalidArgument("the request stream ended without an End message")
+                    raise _StreamEnded("the request stream ended without an End message")
                 if pending:
                     raise InvalidArgument(
                         f"End received but media parts {pending} have no complete payload "
@@ -554,6 +685,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 for task in tasks.values():
                     task.cancel()
                 raise
+            finally:
+                slot.close()
             span.set_attribute("receive.chunks", num_chunks)
             span.set_attribute("receive.bytes", total)
             span.set_attribute("receive.upload_s", clock.upload_s)

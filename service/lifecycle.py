@@ -40,6 +40,7 @@ class Lifecycle:
         *,
         max_admitted: int | None = None,
         max_uploading: int | None = None,
+        max_uploading_per_peer: int | None = None,
     ) -> None:
         self.state = STARTING
         self.in_flight = 0  # every call inside the servicer, for drain
@@ -48,11 +49,18 @@ class Lifecycle:
         self.uploading = 0  # StreamGenerate calls between header and End
         self.max_admitted = max_admitted
         self.max_uploading = max_uploading
+        self.max_uploading_per_peer = max_uploading_per_peer or None  # 0: no per-peer cap
+        self.uploading_by_peer: dict[str, int] = {}
         self.engine_dead = asyncio.Event()
         # Readiness withdrawn (drain's first step, or SIGUSR1) at this loop time; the server
         # still accepts calls until the state leaves SERVING.
         self.withdrawn_at: float | None = None
         self.cut_calls = 0  # calls still running when a drain's grace ran out
+        # The tasks of the calls in flight, and why they are being cancelled when a drain
+        # cuts them (their handlers then end them with this UNAVAILABLE message).
+        self.calls: set[asyncio.Task] = set()
+        self.cut_reason: str | None = None
+        self._pending_update: object = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.on_change = on_change
@@ -67,8 +75,15 @@ class Lifecycle:
         return self.max_admitted is not None and self.admitted >= self.max_admitted
 
     @property
+    def uploads_full(self) -> bool:
+        """Every upload slot is taken: StreamGenerate would be refused, so readiness says
+        NOT_SERVING too (balancers route elsewhere). One peer cannot cause it alone when
+        ``max_uploading_per_peer`` is below ``max_uploading``."""
+        return self.max_uploading is not None and self.uploading >= self.max_uploading
+
+    @property
     def ready(self) -> bool:
-        return self.accepting and not self.saturated and self.withdrawn_at is None
+        return self.accepting and not self.saturated and not self.uploads_full and self.withdrawn_at is None
 
     def withdraw(self) -> bool:
         """Readiness goes NOT_SERVING for good; calls are still accepted. False if it already was."""
@@ -89,11 +104,22 @@ class Lifecycle:
             return "draining (readiness withdrawn; in-flight calls finishing)"
         if self.saturated:
             return f"full: {self.admitted} requests admitted, the limit (--max-concurrent-requests)"
+        if self.uploads_full:
+            return f"full: {self.uploading} uploads in progress, the limit (--max-concurrent-uploads)"
         return None
 
     def _changed(self) -> None:
         if self.on_change is not None:
-            self.on_change()
+            self._pending_update = self.on_change()
+
+    async def settled(self) -> None:
+        """Waits until what readiness reports reflects the last change (the health update
+        ``on_change`` started, when it returned an awaitable): a call refused because the
+        engine died is answered only once readiness already says NOT_SERVING."""
+        update = self._pending_update
+        if update is not None and hasattr(update, "__await__"):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(update)  # type: ignore[arg-type]
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -109,9 +135,14 @@ class Lifecycle:
     def track(self) -> Iterator[None]:
         self.in_flight += 1
         self._idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self.calls.add(task)
         try:
             yield
         finally:
+            if task is not None:
+                self.calls.discard(task)
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
@@ -140,18 +171,44 @@ class Lifecycle:
                 self._changed()
 
     @contextlib.contextmanager
-    def upload(self) -> Iterator[None]:
-        """One StreamGenerate upload in progress; ResourceExhausted past its own budget."""
-        if self.max_uploading is not None and self.uploading >= self.max_uploading:
+    def upload(self, peer: str = "") -> Iterator[None]:
+        """One StreamGenerate upload in progress (taken once its header is valid);
+        ResourceExhausted past the server's upload budget or the peer's share of it."""
+        if self.uploads_full:
             raise ResourceExhausted(
                 f"the server is receiving {self.uploading} uploads, its limit (--max-concurrent-uploads); "
-                "retry with backoff, or send the request with Generate"
+                "retry with backoff or on another replica, or send the request with Generate"
+            )
+        mine = self.uploading_by_peer.get(peer, 0)
+        if self.max_uploading_per_peer is not None and mine >= self.max_uploading_per_peer:
+            raise ResourceExhausted(
+                f"this client ({peer or 'unknown peer'}) has {mine} uploads in progress, the limit per client "
+                "(--max-uploads-per-peer); finish or cancel one first"
             )
         self.uploading += 1
+        self.uploading_by_peer[peer] = mine + 1
+        if self.uploads_full:
+            self._changed()
         try:
             yield
         finally:
+            was_full = self.uploads_full
             self.uploading -= 1
+            if (left := self.uploading_by_peer[peer] - 1) > 0:
+                self.uploading_by_peer[peer] = left
+            else:
+                del self.uploading_by_peer[peer]
+            if was_full and not self.uploads_full:
+                self._changed()
+
+    async def cut(self, reason: str, timeout_s: float = 1.0) -> None:
+        """Cancels every call still in flight; their handlers end them UNAVAILABLE with
+        ``reason`` (instead of gRPC's bare "Cancelling all calls" when the server stops)."""
+        self.cut_reason = reason
+        for task in list(self.calls):
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """True if every in-flight request finished within the timeout."""

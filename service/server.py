@@ -39,6 +39,8 @@ ENGINE_DEATH_POLL_S = 0.5
 # Every reflection service (v1alpha, v1): one auth rule covers them all.
 REFLECTION_RULE = "grpc.reflection.*"
 ENGINE_HEALTH_INTERVAL_S = 5.0
+# After a drain cut its calls, how long gRPC may take to send their statuses before it stops.
+CUT_STATUS_GRACE_S = 1.0
 
 
 @dataclass
@@ -110,8 +112,9 @@ class NanovlServer:
             await self.health.set(name, status)
         await self.health.set("", serving if self.liveness().ok else not_serving)
 
-    def health_changed(self) -> None:
-        """Lifecycle callback (synchronous): refresh the health statuses soon, in order."""
+    def health_changed(self) -> asyncio.Task:
+        """Lifecycle callback (synchronous): refresh the health statuses soon, in order;
+        returns the update (``Lifecycle.settled`` awaits it)."""
         previous = self._health_update
 
         async def update() -> None:
@@ -120,6 +123,7 @@ class NanovlServer:
             await self._set_health()
 
         self._health_update = asyncio.get_running_loop().create_task(update())
+        return self._health_update
 
     async def set_state(self, state: str) -> None:
         self.lifecycle.set_state(state)
@@ -171,7 +175,15 @@ class NanovlServer:
         await self.set_state(DRAINING)
         log.info("draining: new calls refused; %d request(s) in flight, grace %.0fs", self.lifecycle.in_flight, grace)
         clean = await self.lifecycle.wait_idle(grace)
-        await self.stop(grace=0)
+        if not clean:
+            log.warning("drain grace of %.0fs ran out: cutting %d call(s)", grace, self.lifecycle.in_flight)
+            await self.lifecycle.cut(
+                f"the server stopped (shutdown; its drain grace of {grace:g} s ran out) before this call "
+                "finished; retry it on another replica"
+            )
+        # The cut calls' statuses are on their way out: gRPC's grace lets them go (a grace
+        # of 0 would replace them with its own "Cancelling all calls").
+        await self.stop(grace=0 if clean else CUT_STATUS_GRACE_S)
         return clean
 
     async def stop(self, grace: float | None = 0) -> None:
@@ -181,7 +193,7 @@ class NanovlServer:
         await self.server.stop(grace)
         for extra in (self.admin, self.health_server):
             if extra is not None:
-                await extra.stop(grace)
+                await extra.stop(0)  # health watches and operator calls: nothing to finish
         self.inference.close()
 
 
@@ -295,7 +307,11 @@ async def build_server(
         rules[PROFILING] = admin_only
     if settings.auth.reflection_requires_token:
         rules[REFLECTION_RULE] = any_token
-    lifecycle = Lifecycle(max_admitted=settings.max_concurrent_requests, max_uploading=settings.max_concurrent_uploads)
+    lifecycle = Lifecycle(
+        max_admitted=settings.max_concurrent_requests,
+        max_uploading=settings.max_concurrent_uploads,
+        max_uploading_per_peer=settings.max_uploads_per_peer,
+    )
     health_servicer = HealthServicer()
     try:
         chat = ChatRenderer(engine.summary.model)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 ENV = "NANOVL_SERVER_PID"
 POLL_S = 1.0
-KILL_AFTER_S = 10.0
+KILL_AFTER_S = 3.0
 
 _started = False
 

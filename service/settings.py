@@ -27,6 +27,14 @@ class ServerSettings:
     # StreamGenerate calls still uploading (header received, End not yet): a budget of
     # their own, so slow or stalled uploads never take the slots of admitted requests.
     max_concurrent_uploads: int = 64
+    # One client address's share of those slots (0: no cap). Behind a proxy that terminates
+    # HTTP/2 every client has the proxy's address: raise it to max_concurrent_uploads there.
+    max_uploads_per_peer: int = 16
+    # An upload slot is taken only once the header is read and valid, and kept only while
+    # the upload averages at least min_upload_bytes_per_s after its first
+    # upload_rate_grace_s seconds (a client trickling a byte now and then is cut).
+    min_upload_bytes_per_s: int = 64 * 1024
+    upload_rate_grace_s: float = 10.0
     # StreamGenerate: longest silence between two client messages (header included) and
     # longest whole upload (header to End); past either the call ends DEADLINE_EXCEEDED.
     upload_idle_timeout_s: float = 30.0
@@ -36,6 +44,13 @@ class ServerSettings:
     # memory-capped process, killed after chat_template_timeout_s.
     allow_request_chat_template: bool = False
     chat_template_timeout_s: float = 2.0
+    # Structured output (service.grammar_guard): the constraint's text and choice count are
+    # capped, and an xgrammar constraint is compiled in a killable process first; one that
+    # compiles longer than structured_output_compile_timeout_s never reaches the engine
+    # (vLLM compiles grammars in a small thread pool that one slow grammar would hold).
+    max_structured_output_bytes: int = 128 * 1024
+    max_structured_output_choices: int = 1000
+    structured_output_compile_timeout_s: float = 2.0
     # Media decoding threads (CPU-bound; never on the event loop).
     decode_threads: int = 2
     # Frames sampled from an encoded video when the client does not say.
@@ -56,8 +71,13 @@ class ServerSettings:
     # Kubernetes' endpoint updates to take this replica out of rotation; then new calls are
     # refused (UNAVAILABLE) and in-flight calls may finish for drain_grace_s; then exit.
     drain_readiness_grace_s: float = 5.0
-    # SIGTERM, after the readiness grace: in-flight calls may finish for this long, then exit.
-    drain_grace_s: float = 20.0
+    # SIGTERM, after the readiness grace: in-flight calls may finish for this long; calls
+    # still running are then cut (UNAVAILABLE, "retry on another replica").
+    drain_grace_s: float = 15.0
+    # Then the engine processes get this long to stop before they are killed, and the whole
+    # exit is bounded by it (+ a 3 s margin). Defaults: 5 + 15 + 5 + 3 = 28 s at most, inside
+    # Kubernetes' default terminationGracePeriodSeconds of 30.
+    engine_shutdown_timeout_s: float = 5.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)
     # Elements of each repeated field in one request (messages, parts, stop strings, ...).
@@ -86,11 +106,16 @@ class ServerSettings:
             "decode_threads",
             "upload_idle_timeout_s",
             "upload_timeout_s",
+            "upload_rate_grace_s",
+            "engine_shutdown_timeout_s",
             "chat_template_timeout_s",
+            "max_structured_output_bytes",
+            "max_structured_output_choices",
+            "structured_output_compile_timeout_s",
         ):
             if not getattr(self, name) > 0:
                 raise InvalidArgument(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)!r}")
-        for name in ("drain_readiness_grace_s", "drain_grace_s"):
+        for name in ("drain_readiness_grace_s", "drain_grace_s", "max_uploads_per_peer", "min_upload_bytes_per_s"):
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise InvalidArgument(f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")

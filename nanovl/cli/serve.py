@@ -85,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="StreamGenerate calls still uploading, a budget apart from --max-concurrent-requests",
     )
     g.add_argument(
+        "--max-uploads-per-peer",
+        type=int,
+        default=d.max_uploads_per_peer,
+        help="a client address's share of the upload budget (0: no cap); behind a proxy that terminates "
+        "HTTP/2 every client has the proxy's address, so raise it to the whole budget there",
+    )
+    g.add_argument(
+        "--min-upload-bytes-per-s",
+        type=int,
+        default=d.min_upload_bytes_per_s,
+        help="StreamGenerate: an upload averaging less than this after --upload-rate-grace-s is cut "
+        "(DEADLINE_EXCEEDED), so trickling clients cannot hold upload slots (0: no minimum)",
+    )
+    g.add_argument(
+        "--upload-rate-grace-s",
+        type=float,
+        default=d.upload_rate_grace_s,
+        help="StreamGenerate: seconds after the header before --min-upload-bytes-per-s applies",
+    )
+    g.add_argument(
         "--upload-idle-timeout-s",
         type=float,
         default=d.upload_idle_timeout_s,
@@ -107,6 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.chat_template_timeout_s,
         help="a per-request chat template rendering longer than this is killed (DEADLINE_EXCEEDED)",
+    )
+    g.add_argument(
+        "--max-structured-output-bytes",
+        type=int,
+        default=d.max_structured_output_bytes,
+        help="largest structured-output constraint (JSON schema, regex, grammar, or all choices together); "
+        "more gets RESOURCE_EXHAUSTED",
+    )
+    g.add_argument(
+        "--max-structured-output-choices",
+        type=int,
+        default=d.max_structured_output_choices,
+        help="most options in a structured-output choice; more gets RESOURCE_EXHAUSTED",
+    )
+    g.add_argument(
+        "--structured-output-compile-timeout-s",
+        type=float,
+        default=d.structured_output_compile_timeout_s,
+        help="a structured-output constraint is first compiled in a separate process; one that takes longer "
+        "is refused (RESOURCE_EXHAUSTED) and never reaches the engine, whose grammar threads it would hold",
     )
     g.add_argument("--decode-threads", type=int, default=d.decode_threads, help="media decoding threads")
     g.add_argument(
@@ -143,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.drain_grace_s,
         help="SIGTERM: after the readiness grace, new calls are refused and in-flight calls may finish for this long",
+    )
+    g.add_argument(
+        "--engine-shutdown-timeout-s",
+        type=float,
+        default=d.engine_shutdown_timeout_s,
+        help="at exit, the engine processes get this long to stop before they are killed; the whole exit "
+        "after the drain is bounded by it + 3 s (defaults: 5 + 15 + 5 + 3 = 28 s from SIGTERM, inside "
+        "Kubernetes' 30 s; engine death: 1 + 5 + 3 s)",
     )
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
     g.add_argument(
@@ -264,6 +312,8 @@ EXIT_DRAINED = 0  # SIGTERM/SIGINT, every in-flight call finished within --drain
 EXIT_OPERATOR_ERROR = 2  # bad flags, bad checkpoint, busy port (nanovl.cli.common.EXIT_USAGE)
 EXIT_DRAIN_CUT = 3  # SIGTERM/SIGINT, but calls were still running when the grace ran out
 EXIT_ENGINE_DIED = 4  # the engine died; in-flight calls got UNAVAILABLE; restart the process
+# The exit after the drain may take --engine-shutdown-timeout-s plus this, then it is forced.
+EXIT_MARGIN_S = 3.0
 
 
 def settings_from_args(args: argparse.Namespace, **extra: object) -> ServerSettings:
@@ -594,9 +644,13 @@ def run(args: argparse.Namespace) -> int:
             from nanovl.cli import frontends
 
             return frontends.run_frontends(args)
-        return event_loop.run(_serve(args, args.startup), loop=args.event_loop)
+        status = event_loop.run(_serve(args, args.startup), loop=args.event_loop)
     finally:
         args.engine_logs.stop()
+    from service.process_tree import exit_if_bounded
+
+    exit_if_bounded(status)  # the engine and its processes are stopped: skip interpreter teardown
+    return status
 
 
 def prepare_model(args: argparse.Namespace, report) -> None:  # report: StartupReport
@@ -639,6 +693,7 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
     from profiling.telemetry import metrics as metrics_mod
     from profiling.telemetry import tracing
     from service.engine import Engine
+    from service.process_tree import ProcessTree, exit_within
     from service.server import build_server
 
     security, limits = args.security, args.operator_limits
@@ -669,6 +724,10 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
             engine_args, warmup=False, client_config=None if frontend is None else frontend.client_config
         )
         phase.detail = engine.summary.describe()
+    # The engine core and workers, as started: killed at exit if they outlive the bound
+    # (a worker whose engine core died is no longer this process's descendant).
+    tree = ProcessTree() if frontend is None else None
+    outcome = {"status": 1}
     server = None
     try:
         # The servicer also feeds the encoder-budget gauges of /metrics.
@@ -717,10 +776,19 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
         await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         died.cancel()
+        if tree is not None:
+            # From here the exit is bounded (README "Running under a supervisor"): the
+            # drain's graces, then the engine's shutdown, then EXIT_MARGIN_S.
+            if server.engine_died.is_set():
+                drain = 1.0  # server.stop(grace=1.0) below
+            else:
+                drain = (0.0 if interactive else settings.drain_readiness_grace_s) + settings.drain_grace_s
+            exit_within(drain + settings.engine_shutdown_timeout_s + EXIT_MARGIN_S, lambda: outcome["status"], tree)
         if server.engine_died.is_set():
             # In-flight calls already failed UNAVAILABLE; give their statuses a moment to
             # reach the clients, then exit so the supervisor starts a fresh process.
             log.error("the engine died: exiting with status %d so the supervisor restarts nanovl", EXIT_ENGINE_DIED)
+            outcome["status"] = EXIT_ENGINE_DIED
             await server.stop(grace=1.0)
             return EXIT_ENGINE_DIED
         readiness_grace = 0.0 if interactive else settings.drain_readiness_grace_s
@@ -730,6 +798,7 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
             readiness_grace + settings.drain_grace_s,
         )
         clean = await server.drain_and_stop(readiness_grace_s=readiness_grace)
+        outcome["status"] = EXIT_DRAINED if clean else EXIT_DRAIN_CUT
         if clean:
             log.info("drained cleanly")
             return EXIT_DRAINED
@@ -741,9 +810,15 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
         )
         return EXIT_DRAIN_CUT
     finally:
+        if tree is not None and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+            exit_within(settings.engine_shutdown_timeout_s + EXIT_MARGIN_S, lambda: outcome["status"], tree)
         if server is not None and server.lifecycle.state != "STOPPED":
             await server.stop()
-        engine.shutdown()
+        engine.shutdown(timeout_s=settings.engine_shutdown_timeout_s)
+        if tree is not None and (left := tree.alive()):
+            # vLLM kills its engine core; a worker re-parented away from it is ours to stop.
+            log.info("stopping %d engine process(es) left after the engine's shutdown", len(left))
+            tree.kill()
         tracing.shutdown_tracing(provider)
         service_metrics.shutdown()
 

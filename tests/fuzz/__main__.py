@@ -34,14 +34,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(extra: list[str]) -> tuple[subprocess.Popen, str, Path]:
-    port = _free_port()
+# What the server the fuzzer starts runs with, besides the defaults: per-request chat
+# templates allowed (so the sandbox is fuzzed, not only refused), the plaintext health
+# port, and a short upload-rate grace so that stalled and trickling uploads end in 2 s.
+FUZZ_SERVE_FLAGS = ["--allow-request-chat-template", "--upload-rate-grace-s", "2"]
+
+
+def start_server(extra: list[str]) -> tuple[subprocess.Popen, str, Path, str]:
+    port, health_port = _free_port(), _free_port()
     log = Path(os.environ.get("NANOVL_FUZZ_LOG", f"/tmp/nanovl-fuzz-server-{port}.log"))
     serve = "import sys; from nanovl.cli import main; sys.exit(main())"
-    cmd = [sys.executable, "-c", serve, "serve", "--port", str(port), "--metrics-port", "0", *extra]
+    cmd = [sys.executable, "-c", serve, "serve", "--port", str(port), "--metrics-port", "0"]
+    cmd += ["--health-port", str(health_port), *FUZZ_SERVE_FLAGS, *extra]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, f"127.0.0.1:{port}", log
+    return proc, f"127.0.0.1:{port}", log, f"127.0.0.1:{health_port}"
 
 
 async def wait_ready(target: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
@@ -59,6 +66,7 @@ async def wait_ready(target: str, proc: subprocess.Popen, timeout_s: float = 600
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
     p.add_argument("--target", help="fuzz a running server instead of starting one")
+    p.add_argument("--health-target", help="with --target: its plaintext health port (--health-port)")
     p.add_argument("-n", "--requests", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=8)
@@ -82,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus.media_corpus()
 
     proc = None
-    target = args.target
+    target, health_target = args.target, args.health_target
     if target is None:
-        proc, target, log = start_server(args.serve_args)
+        proc, target, log, health_target = start_server(args.serve_args)
         print(f"started nanovl serve (pid {proc.pid}) on {target}; log {log}", flush=True)
     try:
         if proc is not None:
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_s=args.timeout,
                 stall_timeout_s=args.stall_timeout,
                 progress=True,
+                health_target=health_target,
             )
         )
     finally:

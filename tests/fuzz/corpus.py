@@ -8,6 +8,7 @@ deterministic, so a failure is replayed from its kind and seed alone.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import struct
@@ -52,6 +53,13 @@ class Case:
     # Pause before the last message (a slow client), or cancel after sending (a client leaving).
     cancel_after_s: float | None = None
     note: str = ""
+    # Send with plain grpc.aio (no nanovl client): what a client in any language sees,
+    # "Internal error from Core" included.
+    raw_client: bool = False
+    # "health": the plaintext health-only port (--health-port), when the run has one.
+    port: str = "main"
+    # Between messages, pause this long (a client trickling its upload).
+    pause_s: float = 0.0
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -426,6 +434,45 @@ def structured_junk(seed: int, rng: random.Random) -> Case:
     return _generate("structured.junk", seed, req, must_reject=choice not in (5, 6))
 
 
+def _many_properties(n: int) -> str:
+    names = [f"p{i:05d}" for i in range(n)]
+    return json.dumps({"type": "object", "properties": {k: {"type": "string"} for k in names}, "required": names})
+
+
+# Constraints that are cheap to send and expensive to compile (or over a size limit). A few
+# fixed sizes, so the server's verdict cache is exercised as well as its compile check.
+HOSTILE_CONSTRAINTS: dict[str, Callable[[], pb.StructuredOutput]] = {
+    "enum_100k": lambda: pb.StructuredOutput(json_schema=json.dumps({"enum": [str(i) for i in range(100_000)]})),
+    "enum_16k": lambda: pb.StructuredOutput(json_schema=json.dumps({"enum": [f"{i:05d}" for i in range(16_000)]})),
+    "properties_3000": lambda: pb.StructuredOutput(json_schema=_many_properties(3000)),
+    "properties_20000": lambda: pb.StructuredOutput(json_schema=_many_properties(20_000)),
+    "choices_5000": lambda: pb.StructuredOutput(choice=pb.Choices(choices=[f"c{i}" for i in range(5000)])),
+    "choice_huge": lambda: pb.StructuredOutput(choice=pb.Choices(choices=["x" * 200_000])),
+    "regex_alternation": lambda: pb.StructuredOutput(regex="(" + "|".join(f"w{i:05d}" for i in range(12_000)) + ")"),
+    "grammar_rules": lambda: pb.StructuredOutput(grammar="root ::= " + " | ".join(f'"{i:05d}"' for i in range(12_000))),
+    "small_ok": lambda: pb.StructuredOutput(json_schema='{"type": "object"}'),
+}
+# Over --max-structured-output-bytes / -choices at their defaults: always refused.
+HOSTILE_OVER_LIMITS = frozenset({"enum_100k", "properties_20000", "choices_5000", "choice_huge"})
+
+
+def structured_hostile(seed: int, rng: random.Random) -> Case:
+    """Schemas, regexes, grammars and choices built to stall grammar compilation for every
+    user: over a size limit (RESOURCE_EXHAUSTED), too slow to compile (RESOURCE_EXHAUSTED
+    naming --structured-output-compile-timeout-s) or, on a fast machine, compiled (OK)."""
+    name = rng.choice(sorted(HOSTILE_CONSTRAINTS))
+    req = pb.GenerateRequest(parts=[_text(rng)], sampling=_sampling(structured_output=HOSTILE_CONSTRAINTS[name]()))
+    case = _generate("structured.hostile", seed, req, must_reject=name in HOSTILE_OVER_LIMITS, note=name)
+    if rng.random() < 0.3:  # and as a StreamGenerate header (checked before any upload slot)
+        header = pb.GenerateChunk(
+            header=pb.StreamGenerateHeader(parts=[pb.DeclaredPart(part=_text(rng))], sampling=req.sampling)
+        )
+        return _stream(
+            "structured.hostile", seed, [header, END], half_close=True, must_reject=case.must_reject, note=name
+        )
+    return case
+
+
 # ------------------------------------------------------------------ prompts and chat
 
 PLACEHOLDERS = [
@@ -569,6 +616,29 @@ def chat_template_kwargs(seed: int, rng: random.Random) -> Case:
     return _generate("chat.template_kwargs", seed, req, must_reject=False)
 
 
+REQUEST_TEMPLATES = {
+    "raise": "{{ raise_exception('boom') }}",
+    "loop_1e8": "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    "memory": "{{ 'a' * 10**10 }}",
+    "recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "dunder": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "syntax": "{% for %}",
+    "undefined_call": "{{ x.y.z() }}",
+    "placeholder": "<image>{% for m in messages %}{{ m.content }}{% endfor %}",
+    "plain": "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:",
+}
+
+
+def chat_request_template(seed: int, rng: random.Random) -> Case:
+    """Per-request chat templates: client code, rendered in the sandbox when the server
+    allows them (--allow-request-chat-template), PERMISSION_DENIED otherwise."""
+    name = rng.choice(sorted(REQUEST_TEMPLATES))
+    req = pb.GenerateRequest(messages=[pb.Message(role="user", parts=[_text(rng)])], sampling=_sampling())
+    req.chat_template.chat_template_kwargs.update({"chat_template": REQUEST_TEMPLATES[name]})
+    # A template emitting a placeholder is another rule's business: any precise status will do.
+    return _generate("chat.request_template", seed, req, must_reject=name not in ("plain", "placeholder"), note=name)
+
+
 def chat_template_kwargs_deep(seed: int, rng: random.Random) -> Case:
     depth = rng.randint(20, 32)  # still decodes (protobuf's limit is about 32 Structs)
     raw = wire.generate_request_with_kwargs(wire.nested_struct(depth))
@@ -677,6 +747,45 @@ def stream_cancel_mid_upload(seed: int, rng: random.Random) -> Case:
     )
 
 
+def stream_raw_client(seed: int, rng: random.Random) -> Case:
+    """A StreamGenerate the server rejects while a plain grpc.aio client is still writing:
+    a header it refuses (bad sampling, a declared size over the limit) or a protocol
+    violation, then chunks. The client must see the server's status, never grpc.aio's
+    "Internal error from Core"."""
+    png = media_corpus()["png"][1]
+    chunks = [_chunk(0, png[i : i + 64], False) for i in range(0, len(png), 64)] + [_chunk(0, b"", True), END]
+    choice = rng.randrange(4)
+    if choice == 0:
+        header = _image_header(rng)
+        header.header.sampling.top_p = rng.choice([1.5, -1.0, 0.0])
+    elif choice == 1:
+        header = _image_header(rng, sizes=[2**40])
+    elif choice == 2:
+        header = _image_header(rng, sizes=[3])  # more bytes arrive than declared
+    else:
+        header = _image_header(rng)
+        chunks.insert(0, _chunk(1, b"x", False))  # a chunk for the text part
+    return _stream("stream.raw_client", seed, [header, *chunks], half_close=rng.random() < 0.7, raw_client=True)
+
+
+def stream_trickle(seed: int, rng: random.Random) -> Case:
+    """A header, then a few bytes now and then: never idle, too slow; the server's
+    minimum upload rate must end it (DEADLINE_EXCEEDED naming --min-upload-bytes-per-s)."""
+    msgs = [_image_header(rng)] + [_chunk(0, b"\x89", False) for _ in range(40)]
+    return _stream("stream.trickle", seed, msgs, half_close=False, pause_s=0.5)
+
+
+def health_port(seed: int, rng: random.Random) -> Case:
+    """The plaintext health port (--health-port) gets the same hostile bytes as the others."""
+    method = rng.choice([HEALTH_CHECK, HEALTH_WATCH])
+    if rng.random() < 0.7:
+        msg = rng.choice(GUARANTEED_GARBAGE)
+        return Case("health.port", seed, method, (msg,), half_close=False, port="health")
+    service = rng.choice(["", "nanovl.v1.Inference", "no.such.Service", "x" * 3000])
+    msg = health_pb2.HealthCheckRequest(service=service).SerializeToString()
+    return Case("health.port", seed, HEALTH_CHECK, (msg,), must_reject=False, port="health")
+
+
 def stream_stall(seed: int, rng: random.Random) -> Case:
     """Header and one chunk, then silence: the server's upload idle timeout must end it."""
     msgs = [_image_header(rng), _chunk(0, _png()[:100], False)]
@@ -706,15 +815,20 @@ KINDS: dict[str, Callable[[int, random.Random], Case]] = {
     "sampling.token_ids": sampling_token_ids,
     "sampling.strings": sampling_strings,
     "structured.junk": structured_junk,
+    "structured.hostile": structured_hostile,
     "prompt.placeholders": prompt_placeholders,
     "prompt.shape": prompt_shape,
     "chat.messages": chat_messages,
     "chat.template_kwargs": chat_template_kwargs,
     "chat.template_kwargs_deep": chat_template_kwargs_deep,
+    "chat.request_template": chat_request_template,
     "chat.tools": chat_tools,
     **{f"stream.{step}": stream_protocol(step) for step in STREAM_STEPS},
     "stream.cancel_mid_upload": stream_cancel_mid_upload,
     "stream.stall": stream_stall,
+    "stream.trickle": stream_trickle,
+    "stream.raw_client": stream_raw_client,
+    "health.port": health_port,
 }
 
 

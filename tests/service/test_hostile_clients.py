@@ -4,6 +4,7 @@ CANCELLED / DEADLINE_EXCEEDED in nanovl_requests_total, not as the client's mist
 from __future__ import annotations
 
 import asyncio
+import random
 
 import grpc
 import pytest
@@ -51,11 +52,39 @@ def _upload_then_wait():
     return chunks()
 
 
-async def test_cancel_mid_upload_is_recorded_as_cancelled(recorded):
+def _upload_phase(phase: str):
+    """Header; header and a chunk; or every chunk but no End; then the client waits."""
+    png = mf.make_png(64, 64, seed=1)
+    header = pb.GenerateChunk(
+        header=pb.StreamGenerateHeader(
+            parts=[pb.DeclaredPart(part=pb.ContentPart(image=pb.Image()))], sampling=pb.SamplingOptions(max_tokens=2)
+        )
+    )
+    msgs = [header]
+    if phase != "header":
+        msgs.append(pb.GenerateChunk(media=pb.MediaChunk(part_index=0, data=png[:100], last=False)))
+    if phase == "last chunk":
+        msgs.append(pb.GenerateChunk(media=pb.MediaChunk(part_index=0, data=png[100:], last=True)))
+
+    async def chunks():
+        for m in msgs:
+            yield m
+        await asyncio.sleep(60)
+
+    return chunks()
+
+
+# (phase, seconds before the cancel): the verifier's timings, where 6 of 9 were miscounted.
+CANCELS = [(p, d) for p in ("header", "chunk", "last chunk") for d in (0.05, 0.5, 2.0)]
+
+
+@pytest.mark.parametrize("case", random.Random(10).sample(CANCELS, 4), ids=str)
+async def test_cancel_mid_upload_is_recorded_as_cancelled(recorded, case):
+    phase, delay = case
     target, outcomes = recorded
     async with grpc.aio.insecure_channel(target) as channel:
-        call = pb_grpc.InferenceStub(channel).StreamGenerate(_upload_then_wait())
-        await asyncio.sleep(0.5)
+        call = pb_grpc.InferenceStub(channel).StreamGenerate(_upload_phase(phase))
+        await asyncio.sleep(delay)
         call.cancel()
         await _wait_for(outcomes, 1)
     assert outcomes == [("StreamGenerate", grpc.StatusCode.CANCELLED)]

@@ -5,6 +5,8 @@ loop. Real servers on the session engine, real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import statistics
 import time
 
@@ -77,8 +79,12 @@ async def _readiness(channel) -> int:
 
 
 async def test_600_stalled_uploads_never_starve_a_normal_call(make_server):
-    idle_s = 3.0
-    srv = await make_server(upload_idle_timeout_s=idle_s, max_concurrent_uploads=64)
+    """600 uploads that send a header and 1 KiB, then go silent: they fill the upload budget
+    (readiness says so), Generate still goes through, and the minimum upload rate cuts
+    them long before the idle timeout, so a normal StreamGenerate gets in."""
+    srv = await make_server(
+        upload_idle_timeout_s=120.0, upload_rate_grace_s=2.0, max_concurrent_uploads=64, max_uploads_per_peer=0
+    )
     hold = asyncio.Event()
 
     async def stalled():
@@ -86,36 +92,126 @@ async def test_600_stalled_uploads_never_starve_a_normal_call(make_server):
         yield _chunk(0, b"\0" * 1024, False)
         await hold.wait()  # goes silent
 
+    async def normal():
+        yield _header(_image(), sizes=[len(PNG)])
+        yield _chunk(0, PNG, True)
+        yield END
+
     async with grpc.aio.insecure_channel(srv.target) as channel:
         stub = pb_grpc.InferenceStub(channel)
-        t0 = time.monotonic()
-        stalls = [asyncio.create_task(_status(stub.StreamGenerate(stalled(), timeout=60))) for _ in range(600)]
+        stalls = [asyncio.create_task(_failure(stub.StreamGenerate(stalled(), timeout=100))) for _ in range(600)]
         # The upload budget fills; the rest are refused at once, not queued.
         for _ in range(400):
             if srv.lifecycle.uploading >= 64:
                 break
             await asyncio.sleep(0.05)
         assert srv.lifecycle.uploading == 64
+        assert await _readiness(channel) == health_pb2.HealthCheckResponse.NOT_SERVING  # full: route elsewhere
         # Uploads take none of the admission slots: a normal call goes through now...
         ok = await _collect(stub.Generate(pb.GenerateRequest(parts=[_image(PNG)]), timeout=60))
         assert ok[-1].HasField("final")
+        # ...and a normal upload as soon as the rate rule has cut the stalled ones.
+        for _ in range(600):
+            code, _ = await _failure(stub.StreamGenerate(normal(), timeout=60))
+            if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                break
+            await asyncio.sleep(0.1)
+        assert code == grpc.StatusCode.OK
+        outcomes = await asyncio.gather(*stalls)
         assert await _readiness(channel) == health_pb2.HealthCheckResponse.SERVING
-        # ...and a normal upload as soon as the stalled ones time out.
-        codes = await asyncio.gather(*stalls)
-        elapsed = time.monotonic() - t0
-        assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 64, codes
-        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 600 - 64
-        assert elapsed < idle_s + 20
-
-        async def normal():
-            yield _header(_image(), sizes=[len(PNG)])
-            yield _chunk(0, PNG, True)
-            yield END
-
-        events = await _collect(stub.StreamGenerate(normal(), timeout=60))
-        assert events[-1].HasField("final")
     hold.set()
+    cut = [d for c, d in outcomes if c == grpc.StatusCode.DEADLINE_EXCEEDED]
+    assert len(cut) == 64 and all("--min-upload-bytes-per-s" in d for d in cut), outcomes[:3]
+    assert [c for c, _ in outcomes].count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 600 - 64
     assert srv.lifecycle.uploading == 0 and srv.lifecycle.admitted == 0
+
+
+async def _failure(call) -> tuple[grpc.StatusCode, str]:
+    try:
+        await _collect(call)
+    except grpc.aio.AioRpcError as err:
+        return err.code(), err.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+async def test_a_trickling_upload_is_cut_by_the_minimum_rate(make_server):
+    """Never idle, always too slow: one byte every 0.3 s."""
+    srv = await make_server(upload_idle_timeout_s=60.0, upload_rate_grace_s=1.0, min_upload_bytes_per_s=1024)
+
+    async def trickle():
+        yield _header(_image(), sizes=[4096])
+        for _ in range(400):
+            yield _chunk(0, b"\0", False)
+            await asyncio.sleep(0.3)
+
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        code, details = await _failure(pb_grpc.InferenceStub(channel).StreamGenerate(trickle(), timeout=100))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "--min-upload-bytes-per-s" in details
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_bad_first_message_gets_its_own_status_while_the_upload_budget_is_full(make_server, seed):
+    """The upload slot is taken after the header is read and checked: an undecodable or
+    invalid header is INVALID_ARGUMENT even when every slot is taken."""
+    rng = random.Random(seed)
+    srv = await make_server(max_concurrent_uploads=2, max_uploads_per_peer=0, upload_idle_timeout_s=60.0)
+    hold = asyncio.Event()
+
+    async def stalled():
+        yield _header(_image(), sizes=[4096])
+        await hold.wait()
+
+    bad = rng.choice(
+        [
+            b"\x0a",  # undecodable
+            pb.GenerateChunk(media=pb.MediaChunk(part_index=0, data=b"x", last=True)).SerializeToString(),  # no header
+            _header(_image(PNG)).SerializeToString(),  # payload in the header
+            _header(_image(), top_p=1.5).SerializeToString(),  # bad sampling
+        ]
+    )
+
+    async def send_bad():
+        yield bad
+        yield END.SerializeToString()
+
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        stalls = [asyncio.create_task(_status(stub.StreamGenerate(stalled(), timeout=60))) for _ in range(2)]
+        while srv.lifecycle.uploading < 2:
+            await asyncio.sleep(0.05)
+        raw = channel.stream_stream(
+            "/nanovl.v1.Inference/StreamGenerate", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        code, details = await _failure(raw(send_bad(), timeout=30))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        hold.set()
+        for task in stalls:
+            task.cancel()
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_a_plain_grpc_client_rejected_while_writing_gets_the_servers_status(make_server, round_):
+    """16 concurrent plain grpc.aio StreamGenerate calls whose header the server refuses while
+    they are still sending chunks: every one sees INVALID_ARGUMENT, never grpc.aio's
+    "Internal error from Core" (the server reads until their half-close first)."""
+    rng = random.Random(round_)
+    srv = await make_server()
+    png = mf.make_png(256, 256, seed=round_)
+    step = rng.choice([1024, 4096, 16384])
+
+    async def rejected():
+        yield _header(_image(), sizes=[len(png)], top_p=1.5).SerializeToString()
+        for i in range(0, len(png), step):
+            yield _chunk(0, png[i : i + step], i + step >= len(png)).SerializeToString()
+        yield END.SerializeToString()
+
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        raw = channel.stream_stream(
+            "/nanovl.v1.Inference/StreamGenerate", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        outcomes = await asyncio.gather(*(_failure(raw(rejected(), timeout=60)) for _ in range(16)))
+    assert {c for c, _ in outcomes} == {grpc.StatusCode.INVALID_ARGUMENT}, outcomes
 
 
 async def test_idle_upload_times_out_with_a_message_naming_the_flag(make_server):
@@ -331,6 +427,106 @@ async def test_a_hostile_template_does_not_delay_health_checks_or_other_streams(
     assert statistics.median(during_gaps) <= statistics.median(base_gaps) + 0.050, (base_gaps, during_gaps)
 
 
+# ---------------------------------------------------------------------------- structured output
+
+
+def _properties(n: int) -> str:
+    names = [f"p{i:05d}" for i in range(n)]
+    return json.dumps({"type": "object", "properties": {k: {"type": "string"} for k in names}, "required": names})
+
+
+def _compile_bomb(rng: random.Random) -> pb.StructuredOutput:
+    """Under the byte limit of the test server, and seconds (or minutes) to compile."""
+    kind = rng.choice(["properties", "enum", "anyof"])
+    if kind == "properties":
+        return pb.StructuredOutput(json_schema=_properties(rng.choice([6000, 9000])))
+    if kind == "enum":
+        return pb.StructuredOutput(
+            json_schema=json.dumps({"enum": [f"{i:06d}" for i in range(rng.choice([40000, 60000]))]})
+        )
+    alternatives = [
+        {"type": "object", "properties": {f"k{i}": {"const": f"v{i}"}}, "required": [f"k{i}"]} for i in range(5000)
+    ]
+    return pb.StructuredOutput(json_schema=json.dumps({"anyOf": alternatives}))
+
+
+BENIGN = [
+    pb.StructuredOutput(json_schema="{}"),
+    pb.StructuredOutput(regex="a*"),
+    pb.StructuredOutput(choice=pb.Choices(choices=["yes", "no"])),
+    pb.StructuredOutput(json_schema='{"type": "object", "properties": {"a": {"type": "integer"}}}'),
+]
+
+
+@pytest.mark.parametrize("seed", range(2))
+async def test_a_compile_bomb_is_refused_and_never_stalls_other_users_structured_output(make_server, seed):
+    """vLLM compiles grammars in a small thread pool in the engine core that one slow grammar
+    holds for everyone. A constraint that compiles longer than the limit is refused before
+    the engine sees it, while other users' constraints are checked and served meanwhile."""
+    rng = random.Random(seed)
+    srv = await make_server(structured_output_compile_timeout_s=1.0, max_structured_output_bytes=4 << 20)
+    bomb = _compile_bomb(rng)
+    finished: list[str] = []
+
+    async def call(name: str, so: pb.StructuredOutput) -> tuple[grpc.StatusCode, str]:
+        req = pb.GenerateRequest(
+            parts=[pb.ContentPart(text="x")], sampling=pb.SamplingOptions(max_tokens=2, structured_output=so)
+        )
+        outcome = await _failure(stub.Generate(req, timeout=120))
+        finished.append(name)
+        return outcome
+
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        hostile = asyncio.create_task(call("bomb", bomb))
+        await asyncio.sleep(0.2)  # the bomb is compiling in the checker
+        others = await asyncio.gather(*(call(f"benign{i}", so) for i, so in enumerate(BENIGN)))
+        code, details = await hostile
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+        assert "--structured-output-compile-timeout-s" in details
+        assert all(c == grpc.StatusCode.OK for c, _ in others), others
+        assert finished.index("bomb") == len(BENIGN), finished  # the others did not wait for it
+        # Sent again (or by someone else) it is refused from the remembered verdict, and the
+        # engine's grammar threads never saw it: structured output still answers.
+        again = await call("bomb again", bomb)
+        assert again[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await call("after", BENIGN[0]))[0] == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_constraints_over_the_size_limits_are_refused_naming_the_flag(grpc_target, seed):
+    rng = random.Random(seed)
+    so, flag = rng.choice(
+        [
+            (pb.StructuredOutput(json_schema=json.dumps({"enum": [str(i) for i in range(100_000)]})), "bytes"),
+            (pb.StructuredOutput(regex="a" * (200 << 10)), "bytes"),
+            (pb.StructuredOutput(choice=pb.Choices(choices=[str(i) for i in range(1001)])), "choices"),
+            (pb.StructuredOutput(grammar='root ::= "' + "b" * (200 << 10) + '"'), "bytes"),
+        ]
+    )
+    header = pb.GenerateChunk(
+        header=pb.StreamGenerateHeader(
+            parts=[pb.DeclaredPart(part=pb.ContentPart(text="x"))],
+            sampling=pb.SamplingOptions(max_tokens=2, structured_output=so),
+        )
+    )
+
+    async def stream():
+        yield header
+        yield END
+
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        req = pb.GenerateRequest(parts=[pb.ContentPart(text="x")], sampling=header.header.sampling)
+        for call in (stub.Generate(req, timeout=60), stub.StreamGenerate(stream(), timeout=60)):
+            code, details = await _failure(call)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            assert f"--max-structured-output-{flag}" in details
+
+
+# ---------------------------------------------------------------------------- drain
+
+
 async def test_a_drain_that_cuts_calls_says_so(make_server):
     """The SIGTERM path with calls still running at the end of the grace: `nanovl serve`
     exits 3 (not 0) from this result."""
@@ -343,4 +539,9 @@ async def test_a_drain_that_cuts_calls_says_so(make_server):
         await call.read()
         assert await srv.drain_and_stop(grace_s=0.5) is False
         assert srv.lifecycle.cut_calls == 1
-        call.cancel()
+        # The cut call hears it from nanovl, with what to do, not gRPC's "Cancelling all calls".
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "drain grace" in err.value.details() and "retry" in err.value.details(), err.value.details()
