@@ -147,12 +147,11 @@ def table(runs: list[Run]) -> str:
         profiled = (
             f"{r.profile_items} {r.profile_modality} ({r.profile_tokens:,} tokens)" if r.profile_modality else "–"
         )
+        cpu = f"{r.startup_cpu_s:.1f}" if r.startup_cpu_s else "–"  # older results lack it
         rows.append(
             f"| {r.variant} | {r.max_model_len:,} | {label} | {per_item} | {r.compute_budget_tokens:,} "
             f"| {r.cache_size_tokens:,} | {profiled} | {_mib(r.profile_peak_bytes)} | {_mib(r.startup_peak_rss_bytes)} "
-            f"| {r.startup_s:.1f} | {r.startup_cpu_s:.1f} |"
-            if r.startup_cpu_s
-            else f"| {r.startup_s:.1f} | – |"
+            f"| {r.startup_s:.1f} | {cpu} |"
         )
     return head + "\n".join(rows) + "\n"
 
