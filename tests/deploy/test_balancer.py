@@ -7,7 +7,8 @@ driven by the real ``nanovl loadtest`` CLI with mixed text/image/audio traffic o
   takes it out of rotation within ``inter`` x ``fall``), it keeps accepting calls for
   ``--drain-readiness-grace-s`` and finishes those in flight: zero failed calls, exit 0;
 - (b) the SIGTERMed replica restarted on the same ports, then kill -9 of a replica mid-run:
-  only the calls in flight on it fail, with UNAVAILABLE (a stream HAProxy cut when its
+  only calls in flight on it fail (those it had begun answering; HAProxy retries the
+  others elsewhere), with UNAVAILABLE (a stream HAProxy cut when its
   upstream died carries no status; nanovl's client reports it as UNAVAILABLE, see
   ``nanovl.client._base._cut_stream_status``), and every call sent after them succeeds
   (HAProxy retries a call whose connection to the dead replica failed on the other one).
@@ -370,15 +371,18 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     }
     (fleet.out / "kill9.json").write_text(json.dumps(summary))
     print(summary)
-    assert failed, "no call was cut: the kill did not hit calls in flight"
-    assert {r.error_code for r in failed} == {"UNAVAILABLE"}, _errors(failed)
-    # Only calls in flight at the kill: every failed call was sent before any failure ended...
-    first_failure = min(r.start_s + r.latency_s for r in failed)
-    assert max(r.start_s for r in failed) <= first_failure, _errors(failed)
+    # The kill hit calls in flight (waited for above). Those that had streamed a response fail
+    # UNAVAILABLE; HAProxy retries on the other replica those that had not (its retry-on), so
+    # on a slow machine none may fail at all.
+    assert {r.error_code for r in failed} <= {"UNAVAILABLE"}, _errors(failed)
     assert len(failed) <= CONCURRENCY
-    # ...and every call sent after the failures succeeded, on the other replica.
-    later = [r for r in records if r.start_s > first_failure]
-    assert later and all(r.ok for r in later), _errors(later)
+    if failed:
+        # Only calls in flight at the kill: every failed call was sent before any failure ended...
+        first_failure = min(r.start_s + r.latency_s for r in failed)
+        assert max(r.start_s for r in failed) <= first_failure, _errors(failed)
+        # ...and every call sent after the failures succeeded, on the other replica.
+        later = [r for r in records if r.start_s > first_failure]
+        assert later and all(r.ok for r in later), _errors(later)
     assert _down(fleet.balancer, "replica2")
     # The killed server's engine core and workers stopped by themselves, their shared memory gone.
     alive = _gone(b.children, timeout_s=90)
