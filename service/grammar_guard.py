@@ -140,6 +140,12 @@ def _zygote_main(conn: Connection, config_source: Any) -> None:
     """Imports vLLM and builds the xgrammar backend once (from the engine's ``VllmConfig``,
     or from its ``AsyncEngineArgs`` while the engine itself starts); then, per check, forks
     a child that compiles and answers over a pipe, and kills it past its time limit."""
+    # Titled like vLLM's own processes, so process listings (GetBudget, CPU profiles) never
+    # take this spawned child of the server for the engine core.
+    with contextlib.suppress(ImportError):
+        import setproctitle
+
+        setproctitle.setproctitle("nanovl::GrammarCheck")
     os.nice(10)  # never ahead of the engine's threads
     from vllm.tokenizers import cached_tokenizer_from_config
     from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend

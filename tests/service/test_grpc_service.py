@@ -433,23 +433,48 @@ async def test_queue_full_is_resource_exhausted(engine):
         await srv.stop()
 
 
-async def test_64_concurrent_mixed_streams(client, engine):
+async def test_64_concurrent_mixed_streams(engine):
+    # 32 uploads at once from one address, as behind a balancer (every client is its
+    # address): such a server runs with no per-address share (--max-uploads-per-peer 0).
+    srv = await build_server(engine, server_settings(max_uploads_per_peer=0))
+    await srv.mark_serving()
     kinds = list(MEDIA)
     prompts = [MEDIA[kinds[i % len(kinds)]]() for i in range(64)]
-    results = await asyncio.gather(
-        *(
-            client.generate_text(
-                p,
-                sampling=Sampling(max_tokens=4, temperature=0.8, seed=i, ignore_eos=True),
-                upload="stream" if i % 2 else "unary",
-                chunk_size=8192,
+    try:
+        async with AsyncInferenceClient(srv.target, timeout=120) as client:
+            results = await asyncio.gather(
+                *(
+                    client.generate_text(
+                        p,
+                        sampling=Sampling(max_tokens=4, temperature=0.8, seed=i, ignore_eos=True),
+                        upload="stream" if i % 2 else "unary",
+                        chunk_size=8192,
+                    )
+                    for i, p in enumerate(prompts)
+                )
             )
-            for i, p in enumerate(prompts)
-        )
-    )
+    finally:
+        await srv.stop()
     assert all(r.usage.completion_tokens == 4 for r in results)
     assert len({r.request_id for r in results}) == 64
     assert await _wait_until_idle(engine)
+
+
+async def test_one_address_gets_its_share_of_the_upload_budget(client):
+    """The session server keeps the default share (--max-uploads-per-peer 16 of 64): the
+    17th upload in progress from one address is refused with the flag named; the others
+    finish whole."""
+    video = MEDIA["video"]()
+    calls = [
+        client.generate_text(video, sampling=Sampling(max_tokens=2, temperature=0.0), upload="stream", chunk_size=1024)
+        for _ in range(24)
+    ]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, InferenceRpcError)]
+    done = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(refused) + len(done) == 24, [o for o in outcomes if isinstance(o, BaseException) and o not in refused]
+    assert all(e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-uploads-per-peer" in e.details for e in refused)
+    assert all(r.usage.completion_tokens == 2 for r in done) and len(done) >= 16
 
 
 async def test_prompt_logprobs_are_returned_one_per_prompt_token(grpc_target):
