@@ -88,9 +88,9 @@ def parse_tools(tools: Sequence[pb.Tool]) -> list[dict[str, Any]]:
         if tool.name in seen:
             raise InvalidArgument(f"{where}.name {tool.name!r} is declared twice; tool names must be unique")
         seen.add(tool.name)
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description:
-            function["description"] = tool.description
+        # Always a string: the description is optional (OpenAI, vLLM), but chat templates
+        # that write it into the prompt fail on None (vLLM's default when it is left out).
+        function: dict[str, Any] = {"name": tool.name, "description": tool.description}
         if tool.parameters:
             function["parameters"] = _schema(where, tool.parameters)
         if tool.HasField("strict"):
@@ -132,8 +132,13 @@ def tool_choice_value(choice: pb.ToolChoice) -> str | dict[str, Any] | None:
         return None
     if kind == "function_name":
         return {"type": "function", "function": {"name": choice.function_name}}
+    if choice.mode == pb.TOOL_CHOICE_MODE_UNSPECIFIED:
+        return None  # the default
     if choice.mode not in _TOOL_CHOICE_MODES:
-        return None  # UNSPECIFIED: the default
+        raise InvalidArgument(
+            f"tool_choice.mode {choice.mode} is not a ToolChoiceMode (AUTO, NONE or REQUIRED), "
+            "or name a function in tool_choice.function_name"
+        )
     return _TOOL_CHOICE_MODES[choice.mode]
 
 

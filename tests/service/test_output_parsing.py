@@ -163,6 +163,15 @@ def test_tool_choice_maps_to_vllms_values():
     assert tool_choice_value(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NONE)) == "none"
     assert tool_choice_value(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED)) == "required"
     assert tool_choice_value(pb.ToolChoice(function_name="f")) == {"type": "function", "function": {"name": "f"}}
+    for undefined in (99, -1, 4):  # values no ToolChoiceMode has (the wire carries any int)
+        with pytest.raises(InvalidArgument, match="is not a ToolChoiceMode"):
+            tool_choice_value(pb.ToolChoice(mode=undefined))
+
+
+def test_a_tool_without_a_description_renders():
+    # Optional in OpenAI's and vLLM's APIs; templates that print it must get a string.
+    (tool,) = parse_tools([pb.Tool(name="f", parameters=WEATHER.parameters)])
+    assert tool["function"]["description"] == ""
 
 
 # ------------------------------------------------------------------ request validation
