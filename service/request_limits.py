@@ -214,6 +214,13 @@ _FIXED_SIZE = {
 _LENGTH_DELIMITED = (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
 
 
+# Fields the limits do not count, walked at most this many times per request: protobuf keeps
+# unknown fields and lets a singular field repeat (the last wins), so a client could send
+# millions of them, each a step of this walk on the event loop (1M took 13.6 s).
+MAX_UNCOUNTED_FIELDS = 1024
+_UNCOUNTED = -1  # their key in the walk's counts
+
+
 class WireCounter:
     """The same limits as :class:`RequestCounter`, counted on a request's wire bytes before
     protobuf parses them.
@@ -230,7 +237,10 @@ class WireCounter:
         self._root = root
 
     def check(self, data: bytes) -> None:
-        """Raise ``ResourceExhausted`` / ``InvalidArgument`` as ``RequestCounter.check`` would."""
+        """Raise ``ResourceExhausted`` / ``InvalidArgument`` as ``RequestCounter.check`` would,
+        and ``InvalidArgument`` for more than ``MAX_UNCOUNTED_FIELDS`` fields the limits do not
+        count (unknown field numbers, a singular field sent again): the walk itself must stay
+        bounded, and no client of this API sends them in numbers."""
         try:
             self._walk(self._root, data, 0, len(data), {})
         except _Unwalkable:
@@ -239,6 +249,7 @@ class WireCounter:
     def _walk(self, desc: Descriptor, data: bytes, pos: int, end: int, counts: dict[int, int]) -> None:
         by_field = self._counter._by_field
         fields = desc.fields_by_number
+        seen: set[int] = set()  # singular fields met at this level
         while pos < end:
             tag = data[pos]  # one-byte varints inline: most tags and short lengths
             if tag < 0x80:
@@ -264,8 +275,17 @@ class WireCounter:
                 raise _Unwalkable
             if pos > end:
                 raise _Unwalkable
-            if fd is None:
-                continue
+            if fd is None or (not fd.is_repeated and fd.number in seen):
+                counts[_UNCOUNTED] = counts.get(_UNCOUNTED, 0) + 1
+                if counts[_UNCOUNTED] > MAX_UNCOUNTED_FIELDS:
+                    raise InvalidArgument(
+                        f"the request has more than {MAX_UNCOUNTED_FIELDS} unknown or repeated singular fields "
+                        f"(in {desc.full_name}): it was not written by a protobuf encoder of nanovl's API"
+                    )
+                if fd is None:
+                    continue
+            elif not fd.is_repeated:
+                seen.add(fd.number)
             sub = fd.message_type
             if fd.is_repeated:
                 limit = by_field.get(fd.full_name)
