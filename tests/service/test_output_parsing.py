@@ -419,3 +419,29 @@ def test_a_call_cut_off_mid_arguments_is_not_returned(v3_parsers, tokenizer, cut
     calls = [c for d in deltas for c in d.tool_calls]
     assert len(calls) == returned and all(json.loads(c.arguments) for c in calls)
     assert req.parsing.tools_called == bool(returned)
+
+
+def test_tool_schemas_are_bounded_in_total_and_in_checking_cost():
+    """verify-10b D2: 128 schemas of 2500 properties (8.5 MB) held the validation threads for
+    minutes (jsonschema's meta-schema check: ~20 us per byte)."""
+    from nanovl.errors import ResourceExhausted
+    from service.output_parsing import MAX_TOOL_SCHEMA_CHECK_BYTES, MAX_TOOLS_SCHEMA_BYTES
+
+    def schema(n: int, bad: bool = False) -> str:
+        props = {f"p{i}": {"type": 5 if bad else "string"} for i in range(n)}  # 5: not a JSON Schema type
+        return json.dumps({"type": "object", "properties": props})
+
+    big = schema(2500)
+    assert len(big) * 128 > MAX_TOOLS_SCHEMA_BYTES
+    with pytest.raises(ResourceExhausted, match="schemas take .* bytes together"):
+        parse_tools([pb.Tool(name=f"t{i}", parameters=big) for i in range(128)])
+    # Within the checking budget a schema is checked in full; past it, as an object only.
+    small_bad = schema(3, bad=True)
+    with pytest.raises(InvalidArgument, match="not a valid JSON Schema"):
+        parse_tools([pb.Tool(name="f", parameters=small_bad)])
+    large_bad = schema(3000, bad=True)
+    assert len(large_bad) > MAX_TOOL_SCHEMA_CHECK_BYTES
+    (tool,) = parse_tools([pb.Tool(name="f", parameters=large_bad)])
+    assert tool["function"]["parameters"]["type"] == "object"
+    with pytest.raises(InvalidArgument, match="must describe an object"):
+        parse_tools([pb.Tool(name="f", parameters=json.dumps({"type": "string", "x": "y" * 40000}))])
