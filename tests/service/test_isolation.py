@@ -121,8 +121,11 @@ async def test_600_stalled_uploads_never_starve_a_normal_call(make_server):
         assert await _readiness(channel) == health_pb2.HealthCheckResponse.SERVING
     hold.set()
     cut = [d for c, d in outcomes if c == grpc.StatusCode.DEADLINE_EXCEEDED]
-    assert len(cut) == 64 and all("--min-upload-bytes-per-s" in d for d in cut), outcomes[:3]
-    assert [c for c, _ in outcomes].count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 600 - 64
+    # Each stalled call either got a slot and was cut by the rate rule, or was refused at
+    # once: 64 at least were cut, more when some headers arrived after the first cuts freed
+    # slots (how the 600 calls interleave with the 2 s grace depends on the machine).
+    assert len(cut) >= 64 and all("--min-upload-bytes-per-s" in d for d in cut), outcomes[:3]
+    assert [c for c, _ in outcomes].count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 600 - len(cut)
     assert srv.lifecycle.uploading == 0 and srv.lifecycle.admitted == 0
 
 
