@@ -179,6 +179,9 @@ REJECT_DRAIN_BYTES = 64 * 2**20
 # How long a request stream that ended without End waits for the cancel that usually
 # explains it (grpc.aio delivers the end of the stream and the cancel in either order).
 CLIENT_GONE_WAIT_S = 0.5
+# A cancel this close to the call's deadline is the deadline (see _deadline_passed). Outcome
+# labels only: nothing is ended early by it.
+DEADLINE_SLACK_S = 0.5
 
 
 class _StreamEnded(InvalidArgument):
@@ -222,9 +225,12 @@ def _peer_of(context: grpc.aio.ServicerContext) -> str:
     return peer
 
 
-def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+def _deadline_passed(context: grpc.aio.ServicerContext, slack_s: float = DEADLINE_SLACK_S) -> bool:
+    """Whether the call's deadline has passed, give or take :data:`DEADLINE_SLACK_S`: the
+    client's clock started before ours (its send, our receipt), so a client whose deadline
+    expires cancels the call while our copy of the deadline still has a moment left."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= slack_s
 
 
 def _client_gone(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -482,7 +488,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 # often a client that cancelled (or whose deadline passed): grpc.aio ends the
                 # stream and cancels this task in either order, so wait a moment for it.
                 await asyncio.sleep(CLIENT_GONE_WAIT_S if isinstance(exc, _StreamEnded) else 0)
-                if _deadline_passed(context):
+                if _deadline_passed(context, slack_s=0):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
                     raise asyncio.CancelledError
                 if before_status is not None:

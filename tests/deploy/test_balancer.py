@@ -66,6 +66,8 @@ pytestmark = [
 ]
 
 CONCURRENCY = 4  # calls the load tester keeps in flight through the balancer
+# How long after a replica's kill HAProxy may still open a stream on its broken connection.
+BROKEN_CONNECTION_S = 1.0
 SERVE_ARGS = [
     "--no-warmup",  # the first load test warms both replicas up
     "--max-model-len",
@@ -375,13 +377,16 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     # UNAVAILABLE; HAProxy retries on the other replica those that had not (its retry-on), so
     # on a slow machine none may fail at all.
     assert {r.error_code for r in failed} <= {"UNAVAILABLE"}, _errors(failed)
-    assert len(failed) <= CONCURRENCY
+    assert len(failed) <= 2 * CONCURRENCY  # those in flight, and the next call of each
     if failed:
-        # Only calls in flight at the kill: every failed call was sent before any failure ended...
+        # Only calls in flight at the kill: every failed call was sent before the first failure
+        # ended, or in the moment HAProxy still had the broken connection (a stream it opens on
+        # it is refused, RST_STREAM REFUSED_STREAM, as a worker whose call just failed sends
+        # its next one)...
         first_failure = min(r.start_s + r.latency_s for r in failed)
-        assert max(r.start_s for r in failed) <= first_failure, _errors(failed)
-        # ...and every call sent after the failures succeeded, on the other replica.
-        later = [r for r in records if r.start_s > first_failure]
+        assert max(r.start_s for r in failed) <= first_failure + BROKEN_CONNECTION_S, _errors(failed)
+        # ...and every call sent after that succeeded, on the other replica.
+        later = [r for r in records if r.start_s > first_failure + BROKEN_CONNECTION_S]
         assert later and all(r.ok for r in later), _errors(later)
     assert _down(fleet.balancer, "replica2")
     # The killed server's engine core and workers stopped by themselves, their shared memory gone.
