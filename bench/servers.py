@@ -59,7 +59,8 @@ class ServerFailed(RuntimeError):
     """The server exited or never became ready; the message carries its log's tail."""
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 can be bound now."""
     import socket
 
     with socket.socket() as s:
@@ -111,7 +112,7 @@ class PortPool:
         start = self._next if self._next is not None else self.low
         for i in range(size):
             port = self.low + (start - self.low + i) % size
-            if _port_free(port):
+            if port_free(port):
                 self._next = port + 1 if port < self.high else self.low
                 return port
         raise ServerFailed(f"no free port in {self.low}-{self.high}")

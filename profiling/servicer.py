@@ -21,7 +21,6 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +29,9 @@ import grpc
 from nanovl.errors import FailedPrecondition, PermissionDenied
 from nanovl.v1 import profiling_pb2 as pb
 from nanovl.v1 import profiling_pb2_grpc
-from profiling.profilers.cpu_profile import CpuProfileLimits, capture_cpu_profile, iter_chunks
+from profiling.profilers.cpu_profile import capture_cpu_profile, iter_chunks
 from profiling.profilers.cpu_profile import validate as validate_cpu_request
-from profiling.profilers.limits import TorchProfileLimits
+from profiling.profilers.limits import OperatorLimits
 from profiling.profilers.torch_profile import TorchProfiler
 from profiling.proto import (
     budget_to_pb,
@@ -62,19 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLAN_MODEL_DIR_FLAG = "--plan-model-dir"
-
-
-@dataclass(frozen=True)
-class OperatorLimits:
-    """What the operator surface may do on this server."""
-
-    # Directories PlanBudget.model_path may point into (resolved; symlinks followed).
-    plan_model_dirs: tuple[Path, ...] = ()
-    cpu_profile: CpuProfileLimits = field(default_factory=CpuProfileLimits)
-    torch_profile: TorchProfileLimits = field(default_factory=TorchProfileLimits)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "plan_model_dirs", tuple(Path(os.path.realpath(d)) for d in self.plan_model_dirs))
 
 
 class ProfilingServicer(profiling_pb2_grpc.ProfilingServicer):

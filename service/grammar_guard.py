@@ -136,7 +136,7 @@ def _compile_in_child(backend: Any, params: Any) -> tuple[str, str]:
     return "ok", ""
 
 
-def _zygote_main(conn: Connection, config_source: Any) -> None:
+def _zygote_main(conn: Connection, pickled_config_source: bytes) -> None:
     """Imports vLLM and builds the xgrammar backend once (from the engine's ``VllmConfig``,
     or from its ``AsyncEngineArgs`` while the engine itself starts); then, per check, forks
     a child that compiles and answers over a pipe, and kills it past its time limit."""
@@ -146,7 +146,8 @@ def _zygote_main(conn: Connection, config_source: Any) -> None:
         import setproctitle
 
         setproctitle.setproctitle("nanovl::GrammarCheck")
-    os.nice(10)  # never ahead of the engine's threads
+    os.nice(10)  # never ahead of the engine's threads (nor its start: vLLM's import below)
+    config_source = pickle.loads(pickled_config_source)
     from vllm.tokenizers import cached_tokenizer_from_config
     from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
 
@@ -271,7 +272,12 @@ class GrammarGuard:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=_zygote_main, args=(child, self._config_source), name="nanovl-grammar-check", daemon=True
+            # Pickled here, unpickled after the child lowers its priority: unpickling it
+            # imports vLLM (seconds of CPU, beside the engine's own start).
+            target=_zygote_main,
+            args=(child, pickle.dumps(self._config_source)),
+            name="nanovl-grammar-check",
+            daemon=True,
         )
         self._process.start()
         child.close()

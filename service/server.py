@@ -25,9 +25,9 @@ from service.engine import Engine
 from service.grpc_standard import HealthServicer, enable_reflection
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
+from service.listen import listen
 from service.malformed import Precheck, rejecting_malformed
 from service.settings import ServerSettings
-from service.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -249,17 +249,6 @@ def check_exposure(settings: ServerSettings, token_sets: dict[Role, TokenSet], *
             )
 
 
-def _listen(server: grpc.aio.Server, settings: ServerSettings, host: str, port: int) -> int:
-    address = f"{host}:{port}"
-    if settings.tls is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, server_credentials(settings.tls))
-    if bound == 0:
-        raise OSError(f"cannot listen on {address}")
-    return bound
-
-
 def _grpc_server(
     settings: ServerSettings,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
@@ -335,7 +324,7 @@ async def build_server(
         services.insert(1, PROFILING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(services, server)  # v1 and v1alpha
-    port = _listen(server, settings, settings.host, settings.port)
+    port = listen(server, f"{settings.host}:{settings.port}", "--port", settings.tls)
 
     admin, admin_port = None, None
     if settings.admin_port is not None:
@@ -350,7 +339,7 @@ async def build_server(
         # One health servicer, so both ports report the same states.
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin)
         enable_reflection(admin_services, admin)
-        admin_port = _listen(admin, settings, settings.admin_host, settings.admin_port)
+        admin_port = listen(admin, f"{settings.admin_host}:{settings.admin_port}", "--admin-port", settings.tls)
     elif profiling_servicer is not None and not on_inference_port:
         log.info("the Profiling service is not served: pass --admin-port to serve it to operators")
 
@@ -360,9 +349,7 @@ async def build_server(
         # SERVING / NOT_SERVING, so it needs neither.
         health_server = _grpc_server(settings)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
-        if health_port == 0:
-            raise OSError(f"cannot listen on {settings.host}:{settings.health_port}")
+        health_port = listen(health_server, f"{settings.host}:{settings.health_port}", "--health-port")
 
     nanovl = NanovlServer(
         engine,

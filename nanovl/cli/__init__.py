@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-from nanovl.cli.common import EXIT_USAGE
+from nanovl.cli.common import EXIT_USAGE, print_error
 
 if os.environ.get("NANOVL_ENGINE_LOGGING_CONFIG"):
     # An engine process of `nanovl serve` (multiprocessing's spawn imports the server's main
@@ -64,5 +64,5 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NanovlError as exc:
         # Operator mistakes (busy port, bad checkpoint, bad flag value): one clear line.
-        print(f"nanovl {command}: error: {exc}", file=sys.stderr)
+        print_error(command, exc)
         return EXIT_USAGE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_OK = 0
 EXIT_FAILED = 1  # the RPC or the work failed (the server said no, requests failed)
 EXIT_USAGE = 2  # the command could not run: bad arguments, bad files, operator errors
+
+
+def print_error(command: str | None, exc: BaseException) -> None:
+    """An operator error as the one line every subcommand prints on stderr (exit 2)."""
+    prefix = f"nanovl {command}" if command else "nanovl"
+    print(f"{prefix}: error: {exc}", file=sys.stderr)
 
 
 def default_target() -> str:

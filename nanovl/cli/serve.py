@@ -464,8 +464,7 @@ def security_settings(args: argparse.Namespace, environ: dict[str, str] | None =
 
 
 def operator_limits(args: argparse.Namespace):
-    from profiling.profilers.limits import CpuProfileLimits, TorchProfileLimits
-    from profiling.servicer import OperatorLimits
+    from profiling.profilers.limits import CpuProfileLimits, OperatorLimits, TorchProfileLimits
 
     for d in args.plan_model_dir:
         if not Path(d).is_dir():
@@ -532,6 +531,20 @@ def build_engine_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_ports(args: argparse.Namespace) -> None:
+    """A port in use fails ``nanovl serve`` at once (``FailedPrecondition`` naming the flag,
+    exit 2), not after the engine's start; ``service.listen.check_listen_addresses``."""
+    from service.listen import check_listen_addresses
+
+    check_listen_addresses(
+        [
+            (args.host, args.port, "--port"),
+            (args.admin_host, args.admin_port, "--admin-port"),
+            (args.host, args.health_port, "--health-port"),
+        ]
+    )
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """nanovl's flags, then vLLM's engine flags, merged into one namespace (``--help`` and
     ``--help-engine`` exit). Logging starts in between, before vLLM is imported, so that
@@ -554,6 +567,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # that importing vLLM takes (and long before the engine's start-up).
     args.security = security_settings(args)
     args.operator_limits = operator_limits(args)
+    check_ports(args)
     engine_logs, report = _start_logging(args)
     with report.phase("loading vLLM", "importing vLLM and torch"):
         engine_parser = build_engine_parser()
@@ -636,6 +650,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nanovl import event_loop
+    from nanovl.cli.common import print_error
+    from nanovl.errors import NanovlError
+    from service.process_tree import exit_if_bounded
 
     if getattr(args, "engine_logs", None) is None:  # called without parse_args
         args.engine_logs, args.startup = _start_logging(args)
@@ -645,10 +662,17 @@ def run(args: argparse.Namespace) -> int:
 
             return frontends.run_frontends(args)
         status = event_loop.run(_serve(args, args.startup), loop=args.event_loop)
+    except NanovlError as exc:
+        # Past the engine's start the exit is bounded (exit_within): report and exit here, as
+        # interpreter teardown would run into the bound.
+        print_error("serve", exc)
+        status = EXIT_OPERATOR_ERROR
+    except BaseException:
+        log.exception("nanovl serve failed")
+        exit_if_bounded(1)
+        raise
     finally:
         args.engine_logs.stop()
-    from service.process_tree import exit_if_bounded
-
     exit_if_bounded(status)  # the engine and its processes are stopped: skip interpreter teardown
     return status
 

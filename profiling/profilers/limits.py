@@ -9,7 +9,9 @@ CaptureCpuProfile: ``--max-cpu-profile-s``, ``--max-cpu-profile-rate-hz``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nanovl.errors import InvalidArgument
@@ -157,3 +159,16 @@ class TorchProfileLimits:
         else:
             duration = max_duration_s
         return TorchProfileBounds(steps, duration, self.max_memory_growth_bytes)
+
+
+@dataclass(frozen=True)
+class OperatorLimits:
+    """What the operator surface may do on this server."""
+
+    # Directories PlanBudget.model_path may point into (resolved; symlinks followed).
+    plan_model_dirs: tuple[Path, ...] = ()
+    cpu_profile: CpuProfileLimits = field(default_factory=CpuProfileLimits)
+    torch_profile: TorchProfileLimits = field(default_factory=TorchProfileLimits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan_model_dirs", tuple(Path(os.path.realpath(d)) for d in self.plan_model_dirs))

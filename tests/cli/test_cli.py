@@ -9,21 +9,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_serve_with_a_bad_checkpoint_prints_one_line_and_exits_2(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "nanovl.cli", "serve", "--model", str(tmp_path), "--metrics-port", "0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("nanovl serve: error: ") and str(tmp_path) in last, last
-
-
 def _nanovl(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     import os
 
@@ -73,16 +58,38 @@ def test_serve_help_lists_nanovl_flags_with_defaults_without_importing_vllm() ->
         assert f"(default: {default})" in described, (flag, described)
 
 
-def test_serve_help_engine_lists_vllm_flags() -> None:
-    proc = _nanovl("serve", "--help-engine", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--max-model-len" in proc.stdout and "--limit-mm-per-prompt" in proc.stdout
+def test_serve_operator_errors_exit_2_in_one_line_and_help_engine_lists_vllms_flags(tmp_path: Path) -> None:
+    # Three `nanovl serve` processes that each import vLLM (seconds): run side by side.
+    (tmp_path / "config.json").write_text("{}")
+    commands = {
+        "bad checkpoint": ["serve", "--model", str(tmp_path), "--metrics-port", "0"],
+        "unknown flag": ["serve", "--no-such-flag", "1"],
+        "help engine": ["serve", "--help-engine"],
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "nanovl.cli", *argv],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, argv in commands.items()
+    }
+    outputs = {name: p.communicate(timeout=300) for name, p in procs.items()}
+    done = {name: (procs[name].returncode, *outputs[name]) for name in procs}
 
+    rc, _, err = done["bad checkpoint"]
+    assert rc == 2 and "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("nanovl serve: error: ") and str(tmp_path) in last, last
 
-def test_serve_rejects_an_unknown_flag_in_one_line() -> None:
-    proc = _nanovl("serve", "--no-such-flag", "1", timeout=300)
-    assert proc.returncode == 2
-    assert "--no-such-flag" in proc.stderr and "Traceback" not in proc.stderr
+    rc, _, err = done["unknown flag"]
+    assert rc == 2 and "--no-such-flag" in err and "Traceback" not in err, err[-2000:]
+
+    rc, out, err = done["help engine"]
+    assert rc == 0, err[-2000:]
+    assert "--max-model-len" in out and "--limit-mm-per-prompt" in out
 
 
 def test_client_commands_import_no_engine_code() -> None:
@@ -133,5 +140,17 @@ def test_client_commands_honour_nanovl_target() -> None:
     assert gen.returncode == 1 and "127.0.0.1:1" in gen.stderr, gen.stderr
     budget = _nanovl("profile", "budget", "--timeout", "2", env=env)
     assert budget.returncode != 0 and "127.0.0.1:2" in budget.stderr, budget.stderr
-    lt = _nanovl("loadtest", "--requests", "1", "--concurrency", "1", "--no-progress", "--out", "/dev/null", env=env)
+    lt = _nanovl(
+        "loadtest",
+        "--requests",
+        "1",
+        "--concurrency",
+        "1",
+        "--no-progress",
+        "--connect-timeout",
+        "1",
+        "--out",
+        "/dev/null",
+        env=env,
+    )
     assert lt.returncode == 2 and "127.0.0.1:1" in lt.stderr + lt.stdout, lt.stderr[-2000:]

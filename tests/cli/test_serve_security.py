@@ -86,3 +86,48 @@ def test_serve_exits_2_before_starting_an_engine() -> None:
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--admin-token-file" in proc.stderr and "Engine" not in proc.stderr
+
+
+@pytest.fixture
+def busy_port():
+    """A port something else listens on (no SO_REUSEPORT), as another server would."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_serve_with_a_port_in_use_exits_2_at_once_naming_the_flag(busy_port: int) -> None:
+    # Checked with the security flags, before vLLM's import and the engine's start.
+    for flag in ("--port", "--health-port"):
+        argv = ["--port", str(busy_port)] if flag == "--port" else ["--port", "0", flag, str(busy_port)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "nanovl.cli", "serve", *argv], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert lines == [
+            f"nanovl serve: error: cannot listen on 127.0.0.1:{busy_port} ({flag}): {lines[0].split('): ', 1)[1]}"
+        ]
+        assert "in use" in lines[0] and "Traceback" not in proc.stderr and "vLLM" not in proc.stderr
+
+
+async def test_grpc_bind_failures_name_the_flag(busy_port: int) -> None:
+    """Past the early check (a port taken in between): grpc's bare "Failed to bind" becomes
+    FailedPrecondition naming the flag (service.listen.listen)."""
+    import grpc
+
+    from nanovl.errors import FailedPrecondition
+    from service.listen import check_listen_addresses, listen
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    with pytest.raises(FailedPrecondition, match=rf"127\.0\.0\.1:{busy_port} \(--admin-port\).*in use"):
+        listen(server, f"127.0.0.1:{busy_port}", "--admin-port")
+    assert listen(server, "127.0.0.1:0", "--port") > 0
+    await server.stop(None)
+    with pytest.raises(FailedPrecondition, match=r"\(--health-port\)"):
+        check_listen_addresses([("127.0.0.1", 0, "--port"), ("127.0.0.1", busy_port, "--health-port")])
+    with pytest.raises(FailedPrecondition, match=r"nowhere\.invalid:5 \(--admin-port\)"):
+        check_listen_addresses([("nowhere.invalid", 5, "--admin-port")])

@@ -1,15 +1,32 @@
-"""Two `nanovl serve` replicas behind HAProxy (``deploy/haproxy/haproxy.cfg`` as shipped),
-driven by the real ``nanovl loadtest`` CLI with mixed text/image/audio traffic over h2c:
+"""A fleet: two `nanovl serve` replicas behind HAProxy (``deploy/haproxy/haproxy.cfg`` as
+shipped), driven by the real ``nanovl loadtest`` CLI with mixed text/image/audio traffic over
+h2c. replica1 is also the operator's full process tree, ``nanovl serve --frontend-processes 2
+--exact-mm-sizing ... --admin-port``; replica2 is a plain one.
 
 - ``nanovl loadtest --target A,B`` straight at both replicas: the load is spread, and the
   report has per-target figures (this run also warms both replicas up);
-- (a) SIGTERM one replica mid-run: readiness turns 503 at once (HAProxy's ``/ready`` check
+- replica1's process tree, straight at it:
+
+  - ``--exact-mm-sizing`` (a declared largest video: 8 frames of 320x240 at 2 fps; audio:
+    5 s; chunked prefill on with a 512-token batch so the applied encoder budget differs from
+    vLLM's default), which the parent applies to the engine core it starts: GetBudget
+    reports vLLM's default sizing (the whole context for video and audio) beside the applied
+    one, read from the engine's worker; an item exactly at the declared maximum is served
+    within the applied per-item maximum; an item over it (one frame more, the same frames
+    further apart in time, half a second more audio) is refused OUT_OF_RANGE before the
+    engine, naming the setting, by each frontend;
+  - ``--frontend-processes 2`` (two gRPC server processes over one engine core): the
+    requests of many connections spread over both frontends (each one's /metrics counts its
+    share), every answer is whole, health is served on both ports;
+
+- (a) SIGTERM replica1 mid-run: readiness turns 503 at once (HAProxy's ``/ready`` check
   takes it out of rotation within ``inter`` x ``fall``), it keeps accepting calls for
-  ``--drain-readiness-grace-s`` and finishes those in flight: zero failed calls, exit 0;
-- (b) the SIGTERMed replica restarted on the same ports, then kill -9 of a replica mid-run:
-  only calls in flight on it fail (those it had begun answering; HAProxy retries the
-  others elsewhere), with UNAVAILABLE (a stream HAProxy cut when its
-  upstream died carries no status; nanovl's client reports it as UNAVAILABLE, see
+  ``--drain-readiness-grace-s`` and both frontends finish those in flight: zero failed
+  calls, exit 0, every frontend gone;
+- (b) replica1 restarted on the same ports (as a plain replica), then kill -9 of replica2
+  mid-run: only calls in flight on it fail (those it had begun answering; HAProxy retries
+  the others elsewhere), with UNAVAILABLE (a stream HAProxy cut when its upstream died
+  carries no status; nanovl's client reports it as UNAVAILABLE, see
   ``nanovl.client._base._cut_stream_status``), and every call sent after them succeeds
   (HAProxy retries a call whose connection to the dead replica failed on the other one).
   Only the server process is killed, as a supervisor's kill -9 does: its engine core and
@@ -19,13 +36,14 @@ driven by the real ``nanovl loadtest`` CLI with mixed text/image/audio traffic o
   fails UNAVAILABLE at once and the server exits with status 4 (a supervisor restarts it),
   its processes gone.
 
-Two extra engines on top of the session's: kept short (small outputs, modest traffic) and
-lean (one module, the same two replicas for both scenarios, each replica's vLLM worker on
-its own core). HAProxy comes from `make setup` (Debian's package).
+Engine starts are CI's largest cost: this one module holds every check that needs a
+process tree of its own (two replicas started side by side, one restart), each replica's
+vLLM worker on its own core. HAProxy comes from `make setup` (Debian's package).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -42,6 +60,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+import numpy as np
 import psutil
 import pytest
 
@@ -79,6 +99,30 @@ SERVE_ARGS = [
     "--served-model-name",
     "nanovl-tiny",
     "--max-uploads-per-peer",  # as deploy/haproxy/haproxy.cfg says: every client is HAProxy
+    "0",
+]
+# replica1's: --exact-mm-sizing with a declared largest video (8 frames of 320x240 at 2 fps)
+# and audio (5 s); chunked prefill on with a 512-token batch, so that the applied encoder
+# budget differs from vLLM's default.
+EXACT_SETTING = "video=8x320x240@2,audio=5"
+EXACT_MAX_MODEL_LEN = 2048
+EXACT_BATCH_TOKENS = 512
+EXACT_SERVE_ARGS = [
+    "--no-warmup",
+    "--exact-mm-sizing",
+    EXACT_SETTING,
+    "--max-model-len",
+    str(EXACT_MAX_MODEL_LEN),
+    "--limit-mm-per-prompt",
+    '{"image": 1, "video": 1, "audio": 1}',
+    "--max-num-seqs",
+    "16",
+    "--enable-chunked-prefill",
+    "--max-num-batched-tokens",
+    str(EXACT_BATCH_TOKENS),
+    "--served-model-name",
+    "nanovl-tiny",
+    "--max-uploads-per-peer",
     "0",
 ]
 LOAD_ARGS = [
@@ -121,8 +165,11 @@ class Replica:
     name: str
     cpu: int
     log_dir: Path
+    args: list[str] = field(default_factory=lambda: list(SERVE_ARGS))
+    frontends: int = 1  # --frontend-processes: frontend i serves /metrics on metrics_port + i
+    admin_port: int | None = None
     port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=lambda: free_port(consecutive=2))
     proc: subprocess.Popen | None = None
     children: list[psutil.Process] = field(default_factory=list)
     shm: set[str] = field(default_factory=set)  # /dev/shm files its processes map
@@ -135,7 +182,9 @@ class Replica:
         log = (self.log_dir / f"{self.name}-{self.port}.log").open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nanovl.cli", "serve", "--port", str(self.port)]
-            + ["--metrics-port", str(self.metrics_port), *SERVE_ARGS],
+            + ["--metrics-port", str(self.metrics_port), *self.args]
+            + (["--admin-port", str(self.admin_port)] if self.admin_port else [])
+            + (["--frontend-processes", str(self.frontends)] if self.frontends > 1 else []),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -148,13 +197,25 @@ class Replica:
     def wait_ready(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
-        while _http_get(f"http://127.0.0.1:{self.metrics_port}/ready")[0] != 200:
+        while any(_http_get(f"http://127.0.0.1:{port}/ready")[0] != 200 for port in self.metrics_ports):
             assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}: {self.log_tail()}"
             assert time.monotonic() < deadline, f"{self.name} did not become ready: {self.log_tail()}"
             time.sleep(0.5)
         server = psutil.Process(self.proc.pid)
         self.children = server.children(recursive=True)
         self.shm = {m.path for p in [server, *self.children] for m in _maps(p) if m.path.startswith("/dev/shm/")}
+
+    def reconfigure_plain(self) -> None:
+        """The next start is a plain replica (one frontend, SERVE_ARGS, no operator port)."""
+        self.args, self.frontends, self.admin_port = list(SERVE_ARGS), 1, None
+
+    @property
+    def admin_target(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    @property
+    def metrics_ports(self) -> list[int]:
+        return [self.metrics_port + i for i in range(self.frontends)]
 
     def engine_core(self) -> psutil.Process:
         return next(c for c in self.children if "EngineCore" in " ".join(c.cmdline()) + c.name())
@@ -164,18 +225,27 @@ class Replica:
         return logs[-1].read_text()[-3000:] if logs else ""
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of a series over the samples matching ``labels`` (0 if absent)."""
+        """Sum of a series over the samples matching ``labels`` (0 if absent), over every
+        frontend."""
+        return sum(self.metric_by_frontend(name, **labels))
+
+    def metric_by_frontend(self, name: str, **labels: str) -> list[float]:
         from prometheus_client.parser import text_string_to_metric_families
 
-        status, text = _http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        if status != 200:
-            return 0.0
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name and labels.items() <= s.labels.items()
-        )
+        values = []
+        for port in self.metrics_ports:
+            status, text = _http_get(f"http://127.0.0.1:{port}/metrics")
+            values.append(
+                0.0
+                if status != 200
+                else sum(
+                    s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                    if s.name == name and labels.items() <= s.labels.items()
+                )
+            )
+        return values
 
     def in_flight(self) -> float:
         return self.metric("nanovl_requests_in_flight", rpc="Generate")
@@ -244,7 +314,12 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     out = tmp_path_factory.mktemp("balancer")
     cpus = os.cpu_count() or 1
-    replicas = [Replica("replica1", 0, out), Replica("replica2", 1 % cpus, out)]
+    # replica1 is also the operator's full process tree: two frontends over one engine core,
+    # with exact encoder sizing and the operator surface (the tests before the scenarios).
+    replicas = [
+        Replica("replica1", 0, out, args=list(EXACT_SERVE_ARGS), frontends=2, admin_port=free_port()),
+        Replica("replica2", 1 % cpus, out),
+    ]
     balancer = None
     try:
         for r in replicas:
@@ -315,6 +390,149 @@ def test_loadtest_spreads_over_two_targets_and_reports_each(fleet: Fleet) -> Non
     assert a.served_ok() == b.served_ok() == 6 + 3
 
 
+# ---------------------------------------------------------------- replica1's process tree
+# `nanovl serve --frontend-processes 2 --exact-mm-sizing ...` as an operator runs it: checked
+# straight at replica1 before the scenarios below stop it.
+
+
+@pytest.fixture(scope="module")
+def budget(fleet: Fleet):
+    from nanovl.v1 import profiling_pb2 as ppb
+    from nanovl.v1 import profiling_pb2_grpc as ppb_grpc
+
+    a = fleet.replicas[0]
+    with grpc.insecure_channel(a.admin_target) as channel:
+        return ppb_grpc.ProfilingStub(channel).GetBudget(ppb.GetBudgetRequest(), timeout=120)
+
+
+def _video(num_frames: int, fps: float):
+    from nanovl.client import Part
+
+    frames = np.random.default_rng(num_frames).integers(0, 255, (num_frames, 240, 320, 3), dtype=np.uint8)
+    return Part.video_frames(frames, fps=fps, num_frames=num_frames)
+
+
+def _audio(seconds: float):
+    from nanovl.client import Part
+
+    rate = 16_000
+    wave = (np.random.default_rng(7).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)
+    return Part.pcm(wave, sample_rate=rate)
+
+
+def _greedy():
+    from nanovl.client.sampling import Sampling
+
+    return Sampling(max_tokens=2, temperature=0.0)
+
+
+def test_get_budget_shows_vllm_default_beside_applied(budget) -> None:
+    from nanovl.modalities import modality_to_pb
+
+    x = budget.exact_sizing
+    assert x.setting == EXACT_SETTING
+    default, applied = x.vllm_default, x.applied
+    # vLLM's own answer for this model: the whole context per video / audio item.
+    assert default.max_tokens_per_item["video"] == EXACT_MAX_MODEL_LEN
+    assert default.max_tokens_per_item["audio"] == EXACT_MAX_MODEL_LEN
+    assert default.compute_budget_tokens == default.cache_size_tokens == EXACT_MAX_MODEL_LEN
+    items = {it.modality: it for it in x.items}
+    video, audio = items[modality_to_pb("video")], items[modality_to_pb("audio")]
+    assert (video.num_frames, video.width, video.height, video.last_frame_s) == (8, 320, 240, 3.5)
+    assert audio.seconds == 5.0 and not video.derived_from_media_limits
+    # The engine's worker applies the exact per-item maxima, and builds its budget from them.
+    assert applied.max_tokens_per_item["video"] == video.applied_tokens == video.exact_tokens < EXACT_MAX_MODEL_LEN
+    assert applied.max_tokens_per_item["audio"] == audio.applied_tokens == audio.exact_tokens < EXACT_MAX_MODEL_LEN
+    assert applied.max_tokens_per_item["image"] == default.max_tokens_per_item["image"]
+    largest = max(applied.max_tokens_per_item.values())
+    assert applied.compute_budget_tokens == applied.cache_size_tokens == max(EXACT_BATCH_TOKENS, largest)
+    assert applied.cache_size_tokens < default.cache_size_tokens
+    assert budget.encoder.cache_size_tokens == applied.cache_size_tokens  # the worker's own numbers
+    assert applied.profile_items >= 1
+    assert budget.max_model_len == EXACT_MAX_MODEL_LEN
+
+
+def test_items_at_the_declared_maximum_are_served(fleet: Fleet, budget) -> None:
+    from nanovl.client.sync import InferenceClient
+
+    applied = budget.exact_sizing.applied.max_tokens_per_item
+    with InferenceClient(fleet.replicas[0].target) as client:
+        result = client.generate_text(["Describe ", _video(8, fps=2.0), " and ", _audio(5.0)], sampling=_greedy())
+    by_modality = result.usage.prompt_tokens_by_modality
+    assert result.usage.completion_tokens >= 1
+    assert 0 < by_modality.video <= applied["video"]
+    assert 0 < by_modality.audio  # prompt tokens: the audio's embeddings plus its two wrappers
+
+
+@pytest.mark.parametrize(
+    "part, says",
+    [
+        (lambda: _video(9, fps=2.0), "9 frames"),  # one frame more than declared
+        (lambda: _video(8, fps=0.1), "encoder tokens"),  # same frames, timestamps up to 70 s
+        (lambda: _audio(5.5), "5.50 s"),
+    ],
+    ids=["more-frames", "later-timestamps", "longer-audio"],
+)
+def test_items_over_the_declared_maximum_are_refused_naming_the_setting(fleet: Fleet, part, says) -> None:
+    from nanovl.client.sync import InferenceClient
+
+    # Connections of their own, so both frontends answer (the kernel spreads connections).
+    for _ in range(4):
+        with InferenceClient(fleet.replicas[0].target, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
+            with pytest.raises(Exception) as err:
+                client.generate_text(["Describe ", part()], sampling=_greedy())
+        assert err.value.code == grpc.StatusCode.OUT_OF_RANGE, err.value
+        assert "--exact-mm-sizing" in err.value.details and says in err.value.details, err.value.details
+
+
+async def _generate(target: str, text: str, max_tokens: int):
+    from nanovl.v1 import inference_pb2 as pb
+    from nanovl.v1 import inference_pb2_grpc as pb_grpc
+
+    # A connection of its own (channels otherwise share one through gRPC's global subchannel
+    # pool), which the kernel hands to one of the frontends.
+    async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        final = None
+        async for response in pb_grpc.InferenceStub(channel).Generate(
+            pb.GenerateRequest(
+                parts=[pb.ContentPart(text=text)],
+                sampling=pb.SamplingOptions(max_tokens=max_tokens, ignore_eos=True, temperature=0.0),
+            ),
+            timeout=300,
+        ):
+            if response.HasField("final"):
+                final = response.final
+        assert final is not None
+        return final
+
+
+def test_two_frontends_share_the_port(fleet: Fleet) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    a = fleet.replicas[0]
+    before = a.metric_by_frontend("nanovl_requests_total", rpc="Generate")
+
+    async def load() -> list:
+        return await asyncio.gather(*(_generate(a.target, f"request {i}", 6) for i in range(24)))
+
+    finals = asyncio.run(load())
+    assert [f.usage.completion_tokens for f in finals] == [6] * 24
+    assert len({f.request_id for f in finals}) == 24
+    after = a.metric_by_frontend("nanovl_requests_total", rpc="Generate")
+    per_frontend = [x - y for x, y in zip(after, before, strict=True)]
+    assert sum(per_frontend) == 24 and min(per_frontend) > 0, per_frontend
+
+    for target in (a.target, a.admin_target):  # health on both ports, from one servicer
+        with grpc.insecure_channel(target) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="nanovl.v1.Inference"), timeout=10
+            )
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# ---------------------------------------------------------------- scenarios through HAProxy
+
+
 def test_sigterm_mid_load_fails_no_call(fleet: Fleet) -> None:
     a, b = fleet.replicas
     out = fleet.out / "sigterm"
@@ -328,7 +546,11 @@ def test_sigterm_mid_load_fails_no_call(fleet: Fleet) -> None:
     _wait_for("HAProxy to take replica1 out", lambda: _down(fleet.balancer, "replica1"), 30)
     detected_s = time.monotonic() - t_sigterm
     result = _finish(loadtest, out)
-    assert a.proc.wait(120) == 0, a.log_tail()  # drained: every call it accepted finished
+    frontends = [c for c in psutil.Process(a.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    assert len(frontends) == 2, [c.cmdline() for c in psutil.Process(a.proc.pid).children()]
+    assert a.proc.wait(120) == 0, a.log_tail()  # drained: every call either frontend accepted finished
+    assert "all frontends stopped" in a.log_tail()
+    assert not _gone(frontends, timeout_s=10)
     records = [r for lv in result.levels for r in lv.requests]
     failed = _errors(records)
     summary = {
@@ -348,6 +570,7 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     a, b = fleet.replicas
     for r in (a, b):  # the replica the previous scenario drained, back on the same ports
         if not r.running():
+            r.reconfigure_plain()
             r.start()
             r.wait_ready()
     fleet.balancer.wait_all_up()

@@ -23,7 +23,8 @@ from nanovl.v1 import inference_pb2 as pb
 from nanovl.v1 import inference_pb2_grpc as pb_grpc
 from nanovl.v1 import profiling_pb2 as ppb
 from nanovl.v1 import profiling_pb2_grpc
-from profiling.servicer import OperatorLimits, ProfilingServicer
+from profiling.profilers.limits import OperatorLimits
+from profiling.servicer import ProfilingServicer
 from service.auth import AuthSettings, TokenSource
 from service.server import build_server
 from service.tls import TlsSettings
