@@ -257,6 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=rl.max_parts,
         help="content parts in one request, counted over all its messages",
     )
+    r.add_argument(
+        "--max-list-string-bytes",
+        dest="max_list_string_bytes",
+        type=int,
+        default=rl.max_list_string_bytes,
+        help="UTF-8 bytes of one string in sampling.stop, sampling.bad_words or structured_output.choice",
+    )
+    r.add_argument(
+        "--max-list-bytes",
+        dest="max_list_bytes",
+        type=int,
+        default=rl.max_list_bytes,
+        help="UTF-8 bytes of all strings of one of those fields together",
+    )
     m = p.add_argument_group("media limits (each item is checked before the expensive part of decoding)")
     lim = d.media_limits
     m.add_argument("--max-image-pixels", type=int, default=lim.max_image_pixels, help="pixels of one image")

@@ -68,6 +68,8 @@ def test_serve_help_lists_nanovl_flags_with_defaults_without_importing_vllm() ->
         ("--min-upload-bytes-per-s", "65536"),
         ("--max-structured-output-bytes", "131072"),
         ("--structured-output-compile-timeout-s", "2.0"),
+        ("--max-list-string-bytes", "4096"),
+        ("--max-list-bytes", "131072"),
     ]:
         described = " ".join(text.rsplit(f"  {flag} ", 1)[1].split("\n  -", 1)[0].split())  # its help, unwrapped
         assert f"(default: {default})" in described, (flag, described)
