@@ -292,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
         "JPEGs whose data ends early)",
     )
     m.add_argument(
+        "--max-video-pixels-per-byte",
+        type=int,
+        default=lim.max_video_pixels_per_byte,
+        help="decoded pixels per encoded byte of a video, counting every frame decoded to reach the sampled "
+        "ones (from each one's keyframe), above 256 Mi pixels (refuses decode bombs: long single-keyframe clips "
+        "of nearly nothing)",
+    )
+    m.add_argument(
         "--max-audio-seconds", type=float, default=lim.max_audio_seconds, help="length of one audio item (vLLM's cap)"
     )
     x = p.add_argument_group(

@@ -70,6 +70,7 @@ def test_serve_help_lists_nanovl_flags_with_defaults_without_importing_vllm() ->
         ("--structured-output-compile-timeout-s", "2.0"),
         ("--max-list-string-bytes", "4096"),
         ("--max-list-bytes", "131072"),
+        ("--max-video-pixels-per-byte", "4096"),
     ]:
         described = " ".join(text.rsplit(f"  {flag} ", 1)[1].split("\n  -", 1)[0].split())  # its help, unwrapped
         assert f"(default: {default})" in described, (flag, described)
