@@ -62,7 +62,7 @@ def test_serve_help_lists_nanovl_flags_with_defaults_without_importing_vllm() ->
         ("--max-audio-seconds", "600.0"),
         ("--upload-idle-timeout-s", "30.0"),
         ("--max-concurrent-uploads", "64"),
-        ("--drain-grace-s", "15.0"),
+        ("--drain-grace-s", "12.0"),
         ("--engine-shutdown-timeout-s", "5.0"),
         ("--max-uploads-per-peer", "16"),
         ("--min-upload-bytes-per-s", "65536"),

@@ -283,3 +283,17 @@ def test_sigterm_drains_both_frontends_and_exits_0(served: Served) -> None:
     assert served.proc.wait(120) == 0, served.log.read_text()[-4000:]
     assert "all frontends stopped" in served.log.read_text()
     assert not [p for p in served.frontends if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    # vLLM's shutdown stopped the engine within the bound (verify-10b D5), and no engine
+    # process outlives the server (multiprocessing's resource tracker excepted: it unlinks
+    # shared memory after the server is gone).
+    assert "ran past its bound" not in served.log.read_text()
+    engine = [p for p in served.tree if _running_engine(p)]
+    _, left = psutil.wait_procs(engine, timeout=5)
+    assert not [p for p in left if _running_engine(p)], [(p.pid, p.name()) for p in left]
+
+
+def _running_engine(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
