@@ -212,6 +212,36 @@ def with_video_audio(rendered: str, video_audio: Sequence[bool]) -> str:
     return "".join(out)
 
 
+# Markers the processor writes around what it expands (``<img>…</img>``, the audio's
+# ``<so_start>…<so_end>``): a prompt's template never writes them itself.
+_EXPANSION_MARKERS = tuple(r for r in RESERVED_STRINGS if r not in PLACEHOLDERS.values())
+
+
+def check_rendered(prompt: str, media: Mapping[Modality, Sequence[Any]], *, request_template: bool) -> None:
+    """Refuse a rendered chat prompt whose media placeholders do not match its media items
+    one to one (``InvalidArgument``), the rule ``check_text`` applies to a client's text:
+    vLLM's processor expands the n-th ``<image>`` with the n-th image, so a placeholder
+    without an item reaches the model as bare image-context tokens, and an item without a
+    placeholder is an error deep in the processor. ``media`` holds the items in prompt
+    order (a video's audio track among the audio items, its placeholder already added by
+    ``with_video_audio``). A per-request template (``request_template``) must also write
+    none of the processor's expansion markers (``<img>``, ``<so_start>``, …); the
+    checkpoint's own template is trusted with them."""
+    for modality, tag in PLACEHOLDERS.items():
+        items, found = len(media.get(modality, ())), prompt.count(tag)
+        if found != items:
+            whose = "the request's chat template" if request_template else "the checkpoint's chat template"
+            raise InvalidArgument(
+                f"{whose} rendered {found} {tag} placeholders for {items} {modality} items: every {modality} "
+                f"part needs exactly one, and a template may not write them for media the request does not send"
+            )
+    if request_template and (markers := [m for m in _EXPANSION_MARKERS if m in prompt]):
+        raise InvalidArgument(
+            f"the request's chat template rendered {', '.join(markers)}, which this model's processor writes "
+            "around media it expands; a template may write only one placeholder per media part"
+        )
+
+
 def _freeze(media: dict[Modality, list[Any]]) -> dict[Modality, tuple[Any, ...]]:
     return {m: tuple(media[m]) for m in MODALITIES if m in media}
 
@@ -409,7 +439,9 @@ class ChatRenderer:
         job, media = self.job(
             messages, add_generation_prompt=add_generation_prompt, chat_template_kwargs=chat_template_kwargs
         )
-        return AssembledPrompt(prompt=job.finish(render_template(job)), multi_modal_data=media)
+        prompt = job.finish(render_template(job))
+        check_rendered(prompt, media, request_template=REQUEST_TEMPLATE_KEY in (chat_template_kwargs or {}))
+        return AssembledPrompt(prompt=prompt, multi_modal_data=media)
 
 
 def _turn(i: int, message: Message, media: dict[Modality, list[Any]]) -> dict[str, Any]:

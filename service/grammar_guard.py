@@ -130,7 +130,10 @@ def _compile_in_child(backend: Any, params: Any) -> tuple[str, str]:
     try:
         # vLLM's frontend validation; rewrites a choice into the grammar the engine compiles.
         validate_xgrammar_grammar(SimpleNamespace(structured_outputs=params))
-        backend.compile_grammar(*get_structured_output_key(params))
+        key = get_structured_output_key(params)
+        if key[0].name == "CHOICE":  # left unconverted: vLLM's validation refuses it (an empty choice)
+            return "unsupported", "a choice xgrammar's validation did not turn into a grammar"
+        backend.compile_grammar(*key)
     except Exception as exc:  # not xgrammar's to compile: vLLM's own validation decides
         return "unsupported", f"{type(exc).__name__}: {exc}"[:300]
     return "ok", ""

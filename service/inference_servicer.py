@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 import nanovl
-from model.prompt import AssembledPrompt, ChatRenderer
+from model.prompt import AssembledPrompt, ChatRenderer, check_rendered
 from nanovl.errors import DeadlineExceeded, InvalidArgument, NanovlError, ResourceExhausted, Unavailable
 from nanovl.modalities import MODALITY_TO_PB, TOKEN_MODALITIES
 from nanovl.v1 import inference_pb2 as pb
@@ -507,7 +507,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             if self._sandbox is None:  # validation refuses these unless allowed
                 raise InvalidArgument("this server does not accept per-request chat templates")
             job, media = chat_job(req, decoded, self._chat)
-            return AssembledPrompt(prompt=job.finish(await self._sandbox.render(job)), multi_modal_data=dict(media))
+            prompt = job.finish(await self._sandbox.render(job))
+            # Off the loop: the rendered text is as long as the client's template made it.
+            await self._in_pool(functools.partial(check_rendered, prompt, media, request_template=True))
+            return AssembledPrompt(prompt=prompt, multi_modal_data=dict(media))
         return await self._in_pool(functools.partial(assemble_prompt, req, decoded, self._chat))
 
     async def _in_pool(self, fn: Callable[[], T]) -> T:

@@ -19,7 +19,7 @@ import bisect
 import io
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -146,6 +146,13 @@ class MediaLimits:
     # file declaring 6000x6000, the rest filled grey by the decoder): decode bombs, refused
     # from the header alone (RESOURCE_EXHAUSTED).
     max_image_pixels_per_byte: int = 2048
+    # Decoded pixels per encoded byte of a video, counting every frame the decoder must
+    # decode to reach the sampled ones (from each one's keyframe on), once that is over
+    # VIDEO_AMPLIFICATION_FREE_PIXELS (verify-10b D6: a 51 KB single-GOP clip of 1500
+    # black 1080p frames cost 5.8 s of CPU and 1.6 GB for 256 sampled frames, 61 000 px/B).
+    # Camera video at 1 Mbit/s is ~500 px/B at 1080p30; a static screen recording with a
+    # keyframe every 250 frames (x264's default) and 16 sampled frames stays under ~2000.
+    max_video_pixels_per_byte: int = 4096
 
     def __post_init__(self) -> None:
         for name in (
@@ -155,6 +162,7 @@ class MediaLimits:
             "max_video_decoded_bytes",
             "max_audio_seconds",
             "max_image_pixels_per_byte",
+            "max_video_pixels_per_byte",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MediaLimits.{name} must be > 0, got {getattr(self, name)!r}")
@@ -546,6 +554,7 @@ def _decode_video(data: bytes, sampling: VideoSampling, limits: MediaLimits) -> 
                 "max_video_decoded_bytes",
                 "request fewer frames or send a lower-resolution video",
             )
+        _check_amplification(_frames_to_decode(probe, indices), len(indices), width, height, len(data), limits)
         sink = _FrameSink(len(indices), width, height)
         done = probe.seekable and _decode_by_seeking(data, stream_index, probe, indices, sink)
         if not done:
@@ -566,6 +575,51 @@ def _decode_video(data: bytes, sampling: VideoSampling, limits: MediaLimits) -> 
         rotation_degrees=sink.orientation.rotation_degrees,
         mirrored=sink.orientation.mirrored,
     )
+
+
+# Decoded pixels a video may cost whatever its size (129 frames of 1080p, about 0.5 s of
+# one core here; 870 of 640x480): below this, the per-byte limit does not apply, as for
+# images. A 10 s black 640x480 clip (11 KB, keyframe every 250 frames) stays below it.
+VIDEO_AMPLIFICATION_FREE_PIXELS = 256 * 1024**2
+
+
+def _frames_to_decode(probe: _PacketProbe, indices: Sequence[int]) -> int:
+    """Frames the decoder must decode to reach the sampled ``indices`` (presentation
+    order): from the keyframe at or before each one (``_decode_by_seeking``, which goes on
+    without seeking inside the same stretch), or every frame up to the last one when the
+    stream cannot be seeked (``_decode_sequentially``)."""
+    if not indices:
+        return 0
+    if not probe.seekable:
+        return max(indices) + 1
+    key_positions = [bisect.bisect_left(probe.pts, k) for k in probe.keyframe_pts]
+    decoded, last = 0, -1
+    for index in sorted(indices):
+        if index <= last:
+            continue
+        k = bisect.bisect_right(key_positions, index) - 1
+        start = key_positions[k] if k >= 0 else 0
+        decoded += index - max(start, last + 1) + 1
+        last = index
+    return decoded
+
+
+def _check_amplification(frames: int, sampled: int, width: int, height: int, nbytes: int, limits: MediaLimits) -> None:
+    """RESOURCE_EXHAUSTED when decoding ``frames`` frames of ``width``x``height`` from
+    ``nbytes`` encoded bytes is past ``max_video_pixels_per_byte`` (above
+    ``VIDEO_AMPLIFICATION_FREE_PIXELS``): decided from the demuxed packets, before any
+    frame is decoded."""
+    pixels = frames * width * height
+    if pixels > VIDEO_AMPLIFICATION_FREE_PIXELS and pixels > limits.max_video_pixels_per_byte * nbytes:
+        raise _over_limit(
+            "video:",
+            f"reaching the {sampled} sampled frames means decoding {frames} frames of {width}x{height} = "
+            f"{pixels:,} pixels from {nbytes:,} bytes ({pixels // nbytes:,} pixels per byte)",
+            f"{limits.max_video_pixels_per_byte:,} pixels per byte above {VIDEO_AMPLIFICATION_FREE_PIXELS:,} pixels",
+            "max_video_pixels_per_byte",
+            "request fewer frames, send a lower-resolution video or one encoded with keyframes more often "
+            "(e.g. every 2 s)",
+        )
 
 
 def video_from_raw_frames(

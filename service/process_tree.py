@@ -23,6 +23,18 @@ import psutil
 log = logging.getLogger(__name__)
 
 
+# How long a SIGKILLed engine process may take to be gone before this process exits
+# anyway (freeing a worker's memory takes a moment on a loaded machine). Part of the exit
+# margin (nanovl.cli.serve.EXIT_MARGIN_S).
+KILL_WAIT_S = 2.0
+
+
+def seconds_left() -> float | None:
+    """Time until the bound :func:`exit_within` armed fires (None: not armed)."""
+    left = signal.getitimer(signal.ITIMER_REAL)[0]
+    return left if left > 0 else None
+
+
 class ProcessTree:
     """This process's descendants at construction (engine core, workers, helpers)."""
 
@@ -39,15 +51,24 @@ class ProcessTree:
         # is_running() compares the create time: a reused pid is not ours.
         return [p for p in self.processes if _running(p)]
 
-    def kill(self) -> list[int]:
-        """SIGKILL every process of the snapshot still running; their pids."""
-        killed = []
+    def kill(self, wait_s: float = 0.0) -> list[int]:
+        """SIGKILL every process of the snapshot still running; their pids. With ``wait_s``,
+        then wait up to that long until they are gone (a zombie counts as gone: a worker
+        re-parented away from this process is reaped by its new parent), so that none
+        outlives this process's exit (verify-10b: a worker killed as the server exited was
+        seen 10-20 s later)."""
+        killed, victims = [], []
         for p in self.alive():
             try:
                 p.kill()
                 killed.append(p.pid)
+                victims.append(p)
             except psutil.Error:
                 pass
+        if wait_s > 0 and victims:
+            _, left = psutil.wait_procs(victims, timeout=wait_s)
+            if left := [p.pid for p in left if _running(p)]:
+                log.error("engine processes %s still running %.1fs after SIGKILL", left, wait_s)
         return killed
 
 
@@ -75,7 +96,7 @@ def exit_within(seconds: float, status: Callable[[], int], tree: ProcessTree) ->
     Main thread only; arming again moves the deadline."""
 
     def expired(signum: int, frame: object) -> None:
-        killed = tree.kill()
+        killed = tree.kill(wait_s=KILL_WAIT_S)
         log.error("shutdown ran past its bound of %.0fs: killed %s; exiting now", seconds, killed or "nothing")
         for handler in logging.getLogger().handlers:
             with contextlib.suppress(Exception):

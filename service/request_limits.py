@@ -14,6 +14,12 @@ counted over the whole request (the parts of every message together, for example
 ``FIELD_LIMITS`` maps each field to its limit, and a test walks the protos so that a new
 repeated field cannot be left unbounded. ``google.protobuf.Struct`` values
 (``chat_template_kwargs``) are bounded by their encoded size instead.
+
+The elements of a repeated ``string`` field (``sampling.stop``, ``sampling.bad_words``,
+``structured_output.choice``) are bounded in bytes too, each and together per field
+(``STRING_LIST_FIELDS``; a test walks the protos for repeated ``string``/``bytes`` fields):
+256 stop strings of 200 KB each fit in one message, and vLLM matches every stop string
+against the text of every step, tokenizes every bad word.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from nanovl.errors import InvalidArgument, ResourceExhausted
-from nanovl.units import MiB
+from nanovl.units import KiB, MiB
 
 # OpenAI's limit on tools (service.output_parsing.MAX_TOOLS says the same).
 MAX_TOOLS = 128
@@ -53,6 +59,13 @@ class RequestLimits:
     max_choices: int = 4096
     # Encoded size of ChatTemplateOptions.chat_template_kwargs (a Struct).
     max_template_kwargs_bytes: int = 1 * MiB
+    # UTF-8 bytes of one string of a client string list (STRING_LIST_FIELDS: stop,
+    # bad_words, choice) (--max-list-string-bytes). A stop string or banned word is a few
+    # words; 4 KiB is a paragraph.
+    max_list_string_bytes: int = 4 * KiB
+    # UTF-8 bytes of all strings of one such field together (--max-list-bytes): 256 stop
+    # strings of 512 bytes each; as --max-structured-output-bytes, which also holds a choice.
+    max_list_bytes: int = 128 * KiB
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -64,7 +77,49 @@ class RequestLimits:
 _SOURCES = {
     "max_messages": "--max-messages-per-request",
     "max_parts": "--max-parts-per-request",
+    "max_list_string_bytes": "--max-list-string-bytes",
+    "max_list_bytes": "--max-list-bytes",
 }
+
+# The repeated string fields a client fills (proto full name → its name in a request):
+# every repeated string/bytes field of a request that is not media (media bytes are
+# bounded by --max-message-bytes / --max-request-bytes and the decoders' limits).
+STRING_LIST_FIELDS = {
+    "nanovl.v1.SamplingOptions.stop": "sampling.stop",
+    "nanovl.v1.SamplingOptions.bad_words": "sampling.bad_words",
+    "nanovl.v1.Choices.choices": "sampling.structured_output.choice",
+}
+
+
+@dataclass(frozen=True)
+class _BytesLimit:
+    """Bytes of each string of a repeated string field, and of all of them together."""
+
+    field: str  # as a client names it
+    element: int
+    total: int
+
+    def check_element(self, size: int) -> None:
+        if size > self.element:
+            raise ResourceExhausted(
+                f"a string in {self.field} is {size} bytes, over this server's limit of {self.element} bytes "
+                f"per string ({_SOURCES['max_list_string_bytes']}); send shorter strings"
+            )
+
+    def check_total(self, size: int) -> None:
+        if size > self.total:
+            raise ResourceExhausted(
+                f"the strings in {self.field} are more than {self.total} bytes together, this server's limit "
+                f"({_SOURCES['max_list_bytes']}); send fewer or shorter strings"
+            )
+
+
+def bytes_limits(limits: RequestLimits) -> dict[str, _BytesLimit]:
+    """Every field of ``STRING_LIST_FIELDS`` (proto full name) → its byte limits."""
+    return {
+        name: _BytesLimit(field, limits.max_list_string_bytes, limits.max_list_bytes)
+        for name, field in STRING_LIST_FIELDS.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -146,6 +201,7 @@ class RequestCounter:
     def __init__(self, limits: RequestLimits, *, vocab_size: int) -> None:
         self.limits = limits
         self._by_field = field_limits(limits, vocab_size=vocab_size)
+        self._bytes = bytes_limits(limits)
 
     def check(self, request: Message) -> None:
         """Raise ``ResourceExhausted`` / ``InvalidArgument`` if any repeated field, counted
@@ -170,6 +226,13 @@ class RequestCounter:
                 if total > limit.limit:
                     limit.refuse()
                 counts[key] = total
+                if (strings := self._bytes.get(fd.full_name)) is not None:
+                    size = 0
+                    for s in value:  # at most the count limit's worth, checked above
+                        n = len(s.encode()) if isinstance(s, str) else len(s)
+                        strings.check_element(n)
+                        size += n
+                    strings.check_total(size)
                 if fd.message_type is not None and _holds_counted(fd.message_type):
                     for element in value:
                         self._walk(element, counts)
@@ -248,6 +311,7 @@ class WireCounter:
 
     def _walk(self, desc: Descriptor, data: bytes, pos: int, end: int, counts: dict[int, int]) -> None:
         by_field = self._counter._by_field
+        by_bytes = self._counter._bytes
         fields = desc.fields_by_number
         seen: set[int] = set()  # singular fields met at this level
         while pos < end:
@@ -300,6 +364,12 @@ class WireCounter:
                 counts[key] = counts.get(key, 0) + n
                 if counts[key] > limit.limit:
                     limit.refuse()
+                if wire_type == 2 and (strings := by_bytes.get(fd.full_name)) is not None:
+                    strings.check_element(pos - start)
+                    # Over the whole request (a SamplingOptions sent twice is merged by protobuf).
+                    bkey = id(strings)
+                    counts[bkey] = counts.get(bkey, 0) + pos - start
+                    strings.check_total(counts[bkey])
                 if sub is not None and wire_type == 2 and _holds_counted(sub):
                     self._walk(sub, data, start, pos, counts)
             elif sub is not None and wire_type == 2:
@@ -341,4 +411,27 @@ def repeated_fields(root: str) -> set[str]:
     return found
 
 
-__all__ = ["MAX_TOOLS", "RequestCounter", "RequestLimits", "WireCounter", "field_limits", "repeated_fields"]
+def repeated_string_fields(root: str) -> set[str]:
+    """Every repeated ``string`` / ``bytes`` field reachable from ``root``: what
+    ``STRING_LIST_FIELDS`` must cover."""
+    from nanovl.v1 import inference_pb2
+
+    pool = inference_pb2.DESCRIPTOR.pool
+    return {
+        name
+        for name in repeated_fields(root)
+        if pool.FindFieldByName(name).type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
+    }
+
+
+__all__ = [
+    "MAX_TOOLS",
+    "STRING_LIST_FIELDS",
+    "RequestCounter",
+    "RequestLimits",
+    "WireCounter",
+    "bytes_limits",
+    "field_limits",
+    "repeated_fields",
+    "repeated_string_fields",
+]

@@ -33,6 +33,11 @@ def _structured(so: pb.StructuredOutput) -> Any:
     if so.HasField("whitespace_pattern"):
         kwargs["whitespace_pattern"] = so.whitespace_pattern
     value = getattr(so, kind)
+    if kind == "choice" and not value.choices:
+        # vLLM refuses it only in the engine's input processor (SamplingParams
+        # ._validate_structured_outputs), after xgrammar's checker was handed a choice its
+        # validation leaves unconverted (it logs "Validation should have already occurred").
+        raise InvalidArgument("sampling.structured_output.choice must hold at least one string")
     kwargs["json" if kind == "json_schema" else kind] = list(value.choices) if kind == "choice" else value
     return StructuredOutputsParams(**kwargs)
 

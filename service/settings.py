@@ -73,10 +73,11 @@ class ServerSettings:
     drain_readiness_grace_s: float = 5.0
     # SIGTERM, after the readiness grace: in-flight calls may finish for this long; calls
     # still running are then cut (UNAVAILABLE, "retry on another replica").
-    drain_grace_s: float = 15.0
+    drain_grace_s: float = 12.0
     # Then the engine processes get this long to stop before they are killed, and the whole
-    # exit is bounded by it (+ a 3 s margin). Defaults: 5 + 15 + 5 + 3 = 28 s at most, inside
-    # Kubernetes' default terminationGracePeriodSeconds of 30.
+    # exit is bounded by it (+ a 3 s margin). Defaults: 5 + 12 + 5 + 3 = 25 s at most, 5 s
+    # inside Kubernetes' default terminationGracePeriodSeconds of 30 (verify-10b D5: with a
+    # 15 s drain grace a loaded machine exited at 29.2 s, the bound killing the engine).
     engine_shutdown_timeout_s: float = 5.0
     warmup: bool = True
     media_limits: MediaLimits = field(default_factory=lambda: DEFAULT_MEDIA_LIMITS)

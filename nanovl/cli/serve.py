@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.engine_shutdown_timeout_s,
         help="at exit, the engine processes get this long to stop before they are killed; the whole exit "
-        "after the drain is bounded by it + 3 s (defaults: 5 + 15 + 5 + 3 = 28 s from SIGTERM, inside "
+        "after the drain is bounded by it + 3 s (defaults: 5 + 12 + 5 + 3 = 25 s from SIGTERM, inside "
         "Kubernetes' 30 s; engine death: 1 + 5 + 3 s)",
     )
     g.add_argument("--no-warmup", action="store_true", help="skip the per-modality warm-up at start")
@@ -257,6 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=rl.max_parts,
         help="content parts in one request, counted over all its messages",
     )
+    r.add_argument(
+        "--max-list-string-bytes",
+        dest="max_list_string_bytes",
+        type=int,
+        default=rl.max_list_string_bytes,
+        help="UTF-8 bytes of one string in sampling.stop, sampling.bad_words or structured_output.choice",
+    )
+    r.add_argument(
+        "--max-list-bytes",
+        dest="max_list_bytes",
+        type=int,
+        default=rl.max_list_bytes,
+        help="UTF-8 bytes of all strings of one of those fields together",
+    )
     m = p.add_argument_group("media limits (each item is checked before the expensive part of decoding)")
     lim = d.media_limits
     m.add_argument("--max-image-pixels", type=int, default=lim.max_image_pixels, help="pixels of one image")
@@ -276,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=lim.max_image_pixels_per_byte,
         help="decoded pixels per encoded byte of an image over 4 Mpx (refuses decode bombs and "
         "JPEGs whose data ends early)",
+    )
+    m.add_argument(
+        "--max-video-pixels-per-byte",
+        type=int,
+        default=lim.max_video_pixels_per_byte,
+        help="decoded pixels per encoded byte of a video, counting every frame decoded to reach the sampled "
+        "ones (from each one's keyframe), above 256 Mi pixels (refuses decode bombs: long single-keyframe clips "
+        "of nearly nothing)",
     )
     m.add_argument(
         "--max-audio-seconds", type=float, default=lim.max_audio_seconds, help="length of one audio item (vLLM's cap)"
@@ -314,6 +336,14 @@ EXIT_DRAIN_CUT = 3  # SIGTERM/SIGINT, but calls were still running when the grac
 EXIT_ENGINE_DIED = 4  # the engine died; in-flight calls got UNAVAILABLE; restart the process
 # The exit after the drain may take --engine-shutdown-timeout-s plus this, then it is forced.
 EXIT_MARGIN_S = 3.0
+
+
+def _engine_share(timeout_s: float, left_s: float | None) -> float:
+    """The engine's shutdown timeout: ``timeout_s``, or less when the exit bound has less
+    than that plus ``EXIT_MARGIN_S`` left (the drain ran late), at least 0.5 s."""
+    if left_s is None:
+        return timeout_s
+    return max(0.5, min(timeout_s, left_s - EXIT_MARGIN_S))
 
 
 def settings_from_args(args: argparse.Namespace, **extra: object) -> ServerSettings:
@@ -717,7 +747,7 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
     from profiling.telemetry import metrics as metrics_mod
     from profiling.telemetry import tracing
     from service.engine import Engine
-    from service.process_tree import ProcessTree, exit_within
+    from service.process_tree import KILL_WAIT_S, ProcessTree, exit_within, seconds_left
     from service.server import build_server
 
     security, limits = args.security, args.operator_limits
@@ -838,11 +868,14 @@ async def _serve(args: argparse.Namespace, report, frontend: FrontendRole | None
             exit_within(settings.engine_shutdown_timeout_s + EXIT_MARGIN_S, lambda: outcome["status"], tree)
         if server is not None and server.lifecycle.state != "STOPPED":
             await server.stop()
-        engine.shutdown(timeout_s=settings.engine_shutdown_timeout_s)
+        # vLLM's own shutdown (SIGTERM, then SIGKILL after the timeout) ends before the bound
+        # fires, even when the drain ran late: the engine's share is what is left of it.
+        engine.shutdown(timeout_s=_engine_share(settings.engine_shutdown_timeout_s, seconds_left()))
         if tree is not None and (left := tree.alive()):
-            # vLLM kills its engine core; a worker re-parented away from it is ours to stop.
+            # vLLM kills its engine core; a worker re-parented away from it is ours to stop,
+            # and gone before this process exits.
             log.info("stopping %d engine process(es) left after the engine's shutdown", len(left))
-            tree.kill()
+            tree.kill(wait_s=KILL_WAIT_S)
         tracing.shutdown_tracing(provider)
         service_metrics.shutdown()
 

@@ -47,12 +47,15 @@ def test_serve_help_lists_nanovl_flags_with_defaults_without_importing_vllm() ->
         ("--max-audio-seconds", "600.0"),
         ("--upload-idle-timeout-s", "30.0"),
         ("--max-concurrent-uploads", "64"),
-        ("--drain-grace-s", "15.0"),
+        ("--drain-grace-s", "12.0"),
         ("--engine-shutdown-timeout-s", "5.0"),
         ("--max-uploads-per-peer", "16"),
         ("--min-upload-bytes-per-s", "65536"),
         ("--max-structured-output-bytes", "131072"),
         ("--structured-output-compile-timeout-s", "2.0"),
+        ("--max-list-string-bytes", "4096"),
+        ("--max-list-bytes", "131072"),
+        ("--max-video-pixels-per-byte", "4096"),
     ]:
         described = " ".join(text.rsplit(f"  {flag} ", 1)[1].split("\n  -", 1)[0].split())  # its help, unwrapped
         assert f"(default: {default})" in described, (flag, described)

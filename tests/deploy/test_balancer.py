@@ -277,6 +277,20 @@ def _gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]
     return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
+def _engine_left(procs: list[psutil.Process]) -> list[tuple[int, str]]:
+    """Engine processes (all but multiprocessing's resource tracker, which unlinks shared
+    memory after the server is gone) still running, given a moment to be reaped."""
+    engine = [p for p in procs if _is_engine(p)]
+    return [(p.pid, p.name()) for p in _gone(engine, timeout_s=5)]
+
+
+def _is_engine(p: psutil.Process) -> bool:
+    try:
+        return "resource_tracker" not in " ".join(p.cmdline())
+    except psutil.Error:
+        return False  # already gone
+
+
 @dataclass
 class Balancer:
     proc: subprocess.Popen
@@ -551,6 +565,10 @@ def test_sigterm_mid_load_fails_no_call(fleet: Fleet) -> None:
     assert a.proc.wait(120) == 0, a.log_tail()  # drained: every call either frontend accepted finished
     assert "all frontends stopped" in a.log_tail()
     assert not _gone(frontends, timeout_s=10)
+    # Within the exit bound, vLLM's own shutdown stopping the engine (verify-10b D5: the
+    # bound fired and killed it), and no engine process outlives the server.
+    assert "ran past its bound" not in a.log_tail(), a.log_tail()
+    assert not _engine_left(a.children), a.log_tail()
     records = [r for lv in result.levels for r in lv.requests]
     failed = _errors(records)
     summary = {
@@ -652,5 +670,8 @@ def test_sigusr1_withdraws_readiness_then_engine_death_exits_4(fleet: Fleet) -> 
         # What to do, and none of vLLM's pointers into the server's own log.
         assert "retry" in err.value.details() and "stack trace" not in err.value.details()
     assert a.proc.wait(120) == 4, a.log_tail()
+    # The server killed and waited for what was left of its engine (verify-10b: a worker
+    # re-parented away from the dead engine core outlived it by 10-20 s).
+    assert not _engine_left(a.children), a.log_tail()
     alive = _gone(a.children, timeout_s=60)
     assert not alive, [(p.pid, p.name()) for p in alive]

@@ -14,6 +14,7 @@ from model.prompt import (
     TextPart,
     ToolCallTurn,
     assemble_raw,
+    check_rendered,
     video_item,
     with_video_audio,
 )
@@ -70,3 +71,32 @@ def test_audio_placement_needs_one_video_placeholder_per_video():
     assert with_video_audio("x<video>y", [False]) == "x<video>y"
     with pytest.raises(InvalidArgument, match="rendered 1 <video> placeholders for 2 videos"):
         with_video_audio("x<video>y", [True, False])
+
+
+IMAGE = object()  # check_rendered counts items; it never looks at them
+
+
+@pytest.mark.parametrize(
+    ("template", "parts", "needle"),
+    [
+        ("{{ '<image>' * 3 }}", (TextPart("x"),), "3 <image> placeholders for 0 image"),
+        ("x", (MediaPart("image", IMAGE),), "0 <image> placeholders for 1 image"),
+        ("{{ '<video><video>' }}", (MediaPart("video", VIDEO),), "2 <video> placeholders for 1 video"),
+        ("<so_embedding>", (TextPart("x"),), "1 <so_embedding> placeholders for 0 audio"),
+        ("<image><img>", (MediaPart("image", IMAGE),), "rendered <img>"),
+    ],
+)
+def test_a_request_template_writes_one_placeholder_per_media_part(chat, template, parts, needle):
+    """verify-10b D7 (M9): raw text holding <image> was refused, a request's template that
+    wrote 2000 of them for no image was served."""
+    with pytest.raises(InvalidArgument, match=needle):
+        chat.render([Message("user", parts)], chat_template_kwargs={"chat_template": template})
+
+
+def test_the_checkpoints_template_passes_the_same_rule(chat):
+    media = (MediaPart("image", IMAGE), MediaPart("video", VIDEO, audio_track=WAVE), MediaPart("audio", WAVE))
+    prompt = chat.render([Message("user", (TextPart("look"), *media))])
+    assert prompt.prompt.count("<image>") == 1 and prompt.prompt.count("<so_embedding>") == 2
+    with pytest.raises(InvalidArgument, match="checkpoint's chat template rendered 1 <image> placeholders for 2"):
+        check_rendered(prompt.prompt, {"image": (IMAGE, IMAGE)}, request_template=False)
+    check_rendered("<img><image></img>", {"image": (IMAGE,)}, request_template=False)  # trusted markers

@@ -76,3 +76,69 @@ def test_jpegs_whose_scan_ends_early_are_refused(seed):
             decode_image(whole[:cut] + b"\xff\xd9")
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT, (kw, cut, len(whole))
         assert "truncated JPEG" in err.value.message or "truncated" in err.value.message
+
+
+def _black_h264(frames: int, width: int, height: int, *, keyint: int) -> bytes:
+    """An MP4 of ``frames`` black frames, a keyframe every ``keyint`` (H.264 skips the rest
+    in a few bytes each: the verify-10b D6 clip, smaller)."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "ultrafast", "g": str(keyint), "keyint_min": str(keyint), "sc_threshold": "0"}
+        black = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+        for _ in range(frames):
+            c.mux(s.encode(black))
+        c.mux(s.encode())
+    return buf.getvalue()
+
+
+def test_a_single_keyframe_video_bomb_is_refused_before_decoding(monkeypatch):
+    """verify-10b D6: a 51 KB single-GOP clip of 1500 1080p frames with num_frames=256 cost
+    5.8 s of CPU and 1.6 GB. The frames the decoder must go through to reach the sampled
+    ones are counted from the demuxed packets; past max_video_pixels_per_byte (above the
+    free allowance, scaled down here so the clip stays small) the clip is refused before
+    any frame is decoded. The same frames with a keyframe every 10 are decoded."""
+    from service import media
+
+    monkeypatch.setattr(media, "VIDEO_AMPLIFICATION_FREE_PIXELS", 1_000_000)
+    bomb = _black_h264(300, 640, 480, keyint=100_000)
+    pixels = 300 * 640 * 480
+    assert pixels > media.DEFAULT_MEDIA_LIMITS.max_video_pixels_per_byte * len(bomb)
+    with pytest.raises(NanovlError) as err:
+        media.decode_video(bomb, num_frames=256)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "decoding 300 frames of 640x480" in err.value.message and "max_video_pixels_per_byte" in err.value.message
+    # Few sampled frames near the start need few decoded frames: accepted.
+    assert media.decode_video(bomb, num_frames=1).frames.shape == (1, 480, 640, 3)
+    # Seekable keyframes: only each sampled frame's stretch is decoded.
+    seekable = _black_h264(300, 640, 480, keyint=10)
+    assert media.decode_video(seekable, num_frames=4).frames.shape == (4, 480, 640, 3)
+    # Raised by the operator: decoded.
+    limits = media.MediaLimits(max_video_pixels_per_byte=10**9)
+    assert media.decode_video(bomb, num_frames=8, limits=limits).frames.shape[0] == 8
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_frames_to_decode_follow_the_decoders_path(seed):
+    """Seeded: for each sampled frame, the frames from its keyframe (or from the last one
+    decoded, inside the same stretch) up to it; every frame up to the last sampled one
+    when the stream cannot seek."""
+    from service.media import _frames_to_decode, _PacketProbe
+
+    rng = random.Random(seed)
+    count = rng.randrange(50, 500)
+    keys = sorted({0, *rng.sample(range(count), rng.randrange(0, 10))})
+    pts = tuple(range(count))
+    indices = sorted(rng.sample(range(count), rng.randrange(1, 20)))
+    probe = _PacketProbe(count=count, pts=pts, keyframe_pts=tuple(keys), seekable=True, time_base=1.0)
+    decoded: set[int] = set()
+    for i in indices:
+        start = max(k for k in keys if k <= i)
+        decoded.update(range(start if start > max(decoded, default=-1) else max(decoded) + 1, i + 1))
+    assert _frames_to_decode(probe, indices) == len(decoded)
+    unseekable = _PacketProbe(count=count, pts=pts, keyframe_pts=tuple(keys), seekable=False, time_base=1.0)
+    assert _frames_to_decode(unseekable, indices) == indices[-1] + 1

@@ -129,6 +129,27 @@ async def test_a_huge_echoed_value_still_reaches_the_client(grpc_target):
             assert f"({n} characters)" in err.value.details()
 
 
+async def test_large_string_lists_and_an_empty_choice_are_refused(grpc_target):
+    """verify-10b D8: 256 stop strings or bad words of 200 KB each were accepted (here 16, under
+    the test server's 4 MiB message limit); an empty choice made vLLM's xgrammar checker log
+    "Validation should have already occurred" before vLLM refused it."""
+    async with grpc.aio.insecure_channel(grpc_target) as ch:
+        stub = pb_grpc.InferenceStub(ch)
+        for field in ("stop", "bad_words"):
+            sampling = pb.SamplingOptions(max_tokens=1, **{field: ["x" * 200_000] * 16})
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stub.Generate(pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], sampling=sampling)):
+                    pass
+            assert err.value.code() == EXHAUSTED, err.value
+            assert f"sampling.{field}" in err.value.details() and "--max-list-string-bytes" in err.value.details()
+        sampling = pb.SamplingOptions(max_tokens=1)
+        sampling.structured_output.choice.SetInParent()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Generate(pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], sampling=sampling)):
+                pass
+        assert err.value.code() == INVALID and "choice must hold at least one string" in err.value.details()
+
+
 async def test_plan_budget_extremes_are_refused_precisely(admin_target):
     U32 = 2**32 - 1
     cases = [

@@ -383,6 +383,13 @@ async def test_request_templates_render_in_a_sandbox_that_fails_cleanly(make_ser
             await _collect(stub.Generate(_chat({"chat_template": RAISING}), timeout=60))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "roles must alternate" in raised.value.details()
+        # verify-10b D7: placeholders a template writes for media the request does not send
+        # are refused as they are in raw text.
+        for bomb, needle in (("{{ '<image>' * 2000 }}", "2000 <image> placeholders for 0 image"), ("<img>", "<img>")):
+            with pytest.raises(grpc.aio.AioRpcError) as injected:
+                await _collect(stub.Generate(_chat({"chat_template": template + bomb}), timeout=60))
+            assert injected.value.code() == grpc.StatusCode.INVALID_ARGUMENT, injected.value.details()
+            assert needle in injected.value.details() and "request's chat template" in injected.value.details()
         t0 = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as slow:
             await _collect(stub.Generate(_chat({"chat_template": HOSTILE}), timeout=60))
