@@ -806,7 +806,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 completion_tokens=completion_tokens,
                 prompt_tokens_by_modality=_modality_tokens(rendered.tokens_by_modality),
                 cached_prompt_tokens=final_output.num_cached_tokens or 0,
-                reasoning_tokens=parsing.reasoning_tokens(generated) if parsing is not None else 0,
+                reasoning_tokens=parsing.reasoning_tokens(generated, prompt_ids) if parsing is not None else 0,
             ),
             timings=pb.Timings(
                 queue_s=(timeline.queue_s or 0.0) if timeline else 0.0,

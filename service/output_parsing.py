@@ -20,7 +20,7 @@ object).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -236,20 +236,32 @@ class OutputParsers:
                 "--enable-auto-tool-choice --tool-call-parser); send tool_choice none or no tools"
             )
         parser = None
+        new_parser: Callable[[], Parser] | None = None
         if self._cls is not None:
-            parser = self._cls(
-                self._tokenizer,
-                request.tools,
-                chat_template_kwargs=dict(options.chat_template_kwargs),
-                model_config=self._model_config,
-            )
+            cls, tools = self._cls, request.tools
+
+            def new_parser() -> Parser:
+                # As OpenAIServingChat._make_parser: one instance per use, never shared.
+                return cls(
+                    self._tokenizer,
+                    tools,
+                    chat_template_kwargs=dict(options.chat_template_kwargs),
+                    model_config=self._model_config,
+                )
+
+            parser = new_parser()
             # As vLLM's renderer: adjusted when there is a reasoning parser or a tool choice.
             if parser.reasoning_parser is not None or request.tool_choice != "none":
                 try:
                     request = parser.adjust_request(request)
                 except (VLLMValidationError, ValueError) as e:
                     raise InvalidArgument(f"vLLM rejected the tools: {e}") from None
-        return RequestParsing(request=request, parser=parser, chat_template_kwargs=dict(options.chat_template_kwargs))
+        return RequestParsing(
+            request=request,
+            parser=parser,
+            chat_template_kwargs=dict(options.chat_template_kwargs),
+            new_parser=new_parser,
+        )
 
 
 def _pydantic_message(e: Any) -> str:
@@ -285,6 +297,8 @@ class RequestParsing:
     request: ChatCompletionRequest
     parser: Parser | None
     chat_template_kwargs: dict[str, Any]
+    # A fresh instance of ``parser``'s class with the same arguments (for the final count).
+    new_parser: Callable[[], Parser] | None = None
     _calls: dict[int, _PendingCall] = field(default_factory=dict)
     tools_called: bool = False
 
@@ -360,9 +374,26 @@ class RequestParsing:
             out.append(pb.ToolCall(id=call.id or make_tool_call_id(), name=call.name, arguments=arguments or "{}"))
         return tuple(out)
 
-    def reasoning_tokens(self, token_ids: Sequence[int]) -> int:
-        """Of the generated ``token_ids``, how many the reasoning parser counts as reasoning."""
-        return self.parser.count_reasoning_tokens(tuple(token_ids)) if self.parser is not None else 0
+    def reasoning_tokens(self, token_ids: Sequence[int], prompt_token_ids: Sequence[int] | None = None) -> int:
+        """``Final.usage.reasoning_tokens``: of the whole completion ``token_ids``, how many
+        are reasoning (a count of tokens, 0 <= n <= len(token_ids)).
+
+        Counted once, at the end, from the ids alone, by a fresh instance of this request's
+        vLLM parser (``Parser.count_reasoning_tokens`` on an instance that streamed
+        nothing, which decodes the ids and parses them in one pass), as vLLM's
+        non-streaming chat path counts (``OpenAIServingChat.chat_completion_full_generator``).
+        The streaming instance's running count is not used: vLLM's engine-based reasoning
+        parsers (``ParserEngineReasoningAdapter``) count only the tokens of deltas that
+        carried text, so the byte tokens of a character still incomplete in its delta
+        (non-ASCII output) were missed. 0 without a reasoning parser, and when the prompt
+        already ended the reasoning (thinking off: the whole stream is answer, as
+        ``Parser.parse_delta`` decides from the prompt)."""
+        if self.parser is None or self.parser.reasoning_parser is None or not token_ids:
+            return 0
+        if prompt_token_ids is not None and self.parser.is_reasoning_end(list(prompt_token_ids)):
+            return 0
+        counter = self.new_parser() if self.new_parser is not None else self.parser
+        return counter.count_reasoning_tokens(tuple(token_ids))
 
 
 def _is_json_object(text: str) -> bool:

@@ -32,6 +32,9 @@ MEDIA_KINDS: Mapping[str, Modality] = {"image": "image", "video": "video", "audi
 
 
 MAX_REQUEST_ID_CHARS = 256
+# A tool call's id as sent back in the history (vLLM's make_tool_call_id: 46 characters;
+# OpenAI's: about 30); the bound only keeps a client's id out of the prompt's way.
+MAX_TOOL_CALL_ID_CHARS = 256
 # The template variable that switches reasoning on and off (Nemotron 3, Qwen3, ...).
 ENABLE_THINKING = "enable_thinking"
 
@@ -122,11 +125,31 @@ def _check_part(i: int, part: pb.ContentPart, *, payload_expected: bool) -> None
 
 
 def _tool_calls(where: str, calls: Sequence[pb.ToolCall]) -> tuple[ToolCallTurn, ...]:
+    """An assistant message's calls checked: ids non-empty, printable, at most
+    ``MAX_TOOL_CALL_ID_CHARS`` and unique within the message (a tool result names its call
+    by id, so two calls with one id could not be told apart); arguments a JSON object."""
     out = []
+    ids: set[str] = set()
     for j, call in enumerate(calls):
         at = f"{where}.tool_calls[{j}]"
         if not call.id:
             raise InvalidArgument(f"{at}.id is empty: send the id the call was returned with")
+        if len(call.id) > MAX_TOOL_CALL_ID_CHARS:
+            raise InvalidArgument(
+                f"{at}.id is {len(call.id)} characters; at most {MAX_TOOL_CALL_ID_CHARS} are accepted "
+                "(send the id the call was returned with)"
+            )
+        if bad := next((c for c in call.id if not c.isprintable()), None):
+            raise InvalidArgument(
+                f"{at}.id {echo(call.id)} holds the non-printable character U+{ord(bad):04X}; "
+                "send the id the call was returned with"
+            )
+        if call.id in ids:
+            raise InvalidArgument(
+                f"{at}.id {echo(call.id)} is also the id of an earlier call in this message; "
+                "each call needs its own id (a tool result names its call by id)"
+            )
+        ids.add(call.id)
         if not call.name:
             raise InvalidArgument(f"{at}.name is empty")
         try:
@@ -223,8 +246,19 @@ def _thinking(
     kwargs: dict[str, Any],
     parsers: OutputParsers,
 ) -> None:
-    """Map ChatTemplateOptions.enable_thinking into the template kwargs; refuse thinking
-    options on a server whose model output has no reasoning parser."""
+    """Map ChatTemplateOptions.enable_thinking into the template kwargs. ``InvalidArgument``
+    for thinking options on a server whose model output has no reasoning parser, and for
+    options that contradict each other or cannot be read one way:
+
+    - ``chat_template_kwargs.enable_thinking`` that is not a JSON boolean ("yes", 1, null):
+      vLLM's ``NemotronV3Parser.__init__`` takes its truthiness for the parser's mode
+      (``chat_template_kwargs.get("enable_thinking", True)``) while
+      ``NemotronV3Parser._should_force_content`` tests ``is False``, and a Jinja template
+      may test ``is defined``, truthiness or ``== false``;
+    - ``chat_template.enable_thinking`` different from ``chat_template_kwargs.enable_thinking``;
+    - ``sampling.thinking_token_budget`` with thinking off: the template closes the
+      thinking in the prompt, and vLLM's budget counts only inside a ``<think>`` the prompt
+      leaves open (``ThinkingBudgetState._init_state_entry``), so it would do nothing."""
     for name, present in (
         ("chat_template.enable_thinking", chat_template.HasField("enable_thinking")),
         ("sampling.thinking_token_budget", sampling.HasField("thinking_token_budget")),
@@ -234,6 +268,16 @@ def _thinking(
                 f"{name} needs a reasoning model: this server has no reasoning parser (it was started without "
                 "--reasoning-parser, which Nemotron 3 checkpoints get by default); remove the option"
             )
+    if ENABLE_THINKING in kwargs and not isinstance(kwargs[ENABLE_THINKING], bool):
+        given = kwargs[ENABLE_THINKING]
+        shown = json.dumps(given)
+        shown = shown if len(shown) <= 80 else shown[:80] + "..."
+        raise InvalidArgument(
+            f"chat_template.chat_template_kwargs.enable_thinking is {shown} "
+            f"({_json_type(given)}); it must be true or false (or leave it out and set "
+            "chat_template.enable_thinking): the reasoning parser and the chat template could each read "
+            "another value differently"
+        )
     if chat_template.HasField("enable_thinking"):
         given = kwargs.get(ENABLE_THINKING)
         if given is not None and given != chat_template.enable_thinking:
@@ -242,6 +286,54 @@ def _thinking(
                 f"chat_template_kwargs.enable_thinking is {given!r}; set one of them"
             )
         kwargs[ENABLE_THINKING] = chat_template.enable_thinking
+    if sampling.HasField("thinking_token_budget") and kwargs.get(ENABLE_THINKING) is False:
+        where = (
+            "chat_template.enable_thinking"
+            if chat_template.HasField("enable_thinking")
+            else "chat_template.chat_template_kwargs.enable_thinking"
+        )
+        raise InvalidArgument(
+            f"sampling.thinking_token_budget is {sampling.thinking_token_budget} but {where} is false: with "
+            "thinking off the prompt closes the thinking before generation, so a budget would have no "
+            "effect; remove sampling.thinking_token_budget or turn thinking on"
+        )
+
+
+def _json_type(value: Any) -> str:
+    """JSON's name for a ``MessageToDict`` value's type (the client wrote JSON, not Python)."""
+    if value is None:
+        return "JSON null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _check_constraint_and_tool_choice(sampling: pb.SamplingOptions, choice: str | dict[str, Any] | None) -> None:
+    """A structured output with tool_choice required or a named function is refused: the
+    tool choice constrains the whole output to the tool-call format, and vLLM then drops
+    the client's constraint with only a server log line (``DelegatingParser._apply_structural_tag``:
+    "structured outputs are ignored because tool_choice forces tool call"; vLLM's
+    ``ChatCompletionRequest.check_structured_outputs_count`` already refuses json, regex and
+    choice with a named function: "either use constraints for structured outputs or tools,
+    not both"). tool_choice auto and none keep the constraint (auto: an answer that is not
+    a call follows it), so they combine with one."""
+    kind = sampling.structured_output.WhichOneof("constraint") if sampling.HasField("structured_output") else None
+    if kind is None or choice is None or choice in ("auto", "none"):
+        return
+    forced = (
+        "tool_choice.mode REQUIRED"
+        if choice == "required"
+        else f"tool_choice.function_name {echo(choice['function']['name'])}"  # type: ignore[index]
+    )
+    raise InvalidArgument(
+        f"sampling.structured_output.{kind} and {forced} cannot be combined: that tool choice constrains "
+        "the output to the tool-call format, which replaces the structured output; remove one of them, or "
+        "use tool_choice auto (the structured output then constrains an answer that is not a tool call)"
+    )
 
 
 def _count_media(
@@ -324,6 +416,7 @@ def validate(
         check_template_kwargs(kwargs, allow_request_template=settings.allow_request_chat_template)
         parsers = parsers or OutputParsers.none()
         _thinking(chat_template, sampling, kwargs, parsers)
+        _check_constraint_and_tool_choice(sampling, choice)
         tool_dicts = parse_tools(tools) if tools else None
         if tool_dicts is not None:
             if "tools" in kwargs:

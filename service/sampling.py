@@ -25,6 +25,20 @@ def _structured(so: pb.StructuredOutput) -> Any:
 
     kind = so.WhichOneof("constraint")
     if kind is None:
+        if options := [
+            name
+            for name, present in (
+                ("disable_any_whitespace", so.disable_any_whitespace),
+                ("disable_additional_properties", so.disable_additional_properties),
+                ("whitespace_pattern", so.HasField("whitespace_pattern")),
+            )
+            if present
+        ]:
+            # They shape a constraint's JSON; alone they would be dropped without a word.
+            raise InvalidArgument(
+                f"sampling.structured_output sets {', '.join(options)} but no constraint: set one of "
+                "json_schema, regex, choice, grammar or json_object, or leave structured_output unset"
+            )
         return None
     kwargs: dict[str, Any] = {
         "disable_any_whitespace": so.disable_any_whitespace,

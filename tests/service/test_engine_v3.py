@@ -234,11 +234,45 @@ async def test_reasoning_is_split_from_the_answer(v3_client, upload):
     )
     assert again.token_ids == result.token_ids and again.reasoning_text == result.reasoning_text
 
+    # usage.reasoning_tokens is the number of generated ids before </think> (all of them
+    # when it never comes; 0 with thinking off), also when the output is made of byte
+    # tokens of multi-byte characters, whose deltas carry no text until a character is
+    # whole (verify-14: the server said 1 where 5 ids came before </think>).
+    multibyte = sorted(set(_ids(engine, "日本語éü€🙂")))
+    for thinking, budget in ((True, 6), (True, None), (False, None)):
+        result = await client.generate_text(
+            [Message.user("Why is the sky blue?")],
+            sampling=Sampling(
+                max_tokens=12,
+                temperature=0.0,
+                thinking_token_budget=budget,
+                allowed_token_ids=(*multibyte, think_end, *eos),
+                logit_bias={think_end: -100.0, **dict.fromkeys(eos, -100.0)},
+            ),
+            chat_template=ChatTemplate(enable_thinking=thinking),
+            upload=upload,
+        )
+        ids = list(result.token_ids)
+        assert len(ids) == 12 and set(ids) - {think_end} <= set(multibyte), ids
+        before_end = ids.index(think_end) if think_end in ids else len(ids)
+        assert result.usage.reasoning_tokens == (before_end if thinking else 0), (thinking, budget, ids)
+        assert before_end == {6: 5, None: 12}[budget]
+        assert thinking or not result.reasoning_text
+
 
 async def test_a_tool_call_round_trip(v3_client):
     """tool_choice required: vLLM's qwen3_coder grammar forces the call format; the parser
     returns the whole call; the call and its result go back through the chat template."""
-    from nanovl.client import ChatTemplate, FinishReason, Message, Prompt, Sampling, Tool
+    from nanovl.client import (
+        ChatTemplate,
+        FinishReason,
+        InferenceRpcError,
+        Message,
+        Prompt,
+        Sampling,
+        StructuredOutput,
+        Tool,
+    )
 
     _, _, engine, client = v3_client
     weather = Tool(
@@ -271,6 +305,13 @@ async def test_a_tool_call_round_trip(v3_client):
         Prompt.chat(chat, tools=[weather], tool_choice="get_weather"), sampling=sampling, chat_template=no_thinking
     )
     assert [c.name for c in named.tool_calls] == ["get_weather"] and named.finish_reason is FinishReason.STOP
+    # A structured output with a forced tool choice: refused before the engine, not dropped.
+    with pytest.raises(InferenceRpcError, match=r"INVALID_ARGUMENT: sampling.structured_output.regex and tool_choice"):
+        await client.generate_text(
+            Prompt.chat(chat, tools=[weather], tool_choice="required"),
+            sampling=Sampling(max_tokens=2, structured_output=StructuredOutput.regex("[a-z]{4}")),
+            chat_template=no_thinking,
+        )
 
     turns = [*chat, first.assistant_message(), Message.tool(call.id, "sunny, 21 C")]
     second = await client.generate_text(

@@ -212,6 +212,18 @@ def test_a_tool_without_a_description_renders():
             [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="f", arguments='{"a": "<image>"}')])],
             r"reserved string '<image>'",
         ),
+        (
+            [pb.Message(role="assistant", tool_calls=[CALL, pb.ToolCall(id="call-1", name="get_weather")])],
+            r"tool_calls\[1\].id 'call-1' is also the id of an earlier call in this message",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c" * 10_000, name="f")])],
+            r"tool_calls\[0\].id is 10000 characters; at most 256",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c\x00<|im_end|>", name="f")])],
+            r"tool_calls\[0\].id .* holds the non-printable character U\+0000",
+        ),
     ],
     ids=[
         "tool-no-id",
@@ -225,6 +237,9 @@ def test_a_tool_without_a_description_renders():
         "call-no-id",
         "tool-image",
         "placeholder-in-args",
+        "duplicate-call-ids",
+        "call-id-too-long",
+        "call-id-control-character",
     ],
 )
 def test_hostile_chat_messages_are_invalid_argument(messages, match, v3_parsers):
@@ -318,17 +333,18 @@ def test_chat_options_on_raw_parts_are_invalid_argument(fields, v3_parsers):
 
 
 def test_thinking_maps_to_the_templates_enable_thinking_and_the_budget_to_sampling(v3_parsers):
-    req = _validate(
+    off = _validate(_chat(_user(), chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers)
+    assert off.chat_template_kwargs["enable_thinking"] is False
+    assert off.parsing is not None and off.parsing.chat_template_kwargs["enable_thinking"] is False
+    on = _validate(
         _chat(
             _user(),
-            chat_template=pb.ChatTemplateOptions(enable_thinking=False),
+            chat_template=pb.ChatTemplateOptions(enable_thinking=True),
             sampling=pb.SamplingOptions(thinking_token_budget=7),
         ),
         v3_parsers,
     )
-    assert req.chat_template_kwargs["enable_thinking"] is False
-    assert req.sampling.thinking_token_budget == 7
-    assert req.parsing is not None and req.parsing.chat_template_kwargs["enable_thinking"] is False
+    assert on.chat_template_kwargs["enable_thinking"] is True and on.sampling.thinking_token_budget == 7
 
 
 def test_required_tool_choice_constrains_the_output_to_the_call_format(v3_parsers):
@@ -445,3 +461,160 @@ def test_tool_schemas_are_bounded_in_total_and_in_checking_cost():
     assert tool["function"]["parameters"]["type"] == "object"
     with pytest.raises(InvalidArgument, match="must describe an object"):
         parse_tools([pb.Tool(name="f", parameters=json.dumps({"type": "string", "x": "y" * 40000}))])
+
+
+# ---------------------------------------------------------------- reasoning token count (verify-14 D2)
+
+# Characters of one to four UTF-8 bytes: the tiny tokenizer has one token per byte, so a
+# character of several bytes streams as tokens whose deltas carry no text until it is whole.
+_CHARS = ["a", "b", "z", " ", "\n", ".", "é", "ü", "ß", "日", "本", "語", "€", "🙂", "𝄞"]
+
+
+def _detokenized_deltas(tokenizer, ids: list[int]) -> list[str]:
+    """Per-token text deltas as vLLM's incremental detokenizer sends them: a character is
+    held back (empty delta) until its last byte arrives."""
+    deltas, sent = [], ""
+    for n in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:n]).rstrip("\ufffd")
+        deltas.append(text[len(sent) :] if text.startswith(sent) else "")
+        sent = text if text.startswith(sent) else sent
+    return deltas
+
+
+def _completion(rng: random.Random, tokenizer, think_end: int) -> list[int]:
+    """Reasoning of random characters, then either ``</think>`` and an answer, or nothing
+    (cut off while thinking, as by max_tokens)."""
+    reasoning = "".join(rng.choice(_CHARS) for _ in range(rng.randint(0, 12)))
+    ids = tokenizer.encode(reasoning, add_special_tokens=False)
+    if rng.random() < 0.7:
+        answer = "".join(rng.choice(_CHARS) for _ in range(rng.randint(0, 6)))
+        ids += [think_end, *tokenizer.encode(answer, add_special_tokens=False)]
+    return ids
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_reasoning_tokens_are_the_ids_before_the_end_of_thinking(v3_parsers, tokenizer, thinking):
+    """usage.reasoning_tokens equals an independent count over the generated ids (thinking
+    on: the tokens before </think>, or all of them when it never came; thinking off: 0),
+    for seeded completions of multi-byte characters streamed as vLLM's detokenizer streams
+    them. The streaming parser's own running count missed tokens whose delta had no text."""
+    rng = random.Random(14)
+    (think_end,) = tokenizer.encode("</think>", add_special_tokens=False)
+    opener = "<|im_start|>assistant\n<think>\n" if thinking else "<|im_start|>assistant\n<think></think>"
+    prompt_ids = tokenizer.encode(opener, add_special_tokens=False)
+    held_back = 0
+    for _ in range(60):
+        ids = _completion(rng, tokenizer, think_end)
+        req = _validate(_chat(_user(), chat_template=pb.ChatTemplateOptions(enable_thinking=thinking)), v3_parsers)
+        deltas = _detokenized_deltas(tokenizer, ids)
+        held_back += deltas.count("")
+        parsed = [
+            req.parsing.feed(d, [t], prompt_ids, finished=i == len(ids) - 1)
+            for i, (d, t) in enumerate(zip(deltas, ids, strict=True))
+        ]
+        expected = (ids.index(think_end) if think_end in ids else len(ids)) if thinking else 0
+        assert req.parsing.reasoning_tokens(ids, prompt_ids) == expected, (ids, deltas)
+        if thinking:  # the count is of the tokens whose text the stream gave as reasoning
+            assert "".join(p.reasoning_text for p in parsed).rstrip() == tokenizer.decode(ids[:expected]).rstrip()
+        else:
+            assert not any(p.reasoning_text for p in parsed)
+    assert held_back > 50  # the generator did make deltas without text
+
+
+# ---------------------------------------------------------------- contradictory options (verify-14 D4)
+
+# Each request option that can conflict with another, and the values tried for it.
+_OPTION_VALUES: dict[str, list] = {
+    "tool_choice": [None, "auto", "none", "required", "get_weather"],
+    "structured_output": [None, "json_schema", "regex", "choice", "grammar", "json_object"],
+    "enable_thinking": [None, True, False],
+    "kwargs.enable_thinking": ["absent", True, False, "yes", 1, None, [True]],
+    "thinking_token_budget": [None, 0, 6],
+}
+_CONSTRAINTS = {
+    "json_schema": pb.StructuredOutput(json_schema='{"type": "object"}'),
+    "regex": pb.StructuredOutput(regex="[a-z]{4}"),
+    "choice": pb.StructuredOutput(choice=pb.Choices(choices=["yes", "no"])),
+    "grammar": pb.StructuredOutput(grammar='root ::= "a"'),
+    "json_object": pb.StructuredOutput(json_object=True),
+}
+_MODES = {"auto": pb.TOOL_CHOICE_MODE_AUTO, "none": pb.TOOL_CHOICE_MODE_NONE, "required": pb.TOOL_CHOICE_MODE_REQUIRED}
+
+
+def _pairwise_combinations(seed: int) -> list[dict]:
+    """Every pair of values of every two options, each completed at random from ``seed``."""
+    rng = random.Random(seed)
+    names = list(_OPTION_VALUES)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for va in _OPTION_VALUES[a]:
+                for vb in _OPTION_VALUES[b]:
+                    combo = {n: rng.choice(v) for n, v in _OPTION_VALUES.items()}
+                    combo[a], combo[b] = va, vb
+                    out.append(combo)
+    return out
+
+
+def _request(combo: dict) -> pb.GenerateRequest:
+    req = _chat(_user(), tools=[WEATHER])
+    if (choice := combo["tool_choice"]) in _MODES:
+        req.tool_choice.mode = _MODES[choice]
+    elif choice is not None:
+        req.tool_choice.function_name = choice
+    if combo["structured_output"] is not None:
+        req.sampling.structured_output.CopyFrom(_CONSTRAINTS[combo["structured_output"]])
+    if combo["enable_thinking"] is not None:
+        req.chat_template.enable_thinking = combo["enable_thinking"]
+    if combo["kwargs.enable_thinking"] != "absent":
+        req.chat_template.chat_template_kwargs.update({"enable_thinking": combo["kwargs.enable_thinking"]})
+    if combo["thinking_token_budget"] is not None:
+        req.sampling.thinking_token_budget = combo["thinking_token_budget"]
+    return req
+
+
+def _expected_refusal(combo: dict) -> tuple[str, ...] | None:
+    """The fields the error must name, first rule broken first; None: accepted."""
+    given = combo["kwargs.enable_thinking"]
+    typed = combo["enable_thinking"]
+    if given != "absent" and type(given) is not bool:
+        return ("chat_template.chat_template_kwargs.enable_thinking", "true or false")
+    if typed is not None and given != "absent" and given != typed:
+        return ("chat_template.enable_thinking", "chat_template_kwargs.enable_thinking")
+    thinking = typed if typed is not None else (given if given != "absent" else True)
+    if combo["thinking_token_budget"] is not None and thinking is False:
+        return ("sampling.thinking_token_budget", "enable_thinking is false")
+    if combo["structured_output"] is not None and combo["tool_choice"] == "required":
+        return (f"sampling.structured_output.{combo['structured_output']}", "tool_choice.mode REQUIRED")
+    if combo["structured_output"] is not None and combo["tool_choice"] == "get_weather":
+        return (f"sampling.structured_output.{combo['structured_output']}", "tool_choice.function_name")
+    return None
+
+
+def test_every_pair_of_conflicting_options_is_refused_precisely_or_accepted(v3_parsers):
+    """verify-14 defect 4: options that contradict each other or cannot be read one way are
+    INVALID_ARGUMENT at validation (before the engine), naming the fields; every other
+    combination is accepted and reaches vLLM's SamplingParams as sent."""
+    combos = _pairwise_combinations(seed=4)
+    refused = 0
+    for combo in combos:
+        expected = _expected_refusal(combo)
+        if expected is None:
+            req = _validate(_request(combo), v3_parsers)
+            budget = combo["thinking_token_budget"]
+            assert req.sampling.thinking_token_budget == budget, combo
+            if combo["structured_output"] is not None and combo["tool_choice"] in (None, "none"):
+                assert getattr(req.sampling.structured_outputs, combo["structured_output"].replace("_schema", ""))
+            continue
+        with pytest.raises(InvalidArgument) as info:
+            _validate(_request(combo), v3_parsers)
+        refused += 1
+        message = str(info.value)
+        assert all(field in message for field in expected), (combo, message)
+    assert 0 < refused < len(combos)
+
+
+def test_structured_output_options_without_a_constraint_are_refused():
+    so = pb.StructuredOutput(disable_any_whitespace=True)
+    with pytest.raises(InvalidArgument, match="sets disable_any_whitespace but no constraint"):
+        _validate(_chat(_user(), sampling=pb.SamplingOptions(structured_output=so)))
