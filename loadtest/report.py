@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -219,89 +219,55 @@ def level_line(result: LevelResult) -> str:
     )
 
 
+# A statistics column of the final tables: its header and its cell for one group's stats.
+_STAT_CELLS: dict[str, Callable[[GroupStats], str]] = {
+    "ok": lambda g: str(g.succeeded),
+    "err": lambda g: str(g.failed),
+    "req/s": lambda g: f"{g.requests_per_s:.2f}",
+    "out tok/s": lambda g: f"{g.output_tokens_per_s:.1f}",
+    "TTFT p50 ms": lambda g: _ms(g.ttft.p50),
+    "TTFT p99 ms": lambda g: _ms(g.ttft.p99),
+    "ITL p50 ms": lambda g: _ms(g.itl.p50),
+    "ITL p99 ms": lambda g: _ms(g.itl.p99),
+    "TPOT p50 ms": lambda g: _ms(g.tpot.p50),
+    "E2E p50 s": lambda g: _s(g.e2e.p50),
+    "E2E p99 s": lambda g: _s(g.e2e.p99),
+}
+
+
+def _stats_table(title: str, keys: Sequence[str], stats: Sequence[str], extra: Sequence[str] = ()) -> Table:
+    """A table whose rows are ``keys`` (left), then the ``stats`` columns, then ``extra``."""
+    table = Table(title=title, title_justify="left")
+    for col in keys:
+        table.add_column(col, justify="left", no_wrap=True)
+    for col in (*stats, *extra):
+        table.add_column(col, justify="right")
+    return table
+
+
+def _stat_cells(g: GroupStats, stats: Sequence[str]) -> list[str]:
+    return [_STAT_CELLS[col](g) for col in stats]
+
+
 def result_tables(result: LoadTestResult) -> list[Table]:
-    """The final tables: per level, per level and kind, errors (if any)."""
-    overall = Table(title=f"{result.name}: per level (all kinds)", title_justify="left")
-    for col in (
-        "level",
-        "ok",
-        "err",
-        "req/s",
-        "out tok/s",
-        "TTFT p50 ms",
-        "TTFT p99 ms",
-        "ITL p50 ms",
-        "ITL p99 ms",
-        "TPOT p50 ms",
-        "E2E p50 s",
-        "E2E p99 s",
-        "client CPU",
-    ):
-        overall.add_column(col, justify="left" if col == "level" else "right", no_wrap=col == "level")
+    """The final tables: per level, per level and kind, per level and target (several
+    targets), errors (if any)."""
+    stats = list(_STAT_CELLS)
+    overall = _stats_table(f"{result.name}: per level (all kinds)", ["level"], stats, ["client CPU"])
     for lv in result.levels:
-        g = lv.overall
-        overall.add_row(
-            lv.level.label,
-            str(g.succeeded),
-            str(g.failed),
-            f"{g.requests_per_s:.2f}",
-            f"{g.output_tokens_per_s:.1f}",
-            _ms(g.ttft.p50),
-            _ms(g.ttft.p99),
-            _ms(g.itl.p50),
-            _ms(g.itl.p99),
-            _ms(g.tpot.p50),
-            _s(g.e2e.p50),
-            _s(g.e2e.p99),
-            f"{lv.client.cpu_util:.0%}",
-        )
-    by_kind = Table(title="per level and kind", title_justify="left")
-    for col in (
-        "level",
-        "kind",
-        "ok",
-        "err",
-        "out tok/s",
-        "TTFT p50 ms",
-        "TTFT p99 ms",
-        "ITL p50 ms",
-        "E2E p50 s",
-        "E2E p99 s",
-    ):
-        by_kind.add_column(col, justify="left" if col in ("level", "kind") else "right")
+        overall.add_row(lv.level.label, *_stat_cells(lv.overall, stats), f"{lv.client.cpu_util:.0%}")
+    kind_stats = ["ok", "err", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "E2E p50 s", "E2E p99 s"]
+    by_kind = _stats_table("per level and kind", ["level", "kind"], kind_stats)
     for lv in result.levels:
         for g in lv.by_kind:
-            by_kind.add_row(
-                lv.level.label,
-                g.kind,
-                str(g.succeeded),
-                str(g.failed),
-                f"{g.output_tokens_per_s:.1f}",
-                _ms(g.ttft.p50),
-                _ms(g.ttft.p99),
-                _ms(g.itl.p50),
-                _s(g.e2e.p50),
-                _s(g.e2e.p99),
-            )
+            by_kind.add_row(lv.level.label, g.kind, *_stat_cells(g, kind_stats))
     tables = [overall, by_kind]
     if any(lv.by_target for lv in result.levels):
-        by_target = Table(title="per level and target", title_justify="left")
-        for col in ("level", "target", "ok", "err", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "E2E p50 s"):
-            by_target.add_column(col, justify="left" if col in ("level", "target") else "right")
+        target_stats = ["ok", "err", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "E2E p50 s"]
+        by_target = _stats_table("per level and target", ["level", "target"], target_stats)
         for lv in result.levels:
             for t in lv.by_target:
-                g = t.stats
-                by_target.add_row(
-                    lv.level.label,
-                    t.target,
-                    str(g.succeeded),
-                    str(g.failed),
-                    f"{g.requests_per_s:.2f}",
-                    f"{g.output_tokens_per_s:.1f}",
-                    _ms(g.ttft.p50),
-                    _ms(g.ttft.p99),
-                    _s(g.e2e.p50),
-                )
+                by_target.add_row(lv.level.label, t.target, *_stat_cells(t.stats, target_stats))
         tables.append(by_target)
     if result.total_errors:
         errors = Table(title="errors (first message per code)", title_justify="left")

@@ -730,7 +730,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         final_output = None
         prompt_logprobs: list[pb.TokenLogprobs] = []
         parsing = req.parsing
-        prompt_ids = list(rendered.engine_input.get("prompt_token_ids") or [])
+        # The output parser reads the prompt's ids (where reasoning ends); nothing else does.
+        prompt_ids = list(rendered.engine_input.get("prompt_token_ids") or []) if parsing is not None else []
         generated: list[int] = []  # for the reasoning token count
         with self._tracer.stage_span(
             tracing.ENGINE_GENERATE, request_id=req.request_id, engine_request_id=req.engine_request_id
