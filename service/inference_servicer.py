@@ -225,6 +225,13 @@ def _peer_of(context: grpc.aio.ServicerContext) -> str:
     return peer
 
 
+def _cut_short(completion: Any) -> bool:
+    """Whether generation ended mid-output: ``max_tokens`` (vLLM finish_reason "length"), a
+    stop string (its ``stop_reason`` is the string) or an abort; not an end-of-sequence or
+    stop token, after which the output is whole."""
+    return completion.finish_reason in ("length", "abort") or isinstance(completion.stop_reason, str)
+
+
 def _deadline_passed(context: grpc.aio.ServicerContext, slack_s: float = DEADLINE_SLACK_S) -> bool:
     """Whether the call's deadline has passed, give or take :data:`DEADLINE_SLACK_S`: the
     client's clock started before ours (its send, our receipt), so a client whose deadline
@@ -770,7 +777,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         # vLLM's parser sees every delta, the last one flagged, so calls still
                         # open when generation ends are returned too.
                         generated.extend(token_ids)
-                        parsed = parsing.feed(completion.text, token_ids, prompt_ids, finished=output.finished)
+                        parsed = parsing.feed(
+                            completion.text,
+                            token_ids,
+                            prompt_ids,
+                            finished=output.finished,
+                            cut=output.finished and _cut_short(completion),
+                        )
                         delta.text = parsed.text
                         delta.reasoning_text = parsed.reasoning_text
                         delta.tool_calls.extend(parsed.tool_calls)

@@ -301,6 +301,7 @@ class RequestParsing:
     new_parser: Callable[[], Parser] | None = None
     _calls: dict[int, _PendingCall] = field(default_factory=dict)
     tools_called: bool = False
+    _cut: bool = False  # the stream was cut (max_tokens, a stop string): see feed
 
     @property
     def structured_outputs(self) -> StructuredOutputsParams | None:
@@ -323,13 +324,40 @@ class RequestParsing:
         return kwargs
 
     def feed(
-        self, text: str, token_ids: Sequence[int], prompt_token_ids: Sequence[int] | None, *, finished: bool
+        self,
+        text: str,
+        token_ids: Sequence[int],
+        prompt_token_ids: Sequence[int] | None,
+        *,
+        finished: bool,
+        cut: bool = False,
     ) -> ParsedDelta:
         """Parse one engine delta; tool calls come out once each, when complete: their
-        arguments form a whole JSON object, or (no arguments) a later call or the end of
-        the stream follows. A call cut off mid-arguments is never returned."""
+        arguments form a whole JSON object, or (no arguments) a later call or the natural
+        end of the stream follows. A call cut off is never returned: mid-arguments, or, when
+        the stream was ``cut`` (max_tokens, a stop string), any call still open at the cut,
+        wherever its markup ended, even inside the function's name. (vLLM's parsers close
+        such a call when the stream ends, ``get_remaining_unstreamed_args``, so its own
+        parse returns e.g. ``ge({})`` for ``<function=ge`` at max_tokens.)"""
         if self.parser is None:
             return ParsedDelta(text=text)
+        if not (finished and cut):
+            return self._parse(text, token_ids, prompt_token_ids, finished=finished)
+        # The delta as the output has it, then the end of the stream on its own: what only
+        # the end completes was cut.
+        before = self._parse(text, token_ids, prompt_token_ids, finished=False)
+        self._cut = True
+        end = self._parse("", (), prompt_token_ids, finished=True)
+        return ParsedDelta(
+            text=before.text + end.text,
+            reasoning_text=before.reasoning_text + end.reasoning_text,
+            tool_calls=before.tool_calls,
+        )
+
+    def _parse(
+        self, text: str, token_ids: Sequence[int], prompt_token_ids: Sequence[int] | None, *, finished: bool
+    ) -> ParsedDelta:
+        assert self.parser is not None
         delta = self.parser.parse_delta(
             delta_text=text,
             delta_token_ids=list(token_ids),
@@ -359,6 +387,9 @@ class RequestParsing:
         for n, index in enumerate(indices):
             call = self._calls[index]
             if call.done or not call.name:
+                continue
+            if self._cut:  # open when the stream was cut: never returned (see feed)
+                call.done = True
                 continue
             arguments = "".join(call.arguments)
             ended = finished or n + 1 < len(indices)  # the stream, or a later call, began after it

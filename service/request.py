@@ -440,6 +440,8 @@ def validate(
             structured = parsing.structured_outputs
             if parsing.parser is None:
                 parsing = None  # nothing to parse: the output is the answer
+            else:
+                _check_detokenize(sampling, parsing, kwargs)
     if request_id is not None:
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument(
@@ -469,6 +471,30 @@ def validate(
         item_counts=counts,
         parsing=parsing,
     )
+
+
+def _check_detokenize(sampling: pb.SamplingOptions, parsing: RequestParsing, kwargs: Mapping[str, Any]) -> None:
+    """``sampling.detokenize`` false where the output is parsed: vLLM's reasoning and tool
+    parsers read the generated text (``Parser.parse_delta``), so without it tool calls and
+    the reasoning split would silently vanish (verify-14c D2). INVALID_ARGUMENT."""
+    if not sampling.HasField("detokenize") or sampling.detokenize:
+        return
+    needs = []
+    request = parsing.request
+    if request.tools and request.tool_choice != "none":
+        needs.append("tools (tool calls are parsed from the text; or send tool_choice none)")
+    if (
+        parsing.parser is not None
+        and parsing.parser.reasoning_parser is not None
+        and kwargs.get(ENABLE_THINKING) is not False
+    ):
+        needs.append("thinking on (the reasoning is split from the answer in the text; or turn thinking off)")
+    if needs:
+        raise InvalidArgument(
+            "sampling.detokenize is false, but this chat request's output is parsed for "
+            + " and ".join(needs)
+            + ": keep detokenize on (unset or true)"
+        )
 
 
 def from_generate_request(req: pb.GenerateRequest, **kw: Any) -> ValidatedRequest:
