@@ -556,9 +556,13 @@ def _decode_video(data: bytes, sampling: VideoSampling, limits: MediaLimits) -> 
             )
         _check_amplification(_frames_to_decode(probe, indices), len(indices), width, height, len(data), limits)
         sink = _FrameSink(len(indices), width, height)
-        done = probe.seekable and _decode_by_seeking(data, stream_index, probe, indices, sink)
+        # The same bound, enforced while decoding: the count above trusts the container's
+        # keyframe index, which a file can fake (verify-10c E1: an MP4 without its stss box
+        # says every frame is a keyframe, and its 1500 frames were decoded in full).
+        budget = _DecodeBudget(len(indices), width, height, len(data), limits)
+        done = probe.seekable and _decode_by_seeking(data, stream_index, probe, indices, sink, budget)
         if not done:
-            _decode_sequentially(data, stream_index, indices, sink)
+            _decode_sequentially(data, stream_index, indices, sink, budget)
     except av.FFmpegError as e:
         raise MediaDecodeError(f"video: corrupt or truncated {_DISPLAY.get(fmt, fmt)} data: {_av_reason(e)}") from e
 
@@ -620,6 +624,25 @@ def _check_amplification(frames: int, sampled: int, width: int, height: int, nby
             "request fewer frames, send a lower-resolution video or one encoded with keyframes more often "
             "(e.g. every 2 s)",
         )
+
+
+@dataclass
+class _DecodeBudget:
+    """Frames a decode may still go through: :func:`_check_amplification`'s bound, counted
+    over every frame the decoder returns (the seeking path and the sequential one after it)."""
+
+    sampled: int
+    width: int
+    height: int
+    nbytes: int
+    limits: MediaLimits
+    decoded: int = 0
+
+    def frames(self, frames: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+        for frame in frames:
+            self.decoded += 1
+            _check_amplification(self.decoded, self.sampled, self.width, self.height, self.nbytes, self.limits)
+            yield frame
 
 
 def video_from_raw_frames(
@@ -932,12 +955,14 @@ def _decode_by_seeking(
     probe: _PacketProbe,
     indices: list[int],
     out: _FrameSink,
+    budget: _DecodeBudget,
 ) -> bool:
-    """Fill ``out`` seeking keyframe to keyframe; False means 'use the sequential path'."""
+    """Fill ``out`` seeking keyframe to keyframe; False means 'use the sequential path'.
+    ``budget`` counts every decoded frame (RESOURCE_EXHAUSTED past it)."""
     first_key = probe.keyframe_pts[0]
     with _open_av(data) as container:
         stream = container.streams.video[stream_index]
-        frames: Iterator[av.VideoFrame] = container.decode(stream)
+        frames: Iterator[av.VideoFrame] = budget.frames(container.decode(stream))
         last_pts: int | None = None
         last_slot = -1
         for slot, index in enumerate(indices):
@@ -947,7 +972,7 @@ def _decode_by_seeking(
             # Seek only if it skips frames we would otherwise decode.
             if key > (last_pts if last_pts is not None else first_key):
                 container.seek(key, stream=stream, backward=True)
-                frames = container.decode(stream)
+                frames = budget.frames(container.decode(stream))
                 last_pts = None
             if last_pts is not None and last_pts >= target and last_slot >= 0:
                 out.copy(slot, last_slot)  # decoder skipped ahead; reuse nearest frame
@@ -967,12 +992,14 @@ def _decode_by_seeking(
     return True
 
 
-def _decode_sequentially(data: bytes, stream_index: int, indices: list[int], out: _FrameSink) -> None:
+def _decode_sequentially(
+    data: bytes, stream_index: int, indices: list[int], out: _FrameSink, budget: _DecodeBudget
+) -> None:
     wanted = {index: slot for slot, index in enumerate(indices)}
     filled = 0
     with _open_av(data) as container:
         stream = container.streams.video[stream_index]
-        for position, frame in enumerate(container.decode(stream)):
+        for position, frame in enumerate(budget.frames(container.decode(stream))):
             slot = wanted.get(position)
             if slot is not None:
                 out.put(slot, frame)

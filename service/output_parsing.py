@@ -40,11 +40,13 @@ MAX_TOOL_SCHEMA_BYTES = 256 * 1024
 # All tools' schemas together: they share the request-validation threads every call goes
 # through (verify-10b D2: 128 large schemas held both threads for minutes).
 MAX_TOOLS_SCHEMA_BYTES = 1024 * 1024
-# jsonschema's meta-schema check costs ~20 us per schema byte (2.8 s for a 150 KB schema on
-# this project's machines): schemas are checked in full up to this many bytes per request,
-# and past it only as JSON objects describing an object (what the template and vLLM's
-# grammar need; the grammar check bounds the rest, service.grammar_guard).
-MAX_TOOL_SCHEMA_CHECK_BYTES = 32 * 1024
+# jsonschema's meta-schema check costs per JSON value, not per byte: up to ~0.45 ms a value
+# on this project's machines (an allOf of empty objects: 4 bytes a value, so 32 KB took 3.4 s
+# idle and 8-12 s loaded, verify-10c E2). Schemas are checked in full while the request's
+# schemas hold at most this many JSON values together (~0.2 s at worst), and past it only as
+# JSON objects describing an object (what the template and vLLM's grammar need; the grammar
+# check bounds the rest, service.grammar_guard). A real tool's schema holds a few per parameter.
+MAX_TOOL_SCHEMA_CHECK_VALUES = 500
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 _TOOL_CHOICE_MODES = {
@@ -92,7 +94,7 @@ def parse_tools(tools: Sequence[pb.Tool]) -> list[dict[str, Any]]:
         raise ResourceExhausted(
             f"the tools' parameter schemas take {total} bytes together; at most {MAX_TOOLS_SCHEMA_BYTES} are accepted"
         )
-    check_budget = MAX_TOOL_SCHEMA_CHECK_BYTES
+    check_budget = MAX_TOOL_SCHEMA_CHECK_VALUES
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, tool in enumerate(tools):
@@ -106,20 +108,35 @@ def parse_tools(tools: Sequence[pb.Tool]) -> list[dict[str, Any]]:
         # that write it into the prompt fail on None (vLLM's default when it is left out).
         function: dict[str, Any] = {"name": tool.name, "description": tool.description}
         if tool.parameters:
-            size = len(tool.parameters.encode())
-            function["parameters"] = _schema(where, tool.parameters, full=size <= check_budget)
-            check_budget -= min(size, check_budget)
+            schema = _schema(where, tool.parameters)
+            values = _json_values(schema, limit=check_budget + 1)
+            if values <= check_budget:
+                _check_schema(where, schema)
+            check_budget -= min(values, check_budget)
+            function["parameters"] = schema
         if tool.HasField("strict"):
             function["strict"] = tool.strict
         out.append({"type": "function", "function": function})
     return out
 
 
-def _schema(where: str, text: str, *, full: bool = True) -> dict[str, Any]:
-    """``text`` parsed: a JSON object describing an object, and with ``full`` a valid JSON
-    Schema document (jsonschema's meta-schema check)."""
-    import jsonschema
+def _json_values(document: Any, *, limit: int) -> int:
+    """How many JSON values ``document`` holds (objects, arrays and scalars, itself
+    included), counted up to ``limit``."""
+    count, stack = 0, [document]
+    while stack and count < limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return count
 
+
+def _schema(where: str, text: str) -> dict[str, Any]:
+    """``text`` parsed: a JSON object describing an object (``_check_schema`` checks it is a
+    valid JSON Schema document)."""
     if len(text.encode()) > MAX_TOOL_SCHEMA_BYTES:
         raise InvalidArgument(
             f"{where}.parameters is {len(text.encode())} bytes; at most {MAX_TOOL_SCHEMA_BYTES} are accepted"
@@ -132,8 +149,14 @@ def _schema(where: str, text: str, *, full: bool = True) -> dict[str, Any]:
         raise InvalidArgument(f"{where}.parameters must be a JSON Schema object, got {type(schema).__name__}")
     if schema.get("type", "object") != "object":
         raise InvalidArgument(f'{where}.parameters must describe an object ("type": "object"), got {schema["type"]!r}')
-    if not full:
-        return schema
+    return schema
+
+
+def _check_schema(where: str, schema: dict[str, Any]) -> None:
+    """jsonschema's meta-schema check of a tool's parameters: ``InvalidArgument`` naming
+    where it fails. Its cost grows with the JSON values (MAX_TOOL_SCHEMA_CHECK_VALUES)."""
+    import jsonschema
+
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
@@ -141,7 +164,6 @@ def _schema(where: str, text: str, *, full: bool = True) -> dict[str, Any]:
         raise InvalidArgument(f"{where}.parameters is not a valid JSON Schema at {path}: {e.message}") from None
     except RecursionError:
         raise InvalidArgument(f"{where}.parameters is nested too deeply") from None
-    return schema
 
 
 def tool_choice_value(choice: pb.ToolChoice) -> str | dict[str, Any] | None:

@@ -249,7 +249,9 @@ class RequestCounter:
 
 
 class _Unwalkable(Exception):
-    """Bytes the wire walk cannot follow (truncated, a group): the parser reports them."""
+    """Bytes the wire walk cannot follow: truncated, a group (proto2's wire types 3 and 4,
+    which no nanovl message has), an invalid wire type. Refused before any parse: a parser
+    would otherwise read the whole message (on the event loop) before finding them."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -293,7 +295,7 @@ class WireCounter:
     tags and lengths only, skips every field that cannot hold a counted one (text, media
     bytes, a content part) by its length, and stops at the first limit passed, so it
     touches at most the limits' worth of fields (milliseconds) whatever the message holds.
-    Bytes it cannot follow are left to the parser, which reports them."""
+    Bytes it cannot follow (``_Unwalkable``) are refused: InvalidArgument."""
 
     def __init__(self, counter: RequestCounter, root: Descriptor) -> None:
         self._counter = counter
@@ -307,7 +309,10 @@ class WireCounter:
         try:
             self._walk(self._root, data, 0, len(data), {})
         except _Unwalkable:
-            return
+            raise InvalidArgument(
+                f"the request is not a valid {self._root.full_name}: its wire bytes are truncated or hold a "
+                "protobuf group or an invalid wire type (no field of this API is a group)"
+            ) from None
 
     def _walk(self, desc: Descriptor, data: bytes, pos: int, end: int, counts: dict[int, int]) -> None:
         by_field = self._counter._by_field

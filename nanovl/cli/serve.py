@@ -563,14 +563,21 @@ def build_engine_parser() -> argparse.ArgumentParser:
 
 def check_ports(args: argparse.Namespace) -> None:
     """A port in use fails ``nanovl serve`` at once (``FailedPrecondition`` naming the flag,
-    exit 2), not after the engine's start; ``service.listen.check_listen_addresses``."""
+    exit 2), not after the engine's start; ``service.listen.check_listen_addresses``. With
+    ``--frontend-processes N`` frontend i serves /metrics on the metrics port + i."""
+    from profiling.telemetry.metrics import MetricsSettings
     from service.listen import check_listen_addresses
 
+    metrics = MetricsSettings.from_args(args)  # the port as resolved (flag, environment, default)
     check_listen_addresses(
         [
             (args.host, args.port, "--port"),
             (args.admin_host, args.admin_port, "--admin-port"),
             (args.host, args.health_port, "--health-port"),
+            *(
+                (metrics.prometheus_host, metrics.prometheus_port + i, "--metrics-port")
+                for i in range(args.frontend_processes if metrics.prometheus_port else 0)
+            ),
         ]
     )
 

@@ -101,7 +101,7 @@ def busy_port():
 
 def test_serve_with_a_port_in_use_exits_2_at_once_naming_the_flag(busy_port: int) -> None:
     # Checked with the security flags, before vLLM's import and the engine's start.
-    for flag in ("--port", "--health-port"):
+    for flag in ("--port", "--health-port", "--metrics-port"):
         argv = ["--port", str(busy_port)] if flag == "--port" else ["--port", "0", flag, str(busy_port)]
         proc = subprocess.run(
             [sys.executable, "-m", "nanovl.cli", "serve", *argv], capture_output=True, text=True, timeout=300

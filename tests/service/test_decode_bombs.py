@@ -78,7 +78,7 @@ def test_jpegs_whose_scan_ends_early_are_refused(seed):
         assert "truncated JPEG" in err.value.message or "truncated" in err.value.message
 
 
-def _black_h264(frames: int, width: int, height: int, *, keyint: int) -> bytes:
+def _black_h264(frames: int, width: int, height: int, *, keyint: int, codec: str = "libx264") -> bytes:
     """An MP4 of ``frames`` black frames, a keyframe every ``keyint`` (H.264 skips the rest
     in a few bytes each: the verify-10b D6 clip, smaller)."""
     import av
@@ -86,9 +86,16 @@ def _black_h264(frames: int, width: int, height: int, *, keyint: int) -> bytes:
 
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=30)
+        s = c.add_stream(codec, rate=30)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"preset": "ultrafast", "g": str(keyint), "keyint_min": str(keyint), "sc_threshold": "0"}
+        s.options = (
+            {"preset": "ultrafast", "g": str(keyint), "keyint_min": str(keyint), "sc_threshold": "0"}
+            if codec == "libx264"
+            else {
+                "preset": "ultrafast",
+                "x265-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:log-level=none",
+            }
+        )
         black = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
         for _ in range(frames):
             c.mux(s.encode(black))
@@ -120,6 +127,41 @@ def test_a_single_keyframe_video_bomb_is_refused_before_decoding(monkeypatch):
     # Raised by the operator: decoded.
     limits = media.MediaLimits(max_video_pixels_per_byte=10**9)
     assert media.decode_video(bomb, num_frames=8, limits=limits).frames.shape[0] == 8
+
+
+def test_a_bomb_whose_container_fakes_its_keyframes_is_stopped_while_decoding(monkeypatch):
+    """verify-10c E1: the same bomb (HEVC) with its MP4 sync-sample table (stss) renamed away, so
+    the container says every frame is a keyframe and the count from the packets is small.
+    The bound is enforced again on the frames the decoder returns: refused part-way."""
+    from service import media
+
+    monkeypatch.setattr(media, "VIDEO_AMPLIFICATION_FREE_PIXELS", 1_000_000)
+    bomb = _black_h264(300, 640, 480, keyint=100_000, codec="libx265")
+    assert bomb.count(b"stss") == 1
+    faked = bomb.replace(b"stss", b"free")
+    decoded: list[int] = []
+    budget_frames = media._DecodeBudget.frames
+
+    def counting(self, frames):
+        try:
+            yield from budget_frames(self, frames)
+        finally:
+            decoded.append(self.decoded)
+
+    with pytest.raises(NanovlError) as err:
+        media.decode_video(faked, num_frames=256)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_video_pixels_per_byte" in err.value.message
+    # Stopped at the allowance: allowed pixels / frame pixels, not the 300 frames.
+    allowed = max(
+        media.VIDEO_AMPLIFICATION_FREE_PIXELS, media.DEFAULT_MEDIA_LIMITS.max_video_pixels_per_byte * len(faked)
+    )
+    stopped_at = int(err.value.message.split("means decoding ")[1].split(" frames")[0])
+    assert stopped_at == allowed // (640 * 480) + 1 < 300
+    # Within the allowance the faked file still decodes.
+    monkeypatch.setattr(media._DecodeBudget, "frames", counting)
+    assert media.decode_video(faked, num_frames=1).frames.shape == (1, 480, 640, 3)
+    assert decoded and max(decoded) <= allowed // (640 * 480)
 
 
 @pytest.mark.parametrize("seed", range(3))

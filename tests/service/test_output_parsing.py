@@ -465,11 +465,13 @@ def test_a_call_without_arguments_is_returned_when_the_output_ends_naturally(v3_
     assert not [c for d in deltas for c in d.tool_calls]
 
 
-def test_tool_schemas_are_bounded_in_total_and_in_checking_cost():
+def test_tool_schemas_are_bounded_in_total_and_in_checking_cost(monkeypatch):
     """verify-10b D2: 128 schemas of 2500 properties (8.5 MB) held the validation threads for
-    minutes (jsonschema's meta-schema check: ~20 us per byte)."""
+    minutes; verify-10c E2: a 32 KB allOf of 10 800 empty objects still cost 8-12 s
+    (jsonschema's meta-schema check costs per JSON value, not per byte)."""
     from nanovl.errors import ResourceExhausted
-    from service.output_parsing import MAX_TOOL_SCHEMA_CHECK_BYTES, MAX_TOOLS_SCHEMA_BYTES
+    from service import output_parsing
+    from service.output_parsing import MAX_TOOL_SCHEMA_CHECK_VALUES, MAX_TOOLS_SCHEMA_BYTES
 
     def schema(n: int, bad: bool = False) -> str:
         props = {f"p{i}": {"type": 5 if bad else "string"} for i in range(n)}  # 5: not a JSON Schema type
@@ -484,9 +486,30 @@ def test_tool_schemas_are_bounded_in_total_and_in_checking_cost():
     with pytest.raises(InvalidArgument, match="not a valid JSON Schema"):
         parse_tools([pb.Tool(name="f", parameters=small_bad)])
     large_bad = schema(3000, bad=True)
-    assert len(large_bad) > MAX_TOOL_SCHEMA_CHECK_BYTES
     (tool,) = parse_tools([pb.Tool(name="f", parameters=large_bad)])
     assert tool["function"]["parameters"]["type"] == "object"
+    # The budget is shared by the request's tools and counted in JSON values: a small bad
+    # schema after a large one is past it too; one within it is checked.
+    parse_tools(
+        [pb.Tool(name="a", parameters=schema(MAX_TOOL_SCHEMA_CHECK_VALUES)), pb.Tool(name="b", parameters=small_bad)]
+    )
+    with pytest.raises(InvalidArgument, match=r"tools\[1\].parameters is not a valid JSON Schema"):
+        parse_tools([pb.Tool(name="a", parameters=schema(10)), pb.Tool(name="b", parameters=small_bad)])
+    # Dense shapes (4 bytes a value, E2's) are past the budget, so never meta-checked;
+    # the values checked per request stay within it whatever the tools hold.
+    checked: list[int] = []
+    real_check = output_parsing._check_schema
+
+    def counting(where, schema_):
+        checked.append(output_parsing._json_values(schema_, limit=10**9))
+        real_check(where, schema_)
+
+    monkeypatch.setattr(output_parsing, "_check_schema", counting)
+    dense = json.dumps({"type": "object", "allOf": [{}] * 8000})
+    parse_tools([pb.Tool(name=f"t{i}", parameters=dense) for i in range(4)])
+    assert checked == []
+    parse_tools([pb.Tool(name=f"t{i}", parameters=schema(i * 40)) for i in range(20)])
+    assert 0 < sum(checked) <= MAX_TOOL_SCHEMA_CHECK_VALUES
     with pytest.raises(InvalidArgument, match="must describe an object"):
         parse_tools([pb.Tool(name="f", parameters=json.dumps({"type": "string", "x": "y" * 40000}))])
 

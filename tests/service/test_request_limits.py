@@ -203,12 +203,27 @@ def test_the_wire_walk_stops_at_the_limit():
     assert reads < 10 * LIMITS.max_parts
 
 
-def test_the_wire_walk_leaves_garbage_to_the_parser():
+def test_the_wire_walk_refuses_what_it_cannot_follow_before_any_parse():
+    """Truncated bytes, groups (wire types 3 and 4) and invalid wire types are refused by the
+    walk itself: a parser would read everything before them first, on the event loop
+    (verify-10c E3: an empty unknown group first, then 60 MB of empty parts, skipped every
+    limit)."""
     from service.request_limits import WireCounter
 
     wire = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR)
-    for data in (b"\x0a", b"\x0f\x00", b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"\x1b\x00"):
-        wire.check(data)  # no exception: the parser reports it as INVALID_ARGUMENT
+    valid = pb.GenerateRequest(parts=[pb.ContentPart(text="Hello")]).SerializeToString()
+    group = b"\xc3\x3e\xc4\x3e"  # field 1000, start group + end group
+    for data in (
+        b"\x0a",
+        b"\x0f\x00",
+        b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        b"\x1b\x00",
+        group + valid + b"\x0a\x00" * 100_000,
+        valid + group,
+        group + valid + b"\xc0\x3e\x01" * 100_000,
+    ):
+        with pytest.raises(InvalidArgument, match="not a valid nanovl.v1.GenerateRequest"):
+            wire.check(data)
 
 
 @pytest.mark.parametrize(
