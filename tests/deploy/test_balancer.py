@@ -23,7 +23,8 @@ h2c. replica1 is also the operator's full process tree, ``nanovl serve --fronten
   takes it out of rotation within ``inter`` x ``fall``), it keeps accepting calls for
   ``--drain-readiness-grace-s`` and both frontends finish those in flight: zero failed
   calls, exit 0, every frontend gone;
-- (b) replica1 restarted on the same ports (as a plain replica), then kill -9 of replica2
+- (b) replica1 replaced by a spare started with the others (a plain replica; a balancer of
+  the same configuration over the new pair, as a Deployment replaces a pod), then kill -9 of replica2
   mid-run: only calls in flight on it fail (those it had begun answering; HAProxy retries
   the others elsewhere), with UNAVAILABLE (a stream HAProxy cut when its upstream died
   carries no status; nanovl's client reports it as UNAVAILABLE, see
@@ -37,7 +38,7 @@ h2c. replica1 is also the operator's full process tree, ``nanovl serve --fronten
   its processes gone.
 
 Engine starts are CI's largest cost: this one module holds every check that needs a
-process tree of its own (two replicas started side by side, one restart), each replica's
+process tree of its own (three replicas started side by side), each replica's
 vLLM worker on its own core. HAProxy comes from `make setup` (Debian's package).
 """
 
@@ -205,10 +206,6 @@ class Replica:
         self.children = server.children(recursive=True)
         self.shm = {m.path for p in [server, *self.children] for m in _maps(p) if m.path.startswith("/dev/shm/")}
 
-    def reconfigure_plain(self) -> None:
-        """The next start is a plain replica (one frontend, SERVE_ARGS, no operator port)."""
-        self.args, self.frontends, self.admin_port = list(SERVE_ARGS), 1, None
-
     @property
     def admin_target(self) -> str:
         return f"127.0.0.1:{self.admin_port}"
@@ -319,9 +316,42 @@ class Balancer:
 
 @dataclass
 class Fleet:
-    replicas: list[Replica]
+    replicas: list[Replica]  # behind ``balancer``, in its server order (replica1, replica2)
     balancer: Balancer
     out: Path
+    spare: Replica | None  # started with the others: replaces the replica a scenario stopped
+    started: list[Replica] = field(default_factory=list)  # every replica and balancer, for teardown
+    balancers: list[Balancer] = field(default_factory=list)
+
+    def replace(self, stopped: Replica) -> None:
+        """``stopped`` (a scenario ended it) replaced by the spare, as a Deployment replaces a
+        pod: a balancer of the same configuration over the new pair takes over."""
+        assert self.spare is not None and not stopped.running()
+        self.replicas = [self.spare if r is stopped else r for r in self.replicas]
+        self.spare = None
+        self.balancer.proc.terminate()
+        self.balancer.proc.wait(10)
+        self.balancer = _start_balancer(self.replicas, self.out, "haproxy-2")
+        self.balancers.append(self.balancer)
+        self.balancer.wait_all_up()
+
+
+def _start_balancer(replicas: list[Replica], out: Path, name: str) -> Balancer:
+    """HAProxy with deploy/haproxy/haproxy.cfg as shipped, over ``replicas`` (its replica1
+    and replica2)."""
+    assert HAPROXY is not None
+    lb_port, stats_port = free_port(), free_port()
+    env = {**os.environ, "NANOVL_LB_BIND": f"127.0.0.1:{lb_port}", "NANOVL_LB_STATS": f"127.0.0.1:{stats_port}"}
+    for i, r in enumerate(replicas, 1):
+        env[f"NANOVL_REPLICA{i}"] = r.target
+        env[f"NANOVL_REPLICA{i}_METRICS_PORT"] = str(r.metrics_port)
+    proc = subprocess.Popen(
+        [HAPROXY, "-db", "-f", str(HAPROXY_CFG)],
+        stdout=(out / f"{name}.log").open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    return Balancer(proc, lb_port, stats_port)
 
 
 @pytest.fixture(scope="module")
@@ -330,39 +360,30 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     cpus = os.cpu_count() or 1
     # replica1 is also the operator's full process tree: two frontends over one engine core,
     # with exact encoder sizing and the operator surface (the tests before the scenarios).
+    # replica3, a plain spare, starts beside them rather than after the SIGTERM scenario:
+    # engine starts are mostly one process importing at a time, so three side by side take
+    # far less than two and then one.
     replicas = [
         Replica("replica1", 0, out, args=list(EXACT_SERVE_ARGS), frontends=2, admin_port=free_port()),
         Replica("replica2", 1 % cpus, out),
     ]
-    balancer = None
+    spare = Replica("replica3", 0, out)
+    fleet = None
     try:
-        for r in replicas:
-            r.start()  # both engines start side by side
-        for r in replicas:
+        for r in (*replicas, spare):
+            r.start()
+        for r in (*replicas, spare):
             r.wait_ready()
-        lb_port, stats_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "NANOVL_LB_BIND": f"127.0.0.1:{lb_port}",
-            "NANOVL_LB_STATS": f"127.0.0.1:{stats_port}",
-        }
-        for i, r in enumerate(replicas, 1):
-            env[f"NANOVL_REPLICA{i}"] = r.target
-            env[f"NANOVL_REPLICA{i}_METRICS_PORT"] = str(r.metrics_port)
-        proc = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(HAPROXY_CFG)],
-            stdout=(out / "haproxy.log").open("w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        balancer = Balancer(proc, lb_port, stats_port)
+        balancer = _start_balancer(replicas, out, "haproxy")
+        fleet = Fleet(replicas, balancer, out, spare, started=[*replicas, spare], balancers=[balancer])
         balancer.wait_all_up()
-        yield Fleet(replicas, balancer, out)
+        yield fleet
     finally:
-        if balancer is not None:
-            balancer.proc.terminate()
-            balancer.proc.wait(10)
-        for r in replicas:
+        for lb in fleet.balancers if fleet is not None else ():
+            if lb.proc.poll() is None:
+                lb.proc.terminate()
+                lb.proc.wait(10)
+        for r in (*replicas, spare):
             r.kill()
 
 
@@ -585,13 +606,9 @@ def test_sigterm_mid_load_fails_no_call(fleet: Fleet) -> None:
 
 
 def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> None:
+    if not fleet.replicas[0].running():  # the replica the previous scenario drained
+        fleet.replace(fleet.replicas[0])
     a, b = fleet.replicas
-    for r in (a, b):  # the replica the previous scenario drained, back on the same ports
-        if not r.running():
-            r.reconfigure_plain()
-            r.start()
-            r.wait_ready()
-    fleet.balancer.wait_all_up()
     out = fleet.out / "kill9"
     before = b.served_ok()
     loadtest = _start_loadtest(

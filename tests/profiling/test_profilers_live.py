@@ -79,16 +79,16 @@ def _check_file(f: pb.CpuProfileChunk) -> int:
     return f.samples
 
 
-async def test_20_captures_in_a_row_on_the_idle_server_all_succeed(stub):
-    """The tester's "py-spy could not sample ... no output" (4 of 10): 20 of 20 here."""
+async def test_12_captures_in_a_row_on_the_idle_server_all_succeed(stub):
+    """The tester's "py-spy could not sample ... no output" (4 of 10): 12 of 12 here."""
     names: set[str] = set()
-    for _ in range(20):
+    for _ in range(12):
         files = await _capture(stub, duration_s=1)
         assert {f.role for f in files} == ROLES
         for f in files:  # idle processes give 0-sample files, each with its warning
             _check_file(f)
         names.update(f.file_name for f in files)
-    assert len(names) == 60  # unique: role, pid and the capture's start time
+    assert len(names) == 12 * len(ROLES)  # unique: role, pid and the capture's start time
 
 
 async def test_captures_under_load_have_samples(stub, client):
