@@ -243,34 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
         "request limits (counted before any per-element work; more: RESOURCE_EXHAUSTED naming the flag)"
     )
     rl = d.request_limits
-    r.add_argument(
-        "--max-messages-per-request",
-        dest="max_messages",
-        type=int,
-        default=rl.max_messages,
-        help="chat messages in one request",
-    )
-    r.add_argument(
-        "--max-parts-per-request",
-        dest="max_parts",
-        type=int,
-        default=rl.max_parts,
-        help="content parts in one request, counted over all its messages",
-    )
-    r.add_argument(
-        "--max-list-string-bytes",
-        dest="max_list_string_bytes",
-        type=int,
-        default=rl.max_list_string_bytes,
-        help="UTF-8 bytes of one string in sampling.stop, sampling.bad_words or structured_output.choice",
-    )
-    r.add_argument(
-        "--max-list-bytes",
-        dest="max_list_bytes",
-        type=int,
-        default=rl.max_list_bytes,
-        help="UTF-8 bytes of all strings of one of those fields together",
-    )
+    for flag, dest, what in (
+        ("--max-messages-per-request", "max_messages", "chat messages in one request"),
+        ("--max-parts-per-request", "max_parts", "content parts in one request, counted over all its messages"),
+        (
+            "--max-list-string-bytes",
+            "max_list_string_bytes",
+            "UTF-8 bytes of one string in sampling.stop, sampling.bad_words or structured_output.choice",
+        ),
+        ("--max-list-bytes", "max_list_bytes", "UTF-8 bytes of all strings of one of those fields together"),
+    ):
+        r.add_argument(flag, dest=dest, type=int, default=getattr(rl, dest), help=what)
     m = p.add_argument_group("media limits (each item is checked before the expensive part of decoding)")
     lim = d.media_limits
     m.add_argument("--max-image-pixels", type=int, default=lim.max_image_pixels, help="pixels of one image")

@@ -21,6 +21,17 @@ LIMITS = RequestLimits(max_messages=50, max_parts=80, max_stop_strings=5, max_ba
 COUNTER = RequestCounter(LIMITS, vocab_size=VOCAB)
 
 
+class _Counting(bytes):
+    """Bytes that count the indexing reads made of them (a deterministic stand-in for the
+    wire walk's time)."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return bytes.__getitem__(self, i)
+
+
 def test_every_repeated_field_of_a_request_has_a_limit():
     fields = repeated_fields("nanovl.v1.GenerateRequest") | repeated_fields("nanovl.v1.StreamGenerateHeader")
     assert fields == set(field_limits(RequestLimits(), vocab_size=VOCAB)), "a repeated field without a limit"
@@ -189,18 +200,10 @@ def test_the_wire_walk_stops_at_the_limit():
     the limit's worth of fields (a deterministic stand-in for its time: bytes it reads)."""
     from service.request_limits import WireCounter
 
-    data = b"\x12\x00" * 32_000_000
-    reads = 0
-
-    class Counting(bytes):
-        def __getitem__(self, i):
-            nonlocal reads
-            reads += 1
-            return bytes.__getitem__(self, i)
-
+    data = _Counting(b"\x12\x00" * 32_000_000)
     with pytest.raises(NanovlError, match="--max-parts-per-request"):
-        WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR).check(Counting(data))
-    assert reads < 10 * LIMITS.max_parts
+        WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR).check(data)
+    assert data.reads < 10 * LIMITS.max_parts
 
 
 def test_the_wire_walk_refuses_what_it_cannot_follow_before_any_parse():
@@ -244,17 +247,10 @@ def test_fields_the_limits_do_not_count_are_bounded_too(extra):
     wire = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR)
     valid = pb.GenerateRequest(parts=[pb.ContentPart(text="hi")]).SerializeToString()
     wire.check(valid + extra * 10)
-    reads = 0
-
-    class Counting(bytes):
-        def __getitem__(self, i):
-            nonlocal reads
-            reads += 1
-            return bytes.__getitem__(self, i)
-
+    data = _Counting(valid + extra * 1_000_000)
     with pytest.raises(InvalidArgument, match="unknown or repeated singular fields"):
-        wire.check(Counting(valid + extra * 1_000_000))
-    assert reads < 10 * MAX_UNCOUNTED_FIELDS
+        wire.check(data)
+    assert data.reads < 10 * MAX_UNCOUNTED_FIELDS
 
 
 def test_every_repeated_string_field_of_a_request_has_byte_limits():
