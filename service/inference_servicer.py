@@ -313,6 +313,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._validate_pool.shutdown(wait=False, cancel_futures=True)
+        if self._sandbox is not None:
+            self._sandbox.stop()
 
     # ------------------------------------------------------------------ RPCs
 

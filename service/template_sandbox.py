@@ -18,7 +18,10 @@ import logging
 import multiprocessing as mp
 import os
 import resource
+import signal
 from multiprocessing.connection import Connection
+
+import psutil
 
 from model.prompt import TemplateJob, render_template
 from nanovl.errors import DeadlineExceeded, NanovlError, ResourceExhausted
@@ -63,6 +66,26 @@ class TemplateSandbox:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+    def stop(self) -> None:
+        """Kill the fork server and any render still running, so that no process of this
+        server outlives it (left alone, the fork server sees its parent gone and exits only
+        after Python's shutdown of the modules it preloaded: seconds). multiprocessing has no
+        public stop; its fork server's pid is read from the module's singleton
+        (``multiprocessing.forkserver._forkserver``, Python 3.8-3.13;
+        tests/service/test_template_sandbox.py fails if that changes). Not reaped here:
+        ``ensure_running`` reaps a dead fork server itself if the sandbox starts again."""
+        from multiprocessing import forkserver
+
+        pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+        if pid is None:
+            return
+        try:
+            server = psutil.Process(pid)
+            for process in (*server.children(recursive=True), server):
+                process.send_signal(signal.SIGKILL)
+        except psutil.Error:  # it exited meanwhile
+            pass
 
     async def render(self, job: TemplateJob) -> str:
         try:

@@ -34,4 +34,3 @@ async def test_fuzz_slice(grpc_target):
     assert report.healthy_after, text
     assert not report.reference_changed, text
     assert not report.failures(KNOWN_OPEN_KINDS), text
-    assert report.elapsed_s < 60, text

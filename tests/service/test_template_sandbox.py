@@ -1,0 +1,86 @@
+"""The per-request chat-template sandbox (no engine): renders in a child of the fork
+server, stops a template past its time limit, and leaves no process behind on stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+import pytest
+
+from model.prompt import TemplateJob
+from nanovl.errors import DeadlineExceeded, NanovlError
+from service.template_sandbox import TemplateSandbox
+
+
+def _job(template: str) -> TemplateJob:
+    return TemplateJob(
+        template=template,
+        conversation=[{"role": "user", "content": "hi"}],
+        add_generation_prompt=True,
+        tools=None,
+        documents=None,
+        variables={},
+    )
+
+
+def _fork_server() -> psutil.Process:
+    # The same private singleton the sandbox reads: this test breaks if Python changes it.
+    from multiprocessing import forkserver
+
+    return psutil.Process(forkserver._forkserver._forkserver_pid)
+
+
+def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.timeout(120)
+async def test_renders_then_stop_leaves_no_process_behind():
+    sandbox = TemplateSandbox(timeout_s=1.0)
+    await asyncio.to_thread(sandbox.start)
+    server = [_fork_server()]
+    assert server[0].ppid() == psutil.Process().pid
+    rendered = await sandbox.render(_job("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"))
+    assert rendered == "<user>hi"
+
+    # A render still running when the server stops (the drain cut its call) dies with it.
+    loop_forever = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    pending = asyncio.ensure_future(sandbox.render(_job(loop_forever)))
+    for _ in range(200):
+        renders = server[0].children()
+        if renders:
+            break
+        await asyncio.sleep(0.05)
+    assert renders, "the looping template never started"
+
+    sandbox.stop()
+    # SIGKILL: gone at once, not after the fork server's interpreter shutdown (seconds).
+    # Polled, not waited: reaping the fork server is multiprocessing's job (ensure_running).
+    for _ in range(50):
+        if not _running(server + renders):
+            break
+        await asyncio.sleep(0.01)
+    assert not _running(server + renders), [p.pid for p in _running(server + renders)]
+    with pytest.raises(NanovlError):  # its pipe broke: the call ends instead of waiting out its limit
+        await asyncio.wait_for(pending, 10)
+
+
+@pytest.mark.timeout(120)
+async def test_a_template_past_its_time_limit_is_stopped():
+    sandbox = TemplateSandbox(timeout_s=0.5)
+    await asyncio.to_thread(sandbox.start)
+    try:
+        with pytest.raises(DeadlineExceeded, match="--chat-template-timeout-s"):
+            await sandbox.render(
+                _job("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+            )
+    finally:
+        sandbox.stop()
