@@ -36,8 +36,10 @@ MAX_FRAME_TIME_S = 24 * 3600.0
 # (vLLM's int(1000 / fps)) stop meaning anything.
 MAX_FPS = 240.0
 MIN_FPS = 1 / 3600
-# Shortest audio a plan may ask for (the planner's 10 ms resolution); 0 means unsized.
-MIN_AUDIO_S = 0.01
+# Shortest audio a plan may ask for: one sample at Parakeet's 16 kHz (the planner counts
+# round(seconds x rate) samples, as the server's audio decoder delivers them; the server
+# serves any clip with a sample). 0 means unsized.
+MIN_AUDIO_S = 1 / 16_000
 # CaptureCpuProfileRequest.processes: three roles, a few repeats tolerated.
 MAX_PROCESS_ROLES = 16
 # PATH_MAX on Linux.

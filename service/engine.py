@@ -490,7 +490,7 @@ class Engine:
                 seconds = len(wave) / float(rate)
                 if seconds > maxima.audio.seconds + 1e-9:
                     raise OutOfRange(
-                        f"audio item {n} is {seconds:.2f} s, longer than the {maxima.audio.seconds:g} s this server is "
+                        f"audio item {n} is {seconds:.9g} s, longer than the {maxima.audio.seconds:g} s this server is "
                         f"sized for ({maxima.setting('audio')}); send shorter audio"
                     )
 

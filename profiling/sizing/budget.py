@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from model.config import MODEL_TYPE
+from model.item_maxima import ItemMaxima
 from model.token_accounting import (
     DEFAULT_VIDEO_FPS,
     ItemTokens,
@@ -566,6 +567,57 @@ def media_limit_violations(lim: MediaLimits, image: ImageItems, video: VideoItem
     return out
 
 
+@dataclass(frozen=True)
+class SizedFor:
+    """``nanovl serve --exact-mm-sizing``: the largest video and audio item the engine is
+    sized for, and their exact encoder tokens. The server refuses an item over them
+    before the engine (``service.engine.Engine._check_item_sizes`` and
+    ``_check_item_tokens``), so the planner's largest items and recommendations stay
+    within them."""
+
+    maxima: ItemMaxima
+    max_tokens_per_item: Mapping[str, int]  # {"video": tokens, "audio": tokens}, the declared ones
+
+    @classmethod
+    def of(cls, vllm_config: VllmConfig, processor: Any) -> SizedFor | None:
+        """The declaration the engine's config carries (``hf_overrides``), None without one;
+        tokens counted as the worker counts them (``model.vllm_exact_sizing.exact_max_tokens``)."""
+        from model.vllm_exact_sizing import declared_maxima, exact_max_tokens
+
+        model_config = vllm_config.model_config
+        maxima = declared_maxima(model_config.hf_config)
+        if maxima is None:
+            return None
+        return cls(maxima, exact_max_tokens(processor, maxima, max_model_len=model_config.max_model_len))
+
+    def violations(self, geom: ModelGeometry, video: VideoItems, audio: AudioItems) -> list[str]:
+        """What the server would say of these items: frames or seconds over the
+        declaration, or more encoder tokens than the declared item's."""
+        out = []
+        m = self.maxima
+        if video.count and m.video is not None:
+            if video.num_frames > m.video.num_frames:
+                out.append(
+                    f"a video of {video.num_frames} frames is over the {m.video.num_frames} frames this server is "
+                    f"sized for ({m.setting('video')})"
+                )
+            else:
+                tokens = video_tokens(
+                    geom, video.num_frames, video.width, video.height, fps=video.fps, frame_indices=video.frame_indices
+                ).encoder_tokens
+                if tokens > (limit := self.max_tokens_per_item.get("video", tokens)):
+                    out.append(
+                        f"a video of {tokens:,} encoder tokens is over the {limit:,} this server is sized for "
+                        f"({m.setting('video')}); such a video needs fewer frames, or frames closer together in time"
+                    )
+        if audio.count and m.audio is not None and audio.seconds > m.audio.seconds + 1e-9:
+            out.append(
+                f"audio of {audio.seconds:.9g} s is over the {m.audio.seconds:g} s this server is sized for "
+                f"({m.setting('audio')})"
+            )
+        return out
+
+
 # ------------------------------------------------------------------------ planner
 
 
@@ -588,8 +640,10 @@ class _Planner:
         vllm_max: Mapping[str, int],
         llm: LlmState,
         encoder_cache_size: int = 0,
+        sized_for: SizedFor | None = None,
     ) -> None:
         self.request = request
+        self.sized_for = sized_for
         self.vllm_config = vllm_config
         self.geom = geom
         self.vllm_max = vllm_max
@@ -691,7 +745,12 @@ class _Planner:
         )
 
     def media_limit_violations(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> list[str]:
-        return media_limit_violations(self.request.media_limits, image, video, audio)
+        """Items the server refuses before the engine: over its media limits or, with
+        ``--exact-mm-sizing``, over the largest items it is sized for."""
+        out = media_limit_violations(self.request.media_limits, image, video, audio)
+        if self.sized_for is not None:
+            out += self.sized_for.violations(self.geom, video, audio)
+        return out
 
     def violations(self, image: ImageItems, video: VideoItems, audio: AudioItems) -> tuple[str, ...]:
         """The constraints a prompt with this mix breaks, in order: ``media_limits``,
@@ -1103,9 +1162,18 @@ def plan_budget(
         image = dataclasses.replace(image, width=w, height=h)
 
     llm = llm_state(vllm_config, model_path)
+    sized_for = SizedFor.of(vllm_config, info.get_hf_processor())
     planner = _Planner(
-        request, vllm_config, geom, dict(mm_budget.mm_max_toks_per_item), llm, int(mm_budget.encoder_cache_size)
+        request,
+        vllm_config,
+        geom,
+        dict(mm_budget.mm_max_toks_per_item),
+        llm,
+        int(mm_budget.encoder_cache_size),
+        sized_for,
     )
+    if over := planner.media_limit_violations(image, request.video, request.audio):
+        raise InvalidArgument("; ".join(over) + ": the server refuses such items before the engine")
     mix = planner.evaluate(image, request.video, request.audio)
     prompt_tokens = mix.media_prompt_tokens + request.text_tokens
     flat = [p.item for p in mix.plans if p.item is not None]

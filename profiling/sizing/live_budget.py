@@ -284,7 +284,8 @@ def largest_items(
     probes: dict[Modality, PlanRequest] = {
         "image": dataclasses.replace(base, image=ImageItems(1)),
         "video": dataclasses.replace(base, video=VideoItems(1, 1, side, side)),
-        "audio": dataclasses.replace(base, audio=AudioItems(1, 1.0)),
+        # The shortest clip the planner searches from: within any --exact-mm-sizing declaration.
+        "audio": dataclasses.replace(base, audio=AudioItems(1, 0.01)),
     }
     out: dict[Modality, LargestItem | None] = {}
     for m in modalities:

@@ -485,6 +485,11 @@ def test_get_budget_shows_vllm_default_beside_applied(budget) -> None:
     assert budget.encoder.cache_size_tokens == applied.cache_size_tokens  # the worker's own numbers
     assert applied.profile_items >= 1
     assert budget.max_model_len == EXACT_MAX_MODEL_LEN
+    # The largest items it advertises are the declared ones, not what the context alone holds.
+    largest = {mb.modality: mb for mb in budget.modalities}
+    v, a = largest[modality_to_pb("video")], largest[modality_to_pb("audio")]
+    assert v.largest_item.video.num_frames == 8 and v.nanovl_max_tokens_per_item <= video.applied_tokens
+    assert a.largest_item.audio.seconds == 5.0 and a.nanovl_max_tokens_per_item == audio.applied_tokens
 
 
 def test_items_at_the_declared_maximum_are_served(fleet: Fleet, budget) -> None:
@@ -504,7 +509,7 @@ def test_items_at_the_declared_maximum_are_served(fleet: Fleet, budget) -> None:
     [
         (lambda: _video(9, fps=2.0), "9 frames"),  # one frame more than declared
         (lambda: _video(8, fps=0.1), "encoder tokens"),  # same frames, timestamps up to 70 s
-        (lambda: _audio(5.5), "5.50 s"),
+        (lambda: _audio(5.5), "5.5 s"),
     ],
     ids=["more-frames", "later-timestamps", "longer-audio"],
 )
