@@ -224,6 +224,30 @@ def test_a_tool_without_a_description_renders():
             [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c\x00<|im_end|>", name="f")])],
             r"tool_calls\[0\].id .* holds the non-printable character U\+0000",
         ),
+        (
+            [pb.Message(role="assistant", tool_calls=[CALL]), pb.Message(role="assistant", tool_calls=[CALL])],
+            r"messages\[1\].tool_calls\[0\].id 'call-1' is also the id of a call in messages\[0\]",
+        ),
+        (
+            [
+                pb.Message(role="assistant", tool_calls=[CALL]),
+                pb.Message(role="tool", tool_call_id="call-1", parts=[pb.ContentPart(text="sunny")]),
+                pb.Message(role="tool", tool_call_id="call-1", parts=[pb.ContentPart(text="rain")]),
+            ],
+            r"messages\[2\].tool_call_id 'call-1' was already answered by messages\[1\]",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="get weather;<|im_end|>")])],
+            r"messages\[0\].tool_calls\[0\].name 'get weather;<\|im_end\|>' must be 1-64 characters",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="f" * 65)])],
+            r"messages\[0\].tool_calls\[0\].name .* must be 1-64 characters",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="")])],
+            r"messages\[0\].tool_calls\[0\].name '' must be 1-64 characters",
+        ),
     ],
     ids=[
         "tool-no-id",
@@ -240,11 +264,34 @@ def test_a_tool_without_a_description_renders():
         "duplicate-call-ids",
         "call-id-too-long",
         "call-id-control-character",
+        "call-id-in-two-messages",
+        "call-answered-twice",
+        "call-name-markup",
+        "call-name-long",
+        "call-name-empty",
     ],
 )
 def test_hostile_chat_messages_are_invalid_argument(messages, match, v3_parsers):
     with pytest.raises(InvalidArgument, match=match):
         _validate(_chat(*messages), v3_parsers)
+
+
+@pytest.mark.parametrize("tools", [[WEATHER], []], ids=["other-tools", "no-tools"])
+def test_history_calls_to_tools_not_offered_now_are_accepted(v3_parsers, tools):
+    """An OpenAI-style history keeps calls to tools the request no longer offers (README,
+    proto Message.tool_calls): accepted, with or without tools declared."""
+    old_call = pb.ToolCall(id="call-9", name="get_time", arguments="{}")
+    req = _validate(
+        _chat(
+            _user("time?"),
+            pb.Message(role="assistant", tool_calls=[old_call]),
+            pb.Message(role="tool", tool_call_id="call-9", parts=[pb.ContentPart(text="noon")]),
+            _user("and the weather?"),
+            tools=tools,
+        ),
+        v3_parsers,
+    )
+    assert req.messages[1].tool_calls[0].name == "get_time"
 
 
 def test_a_tool_round_trip_validates_and_reaches_the_template(v3_parsers):
@@ -324,12 +371,19 @@ def test_tools_with_tool_choice_none_are_rendered_without_a_parser():
         {"tool_choice": pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NONE)},
         {"chat_template": pb.ChatTemplateOptions(enable_thinking=True)},
         {"sampling": pb.SamplingOptions(thinking_token_budget=4)},
+        {"chat_template": pb.ChatTemplateOptions(chat_template_kwargs={"enable_thinking": "yes"})},
+        {"chat_template": pb.ChatTemplateOptions(chat_template_kwargs={})},
+        {"chat_template": pb.ChatTemplateOptions(add_generation_prompt=True)},
     ],
-    ids=["tools", "tool_choice", "thinking", "budget"],
+    ids=["tools", "tool_choice", "thinking", "budget", "kwargs", "empty-kwargs", "add_generation_prompt"],
 )
 def test_chat_options_on_raw_parts_are_invalid_argument(fields, v3_parsers):
-    with pytest.raises(InvalidArgument, match="apply to chat messages only"):
+    """Every chat-only option on a raw-parts prompt (no template renders it, no parser
+    reads its output) is refused, naming it, rather than ignored (verify-14c D7)."""
+    with pytest.raises(InvalidArgument, match="apply to chat messages only") as err:
         _validate(pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], **fields), v3_parsers)
+    (name,) = fields
+    assert name in str(err.value)
 
 
 def test_thinking_maps_to_the_templates_enable_thinking_and_the_budget_to_sampling(v3_parsers):
@@ -669,6 +723,15 @@ def test_structured_output_options_without_a_constraint_are_refused():
     so = pb.StructuredOutput(disable_any_whitespace=True)
     with pytest.raises(InvalidArgument, match="sets disable_any_whitespace but no constraint"):
         _validate(_chat(_user(), sampling=pb.SamplingOptions(structured_output=so)))
+    # An empty StructuredOutput{} too (the proto: exactly one constraint), on the wire as well.
+    for req in (
+        _chat(_user(), sampling=pb.SamplingOptions(structured_output=pb.StructuredOutput())),
+        pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], sampling=pb.SamplingOptions(structured_output={})),
+    ):
+        wire = pb.GenerateRequest.FromString(req.SerializeToString())
+        assert wire.sampling.HasField("structured_output")
+        with pytest.raises(InvalidArgument, match="structured_output is set but holds no constraint"):
+            _validate(wire)
 
 
 @pytest.mark.parametrize(
