@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--audio-in-video",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="give the model each video's audio track too (default: the server's, see GetModelInfo)",
+        help="give the model each --video's audio track too (default: the server's, see GetModelInfo)",
     )
     r = p.add_argument_group("reasoning and tools (chat; the server must have the parsers, see GetModelInfo)")
     r.add_argument(

@@ -10,8 +10,12 @@ Both V3 variants run by default (issue 14's test matrix, verify-14c defect 6):
 ``omni-v3`` (every V3 feature: MoE, tubelets, dynamic tiler, audio) and
 ``omni-v3-no-audio`` (same LLM and vision tower, no sound encoder, the no-audio
 architecture name). pytest finishes one parameter's module-scoped fixture before it
-starts the next, so only one V3 engine is alive at a time; the second start adds
-SECONDS_PLACEHOLDER to the module (``pytest --durations``, two shared cores).
+starts the next, so only one V3 engine is alive at a time. The second variant adds its
+engine start, its gRPC server and about 16 s of tests: measured with ``pytest
+--durations`` on the shared two-core development machine while other engines ran, 238 s
+(175 s engine start including the first build of its checkpoint, 47 s server, 16 s) and,
+under heavier load, 474 s; on an otherwise idle CI machine the start is expected to take
+about a minute.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The tool-call markup filter alone (pure logic): seeded splits of texts holding markup,
-partial markup and text that only looks like its start."""
+partial markup and text that only looks like its start. The filter inside a request's
+parsing, on vLLM's parsers and a real tokenizer: tests/service/test_output_parsing.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 import pytest
 
-from service.markup_filter import MarkupFilter, tool_markup
+from service.markup_filter import MarkupFilter
 
 MARKUP = ("<tool_call>", "</tool_call>")
 # Pieces that look like the start of the markup but are not it.
@@ -98,22 +99,3 @@ def test_what_is_held_at_the_end_of_the_stream_is_text():
 def test_without_markup_the_filter_passes_everything():
     f = MarkupFilter(())
     assert not f.active and f.feed("<tool_call>") == "<tool_call>" and f.flush() == ""
-
-
-def test_the_markup_is_read_from_vllms_tool_parsers(tokenizer):
-    from vllm.tool_parsers import ToolParserManager
-
-    qwen3 = ToolParserManager.get_tool_parser("qwen3_coder")(tokenizer)
-    assert set(tool_markup(qwen3)) == set(MARKUP)
-    hermes = ToolParserManager.get_tool_parser("hermes")(tokenizer)
-    assert set(tool_markup(hermes)) == set(MARKUP)
-    assert tool_markup(object()) == ()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from vllm.tokenizers import get_tokenizer
-
-    from model.tiny import ensure_tiny_checkpoint
-
-    return get_tokenizer(str(ensure_tiny_checkpoint("omni-v3")), trust_remote_code=True)
