@@ -24,8 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nanovl.errors import InvalidArgument, ResourceExhausted
+from nanovl.errors import InvalidArgument, ResourceExhausted, echo
 from nanovl.v1 import inference_pb2 as pb
+from service.markup_filter import MarkupFilter, tool_markup
 
 if TYPE_CHECKING:
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -83,6 +84,15 @@ def check_parser_names(config: ParserConfig) -> None:
             raise InvalidArgument(f"{flag} {name!r} is not one of vLLM's parsers: {', '.join(known)} (or none)")
 
 
+def check_tool_name(where: str, name: str) -> None:
+    """A function name as OpenAI's API allows it (``^[a-zA-Z0-9_-]{1,64}$``), for declared
+    tools and for the calls of an assistant message in the history alike: the chat template
+    writes it into the prompt as markup (``<function=NAME>``). ``InvalidArgument`` naming
+    ``where``."""
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
+        raise InvalidArgument(f"{where} {echo(name)} must be 1-64 characters of a-z, A-Z, 0-9, _ and -")
+
+
 def parse_tools(tools: Sequence[pb.Tool]) -> list[dict[str, Any]]:
     """The request's tools in OpenAI's shape (``{"type": "function", "function": {...}}``),
     each schema checked as a JSON Schema document. Raises ``InvalidArgument`` naming the
@@ -99,8 +109,7 @@ def parse_tools(tools: Sequence[pb.Tool]) -> list[dict[str, Any]]:
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        if not tool.name or len(tool.name) > 64 or not set(tool.name) <= _NAME_CHARS:
-            raise InvalidArgument(f"{where}.name {tool.name[:80]!r} must be 1-64 characters of a-z, A-Z, 0-9, _ and -")
+        check_tool_name(f"{where}.name", tool.name)
         if tool.name in seen:
             raise InvalidArgument(f"{where}.name {tool.name!r} is declared twice; tool names must be unique")
         seen.add(tool.name)
@@ -202,20 +211,30 @@ class OutputParsers:
         self.config = config
         self._tokenizer = tokenizer
         self._model_config = model_config
-        self._cls: type[Parser] | None = None
-        if config.any:
-            from vllm.parser import ParserManager
+        # Both parsers (requests that may call tools), and the reasoning parser alone
+        # (requests without tools or with tool_choice none: see for_request).
+        self._cls: type[Parser] | None = self._compose(config) if config.any else None
+        self._reasoning_cls: type[Parser] | None = (
+            self._compose(ParserConfig(reasoning_parser=config.reasoning_parser))
+            if config.reasoning_parser and config.tool_call_parser
+            else self._cls
+            if not config.tool_call_parser
+            else None
+        )
 
-            try:
-                self._cls = ParserManager.get_parser(
-                    tool_parser_name=config.tool_call_parser or None,
-                    reasoning_parser_name=config.reasoning_parser or None,
-                    enable_auto_tools=bool(config.tool_call_parser),
-                    model_name=getattr(model_config, "model", None),
-                    tokenizer=tokenizer,
-                )
-            except TypeError as e:  # vLLM's words for an unknown parser or a tokenizer that lacks its tokens
-                raise InvalidArgument(str(e)) from e
+    def _compose(self, config: ParserConfig) -> type[Parser] | None:
+        from vllm.parser import ParserManager
+
+        try:
+            return ParserManager.get_parser(
+                tool_parser_name=config.tool_call_parser or None,
+                reasoning_parser_name=config.reasoning_parser or None,
+                enable_auto_tools=bool(config.tool_call_parser),
+                model_name=getattr(self._model_config, "model", None),
+                tokenizer=self._tokenizer,
+            )
+        except TypeError as e:  # vLLM's words for an unknown parser or a tokenizer that lacks its tokens
+            raise InvalidArgument(str(e)) from e
 
     @classmethod
     def none(cls) -> OutputParsers:
@@ -259,8 +278,14 @@ class OutputParsers:
             )
         parser = None
         new_parser: Callable[[], Parser] | None = None
-        if self._cls is not None:
-            cls, tools = self._cls, request.tools
+        # No tools, or tool_choice none: the tool-call parser is not run (the proto: NONE's
+        # "output is returned as text"). vLLM's chat server runs it even then, and its
+        # parsers drop what follows a <tool_call> token: qwen3_coder's ParserEngine enters
+        # the call and never returns to content (verify-14c D4).
+        may_call = bool(request.tools) and request.tool_choice != "none"
+        cls = self._cls if may_call else self._reasoning_cls
+        if cls is not None:
+            tools = request.tools
 
             def new_parser() -> Parser:
                 # As OpenAIServingChat._make_parser: one instance per use, never shared.
@@ -273,7 +298,7 @@ class OutputParsers:
 
             parser = new_parser()
             # As vLLM's renderer: adjusted when there is a reasoning parser or a tool choice.
-            if parser.reasoning_parser is not None or request.tool_choice != "none":
+            if parser.reasoning_parser is not None or (may_call and request.tool_choice != "none"):
                 try:
                     request = parser.adjust_request(request)
                 except (VLLMValidationError, ValueError) as e:
@@ -283,6 +308,7 @@ class OutputParsers:
             parser=parser,
             chat_template_kwargs=dict(options.chat_template_kwargs),
             new_parser=new_parser,
+            markup=MarkupFilter(tool_markup(parser.tool_parser) if parser is not None else ()),
         )
 
 
@@ -321,6 +347,8 @@ class RequestParsing:
     chat_template_kwargs: dict[str, Any]
     # A fresh instance of ``parser``'s class with the same arguments (for the final count).
     new_parser: Callable[[], Parser] | None = None
+    # The tool parser's start/end markup, kept out of the answer text (service.markup_filter).
+    markup: MarkupFilter = field(default_factory=lambda: MarkupFilter(()))
     _calls: dict[int, _PendingCall] = field(default_factory=dict)
     tools_called: bool = False
     _cut: bool = False  # the stream was cut (max_tokens, a stop string): see feed
@@ -364,17 +392,24 @@ class RequestParsing:
         if self.parser is None:
             return ParsedDelta(text=text)
         if not (finished and cut):
-            return self._parse(text, token_ids, prompt_token_ids, finished=finished)
-        # The delta as the output has it, then the end of the stream on its own: what only
-        # the end completes was cut.
-        before = self._parse(text, token_ids, prompt_token_ids, finished=False)
-        self._cut = True
-        end = self._parse("", (), prompt_token_ids, finished=True)
-        return ParsedDelta(
-            text=before.text + end.text,
-            reasoning_text=before.reasoning_text + end.reasoning_text,
-            tool_calls=before.tool_calls,
-        )
+            parsed = self._parse(text, token_ids, prompt_token_ids, finished=finished)
+        else:
+            # The delta as the output has it, then the end of the stream on its own: what
+            # only the end completes was cut.
+            before = self._parse(text, token_ids, prompt_token_ids, finished=False)
+            self._cut = True
+            end = self._parse("", (), prompt_token_ids, finished=True)
+            parsed = ParsedDelta(
+                text=before.text + end.text,
+                reasoning_text=before.reasoning_text + end.reasoning_text,
+                tool_calls=before.tool_calls,
+            )
+        if not self.markup.active:
+            return parsed
+        # Markup vLLM's parser passed through as content (spelled without its special
+        # token) never reaches Delta.text; a possible start of it waits for the next delta.
+        answer = self.markup.feed(parsed.text) + (self.markup.flush() if finished else "")
+        return ParsedDelta(text=answer, reasoning_text=parsed.reasoning_text, tool_calls=parsed.tool_calls)
 
     def _parse(
         self, text: str, token_ids: Sequence[int], prompt_token_ids: Sequence[int] | None, *, finished: bool

@@ -19,7 +19,14 @@ from model.prompt import ROLES, ToolCallTurn, check_template_kwargs, check_text
 from nanovl.errors import InvalidArgument, echo
 from nanovl.modalities import Modality
 from nanovl.v1 import inference_pb2 as pb
-from service.output_parsing import ChatOptions, OutputParsers, RequestParsing, parse_tools, tool_choice_value
+from service.output_parsing import (
+    ChatOptions,
+    OutputParsers,
+    RequestParsing,
+    check_tool_name,
+    parse_tools,
+    tool_choice_value,
+)
 from service.part_decoding import payload_size
 from service.sampling import structured_outputs_of, to_sampling_params
 from service.settings import ServerSettings
@@ -127,7 +134,10 @@ def _check_part(i: int, part: pb.ContentPart, *, payload_expected: bool) -> None
 def _tool_calls(where: str, calls: Sequence[pb.ToolCall]) -> tuple[ToolCallTurn, ...]:
     """An assistant message's calls checked: ids non-empty, printable, at most
     ``MAX_TOOL_CALL_ID_CHARS`` and unique within the message (a tool result names its call
-    by id, so two calls with one id could not be told apart); arguments a JSON object."""
+    by id, so two calls with one id could not be told apart); names by the rule for
+    declared tools (``check_tool_name``); arguments a JSON object. The name need not be
+    one of the request's tools, and history calls need no tools declared: an OpenAI-style
+    history keeps calls to tools the request no longer offers (vLLM accepts them too)."""
     out = []
     ids: set[str] = set()
     for j, call in enumerate(calls):
@@ -150,8 +160,7 @@ def _tool_calls(where: str, calls: Sequence[pb.ToolCall]) -> tuple[ToolCallTurn,
                 "each call needs its own id (a tool result names its call by id)"
             )
         ids.add(call.id)
-        if not call.name:
-            raise InvalidArgument(f"{at}.name is empty")
+        check_tool_name(f"{at}.name", call.name)
         try:
             arguments = json.loads(call.arguments) if call.arguments else {}
         except (ValueError, RecursionError) as e:
@@ -167,7 +176,8 @@ def _chat_turns(messages: Sequence[MessageIn]) -> tuple[ChatTurn, ...]:
     """Roles and tool-call fields checked before any media is decoded (OpenAI's rules: a
     tool result answers an earlier assistant call by its id)."""
     turns = []
-    call_ids: set[str] = set()
+    call_ids: dict[str, int] = {}  # call id -> the assistant message that made it
+    answered: dict[str, int] = {}  # call id -> the tool message that answered it
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if m.role not in ROLES:
@@ -186,13 +196,25 @@ def _chat_turns(messages: Sequence[MessageIn]) -> tuple[ChatTurn, ...]:
                     f"{where}.tool_call_id {echo(m.tool_call_id)} answers no tool call of an earlier "
                     "assistant message; send the assistant message with its tool_calls before the results"
                 )
+            if m.tool_call_id in answered:
+                raise InvalidArgument(
+                    f"{where}.tool_call_id {echo(m.tool_call_id)} was already answered by "
+                    f"messages[{answered[m.tool_call_id]}]; send one tool result per call"
+                )
+            answered[m.tool_call_id] = i
             if kinds := sorted({p.WhichOneof("kind") or "empty" for p in m.parts} - {"text"}):
                 raise InvalidArgument(f"{where} (tool) has {', '.join(kinds)} parts; a tool result is text only")
         elif m.tool_call_id:
             raise InvalidArgument(f"{where} ({m.role}) has a tool_call_id; only tool messages answer tool calls")
         check_text(m.tool_call_id + m.reasoning_text)
         calls = _tool_calls(where, m.tool_calls)
-        call_ids.update(c.id for c in calls)
+        for j, c in enumerate(calls):
+            if c.id in call_ids:
+                raise InvalidArgument(
+                    f"{where}.tool_calls[{j}].id {echo(c.id)} is also the id of a call in "
+                    f"messages[{call_ids[c.id]}]; each call needs its own id (a tool result names its call by id)"
+                )
+            call_ids[c.id] = i
         turns.append(
             ChatTurn(
                 role=m.role,
@@ -223,12 +245,17 @@ def _openai_messages(messages: Sequence[MessageIn], turns: Sequence[ChatTurn]) -
 
 
 def _check_chat_only(chat_template: pb.ChatTemplateOptions, sampling: pb.SamplingOptions, tools: Any, choice: Any):
+    """Options a raw-parts prompt would ignore (no template renders it, no parser reads its
+    output): every ``ChatTemplateOptions`` field, tools, tool_choice and the thinking
+    budget are INVALID_ARGUMENT there, naming them, rather than dropped without a word."""
     asked = [
         name
         for name, present in (
             ("tools", bool(tools)),
             ("tool_choice", choice is not None),
             ("chat_template.enable_thinking", chat_template.HasField("enable_thinking")),
+            ("chat_template.chat_template_kwargs", chat_template.HasField("chat_template_kwargs")),
+            ("chat_template.add_generation_prompt", chat_template.HasField("add_generation_prompt")),
             ("sampling.thinking_token_budget", sampling.HasField("thinking_token_budget")),
         )
         if present

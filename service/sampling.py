@@ -11,7 +11,9 @@ from nanovl.v1 import inference_pb2 as pb
 
 
 def structured_outputs_of(opts: pb.SamplingOptions) -> Any:
-    """The request's own output constraint as vLLM's ``StructuredOutputsParams`` (None: none)."""
+    """The request's own output constraint as vLLM's ``StructuredOutputsParams`` (None: none).
+    A ``structured_output`` without a constraint (empty, or only its shaping options) is
+    ``InvalidArgument``."""
     if not opts.HasField("structured_output"):
         return None
     try:
@@ -39,7 +41,11 @@ def _structured(so: pb.StructuredOutput) -> Any:
                 f"sampling.structured_output sets {', '.join(options)} but no constraint: set one of "
                 "json_schema, regex, choice, grammar or json_object, or leave structured_output unset"
             )
-        return None
+        # proto: exactly one constraint; an empty message is a client that meant one.
+        raise InvalidArgument(
+            "sampling.structured_output is set but holds no constraint: set exactly one of json_schema, "
+            "regex, choice, grammar or json_object, or leave structured_output unset"
+        )
     kwargs: dict[str, Any] = {
         "disable_any_whitespace": so.disable_any_whitespace,
         "disable_additional_properties": so.disable_additional_properties,

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--audio-in-video",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="give the model each video's audio track too (default: the server's, see GetModelInfo)",
+        help="give the model each --video's audio track too (default: the server's, see GetModelInfo)",
     )
     r = p.add_argument_group("reasoning and tools (chat; the server must have the parsers, see GetModelInfo)")
     r.add_argument(
@@ -69,10 +69,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the generated text exactly as received; by default, on a terminal, control and "
         "non-printable characters are shown as escapes (\\x02)",
     )
-    p.set_defaults(func=_generate_main)
+    p.set_defaults(func=_generate_main, generate_parser=p)
+
+
+# Flags that shape each --video part: without a video they would be dropped without a word.
+_VIDEO_FLAGS = (
+    ("audio_in_video", "--audio-in-video / --no-audio-in-video"),
+    ("num_frames", "--num-frames"),
+    ("fps", "--fps"),
+    ("max_frames", "--max-frames"),
+)
+
+
+def check_video_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A per-video flag without ``--video`` is a usage error (argparse's: exit 2, before
+    anything connects), naming the flags."""
+    if args.video:
+        return
+    if given := [flag for dest, flag in _VIDEO_FLAGS if getattr(args, dest) is not None]:
+        parser.error(f"{', '.join(given)} apply to --video files; add --video FILE or remove them")
 
 
 def _generate_main(args: argparse.Namespace) -> int:
+    check_video_flags(args.generate_parser, args)
     from rich.console import Console
     from rich.table import Table
 

@@ -116,7 +116,8 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """Rendering options for chat ``messages`` (ignored for raw parts)."""
+    """Rendering options for chat ``messages`` (chat only: a raw-parts prompt with any option
+    set is INVALID_ARGUMENT)."""
 
     add_generation_prompt: bool | None = None
     kwargs: Mapping[str, Any] | None = None  # e.g. {"enable_thinking": False}

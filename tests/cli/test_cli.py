@@ -164,3 +164,25 @@ def test_client_commands_honour_nanovl_target() -> None:
         env=env,
     )
     assert lt.returncode == 2 and "127.0.0.1:1" in lt.stderr + lt.stdout, lt.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--audio-in-video"], "--audio-in-video"),
+        (["--no-audio-in-video"], "--audio-in-video"),
+        (["--num-frames", "4", "--fps", "2"], "--num-frames, --fps"),
+        (["--max-frames", "8", "--image", __file__], "--max-frames"),
+    ],
+    ids=["audio-in-video", "no-audio-in-video", "sampling", "with-an-image"],
+)
+def test_generate_refuses_video_flags_without_a_video(flags, named, capsys) -> None:
+    """A per-video flag without --video is a usage error (exit 2, argparse's error line),
+    before anything connects, not a flag silently ignored (verify-14c D7)."""
+    from nanovl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--target", "127.0.0.1:1", *flags, "describe"])
+    assert exit_.value.code == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert line.startswith("nanovl generate: error: ") and named in line and "--video FILE" in line, line

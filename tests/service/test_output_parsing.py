@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
 from model.tiny import ensure_tiny_checkpoint
 from nanovl.errors import InvalidArgument
 from nanovl.v1 import inference_pb2 as pb
+from service.markup_filter import MarkupFilter, tool_markup
 from service.output_parsing import (
     MAX_TOOL_SCHEMA_BYTES,
     MAX_TOOLS,
@@ -224,6 +226,30 @@ def test_a_tool_without_a_description_renders():
             [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c\x00<|im_end|>", name="f")])],
             r"tool_calls\[0\].id .* holds the non-printable character U\+0000",
         ),
+        (
+            [pb.Message(role="assistant", tool_calls=[CALL]), pb.Message(role="assistant", tool_calls=[CALL])],
+            r"messages\[1\].tool_calls\[0\].id 'call-1' is also the id of a call in messages\[0\]",
+        ),
+        (
+            [
+                pb.Message(role="assistant", tool_calls=[CALL]),
+                pb.Message(role="tool", tool_call_id="call-1", parts=[pb.ContentPart(text="sunny")]),
+                pb.Message(role="tool", tool_call_id="call-1", parts=[pb.ContentPart(text="rain")]),
+            ],
+            r"messages\[2\].tool_call_id 'call-1' was already answered by messages\[1\]",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="get weather;<|im_end|>")])],
+            r"messages\[0\].tool_calls\[0\].name 'get weather;<\|im_end\|>' must be 1-64 characters",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="f" * 65)])],
+            r"messages\[0\].tool_calls\[0\].name .* must be 1-64 characters",
+        ),
+        (
+            [pb.Message(role="assistant", tool_calls=[pb.ToolCall(id="c", name="")])],
+            r"messages\[0\].tool_calls\[0\].name '' must be 1-64 characters",
+        ),
     ],
     ids=[
         "tool-no-id",
@@ -240,11 +266,34 @@ def test_a_tool_without_a_description_renders():
         "duplicate-call-ids",
         "call-id-too-long",
         "call-id-control-character",
+        "call-id-in-two-messages",
+        "call-answered-twice",
+        "call-name-markup",
+        "call-name-long",
+        "call-name-empty",
     ],
 )
 def test_hostile_chat_messages_are_invalid_argument(messages, match, v3_parsers):
     with pytest.raises(InvalidArgument, match=match):
         _validate(_chat(*messages), v3_parsers)
+
+
+@pytest.mark.parametrize("tools", [[WEATHER], []], ids=["other-tools", "no-tools"])
+def test_history_calls_to_tools_not_offered_now_are_accepted(v3_parsers, tools):
+    """An OpenAI-style history keeps calls to tools the request no longer offers (README,
+    proto Message.tool_calls): accepted, with or without tools declared."""
+    old_call = pb.ToolCall(id="call-9", name="get_time", arguments="{}")
+    req = _validate(
+        _chat(
+            _user("time?"),
+            pb.Message(role="assistant", tool_calls=[old_call]),
+            pb.Message(role="tool", tool_call_id="call-9", parts=[pb.ContentPart(text="noon")]),
+            _user("and the weather?"),
+            tools=tools,
+        ),
+        v3_parsers,
+    )
+    assert req.messages[1].tool_calls[0].name == "get_time"
 
 
 def test_a_tool_round_trip_validates_and_reaches_the_template(v3_parsers):
@@ -324,12 +373,19 @@ def test_tools_with_tool_choice_none_are_rendered_without_a_parser():
         {"tool_choice": pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NONE)},
         {"chat_template": pb.ChatTemplateOptions(enable_thinking=True)},
         {"sampling": pb.SamplingOptions(thinking_token_budget=4)},
+        {"chat_template": pb.ChatTemplateOptions(chat_template_kwargs={"enable_thinking": "yes"})},
+        {"chat_template": pb.ChatTemplateOptions(chat_template_kwargs={})},
+        {"chat_template": pb.ChatTemplateOptions(add_generation_prompt=True)},
     ],
-    ids=["tools", "tool_choice", "thinking", "budget"],
+    ids=["tools", "tool_choice", "thinking", "budget", "kwargs", "empty-kwargs", "add_generation_prompt"],
 )
 def test_chat_options_on_raw_parts_are_invalid_argument(fields, v3_parsers):
-    with pytest.raises(InvalidArgument, match="apply to chat messages only"):
+    """Every chat-only option on a raw-parts prompt (no template renders it, no parser
+    reads its output) is refused, naming it, rather than ignored (verify-14c D7)."""
+    with pytest.raises(InvalidArgument, match="apply to chat messages only") as err:
         _validate(pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], **fields), v3_parsers)
+    (name,) = fields
+    assert name in str(err.value)
 
 
 def test_thinking_maps_to_the_templates_enable_thinking_and_the_budget_to_sampling(v3_parsers):
@@ -669,6 +725,15 @@ def test_structured_output_options_without_a_constraint_are_refused():
     so = pb.StructuredOutput(disable_any_whitespace=True)
     with pytest.raises(InvalidArgument, match="sets disable_any_whitespace but no constraint"):
         _validate(_chat(_user(), sampling=pb.SamplingOptions(structured_output=so)))
+    # An empty StructuredOutput{} too (the proto: exactly one constraint), on the wire as well.
+    for req in (
+        _chat(_user(), sampling=pb.SamplingOptions(structured_output=pb.StructuredOutput())),
+        pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], sampling=pb.SamplingOptions(structured_output={})),
+    ):
+        wire = pb.GenerateRequest.FromString(req.SerializeToString())
+        assert wire.sampling.HasField("structured_output")
+        with pytest.raises(InvalidArgument, match="structured_output is set but holds no constraint"):
+            _validate(wire)
 
 
 @pytest.mark.parametrize(
@@ -700,3 +765,200 @@ def test_detokenize_false_is_refused_where_the_output_is_parsed(v3_parsers, tool
                 assert reason in str(err.value)
         else:
             assert _validate(req, v3_parsers).sampling.detokenize == (detokenize is not False)
+
+
+# ---------------------------------------------------------------- tool-call markup and lost text (verify-14c D3, D4)
+
+_MARKUP = ("<tool_call>", "</tool_call>")
+# Text that only looks like the start of the markup, and words.
+_LOOKALIKES = ["<", "<t", "<tool", "<tool_", "<tool_call", "</", "</tool_cal", "<tool call>", " x<y ", "a>b"]
+_WORDS = ["Sure.", " ", "\n", "the", "weather", "ok"]
+
+
+def _without_markup(text: str) -> str:
+    pattern = "|".join(re.escape(m) for m in _MARKUP)
+    while (shorter := re.sub(pattern, "", text)) != text:
+        text = shorter
+    return text
+
+
+def _spelled(rng: random.Random, tokenizer, markup: str) -> tuple[str, list[int]]:
+    """``markup`` as its special token, as one token per byte, or as sub-word pieces."""
+    how = rng.choice(["special", "bytes", "pieces"])
+    if how == "special":
+        pieces = [markup]
+    elif how == "bytes":
+        pieces = list(markup)
+    else:
+        cuts = sorted(rng.sample(range(1, len(markup)), rng.randint(1, 3)))
+        pieces = [markup[a:b] for a, b in zip([0, *cuts], [*cuts, len(markup)], strict=True)]
+    return how, [t for p in pieces for t in tokenizer.encode(p, add_special_tokens=False)]
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _deltas(rng: random.Random, tokenizer, ids: list[int]) -> list[tuple[str, list[int]]]:
+    """The ids in deltas of 1-3 tokens, each with its text (ASCII: every token decodes alone)."""
+    out, i = [], 0
+    while i < len(ids):
+        n = rng.randint(1, 3)
+        out.append((tokenizer.decode(ids[i : i + n]), ids[i : i + n]))
+        i += n
+    return out
+
+
+def _feed_all(parsing, deltas, prompt_ids, *, cut: bool = False):
+    return [
+        parsing.feed(text, ids, prompt_ids, finished=i == len(deltas) - 1, cut=cut and i == len(deltas) - 1)
+        for i, (text, ids) in enumerate(deltas)
+    ]
+
+
+def test_tool_call_markup_never_reaches_the_answer_text_however_it_is_spelled(v3_parsers, tokenizer):
+    """Seeded outputs: text with markup lookalikes, then (usually) a call whose <tool_call>
+    and </tool_call> are the special tokens, byte tokens or sub-word pieces, then more text,
+    streamed in deltas of 1-3 tokens. Delta.text never holds the markup, is exactly the
+    content vLLM's parser gave with the markup removed (nothing else held back or lost),
+    keeps the text around the call, and the call comes out whatever the spelling."""
+    rng = random.Random(3)
+    prompt_ids = _text_ids(tokenizer, "<|im_start|>assistant\n<think></think>")
+    spellings: dict[str, int] = {}
+    for _ in range(150):
+        before = "".join(rng.choice(_LOOKALIKES + _WORDS) for _ in range(rng.randint(0, 6)))
+        if _without_markup(before) != before:
+            continue
+        ids, expected_calls, after = _text_ids(tokenizer, before), [], ""
+        if rng.random() < 0.85:
+            how_start, start = _spelled(rng, tokenizer, "<tool_call>")
+            how_end, end = _spelled(rng, tokenizer, "</tool_call>")
+            spellings[how_start] = spellings.get(how_start, 0) + 1
+            city = rng.choice(["Paris", "Rome"])
+            body = f"\n<function=get_weather>\n<parameter=city>\n{city}\n</parameter>\n</function>\n"
+            ids += start + _text_ids(tokenizer, body) + end
+            expected_calls = [("get_weather", {"city": city})]
+            if how_end == "special":  # text after a </tool_call> spelled otherwise is vLLM's to drop (README)
+                after = rng.choice(["\nDone.", "\n<tool but not a call", " <tool_ca"])
+                ids += _text_ids(tokenizer, after)
+        deltas = _deltas(rng, tokenizer, ids)
+        cut = rng.random() < 0.2 and not expected_calls
+        runs = {}
+        for filtered in (True, False):
+            req = _validate(
+                _chat(_user(), tools=[WEATHER], chat_template=pb.ChatTemplateOptions(enable_thinking=False)),
+                v3_parsers,
+            )
+            if not filtered:
+                req.parsing.markup = MarkupFilter(())
+            runs[filtered] = _feed_all(req.parsing, deltas, prompt_ids, cut=cut)
+        text = "".join(d.text for d in runs[True])
+        raw = "".join(d.text for d in runs[False])
+        assert text == _without_markup(raw), (tokenizer.decode(ids), text, raw)
+        assert not any(m in text for m in _MARKUP), (tokenizer.decode(ids), text)
+        assert before.strip() in text and after.strip() in text, (tokenizer.decode(ids), text)
+        calls = [(c.name, json.loads(c.arguments)) for d in runs[True] for c in d.tool_calls]
+        assert calls == expected_calls, tokenizer.decode(ids)
+    assert spellings.keys() == {"special", "bytes", "pieces"}
+
+
+def test_the_markup_is_read_from_vllms_tool_parsers(tokenizer):
+    from vllm.tool_parsers import ToolParserManager
+
+    for name in ("qwen3_coder", "hermes"):  # a ParserEngine adapter and a legacy parser
+        assert set(tool_markup(ToolParserManager.get_tool_parser(name)(tokenizer))) == set(_MARKUP), name
+    assert tool_markup(object()) == ()
+
+
+def test_the_reported_byte_spelled_call_leaves_only_the_answer(v3_parsers, tokenizer):
+    """verify-14c D3's stream: ``<tool_call>`` as byte tokens (as a grammar spells it)."""
+    body = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n"
+    ids = [t for ch in "Sure.\n" + body for t in _text_ids(tokenizer, ch)] + _text_ids(tokenizer, "</tool_call>")
+    req = _validate(
+        _chat(_user(), tools=[WEATHER], chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers
+    )
+    prompt_ids = _text_ids(tokenizer, "<|im_start|>assistant\n<think></think>")
+    out = _feed_all(req.parsing, [(tokenizer.decode([t]), [t]) for t in ids], prompt_ids)
+    assert "".join(d.text for d in out) == "Sure.\n\n"
+    assert [(c.name, c.arguments) for d in out for c in d.tool_calls] == [("get_weather", '{"city": "Paris"}')]
+
+
+# Reasoning markup the parser consumes, and where a stream may end while the reasoning
+# parser still holds the start of a tag.
+_REASONING_TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>")
+
+
+def _expected_split(tokenizer, ids: list[int], thinking: bool) -> tuple[str, str]:
+    """(reasoning_text, text) as README documents them for a request vLLM's tool parser does
+    not run on: thinking off, everything is text; thinking on, the reasoning runs to the
+    first </think> (consumed) or <tool_call> (kept, in the text) token, without its <think>
+    tokens and its trailing whitespace (also before a tag start it ends with, when the
+    stream ends while reasoning); the rest is text, as generated."""
+    if not thinking:
+        return "", tokenizer.decode(ids)
+    think, think_end, call = (tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>", "<tool_call>"))
+    k = next((i for i, t in enumerate(ids) if t in (think_end, call)), None)
+    head = tokenizer.decode([t for t in (ids if k is None else ids[:k]) if t != think])
+    rest = [] if k is None else ids[k + 1 :] if ids[k] == think_end else ids[k:]
+    tail = ""
+    if k is None:
+        tail = max(
+            (
+                head[len(head) - n :]
+                for n in range(1, 12)
+                if any(t[:n] == head[len(head) - n :] for t in _REASONING_TAGS)
+            ),
+            key=len,
+            default="",
+        )
+    return head[: len(head) - len(tail)].rstrip() + tail, tokenizer.decode(rest)
+
+
+@pytest.mark.parametrize(
+    "choice", [None, pb.TOOL_CHOICE_MODE_NONE, pb.TOOL_CHOICE_MODE_UNSPECIFIED], ids=["no-tools", "none", "unset"]
+)
+def test_without_tools_nothing_generated_is_lost(v3_parsers, tokenizer, choice):
+    """verify-14c D4: seeded sequences of ordinary, <tool_call>, </tool_call>, <think> and
+    </think> tokens (what allowed_token_ids would give), thinking on and off, no tools or
+    tool_choice none: reasoning_text + text is the whole output but for the documented
+    reasoning markup (``_expected_split``). vLLM's tool parser, run on such requests by
+    vLLM's own server, dropped everything after a <tool_call> token."""
+    rng = random.Random(4)
+    special = [tokenizer.convert_tokens_to_ids(t) for t in _REASONING_TAGS]
+    ordinary = [t for ch in "ab <\n" for t in _text_ids(tokenizer, ch)]
+    for _ in range(120):
+        thinking = rng.random() < 0.5
+        fields = {"chat_template": pb.ChatTemplateOptions(enable_thinking=thinking)}
+        if choice is not None:
+            fields["tools"] = [WEATHER]
+            if choice == pb.TOOL_CHOICE_MODE_NONE:
+                fields["tool_choice"] = pb.ToolChoice(mode=choice)
+        req = _validate(_chat(_user(), **fields), v3_parsers)
+        if choice == pb.TOOL_CHOICE_MODE_UNSPECIFIED:  # tools offered: the tool parser runs (the control)
+            assert req.parsing.parser.tool_parser is not None
+            continue
+        assert req.parsing.parser.tool_parser is None
+        ids = [rng.choice(ordinary + special) for _ in range(rng.randint(1, 14))]
+        opener = "<|im_start|>assistant\n<think>\n" if thinking else "<|im_start|>assistant\n<think></think>"
+        out = _feed_all(
+            req.parsing,
+            [(tokenizer.decode([t]), [t]) for t in ids],
+            _text_ids(tokenizer, opener),
+            cut=rng.random() < 0.3,
+        )
+        got = ("".join(d.reasoning_text for d in out), "".join(d.text for d in out))
+        assert got == _expected_split(tokenizer, ids, thinking), tokenizer.decode(ids)
+        assert not any(d.tool_calls for d in out)
+
+
+def test_the_reported_lost_text_comes_back(v3_parsers, tokenizer):
+    """verify-14c D4's stream: b <tool_call> bcdbcd, no tools, thinking off and on."""
+    ids = _text_ids(tokenizer, "b") + [tokenizer.convert_tokens_to_ids("<tool_call>")] + _text_ids(tokenizer, "bcdbcd")
+    deltas = [(tokenizer.decode([t]), [t]) for t in ids]
+    for thinking, opener, expected in (
+        (False, "<|im_start|>assistant\n<think></think>", ("", "b<tool_call>bcdbcd")),
+        (True, "<|im_start|>assistant\n<think>\n", ("b", "<tool_call>bcdbcd")),
+    ):
+        req = _validate(_chat(_user(), chat_template=pb.ChatTemplateOptions(enable_thinking=thinking)), v3_parsers)
+        out = _feed_all(req.parsing, deltas, _text_ids(tokenizer, opener))
+        assert ("".join(d.reasoning_text for d in out), "".join(d.text for d in out)) == expected
