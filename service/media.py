@@ -564,7 +564,10 @@ def _decode_video(data: bytes, sampling: VideoSampling, limits: MediaLimits) -> 
         if not done:
             _decode_sequentially(data, stream_index, indices, sink, budget)
     except av.FFmpegError as e:
-        raise MediaDecodeError(f"video: corrupt or truncated {_DISPLAY.get(fmt, fmt)} data: {_av_reason(e)}") from e
+        raise MediaDecodeError(
+            f"video: corrupt or truncated {_DISPLAY.get(fmt, fmt)} data, or a frame mid-stream larger than this "
+            f"server's max_video_pixels_per_frame ({limits.max_video_pixels_per_frame:,} pixels): {_av_reason(e)}"
+        ) from e
 
     return DecodedVideo(
         frames=sink.frames,
@@ -608,16 +611,20 @@ def _frames_to_decode(probe: _PacketProbe, indices: Sequence[int]) -> int:
     return decoded
 
 
-def _check_amplification(frames: int, sampled: int, width: int, height: int, nbytes: int, limits: MediaLimits) -> None:
+def _check_amplification(
+    frames: int, sampled: int, width: int, height: int, nbytes: int, limits: MediaLimits, *, pixels: int | None = None
+) -> None:
     """RESOURCE_EXHAUSTED when decoding ``frames`` frames of ``width``x``height`` from
     ``nbytes`` encoded bytes is past ``max_video_pixels_per_byte`` (above
     ``VIDEO_AMPLIFICATION_FREE_PIXELS``): decided from the demuxed packets, before any
-    frame is decoded."""
-    pixels = frames * width * height
+    frame is decoded. ``pixels``: the frames' actual total, when they were decoded (a
+    stream can change its frame size mid-way)."""
+    size = f"{width}x{height}" if pixels is None else f"{width}x{height} or more"
+    pixels = frames * width * height if pixels is None else pixels
     if pixels > VIDEO_AMPLIFICATION_FREE_PIXELS and pixels > limits.max_video_pixels_per_byte * nbytes:
         raise _over_limit(
             "video:",
-            f"reaching the {sampled} sampled frames means decoding {frames} frames of {width}x{height} = "
+            f"reaching the {sampled} sampled frames means decoding {frames} frames of {size} = "
             f"{pixels:,} pixels from {nbytes:,} bytes ({pixels // nbytes:,} pixels per byte)",
             f"{limits.max_video_pixels_per_byte:,} pixels per byte above {VIDEO_AMPLIFICATION_FREE_PIXELS:,} pixels",
             "max_video_pixels_per_byte",
@@ -637,12 +644,31 @@ class _DecodeBudget:
     nbytes: int
     limits: MediaLimits
     decoded: int = 0
+    pixels: int = 0
 
     def frames(self, frames: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+        """``frames`` with each one's own size counted: a stream that declares 64x64 and
+        switches to 4K after its first frames is counted at 4K (verify-10d F1). No frame
+        over ``max_video_pixels_per_frame`` gets here (:func:`_bounded_decoder`)."""
         for frame in frames:
             self.decoded += 1
-            _check_amplification(self.decoded, self.sampled, self.width, self.height, self.nbytes, self.limits)
+            self.pixels += frame.width * frame.height
+            _check_amplification(
+                self.decoded, self.sampled, self.width, self.height, self.nbytes, self.limits, pixels=self.pixels
+            )
             yield frame
+
+
+def _bounded_decoder(stream: av.VideoStream, limits: MediaLimits) -> av.VideoStream:
+    """``stream`` whose decoder refuses, before decoding it, any frame over
+    ``max_video_pixels_per_frame`` (FFmpeg's ``max_pixels`` codec option): the size the
+    container declares is checked up front, but a stream can switch to a larger one
+    mid-way (verify-10d F1: 30 frames of 64x64, then 8192x8192)."""
+    stream.codec_context.options = {
+        **stream.codec_context.options,
+        "max_pixels": str(limits.max_video_pixels_per_frame),
+    }
+    return stream
 
 
 def video_from_raw_frames(
@@ -961,7 +987,7 @@ def _decode_by_seeking(
     ``budget`` counts every decoded frame (RESOURCE_EXHAUSTED past it)."""
     first_key = probe.keyframe_pts[0]
     with _open_av(data) as container:
-        stream = container.streams.video[stream_index]
+        stream = _bounded_decoder(container.streams.video[stream_index], budget.limits)
         frames: Iterator[av.VideoFrame] = budget.frames(container.decode(stream))
         last_pts: int | None = None
         last_slot = -1
@@ -998,7 +1024,7 @@ def _decode_sequentially(
     wanted = {index: slot for slot, index in enumerate(indices)}
     filled = 0
     with _open_av(data) as container:
-        stream = container.streams.video[stream_index]
+        stream = _bounded_decoder(container.streams.video[stream_index], budget.limits)
         for position, frame in enumerate(budget.frames(container.decode(stream))):
             slot = wanted.get(position)
             if slot is not None:

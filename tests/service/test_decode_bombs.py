@@ -184,3 +184,76 @@ def test_frames_to_decode_follow_the_decoders_path(seed):
     assert _frames_to_decode(probe, indices) == len(decoded)
     unseekable = _PacketProbe(count=count, pts=pts, keyframe_pts=tuple(keys), seekable=False, time_base=1.0)
     assert _frames_to_decode(unseekable, indices) == indices[-1] + 1
+
+
+def _switching_avi(n_small: int, n_big: int, width: int, height: int) -> bytes:
+    """An AVI H.264 stream that declares 64x64 (its first ``n_small`` frames) and then
+    switches to ``width`` x ``height``, one keyframe in all (verify-10d F1's shape): the
+    big frames come from a second encoder, muxed into the same stream."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    opts = {"g": "100000", "keyint_min": "100000", "sc_threshold": "0", "preset": "ultrafast", "crf": "51"}
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="avi") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt, s.options = 64, 64, "yuv420p", dict(opts)
+        small = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+        for i in range(n_small):
+            small.pts = i
+            out.mux(s.encode(small))
+        out.mux(s.encode())
+        big = av.CodecContext.create("libx264", "w")
+        big.width, big.height, big.pix_fmt = width, height, "yuv420p"
+        big.time_base, big.framerate = fractions.Fraction(1, 30), fractions.Fraction(30, 1)
+        big.options = dict(opts)
+        big.open()
+        frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+        packets = []
+        for i in range(n_big):
+            frame.pts = i
+            packets += big.encode(frame)
+        packets += big.encode()
+        for p in packets:
+            p.pts, p.dts = (p.pts or 0) + n_small, (p.dts if p.dts is not None else p.pts) + n_small
+            p.stream = s
+            out.mux(p)
+    return buf.getvalue()
+
+
+def test_a_stream_that_switches_to_a_larger_frame_size_is_counted_at_that_size(monkeypatch):
+    """verify-10d F1: 30 frames of 64x64, then 1280x720 (4K and more in the report): the
+    declared 64x64 passed every check and every frame was decoded. Each decoded frame now
+    counts at its own size, so the same bound stops it part-way."""
+    from service import media
+
+    monkeypatch.setattr(media, "VIDEO_AMPLIFICATION_FREE_PIXELS", 1_000_000)
+    data = _switching_avi(30, 150, 1280, 720)
+    assert 150 * 1280 * 720 > media.DEFAULT_MEDIA_LIMITS.max_video_pixels_per_byte * len(data)
+    with pytest.raises(NanovlError) as err:
+        media.decode_video(data, num_frames=8)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_video_pixels_per_byte" in err.value.message and "64x64 or more" in err.value.message
+    decoded = int(err.value.message.split("means decoding ")[1].split(" frames")[0])
+    assert 30 < decoded < 30 + 150  # stopped among the large frames, not after all of them
+    # Within the limits the switch is decoded, every frame at the declared size.
+    limits = media.MediaLimits(max_video_pixels_per_byte=10**9)
+    assert media.decode_video(data, num_frames=8, limits=limits).frames.shape == (8, 64, 64, 3)
+
+
+def test_a_frame_over_the_per_frame_limit_mid_stream_is_never_decoded():
+    """verify-10d F1: a stream declaring 64x64 that switches to 8192x8192 passed the
+    per-frame pixel limit (checked on the declared size). The decoder now refuses any frame
+    over max_video_pixels_per_frame before decoding it (FFmpeg's max_pixels)."""
+    from service import media
+
+    data = _switching_avi(30, 2, 640, 480)
+    limits = media.MediaLimits(max_video_pixels_per_frame=320 * 240)
+    with pytest.raises(NanovlError) as err:
+        media.decode_video(data, num_frames=32, limits=limits)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_video_pixels_per_frame (76,800 pixels)" in err.value.message
+    # The first 30 frames alone are within it.
+    assert media.decode_video(data, num_frames=1, limits=limits).frames.shape == (1, 64, 64, 3)
