@@ -48,6 +48,10 @@ MAX_TOOLS_SCHEMA_BYTES = 1024 * 1024
 # JSON objects describing an object (what the template and vLLM's grammar need; the grammar
 # check bounds the rest, service.grammar_guard). A real tool's schema holds a few per parameter.
 MAX_TOOL_SCHEMA_CHECK_VALUES = 500
+NO_TOOL_PARSER = (
+    "this server has no tool-call parser: tools are refused (it was started without "
+    "--enable-auto-tool-choice --tool-call-parser); send tool_choice none or no tools"
+)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 _TOOL_CHOICE_MODES = {
@@ -163,16 +167,25 @@ def _schema(where: str, text: str) -> dict[str, Any]:
 
 def _check_schema(where: str, schema: dict[str, Any]) -> None:
     """jsonschema's meta-schema check of a tool's parameters: ``InvalidArgument`` naming
-    where it fails. Its cost grows with the JSON values (MAX_TOOL_SCHEMA_CHECK_VALUES)."""
+    where it fails. Its cost grows with the JSON values (MAX_TOOL_SCHEMA_CHECK_VALUES).
+
+    As ``Validator.check_schema`` (the best-matching error of the meta-schema), without
+    its format checker: the meta-schema's ``regex`` format compiles every ``pattern`` with
+    Python's ``re`` in this process, holding the GIL, and 45 KB of wide character classes
+    took seconds (verify-10d F2: another user's call waited 14.7 s). A pattern reaches a
+    regex engine only in a structured-output grammar (tool_choice required or named),
+    which the grammar checker compiles in its own process under a time limit
+    (``service.grammar_guard``)."""
     import jsonschema
 
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as e:
-        path = "/".join(str(p) for p in e.absolute_path) or "(root)"
-        raise InvalidArgument(f"{where}.parameters is not a valid JSON Schema at {path}: {e.message}") from None
+        cls = jsonschema.validators.validator_for(schema)
+        error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
     except RecursionError:
         raise InvalidArgument(f"{where}.parameters is nested too deeply") from None
+    if error is not None:
+        path = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise InvalidArgument(f"{where}.parameters is not a valid JSON Schema at {path}: {error.message}")
 
 
 def tool_choice_value(choice: pb.ToolChoice) -> str | dict[str, Any] | None:
@@ -272,10 +285,7 @@ class OutputParsers:
         except VLLMValidationError as e:
             raise InvalidArgument(f"vLLM rejected the request: {e}") from None
         if request.tool_choice not in (None, "none") and not self.tools:
-            raise InvalidArgument(
-                "this server has no tool-call parser: tools are refused (it was started without "
-                "--enable-auto-tool-choice --tool-call-parser); send tool_choice none or no tools"
-            )
+            raise InvalidArgument(NO_TOOL_PARSER)
         parser = None
         new_parser: Callable[[], Parser] | None = None
         # No tools, or tool_choice none: the tool-call parser is not run (the proto: NONE's

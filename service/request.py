@@ -20,6 +20,7 @@ from nanovl.errors import InvalidArgument, echo
 from nanovl.modalities import Modality
 from nanovl.v1 import inference_pb2 as pb
 from service.output_parsing import (
+    NO_TOOL_PARSER,
     ChatOptions,
     OutputParsers,
     RequestParsing,
@@ -444,6 +445,8 @@ def validate(
         parsers = parsers or OutputParsers.none()
         _thinking(chat_template, sampling, kwargs, parsers)
         _check_constraint_and_tool_choice(sampling, choice)
+        if tools and choice != "none" and not parsers.tools:
+            raise InvalidArgument(NO_TOOL_PARSER)  # before any work on the schemas
         tool_dicts = parse_tools(tools) if tools else None
         if tool_dicts is not None:
             if "tools" in kwargs:

@@ -962,3 +962,43 @@ def test_the_reported_lost_text_comes_back(v3_parsers, tokenizer):
         req = _validate(_chat(_user(), chat_template=pb.ChatTemplateOptions(enable_thinking=thinking)), v3_parsers)
         out = _feed_all(req.parsing, deltas, _text_ids(tokenizer, opener))
         assert ("".join(d.reasoning_text for d in out), "".join(d.text for d in out)) == expected
+
+
+def test_tools_on_a_server_without_a_tool_parser_are_refused_before_their_schemas_are_read(monkeypatch):
+    """verify-10d F2: the schema checks ran before the cheap refusal."""
+    import service.request
+
+    def never(*_a, **_k):
+        raise AssertionError("the tools' schemas were read")
+
+    monkeypatch.setattr(service.request, "parse_tools", never)
+    with pytest.raises(InvalidArgument, match=r"no tool-call parser: tools are refused"):
+        _validate(_chat(_user(), tools=[WEATHER]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tool_schema_patterns_are_never_compiled_in_the_server(monkeypatch, seed, v3_parsers):
+    """verify-10d F2: the meta-schema's regex format compiled every pattern with Python's re,
+    holding the GIL (45 KB of wide character classes: seconds, and another call waited
+    14.7 s). Patterns are checked as strings; a regex engine sees them only in a
+    structured-output grammar, in the grammar checker's process."""
+    rng = random.Random(seed)
+    classes = ["[\u0100-\uffff]", "[^\x00-\x7f]", "(a|b)*", "\\w{1,9}", "[\u4e00-\u9fff]+"]
+    pattern = "".join(rng.choice(classes) for _ in range(rng.randrange(500, 3000)))
+    compiled: list[str] = []
+    real_compile = re.compile
+
+    def recording(p, *a, **k):
+        compiled.append(p if isinstance(p, str) else "")
+        return real_compile(p, *a, **k)
+
+    monkeypatch.setattr(re, "compile", recording)
+    params = {"type": "object", "properties": {"q": {"type": "string", "pattern": pattern}}}
+    tool = pb.Tool(name="search", parameters=json.dumps(params))
+    req = _validate(_chat(_user(), tools=[tool]), v3_parsers)
+    assert req.chat_template_kwargs["tools"][0]["function"]["parameters"]["properties"]["q"]["pattern"] == pattern
+    assert pattern not in compiled
+    # The meta-schema still refuses what is not a schema.
+    bad = pb.Tool(name="search", parameters=json.dumps({"type": "object", "properties": {"q": {"minLength": -1}}}))
+    with pytest.raises(InvalidArgument, match=r"not a valid JSON Schema at properties/q/minLength"):
+        _validate(_chat(_user(), tools=[bad]), v3_parsers)
