@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing as mp
 import os
 import resource
 import signal
+import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 
 import psutil
@@ -32,9 +36,16 @@ log = logging.getLogger(__name__)
 DEFAULT_MEMORY_BYTES = 1 * GiB
 
 
-def _render_in_child(conn: Connection, job: TemplateJob, memory_bytes: int) -> None:
+# How often the fork server checks that the server which started it is still there.
+PARENT_CHECK_S = 0.5
+
+
+def _render_in_child(conn: Connection, job: TemplateJob, memory_bytes: int, cpu_seconds: int) -> None:
     os.nice(19)  # never compete with the engine's threads for a core
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    # The server kills a render at its time limit; this bounds one whose server is gone
+    # (kill -9, the OOM killer): SIGXCPU past the limit (verify-10d F6).
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     try:
         conn.send(("ok", render_template(job)))
     except NanovlError as exc:
@@ -43,6 +54,38 @@ def _render_in_child(conn: Connection, job: TemplateJob, memory_bytes: int) -> N
         conn.send(("error", ResourceExhausted("the chat template needed more memory than this server allows")))
     finally:
         conn.close()
+
+
+def _in_fork_server() -> bool:
+    """Whether this import runs inside multiprocessing's fork server (its ``main`` imports
+    the preload modules), not in the server process."""
+    from multiprocessing import forkserver
+
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code is forkserver.main.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _exit_with_parent() -> None:
+    """In the fork server: exit at once when the server that started it is gone. Left
+    alone it waits for its parent's end of a pipe to close, which a process forked from the
+    server can hold, and then for Python's shutdown of what it preloaded; after a kill -9
+    of the server it was still running 102 s later (verify-10d F6)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="nanovl-template-parent-watch", daemon=True).start()
+
+
+if _in_fork_server():
+    _exit_with_parent()
 
 
 class TemplateSandbox:
@@ -58,7 +101,8 @@ class TemplateSandbox:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._ctx = mp.get_context("forkserver")
         # The fork server imports this once; every render then forks in milliseconds.
-        self._ctx.set_forkserver_preload(["transformers.utils.chat_template_utils", "model.prompt"])
+        # This module too: in the fork server it watches for the server's end.
+        self._ctx.set_forkserver_preload(["transformers.utils.chat_template_utils", "service.template_sandbox"])
 
     def start(self) -> None:
         """Start the fork server now (it takes seconds to import transformers), not on
@@ -103,7 +147,10 @@ class TemplateSandbox:
         loop = asyncio.get_running_loop()
         receiver, sender = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
-            target=_render_in_child, args=(sender, job, self.memory_bytes), name="nanovl-template", daemon=True
+            target=_render_in_child,
+            args=(sender, job, self.memory_bytes, math.ceil(self.timeout_s) + 1),
+            name="nanovl-template",
+            daemon=True,
         )
         try:
             await loop.run_in_executor(None, process.start)

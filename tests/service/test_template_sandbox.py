@@ -84,3 +84,47 @@ async def test_a_template_past_its_time_limit_is_stopped():
             )
     finally:
         sandbox.stop()
+
+
+_ORPHAN_SCRIPT = """
+import asyncio, multiprocessing.forkserver as fs, sys
+from model.prompt import TemplateJob
+from service.template_sandbox import TemplateSandbox
+
+async def main():
+    sandbox = TemplateSandbox(timeout_s=1.0)
+    await asyncio.to_thread(sandbox.start)
+    loop_forever = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    job = TemplateJob(loop_forever, [{"role": "user", "content": "hi"}], True, None, None, {})
+    asyncio.ensure_future(sandbox.render(job))
+    print(fs._forkserver._forkserver_pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(180)
+def test_after_a_kill_9_of_the_server_its_fork_server_and_renders_end():
+    """verify-10d F6: after a kill -9 of the server the fork server and a hostile render
+    it had started ran on (102 s and counting). The fork server now exits when its parent
+    is gone, and a render cannot use more CPU than the time limit (RLIMIT_CPU)."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        server = psutil.Process(int(proc.stdout.readline()))
+        for _ in range(400):
+            renders = server.children()
+            if renders:
+                break
+            time.sleep(0.05)
+        assert renders, "the render never started"
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs([server, *renders], timeout=30)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+    finally:
+        proc.kill()
