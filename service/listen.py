@@ -35,22 +35,35 @@ def _unbindable(address: str, flag: str) -> str:
 
 
 def check_listen_addresses(addresses: Sequence[tuple[str, int, str]]) -> None:
-    """Binds and releases each ``(host, port, flag)`` (port 0 and None skipped) before anything
-    slow starts, so that a port in use fails ``nanovl serve`` in a second rather than after
-    the engine's start. Raises :class:`FailedPrecondition` naming the flag. SO_REUSEADDR as
+    """Binds and listens on each ``(host, port, flag)`` (port 0 and None skipped), all at
+    once, then releases them, before anything slow starts: a port in use, or one port given
+    to two flags (verify-10d F4), fails ``nanovl serve`` in a second rather than after the
+    engine's start. Raises :class:`FailedPrecondition` naming the flags. SO_REUSEADDR as
     gRPC Core sets it (a port in TIME_WAIT is free); no SO_REUSEPORT, so a port another
     server listens on is in use even when that server shares it (``--frontend-processes``)."""
-    for host, port, flag in addresses:
-        if not port:
-            continue
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise FailedPrecondition(f"cannot listen on {host}:{port} ({flag}): {exc.strerror}") from None
-        family, kind, proto, _, sockaddr = infos[0]
-        with socket.socket(family, kind, proto) as probe:
+    held: list[tuple[socket.socket, int, str]] = []
+    try:
+        for host, port, flag in addresses:
+            if not port:
+                continue
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except socket.gaierror as exc:
+                raise FailedPrecondition(f"cannot listen on {host}:{port} ({flag}): {exc.strerror}") from None
+            family, kind, proto, _, sockaddr = infos[0]
+            probe = socket.socket(family, kind, proto)
+            held.append((probe, port, flag))
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(sockaddr)
+                probe.listen(1)  # a listener: a second bind of the same address fails, as gRPC's would
             except OSError:
+                same = next((f for _, p, f in held[:-1] if p == port), None)
+                if same is not None:
+                    raise FailedPrecondition(
+                        f"{flag} {port} is also given as {same}: each listener needs a port of its own"
+                    ) from None
                 raise FailedPrecondition(_unbindable(f"{host}:{port}", flag)) from None
+    finally:
+        for probe, _, _ in held:
+            probe.close()

@@ -131,3 +131,25 @@ async def test_grpc_bind_failures_name_the_flag(busy_port: int) -> None:
         check_listen_addresses([("127.0.0.1", 0, "--port"), ("127.0.0.1", busy_port, "--health-port")])
     with pytest.raises(FailedPrecondition, match=r"nowhere\.invalid:5 \(--admin-port\)"):
         check_listen_addresses([("nowhere.invalid", 5, "--admin-port")])
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "0.0.0.0")],
+    ids=["same-host", "wildcard-first", "wildcard-second"],
+)
+def test_one_port_given_to_two_flags_fails_at_start(hosts) -> None:
+    """verify-10d F4: --port X with --admin-port X (or health/metrics) went on to load the
+    engine. Each address is held while the next is checked, so they collide as gRPC's
+    listeners would; different ports on one host, or free ports, pass."""
+    from nanovl.errors import FailedPrecondition
+    from service.listen import check_listen_addresses
+    from tests.conftest import free_port
+
+    port, other = free_port(), free_port()
+    flags = ["--port", "--admin-port", "--health-port", "--metrics-port"]
+    for i, first in enumerate(flags):
+        for second in flags[i + 1 :]:
+            with pytest.raises(FailedPrecondition, match=rf"{second} {port} is also given as {first}"):
+                check_listen_addresses([(hosts[0], port, first), (hosts[1], other, "--x"), (hosts[1], port, second)])
+    check_listen_addresses([(hosts[0], port, "--port"), (hosts[1], other, "--admin-port")])
