@@ -144,7 +144,7 @@ def test_one_port_given_to_two_flags_fails_at_start(hosts) -> None:
     listeners would; different ports on one host, or free ports, pass."""
     from nanovl.errors import FailedPrecondition
     from service.listen import check_listen_addresses
-    from tests.conftest import free_port
+    from tests.ports import free_port
 
     port, other = free_port(), free_port()
     flags = ["--port", "--admin-port", "--health-port", "--metrics-port"]

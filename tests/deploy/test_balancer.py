@@ -68,7 +68,7 @@ import pytest
 
 from loadtest.report import load_result
 from loadtest.results import LoadTestResult, RequestRecord
-from tests.conftest import free_port
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +24,9 @@ import grpc
 
 from tests.fuzz import corpus
 from tests.fuzz.runner import KNOWN_OPEN_KINDS, check_health, run
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # What the server the fuzzer starts runs with, besides the defaults: per-request chat
@@ -41,7 +36,9 @@ FUZZ_SERVE_FLAGS = ["--allow-request-chat-template", "--upload-rate-grace-s", "2
 
 
 def start_server(extra: list[str]) -> tuple[subprocess.Popen, str, Path, str]:
-    port, health_port = _free_port(), _free_port()
+    # Outside the kernel's ephemeral range: the server binds them only after its engine
+    # started (minutes), and an outgoing connection's local end took one (verify-10d F5).
+    port, health_port = free_port(), free_port()
     log = Path(os.environ.get("NANOVL_FUZZ_LOG", f"/tmp/nanovl-fuzz-server-{port}.log"))
     serve = "import sys; from nanovl.cli import main; sys.exit(main())"
     cmd = [sys.executable, "-c", serve, "serve", "--port", str(port), "--metrics-port", "0"]
@@ -51,11 +48,12 @@ def start_server(extra: list[str]) -> tuple[subprocess.Popen, str, Path, str]:
     return proc, f"127.0.0.1:{port}", log, f"127.0.0.1:{health_port}"
 
 
-async def wait_ready(target: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
+async def wait_ready(target: str, proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"nanovl serve exited with {proc.returncode} before it was ready")
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:]) if log.exists() else ""
+            raise SystemExit(f"nanovl serve exited with {proc.returncode} before it was ready; its log ends:\n{tail}")
         async with grpc.aio.insecure_channel(target) as channel:
             if (await check_health(channel))[0]:
                 return
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"started nanovl serve (pid {proc.pid}) on {target}; log {log}", flush=True)
     try:
         if proc is not None:
-            asyncio.run(wait_ready(target, proc))
+            asyncio.run(wait_ready(target, proc, log))
         report = asyncio.run(
             run(
                 target,
@@ -110,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     finally:
-        if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it may exit meanwhile
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
     ignore = () if args.strict else KNOWN_OPEN_KINDS
     print(report.text(ignore))
     if args.json:

@@ -28,6 +28,7 @@ from profiling.telemetry.metrics import (
     setup_metrics,
 )
 from tests.otlp_receiver import OtlpReceiver
+from tests.ports import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -37,12 +38,6 @@ def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("OTEL_"):
             monkeypatch.delenv(key)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
