@@ -15,6 +15,7 @@ from nanovl.errors import MAX_DETAILS_BYTES, InvalidArgument, NanovlError, bound
 from nanovl.v1 import inference_pb2 as pb
 from service.request_limits import RequestCounter, RequestLimits, field_limits, repeated_fields
 from service.sampling import _FLOATS, FLOAT32_MAX, to_sampling_params
+from tests.fuzz.wire import field_len
 
 VOCAB = 1000
 LIMITS = RequestLimits(max_messages=50, max_parts=80, max_stop_strings=5, max_bad_words=5, max_choices=7)
@@ -326,20 +327,6 @@ def test_an_empty_choice_is_refused_before_the_grammar_check():
         structured_outputs_of(opts)
 
 
-def _ld(field: int, body: bytes) -> bytes:
-    """A length-delimited field (wire type 2) on the wire: tag, varint length, body."""
-
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while n >= 0x80:
-            out.append(n & 0x7F | 0x80)
-            n >>= 7
-        out.append(n)
-        return bytes(out)
-
-    return varint(field << 3 | 2) + varint(len(body)) + body
-
-
 def _paths_to_messages(root, prefix=(), seen=frozenset()):
     """Every chain of message fields from ``root`` (Struct's internals excepted, a map entry
     included): where a hostile encoder can hide bytes inside a nested message."""
@@ -356,7 +343,7 @@ def _paths_to_messages(root, prefix=(), seen=frozenset()):
 
 def _nest(path, inner: bytes) -> bytes:
     for fd in reversed(path):
-        inner = _ld(fd.number, inner)
+        inner = field_len(fd.number, inner)
     return inner
 
 
@@ -394,9 +381,12 @@ def test_the_verify_10d_content_part_is_refused_on_the_wire():
 
     wire = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR)
     with pytest.raises(InvalidArgument, match="group"):
-        wire.check(_ld(2, _ld(1, b"hi") + b"\xc3\x3e\xc4\x3e" + b"\xc0\x3e\x01" * 200_000) + _ld(5, b"\x08\x02"))
+        wire.check(
+            field_len(2, field_len(1, b"hi") + b"\xc3\x3e\xc4\x3e" + b"\xc0\x3e\x01" * 200_000)
+            + field_len(5, b"\x08\x02")
+        )
     with pytest.raises(InvalidArgument, match="unknown or repeated singular fields"):
-        wire.check(_ld(2, _ld(1, b"hi") + b"\xc0\x3e\x01" * 200_000) + _ld(5, b"\x08\x02"))
+        wire.check(field_len(2, field_len(1, b"hi") + b"\xc0\x3e\x01" * 200_000) + field_len(5, b"\x08\x02"))
 
 
 def test_the_wire_walk_refuses_nesting_past_its_depth():
