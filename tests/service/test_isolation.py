@@ -567,7 +567,7 @@ async def test_a_text_request_never_waits_for_the_media_decode_pool(server, grpc
 
     pool = server.inference._decode_pool
     release = threading.Event()
-    blockers = [pool.submit(release.wait, 300) for _ in range(pool._max_workers)]
+    blockers = [pool.submit(release.wait, 300) for _ in range(server.settings.decode_threads)]
     try:
         async with grpc.aio.insecure_channel(grpc_target) as channel:
             stub = pb_grpc.InferenceStub(channel)
