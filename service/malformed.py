@@ -20,7 +20,8 @@ from typing import Any
 
 import grpc
 
-from nanovl.errors import NanovlError
+from nanovl.errors import NanovlError, ResourceExhausted
+from nanovl.units import KiB
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,32 @@ class Malformed:
 # A check of a request's wire bytes before protobuf parses them (on the event loop:
 # grpc.aio deserializes there); raises NanovlError to refuse the request with its status.
 Precheck = Callable[[bytes], None]
+
+# The largest request of a method that has no pre-parse check of its own (a
+# ``service.request_limits.WireCounter``): GetModelInfo and GetBudget take an empty
+# message, reflection a symbol name, the other Profiling requests a few numbers (PlanBudget
+# is given more by the server). Without it such a request could be ``--max-message-bytes``
+# (64 MiB) of unknown fields, parsed by upb on the event loop: verify-10d F3, 4 x 60 MB
+# GetModelInfo stalled health 0.6 s. 64 KiB parses in well under a millisecond.
+SMALL_REQUEST_BYTES = 64 * KiB
+# grpc.health.v1's HealthCheckRequest holds one service name (a few bytes); 4 x 60 MB
+# checks on the plaintext --health-port stalled every probe 2.9 s (verify-10d F3).
+HEALTH_REQUEST_BYTES = 4 * KiB
+HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
+
+
+def size_limit(method: str, limit: int) -> Precheck:
+    """A precheck refusing a request of ``method`` over ``limit`` bytes: RESOURCE_EXHAUSTED,
+    as gRPC answers a message over ``grpc.max_receive_message_length``, naming the limit."""
+
+    def check(data: bytes) -> None:
+        if len(data) > limit:
+            raise ResourceExhausted(
+                f"the {method} request is {len(data)} bytes, over this server's limit of {limit} bytes "
+                "for that method (its requests need a few bytes)"
+            )
+
+    return check
 
 
 def _message_type(deserializer: Callable[[bytes], Any] | None, method: str) -> str:
@@ -158,10 +185,17 @@ def _wrap(
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     """Undecodable request bytes → INVALID_ARGUMENT naming the message type, no traceback.
     ``prechecks``: per method path, a check of the request bytes before they are parsed
-    (``service.request_limits.WireCounter``: element counts)."""
+    (``service.request_limits.WireCounter``: element counts); a method without one is held
+    to ``size_limit`` (``HEALTH_REQUEST_BYTES`` for health, else ``SMALL_REQUEST_BYTES``)."""
 
     def __init__(self, prechecks: Mapping[str, Precheck] | None = None) -> None:
         self._prechecks = dict(prechecks or {})
+
+    def _precheck(self, method: str) -> Precheck:
+        if (check := self._prechecks.get(method)) is None:
+            limit = HEALTH_REQUEST_BYTES if method in HEALTH_METHODS else SMALL_REQUEST_BYTES
+            check = self._prechecks[method] = size_limit(method, limit)
+        return check
 
     async def intercept_service(
         self,
@@ -174,7 +208,7 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         message_type = _message_type(handler.request_deserializer, method)
         replaced: dict[str, Any] = {
-            "request_deserializer": _tolerant(handler.request_deserializer, message_type, self._prechecks.get(method))
+            "request_deserializer": _tolerant(handler.request_deserializer, message_type, self._precheck(method))
         }
         # RpcMethodHandler is a namedtuple: exactly one of the four behaviours is set.
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
@@ -193,4 +227,13 @@ def rejecting_malformed(
     return [MalformedRequestInterceptor(prechecks), *interceptors]
 
 
-__all__ = ["Malformed", "MalformedRequestInterceptor", "Precheck", "rejecting_malformed"]
+__all__ = [
+    "HEALTH_METHODS",
+    "HEALTH_REQUEST_BYTES",
+    "SMALL_REQUEST_BYTES",
+    "Malformed",
+    "MalformedRequestInterceptor",
+    "Precheck",
+    "rejecting_malformed",
+    "size_limit",
+]

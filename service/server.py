@@ -26,7 +26,7 @@ from service.grpc_standard import HealthServicer, enable_reflection
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
 from service.listen import listen
-from service.malformed import Precheck, rejecting_malformed
+from service.malformed import HEALTH_REQUEST_BYTES, Precheck, rejecting_malformed, size_limit
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,26 @@ class NanovlServer:
         self.inference.close()
 
 
-def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+# PlanBudget and RunDummyProfile list media items (up to 1024 a modality, each with its
+# frame indices or times: profiling.request_bounds), more than service.malformed's
+# SMALL_REQUEST_BYTES allows; 1 MiB holds 1024 videos of 40 frame indices each and parses
+# in milliseconds.
+PROFILING_REQUEST_BYTES = 1 << 20
+
+
+def _profiling_prechecks() -> dict[str, Precheck]:
+    """The larger Profiling requests' size limit, by method path (the others: the
+    malformed-request interceptor's ``SMALL_REQUEST_BYTES``)."""
+    name = profiling_pb2.DESCRIPTOR.services_by_name["Profiling"].full_name
+    paths = (f"/{name}/{method}" for method in ("PlanBudget", "RunDummyProfile"))
+    return {path: size_limit(path, PROFILING_REQUEST_BYTES) for path in paths}
+
+
+def server_options(settings: ServerSettings, max_receive_bytes: int | None = None) -> list[tuple[str, int]]:
+    """``max_receive_bytes``: a smaller receive limit than ``--max-message-bytes`` (the
+    health-only port's), so gRPC refuses a larger message before reading it all."""
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", max_receive_bytes or settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", int(settings.reuse_port)),
         # A stream can be silent for long stretches: queued behind max_num_seqs, a long
@@ -253,13 +270,16 @@ def _grpc_server(
     settings: ServerSettings,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
     prechecks: Mapping[str, Precheck] | None = None,
+    max_receive_bytes: int | None = None,
 ) -> grpc.aio.Server:
     """Every gRPC server nanovl builds (inference, admin, health-only port) comes from here:
     undecodable request bytes are refused first, with INVALID_ARGUMENT naming the message
     type and no traceback (``service.malformed``), whatever else the server serves;
-    ``prechecks`` see a method's request bytes before they are parsed."""
+    ``prechecks`` see a method's request bytes before they are parsed (a method without
+    one is held to a small size, ``service.malformed.SMALL_REQUEST_BYTES``)."""
     return grpc.aio.server(
-        interceptors=rejecting_malformed(interceptors or (), prechecks), options=server_options(settings)
+        interceptors=rejecting_malformed(interceptors or (), prechecks),
+        options=server_options(settings, max_receive_bytes),
     )
 
 
@@ -314,9 +334,8 @@ async def build_server(
         metrics=metrics or ServiceMetrics.noop(),
         chat=chat,
     )
-    server = _grpc_server(
-        settings, _interceptors(tracer_provider, token_sets, rules, "inference"), prechecks=inference.prechecks()
-    )
+    prechecks = inference.prechecks() | (_profiling_prechecks() if on_inference_port else {})
+    server = _grpc_server(settings, _interceptors(tracer_provider, token_sets, rules, "inference"), prechecks)
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
     services = [INFERENCE, health.SERVICE_NAME]
     if on_inference_port:
@@ -331,7 +350,9 @@ async def build_server(
         admin_rules: dict[str, frozenset[Role]] = {PROFILING: admin_only}
         if settings.auth.reflection_requires_token:
             admin_rules[REFLECTION_RULE] = admin_only
-        admin = _grpc_server(settings, _interceptors(tracer_provider, token_sets, admin_rules, "admin"))
+        admin = _grpc_server(
+            settings, _interceptors(tracer_provider, token_sets, admin_rules, "admin"), _profiling_prechecks()
+        )
         admin_services = [health.SERVICE_NAME]
         if profiling_servicer is not None:
             profiling_pb2_grpc.add_ProfilingServicer_to_server(profiling_servicer, admin)
@@ -347,7 +368,9 @@ async def build_server(
     if settings.health_port is not None:
         # Kubernetes' gRPC probes speak neither TLS nor metadata; this port says only
         # SERVING / NOT_SERVING, so it needs neither.
-        health_server = _grpc_server(settings)
+        # Plaintext and unauthenticated: gRPC refuses a message over a health check's size
+        # before reading it (verify-10d F3: 4 x 60 MB checks stalled health 2.9 s).
+        health_server = _grpc_server(settings, max_receive_bytes=HEALTH_REQUEST_BYTES)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = listen(health_server, f"{settings.host}:{settings.health_port}", "--health-port")
 

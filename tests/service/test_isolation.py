@@ -555,3 +555,33 @@ async def test_a_drain_that_cuts_calls_says_so(make_server):
                 pass
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "drain grace" in err.value.details() and "retry" in err.value.details(), err.value.details()
+
+
+async def test_a_text_request_never_waits_for_the_media_decode_pool(server, grpc_target):
+    """verify-10d F1b: text-only prompts were assembled in the --decode-threads pool, so 4
+    requests' videos (each within bounds, or refused after a second of decoding) delayed
+    another user's text Generate 7.6 s. With every decode thread held (deterministically,
+    in-process), an image request waits for the pool and a text request does not: it
+    completes while the decode threads are still held and the image request still waits."""
+    import threading
+
+    pool = server.inference._decode_pool
+    release = threading.Event()
+    blockers = [pool.submit(release.wait, 300) for _ in range(server.settings.decode_threads)]
+    try:
+        async with grpc.aio.insecure_channel(grpc_target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            sampling = pb.SamplingOptions(max_tokens=2)
+            image_req = pb.GenerateRequest(parts=[pb.ContentPart(text="describe"), _image(PNG)], sampling=sampling)
+            image_call = asyncio.ensure_future(_collect(stub.Generate(image_req, timeout=240)))
+            # Were it queued behind the held threads, this call would end DEADLINE_EXCEEDED.
+            text_req = pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], sampling=sampling)
+            text = await _collect(stub.Generate(text_req, timeout=120))
+            assert text[-1].HasField("final"), text[-1]
+            assert not any(b.done() for b in blockers), "the decode threads were released before the text answer"
+            assert not image_call.done(), "the image request did not need the decode pool"
+            release.set()
+            image = await image_call
+            assert image[-1].HasField("final"), image[-1]
+    finally:
+        release.set()

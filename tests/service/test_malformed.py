@@ -175,6 +175,31 @@ async def test_valid_requests_still_work(fake_server):
         assert check.status == health_pb2.HealthCheckResponse.SERVING
 
 
+# An unknown field (number 1000, varint 1): 3 bytes a protobuf parser keeps and walks.
+UNKNOWN = b"\xc0\x3e\x01"
+SMALL_RPCS = [r for r in RPCS if r[0].rsplit("/", 1)[-1] not in ("Generate", "StreamGenerate")]
+
+
+@pytest.mark.parametrize("rpc", SMALL_RPCS, ids=[r[0].rsplit("/", 1)[-1] for r in SMALL_RPCS])
+async def test_small_rpcs_refuse_large_requests_before_parsing(fake_server, rpc):
+    """verify-10d F3: 60 MB of unknown fields in a health check, GetModelInfo or Profiling
+    request was parsed by upb on the event loop. A method with no wire walk of its own is
+    held to a few KiB (health) or SMALL_REQUEST_BYTES: RESOURCE_EXHAUSTED naming the limit,
+    as gRPC answers a message over its receive limit; just under it, the request is parsed."""
+    from service.malformed import HEALTH_METHODS, HEALTH_REQUEST_BYTES, SMALL_REQUEST_BYTES
+
+    path, stream_request, stream_response, _ = rpc
+    limit = HEALTH_REQUEST_BYTES if path in HEALTH_METHODS else SMALL_REQUEST_BYTES
+    async with grpc.aio.insecure_channel(fake_server) as channel:
+        over = UNKNOWN * (limit // len(UNKNOWN) + 1)
+        err = await call_raw(channel, path, stream_request, stream_response, [over], timeout=10)
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        assert f"limit of {limit} bytes" in err.details() and path in err.details(), err.details()
+        under = UNKNOWN * (limit // len(UNKNOWN))
+        err = await call_raw(channel, path, stream_request, stream_response, [under], timeout=0.3)
+        assert err is None or err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED, err
+
+
 async def test_the_real_server_rejects_garbage_and_keeps_serving(grpc_target, caplog):
     """End to end on the real server (interceptors as ``build_server`` assembles them)."""
     caplog.set_level(logging.INFO)
@@ -266,3 +291,30 @@ def _factory_line(root) -> int:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "server"
     )
     return call.lineno
+
+
+async def test_the_real_server_bounds_every_request_before_parsing(server):
+    """verify-10d F3 end to end, on every port ``build_server`` opens: a health check over a
+    few KiB is refused (by gRPC's receive limit on the plaintext health-only port, by the
+    interceptor's size limit elsewhere), GetModelInfo over SMALL_REQUEST_BYTES too, and
+    unknown fields or a group inside a content part by the wire walk: none is parsed."""
+    from service.malformed import HEALTH_REQUEST_BYTES, SMALL_REQUEST_BYTES
+
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    check = ("/grpc.health.v1.Health/Check", False, False)
+    for role, (_, target) in server.listening().items():
+        async with grpc.aio.insecure_channel(target) as channel:
+            big_check = UNKNOWN * (HEALTH_REQUEST_BYTES // len(UNKNOWN) + 1)
+            err = await call_raw(channel, *check, [big_check], timeout=10)
+            assert err is not None and err.code() == exhausted, (role, err)
+            assert str(HEALTH_REQUEST_BYTES) in err.details(), (role, err.details())
+            assert await call_raw(channel, *check, [b""], timeout=10) is None, role
+    async with grpc.aio.insecure_channel(server.listening()["inference"][1]) as channel:
+        big_info = UNKNOWN * (SMALL_REQUEST_BYTES // len(UNKNOWN) + 1)
+        err = await call_raw(channel, "/nanovl.v1.Inference/GetModelInfo", False, False, [big_info], timeout=10)
+        assert err is not None and err.code() == exhausted and str(SMALL_REQUEST_BYTES) in err.details(), err
+        for inside in (b"\xc3\x3e\xc4\x3e" + UNKNOWN * 1000, UNKNOWN * 200_000):
+            part = wire.field_len(2, wire.field_len(1, b"hi") + inside)
+            err = await call_raw(channel, "/nanovl.v1.Inference/Generate", False, True, [part], timeout=10)
+            assert err is not None and err.code() == INVALID, err
+            assert "group" in err.details() or "unknown or repeated singular fields" in err.details(), err.details()

@@ -15,6 +15,7 @@ from nanovl.errors import MAX_DETAILS_BYTES, InvalidArgument, NanovlError, bound
 from nanovl.v1 import inference_pb2 as pb
 from service.request_limits import RequestCounter, RequestLimits, field_limits, repeated_fields
 from service.sampling import _FLOATS, FLOAT32_MAX, to_sampling_params
+from tests.fuzz.wire import field_len
 
 VOCAB = 1000
 LIMITS = RequestLimits(max_messages=50, max_parts=80, max_stop_strings=5, max_bad_words=5, max_choices=7)
@@ -324,3 +325,74 @@ def test_an_empty_choice_is_refused_before_the_grammar_check():
     opts.structured_output.choice.SetInParent()
     with pytest.raises(InvalidArgument, match="choice must hold at least one string"):
         structured_outputs_of(opts)
+
+
+def _paths_to_messages(root, prefix=(), seen=frozenset()):
+    """Every chain of message fields from ``root`` (Struct's internals excepted, a map entry
+    included): where a hostile encoder can hide bytes inside a nested message."""
+    from service.request_limits import STRUCT
+
+    for fd in root.fields:
+        sub = fd.message_type
+        if sub is None or sub.full_name == STRUCT or sub.full_name in seen:
+            continue
+        path = (*prefix, fd)
+        yield path
+        yield from _paths_to_messages(sub, path, seen | {root.full_name})
+
+
+def _nest(path, inner: bytes) -> bytes:
+    for fd in reversed(path):
+        inner = field_len(fd.number, inner)
+    return inner
+
+
+@pytest.mark.parametrize("root", ["GenerateRequest", "GenerateChunk"])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_wire_walk_covers_every_nested_message(root, seed):
+    """verify-10d F3: the walk skipped a ContentPart (a Tool, an Image) by its length, so 20M
+    unknown fields or a group inside one were parsed by upb on the event loop and accepted.
+    For every chain of message fields the descriptors allow (seeded extra fields around it),
+    a group inside is refused and unknown fields inside are capped at MAX_UNCOUNTED_FIELDS,
+    reading a bounded number of bytes."""
+    from service.request_limits import MAX_UNCOUNTED_FIELDS, WireCounter
+
+    desc = getattr(pb, root).DESCRIPTOR
+    wire = WireCounter(COUNTER, desc)
+    rng = random.Random(seed)
+    paths = list(_paths_to_messages(desc))
+    assert any(p[-1].message_type.full_name == "nanovl.v1.ContentPart" for p in paths)
+    group = b"\xc3\x3e\xc4\x3e"  # field 1000: start group, end group
+    unknown = b"\xc0\x3e\x01"  # field 1000, varint 1
+    for path in paths:
+        before = unknown * rng.randrange(3)
+        wire.check(_nest(path, before + unknown * 5))  # a few unknown fields: accepted
+        with pytest.raises(InvalidArgument, match="group"):
+            wire.check(_nest(path, before + group + unknown * rng.randrange(100)))
+        data = _Counting(_nest(path, before + unknown * 100_000))
+        with pytest.raises(InvalidArgument, match="unknown or repeated singular fields"):
+            wire.check(data)
+        assert data.reads < 10 * MAX_UNCOUNTED_FIELDS + 100, [fd.name for fd in path]
+
+
+def test_the_verify_10d_content_part_is_refused_on_the_wire():
+    """The tester's bytes, with 200K rather than 20M unknown fields inside the part."""
+    from service.request_limits import WireCounter
+
+    wire = WireCounter(COUNTER, pb.GenerateRequest.DESCRIPTOR)
+    with pytest.raises(InvalidArgument, match="group"):
+        wire.check(
+            field_len(2, field_len(1, b"hi") + b"\xc3\x3e\xc4\x3e" + b"\xc0\x3e\x01" * 200_000)
+            + field_len(5, b"\x08\x02")
+        )
+    with pytest.raises(InvalidArgument, match="unknown or repeated singular fields"):
+        wire.check(field_len(2, field_len(1, b"hi") + b"\xc0\x3e\x01" * 200_000) + field_len(5, b"\x08\x02"))
+
+
+def test_the_wire_walk_refuses_nesting_past_its_depth():
+    """MAX_WIRE_DEPTH is above every chain of message fields of the request types (none is
+    recursive once Struct is skipped by size), so no valid request meets it."""
+    from service.request_limits import MAX_WIRE_DEPTH
+
+    for root in (pb.GenerateRequest.DESCRIPTOR, pb.GenerateChunk.DESCRIPTOR):
+        assert max(len(p) for p in _paths_to_messages(root)) < MAX_WIRE_DEPTH
