@@ -230,13 +230,6 @@ def _peer_of(context: grpc.aio.ServicerContext) -> str:
     return peer
 
 
-def _cut_short(completion: Any) -> bool:
-    """Whether generation ended mid-output: ``max_tokens`` (vLLM finish_reason "length"), a
-    stop string (its ``stop_reason`` is the string) or an abort; not an end-of-sequence or
-    stop token, after which the output is whole."""
-    return completion.finish_reason in ("length", "abort") or isinstance(completion.stop_reason, str)
-
-
 def _deadline_passed(context: grpc.aio.ServicerContext, slack_s: float = DEADLINE_SLACK_S) -> bool:
     """Whether the call's deadline has passed, give or take :data:`DEADLINE_SLACK_S`: the
     client's clock started before ours (its send, our receipt), so a client whose deadline
@@ -799,7 +792,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             token_ids,
                             prompt_ids,
                             finished=output.finished,
-                            cut=output.finished and _cut_short(completion),
                         )
                         delta.text = parsed.text
                         delta.reasoning_text = parsed.reasoning_text

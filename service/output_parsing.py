@@ -361,7 +361,7 @@ class RequestParsing:
     markup: MarkupFilter = field(default_factory=lambda: MarkupFilter(()))
     _calls: dict[int, _PendingCall] = field(default_factory=dict)
     tools_called: bool = False
-    _cut: bool = False  # the stream was cut (max_tokens, a stop string): see feed
+    _cut: bool = False  # the stream ended: calls still open are never returned (see feed)
 
     @property
     def structured_outputs(self) -> StructuredOutputsParams | None:
@@ -390,22 +390,22 @@ class RequestParsing:
         prompt_token_ids: Sequence[int] | None,
         *,
         finished: bool,
-        cut: bool = False,
     ) -> ParsedDelta:
         """Parse one engine delta; tool calls come out once each, when complete: their
-        arguments form a whole JSON object, or (no arguments) a later call or the natural
-        end of the stream follows. A call cut off is never returned: mid-arguments, or, when
-        the stream was ``cut`` (max_tokens, a stop string), any call still open at the cut,
-        wherever its markup ended, even inside the function's name. (vLLM's parsers close
-        such a call when the stream ends, ``get_remaining_unstreamed_args``, so its own
-        parse returns e.g. ``ge({})`` for ``<function=ge`` at max_tokens.)"""
+        arguments form a whole JSON object, or (no arguments) their markup closed or a
+        later call began. A call still open when the stream ends is never returned, however
+        it ended (max_tokens, a stop string, or the model's own end-of-sequence token:
+        verify-14e D1), wherever its markup stopped, even inside the function's name.
+        (vLLM's parsers close such a call when the stream ends,
+        ``get_remaining_unstreamed_args``, so their own parse returns e.g. ``ge({})`` for
+        ``<function=ge`` followed by ``<|im_end|>`` or at max_tokens.)"""
         if self.parser is None:
             return ParsedDelta(text=text)
-        if not (finished and cut):
+        if not finished:
             parsed = self._parse(text, token_ids, prompt_token_ids, finished=finished)
         else:
             # The delta as the output has it, then the end of the stream on its own: what
-            # only the end completes was cut.
+            # only the end completes was left open.
             before = self._parse(text, token_ids, prompt_token_ids, finished=False)
             self._cut = True
             end = self._parse("", (), prompt_token_ids, finished=True)
@@ -455,7 +455,7 @@ class RequestParsing:
             call = self._calls[index]
             if call.done or not call.name:
                 continue
-            if self._cut:  # open when the stream was cut: never returned (see feed)
+            if self._cut:  # open when the stream ended: never returned (see feed)
                 call.done = True
                 continue
             arguments = "".join(call.arguments)

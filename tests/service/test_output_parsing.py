@@ -445,12 +445,12 @@ OUTPUT = (
 )
 
 
-def _stream(parsing, tokenizer, text: str, prompt_ids: list[int], *, cut: bool = False):
-    """Feeds ``text`` a token at a time; ``cut``: the stream ends as max_tokens ends it."""
+def _stream(parsing, tokenizer, text: str, prompt_ids: list[int]):
+    """Feeds ``text`` a token at a time; the stream ends after its last token (however it
+    ended: max_tokens, a stop string, end-of-sequence, the parsing is the same)."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     deltas = [
-        parsing.feed(tokenizer.decode([t]), [t], prompt_ids, finished=i == len(ids) - 1, cut=cut and i == len(ids) - 1)
-        for i, t in enumerate(ids)
+        parsing.feed(tokenizer.decode([t]), [t], prompt_ids, finished=i == len(ids) - 1) for i, t in enumerate(ids)
     ]
     return ids, deltas
 
@@ -496,28 +496,48 @@ def test_a_call_cut_off_anywhere_is_never_returned(v3_parsers, tokenizer):
         req = _validate(
             _chat(_user(), tools=[WEATHER], chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers
         )
-        _, deltas = _stream(req.parsing, tokenizer, text, prompt_ids, cut=True)
+        _, deltas = _stream(req.parsing, tokenizer, text, prompt_ids)
         calls = [(c.name, json.loads(c.arguments)) for d in deltas for c in d.tool_calls]
         closed = text.count("</function>")
         assert calls == full[: len(calls)] and closed <= len(calls) <= text.count("<function="), (text, calls)
         assert req.parsing.tools_called == bool(calls)
 
 
+@pytest.mark.parametrize("body", ["hi <function=get_wea", "<tool_call>\n<function=get_weather>\n<parameter=ci"])
+@pytest.mark.parametrize("eos", ["<|im_end|>", "</s>"])
+def test_a_call_left_open_by_the_models_own_end_is_never_returned(v3_parsers, tokenizer, body, eos):
+    """verify-14e D1: the model ended the output (an end-of-sequence token, finish STOP)
+    inside a call's markup, and ``get_wea({})`` came back as a complete call."""
+    req = _validate(
+        _chat(_user(), tools=[WEATHER], chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers
+    )
+    prompt_ids = tokenizer.encode("<|im_start|>assistant\n<think></think>", add_special_tokens=False)
+    ids = tokenizer.encode(body, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids(eos)]
+    deltas = [
+        # The end-of-sequence token's text is not in the output (skip_special_tokens).
+        req.parsing.feed(
+            "" if i == len(ids) - 1 else tokenizer.decode([t]), [t], prompt_ids, finished=i == len(ids) - 1
+        )
+        for i, t in enumerate(ids)
+    ]
+    assert not [c for d in deltas for c in d.tool_calls]
+    assert not req.parsing.tools_called
+
+
 def test_a_call_without_arguments_is_returned_when_the_output_ends_naturally(v3_parsers, tokenizer):
     clock = pb.Tool(name="get_time", description="the time")
     body = "<tool_call>\n<function=get_time>\n</function>\n</tool_call>"
     prompt_ids = tokenizer.encode("<|im_start|>assistant\n<think></think>", add_special_tokens=False)
-    for cut, expected in ((False, [("get_time", {})]), (True, [("get_time", {})])):
-        req = _validate(
-            _chat(_user(), tools=[clock], chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers
-        )
-        _, deltas = _stream(req.parsing, tokenizer, body, prompt_ids, cut=cut)
-        assert [(c.name, json.loads(c.arguments)) for d in deltas for c in d.tool_calls] == expected
+    req = _validate(
+        _chat(_user(), tools=[clock], chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers
+    )
+    _, deltas = _stream(req.parsing, tokenizer, body, prompt_ids)
+    assert [(c.name, json.loads(c.arguments)) for d in deltas for c in d.tool_calls] == [("get_time", {})]
     # Cut inside its markup: nothing.
     req = _validate(
         _chat(_user(), tools=[clock], chat_template=pb.ChatTemplateOptions(enable_thinking=False)), v3_parsers
     )
-    _, deltas = _stream(req.parsing, tokenizer, "<tool_call>\n<function=get_time>\n", prompt_ids, cut=True)
+    _, deltas = _stream(req.parsing, tokenizer, "<tool_call>\n<function=get_time>\n", prompt_ids)
     assert not [c for d in deltas for c in d.tool_calls]
 
 
@@ -809,11 +829,8 @@ def _deltas(rng: random.Random, tokenizer, ids: list[int]) -> list[tuple[str, li
     return out
 
 
-def _feed_all(parsing, deltas, prompt_ids, *, cut: bool = False):
-    return [
-        parsing.feed(text, ids, prompt_ids, finished=i == len(deltas) - 1, cut=cut and i == len(deltas) - 1)
-        for i, (text, ids) in enumerate(deltas)
-    ]
+def _feed_all(parsing, deltas, prompt_ids):
+    return [parsing.feed(text, ids, prompt_ids, finished=i == len(deltas) - 1) for i, (text, ids) in enumerate(deltas)]
 
 
 def test_tool_call_markup_never_reaches_the_answer_text_however_it_is_spelled(v3_parsers, tokenizer):
@@ -842,7 +859,6 @@ def test_tool_call_markup_never_reaches_the_answer_text_however_it_is_spelled(v3
                 after = rng.choice(["\nDone.", "\n<tool but not a call", " <tool_ca"])
                 ids += _text_ids(tokenizer, after)
         deltas = _deltas(rng, tokenizer, ids)
-        cut = rng.random() < 0.2 and not expected_calls
         runs = {}
         for filtered in (True, False):
             req = _validate(
@@ -851,7 +867,7 @@ def test_tool_call_markup_never_reaches_the_answer_text_however_it_is_spelled(v3
             )
             if not filtered:
                 req.parsing.markup = MarkupFilter(())
-            runs[filtered] = _feed_all(req.parsing, deltas, prompt_ids, cut=cut)
+            runs[filtered] = _feed_all(req.parsing, deltas, prompt_ids)
         text = "".join(d.text for d in runs[True])
         raw = "".join(d.text for d in runs[False])
         assert text == _without_markup(raw), (tokenizer.decode(ids), text, raw)
@@ -944,7 +960,6 @@ def test_without_tools_nothing_generated_is_lost(v3_parsers, tokenizer, choice):
             req.parsing,
             [(tokenizer.decode([t]), [t]) for t in ids],
             _text_ids(tokenizer, opener),
-            cut=rng.random() < 0.3,
         )
         got = ("".join(d.reasoning_text for d in out), "".join(d.text for d in out))
         assert got == _expected_split(tokenizer, ids, thinking), tokenizer.decode(ids)
