@@ -1082,7 +1082,15 @@ def _largest_audio(planner: _Planner, ok: Callable[[AudioItems], bool]) -> Audio
     # Up to the audio whose tokens alone would fill the context.
     hi = ParakeetExtractor.audio_length(planner.hf_config.sound_config, planner.max_model_len + 1) // step + 1
     k = _search_max(1, hi, lambda k: ok(audio_of(k)))
-    return audio_of(k) if k else None
+    best = audio_of(k) if k else None
+    # --exact-mm-sizing: the declared length is the largest the server accepts, also when it
+    # is not a whole number of 10 ms steps (or under one: verify-13b N1, audio=0.005).
+    declared = planner.sized_for.maxima.audio if planner.sized_for is not None else None
+    if declared is not None and (best is None or best.seconds < declared.seconds):
+        exact = AudioItems(1, declared.seconds)
+        if ok(exact):
+            best = exact
+    return best
 
 
 def _validate(request: PlanRequest, *, supports_audio: bool) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from model.token_accounting import ItemTokens, audio_tokens, image_tokens, video_tokens
 from nanovl.errors import NanovlError, OutOfRange, Unavailable
 from nanovl.modalities import MODALITIES, Modality
+from profiling.request_bounds import MIN_AUDIO_S
 from profiling.sizing.budget import AudioItems, ImageItems, PlanRequest, VideoItems, plan_budget
 from profiling.sizing.exact_sizing import EncoderSizing, ExactSizingReport, item_reports, vllm_default_sizing
 from profiling.telemetry.metrics import EncoderBudgetSnapshot
@@ -284,8 +285,8 @@ def largest_items(
     probes: dict[Modality, PlanRequest] = {
         "image": dataclasses.replace(base, image=ImageItems(1)),
         "video": dataclasses.replace(base, video=VideoItems(1, 1, side, side)),
-        # The shortest clip the planner searches from: within any --exact-mm-sizing declaration.
-        "audio": dataclasses.replace(base, audio=AudioItems(1, 0.01)),
+        # One 16 kHz sample: within any --exact-mm-sizing declaration (verify-13b N1).
+        "audio": dataclasses.replace(base, audio=AudioItems(1, MIN_AUDIO_S)),
     }
     out: dict[Modality, LargestItem | None] = {}
     for m in modalities:

@@ -19,7 +19,13 @@ from profiling.sizing.budget import AudioItems, PlanRequest, VideoItems, plan_bu
 from profiling.sizing.live_budget import largest_items, resolve_unsized
 
 MAX_MODEL_LEN = 8192
-SPECS = ["video=8x320x240@2,audio=20", "video=30x640x480@4,audio=0.5", "video=3x224x224@0.25,audio=601"]
+SPECS = [
+    "video=8x320x240@2,audio=20",
+    "video=30x640x480@4,audio=0.5",
+    "video=3x224x224@0.25,audio=601",
+    "video=30x640x480@3,audio=0.005",  # under the planner's 10 ms step (verify-13b N1)
+    "video=8x320x240@2,audio=7.3333",  # between two steps
+]
 
 
 @functools.cache
@@ -68,9 +74,8 @@ def test_largest_items_are_the_declared_ones(spec):
     one_more = dataclasses.replace(video.item, num_frames=video.item.num_frames + 1, frame_indices=None)
     more = video_tokens(g, one_more.num_frames, one_more.width, one_more.height, fps=one_more.fps).encoder_tokens
     assert one_more.num_frames > maxima.video.num_frames or more > declared_video
-    # Audio: the declaration (to the planner's 10 ms), capped by the 600 s media limit.
-    expected = min(maxima.audio.seconds, 600.0)
-    assert expected - 0.01 < audio.item.seconds <= expected
+    # Audio: the declaration, capped by the 600 s media limit.
+    assert audio.item.seconds == min(maxima.audio.seconds, 600.0)
     assert audio.tokens == audio_tokens(g, seconds=audio.item.seconds)
 
 
