@@ -361,7 +361,7 @@ class RequestParsing:
     markup: MarkupFilter = field(default_factory=lambda: MarkupFilter(()))
     _calls: dict[int, _PendingCall] = field(default_factory=dict)
     tools_called: bool = False
-    _cut: bool = False  # the stream ended: calls still open are never returned (see feed)
+    _ended: bool = False  # the stream ended: calls still open are never returned (see feed)
 
     @property
     def structured_outputs(self) -> StructuredOutputsParams | None:
@@ -407,7 +407,7 @@ class RequestParsing:
             # The delta as the output has it, then the end of the stream on its own: what
             # only the end completes was left open.
             before = self._parse(text, token_ids, prompt_token_ids, finished=False)
-            self._cut = True
+            self._ended = True
             end = self._parse("", (), prompt_token_ids, finished=True)
             parsed = ParsedDelta(
                 text=before.text + end.text,
@@ -455,7 +455,7 @@ class RequestParsing:
             call = self._calls[index]
             if call.done or not call.name:
                 continue
-            if self._cut:  # open when the stream ended: never returned (see feed)
+            if self._ended:  # open when the stream ended: never returned (see feed)
                 call.done = True
                 continue
             arguments = "".join(call.arguments)

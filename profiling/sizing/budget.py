@@ -1180,7 +1180,8 @@ def plan_budget(
         int(mm_budget.encoder_cache_size),
         sized_for,
     )
-    if over := planner.media_limit_violations(image, request.video, request.audio):
+    # The media limits were checked by _validate; the declaration needs the config.
+    if sized_for is not None and (over := sized_for.violations(geom, request.video, request.audio)):
         raise InvalidArgument("; ".join(over) + ": the server refuses such items before the engine")
     mix = planner.evaluate(image, request.video, request.audio)
     prompt_tokens = mix.media_prompt_tokens + request.text_tokens
