@@ -15,6 +15,8 @@ from model.tiny import ensure_tiny_checkpoint
 from service.engine import Engine, apply_process_environment, default_engine_args
 from tests.ports import free_port
 
+pytest.register_assert_rewrite("tests.matrix")  # shared checks, detailed failures
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.setdefault("NANOVL_CACHE_DIR", str(REPO / ".cache")))
 apply_process_environment(CACHE)

@@ -1,7 +1,8 @@
 """A fleet: two `nanovl serve` replicas behind HAProxy (``deploy/haproxy/haproxy.cfg`` as
 shipped), driven by the real ``nanovl loadtest`` CLI with mixed text/image/audio traffic over
 h2c. replica1 is also the operator's full process tree, ``nanovl serve --frontend-processes 2
---exact-mm-sizing ... --admin-port``; replica2 is a plain one.
+--exact-mm-sizing ... --admin-port``; replica2 a plain one of the `dynamic` tiny variant, and
+the spare of the `no-audio` one (the V2 variants no other module serves, issue 14's matrix).
 
 - ``nanovl loadtest --target A,B`` straight at both replicas: the load is spread, and the
   report has per-target figures (this run also warms both replicas up);
@@ -19,15 +20,18 @@ h2c. replica1 is also the operator's full process tree, ``nanovl serve --fronten
     requests of many connections spread over both frontends (each one's /metrics counts its
     share), every answer is whole, health is served on both ports;
 
+- replica2 and the spare, straight at each: an image, a video and (where the checkpoint has a
+  sound encoder) audio in one prompt through Generate and StreamGenerate: the same items reach
+  the model, the same greedy answer, the token counts nanovl's accounting computes;
 - (a) SIGTERM replica1 mid-run: readiness turns 503 at once (HAProxy's ``/ready`` check
   takes it out of rotation within ``inter`` x ``fall``), it keeps accepting calls for
   ``--drain-readiness-grace-s`` and both frontends finish those in flight: zero failed
   calls, exit 0, every frontend gone;
-- (b) replica1 replaced by a spare started with the others (a plain replica; a balancer of
-  the same configuration over the new pair, as a Deployment replaces a pod), then kill -9 of replica2
-  mid-run: only calls in flight on it fail (those it had begun answering; HAProxy retries
-  the others elsewhere), with UNAVAILABLE (a stream HAProxy cut when its upstream died
-  carries no status; nanovl's client reports it as UNAVAILABLE, see
+- (b) replica1 replaced by the spare started with the others (a balancer of the same
+  configuration over the new pair, as a Deployment replaces a pod; text and image traffic, which
+  both serve), then kill -9 of replica2 mid-run: only calls in flight on it fail (those it
+  had begun answering; HAProxy retries the others elsewhere), with UNAVAILABLE (a stream
+  HAProxy cut when its upstream died carries no status; nanovl's client reports it as UNAVAILABLE, see
   ``nanovl.client._base._cut_stream_status``), and every call sent after them succeeds
   (HAProxy retries a call whose connection to the dead replica failed on the other one).
   Only the server process is killed, as a supervisor's kill -9 does: its engine core and
@@ -89,19 +93,33 @@ pytestmark = [
 CONCURRENCY = 4  # calls the load tester keeps in flight through the balancer
 # How long after a replica's kill HAProxy may still open a stream on its broken connection.
 BROKEN_CONNECTION_S = 1.0
-SERVE_ARGS = [
-    "--no-warmup",  # the first load test warms both replicas up
-    "--max-model-len",
-    "1024",
-    "--max-num-seqs",
-    "8",
-    "--limit-mm-per-prompt",
-    '{"image": 1, "video": 0, "audio": 1}',
-    "--served-model-name",
-    "nanovl-tiny",
-    "--max-uploads-per-peer",  # as deploy/haproxy/haproxy.cfg says: every client is HAProxy
-    "0",
-]
+
+SERVE_MAX_MODEL_LEN = 1024
+
+
+def serve_args(variant: str, limits: str) -> list[str]:
+    """A plain replica's flags: the embedded tiny ``variant``, ``limits`` as
+    ``--limit-mm-per-prompt``."""
+    return [
+        "--tiny-variant",
+        variant,
+        "--no-warmup",  # the first load test warms both replicas up
+        "--max-model-len",
+        str(SERVE_MAX_MODEL_LEN),
+        "--max-num-seqs",
+        "8",
+        "--limit-mm-per-prompt",
+        limits,
+        "--served-model-name",
+        "nanovl-tiny",
+        "--max-uploads-per-peer",  # as deploy/haproxy/haproxy.cfg says: every client is HAProxy
+        "0",
+    ]
+
+
+# The replicas serve the V2 variants the V3 module does not (issue 14's matrix, engines shared):
+# replica1 `full`, replica2 `dynamic` (dynamic-resolution images), the spare `no-audio`.
+REPLICA2_VARIANT, SPARE_VARIANT = "dynamic", "no-audio"
 # replica1's: --exact-mm-sizing with a declared largest video (8 frames of 320x240 at 2 fps)
 # and audio (5 s); chunked prefill on with a 512-token batch, so that the applied encoder
 # budget differs from vLLM's default.
@@ -166,7 +184,7 @@ class Replica:
     name: str
     cpu: int
     log_dir: Path
-    args: list[str] = field(default_factory=lambda: list(SERVE_ARGS))
+    args: list[str]
     frontends: int = 1  # --frontend-processes: frontend i serves /metrics on metrics_port + i
     admin_port: int | None = None
     port: int = field(default_factory=free_port)
@@ -360,14 +378,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     cpus = os.cpu_count() or 1
     # replica1 is also the operator's full process tree: two frontends over one engine core,
     # with exact encoder sizing and the operator surface (the tests before the scenarios).
-    # replica3, a plain spare, starts beside them rather than after the SIGTERM scenario:
+    # replica3, the spare, starts beside them rather than after the SIGTERM scenario:
     # engine starts are mostly one process importing at a time, so three side by side take
     # far less than two and then one.
     replicas = [
-        Replica("replica1", 0, out, args=list(EXACT_SERVE_ARGS), frontends=2, admin_port=free_port()),
-        Replica("replica2", 1 % cpus, out),
+        Replica("replica1", 0, out, list(EXACT_SERVE_ARGS), frontends=2, admin_port=free_port()),
+        Replica("replica2", 1 % cpus, out, serve_args(REPLICA2_VARIANT, '{"image": 1, "video": 1, "audio": 1}')),
     ]
-    spare = Replica("replica3", 0, out)
+    spare = Replica("replica3", 0, out, serve_args(SPARE_VARIANT, '{"image": 1, "video": 1, "audio": 0}'))
     fleet = None
     try:
         for r in (*replicas, spare):
@@ -570,6 +588,26 @@ def test_two_frontends_share_the_port(fleet: Fleet) -> None:
             assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
+# ---------------------------------------------------------------- the other V2 variants
+# replica2 (`dynamic`) and the spare (`no-audio`), straight at each before the scenarios.
+
+
+@pytest.mark.parametrize("which", ["replica2", "spare"])
+async def test_every_modality_through_both_rpcs_on_the_other_v2_variants(fleet: Fleet, which: str) -> None:
+    """Issue 14's matrix (tests/matrix.py) for V2 ``dynamic`` (replica2) and ``no-audio``
+    (the spare): each modality its checkpoint has, through Generate and StreamGenerate,
+    with the token counts nanovl's accounting computes; audio refused by ``no-audio``."""
+    from model.tiny import ensure_tiny_checkpoint
+    from nanovl.client import AsyncInferenceClient
+    from tests.matrix import check_every_modality_through_both_rpcs
+
+    replica = fleet.replicas[1] if which == "replica2" else fleet.spare
+    assert replica is not None and replica.running()
+    variant = REPLICA2_VARIANT if which == "replica2" else SPARE_VARIANT
+    async with AsyncInferenceClient(replica.target, timeout=300) as client:
+        await check_every_modality_through_both_rpcs(client, ensure_tiny_checkpoint(variant), SERVE_MAX_MODEL_LEN)
+
+
 # ---------------------------------------------------------------- scenarios through HAProxy
 
 
@@ -616,8 +654,11 @@ def test_kill_9_mid_load_fails_only_the_calls_in_flight_on_it(fleet: Fleet) -> N
     a, b = fleet.replicas
     out = fleet.out / "kill9"
     before = b.served_ok()
+    # The new pair's common modalities: the spare (no-audio) has no sound encoder.
     loadtest = _start_loadtest(
-        fleet.balancer.target, out, "--concurrency", str(CONCURRENCY), "--duration", "6", "--warmup", "0"
+        fleet.balancer.target,
+        out,
+        *("--concurrency", str(CONCURRENCY), "--duration", "6", "--warmup", "0", "--mix", "text=0.6,image=0.4"),
     )
     _wait_for("calls in flight on replica2", lambda: b.in_flight() >= 2 and b.served_ok() >= before + 2, 120, 0.1)
     in_flight_at_kill = b.in_flight()

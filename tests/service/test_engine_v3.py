@@ -185,6 +185,15 @@ def _ids(engine: Engine, *texts: str) -> list[int]:
     return [i for t in texts for i in tok.encode(t, add_special_tokens=False)]
 
 
+async def test_every_modality_through_both_rpcs_counts_as_accounted(v3_client):
+    """Issue 14's matrix (tests/matrix.py): a JPEG, an MP4 and, on ``omni-v3``, a WAV in one
+    prompt through Generate and StreamGenerate; ``omni-v3-no-audio`` refuses audio."""
+    from tests.matrix import check_every_modality_through_both_rpcs
+
+    _, path, _, client = v3_client
+    await check_every_modality_through_both_rpcs(client, path, MAX_MODEL_LEN)
+
+
 async def test_model_info_names_the_parsers_and_audio_in_video(v3_client):
     variant, _, _, client = v3_client
     info = await client.get_model_info()

@@ -50,6 +50,15 @@ async def _collect(call):
     return events
 
 
+async def test_every_modality_through_both_rpcs_counts_as_accounted(client, tiny_checkpoint):
+    """Issue 14's matrix on the ``full`` variant (tests/matrix.py; the other variants run
+    the same check on their own engines)."""
+    from tests.conftest import TEST_MAX_MODEL_LEN
+    from tests.matrix import check_every_modality_through_both_rpcs
+
+    await check_every_modality_through_both_rpcs(client, tiny_checkpoint, TEST_MAX_MODEL_LEN)
+
+
 @pytest.mark.parametrize("modality", list(MEDIA))
 @pytest.mark.parametrize("upload", ["unary", "stream"])
 async def test_each_modality_through_both_rpcs(client, modality, upload):
