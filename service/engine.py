@@ -451,7 +451,8 @@ class Engine:
             f"the prompt is {'' if exact else 'at least '}{tokens} tokens{f' ({detail})' if detail else ''}, "
             f"{'' if exact else 'at least '}{over} over this server's max_model_len of {limit} "
             f"(prompts may use at most {limit - 1} tokens); send fewer or smaller media items "
-            "(fewer video frames, shorter audio, smaller images) or shorter text"
+            "(fewer video frames, shorter audio, smaller images) or shorter text (the messages, and "
+            "any tools or documents, which the chat template writes into the prompt)"
         )
 
     def _check_item_tokens(self, modality: str, embeds_per_item: list[int]) -> None:

@@ -1201,15 +1201,22 @@ def _read_audio_stream(
     if container.duration and container.duration > 0:
         _check_duration(container.duration / av.time_base, limits)
     sink = _MonoSink(sr, target_rate, limits)
-    # Planar float at a fixed rate: layout/rate changes mid-stream (chained MP3s)
-    # then arrive normalised; the sink downmixes whatever channel count comes.
-    resampler = av.AudioResampler(format="fltp", rate=sr)
+    # Float at a fixed rate: layout/rate changes mid-stream (chained MP3s) then arrive
+    # normalised; the sink downmixes whatever channel count comes. Packed, not planar:
+    # PyAV's to_ndarray on planar frames of 8 or more channels (7.1, where FFmpeg keeps
+    # extra planes) crashes the process (verify-10e D1); interleaved samples are one plane.
+    resampler = av.AudioResampler(format="flt", rate=sr)
     for frame in container.decode(stream):
         for out in resampler.resample(frame):
-            sink.add(out.to_ndarray().T)
+            sink.add(_interleaved(out))
     for out in resampler.resample(None):
-        sink.add(out.to_ndarray().T)
+        sink.add(_interleaved(out))
     return sink, channels
+
+
+def _interleaved(frame: av.AudioFrame) -> np.ndarray:
+    """A packed float frame as ``[samples, channels]`` float32."""
+    return frame.to_ndarray().reshape(frame.samples, len(frame.layout.channels))
 
 
 def decode_video_audio(

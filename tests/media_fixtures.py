@@ -131,8 +131,9 @@ def encode_audio(data: npt.NDArray[np.float32], sample_rate: int, *, container: 
         resampler = av.AudioResampler(format=stream.codec_context.format, layout=layout, rate=sample_rate)
         frame_size = 960 if codec == "libopus" else 1024
         for start in range(0, data.shape[0], frame_size):
-            chunk = np.ascontiguousarray(data[start : start + frame_size].T)  # planar
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            # Packed: PyAV's planar frames break at 8 channels and more (FFmpeg's extra planes).
+            chunk = np.ascontiguousarray(data[start : start + frame_size]).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout=layout)
             frame.sample_rate = sample_rate
             frame.pts = start
             for resampled in resampler.resample(frame):

@@ -8,6 +8,7 @@ deterministic, so a failure is replayed from its kind and seed alone.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import random
@@ -15,6 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import soundfile
 from grpc_health.v1 import health_pb2
 
 from nanovl.v1 import inference_pb2 as pb
@@ -291,6 +293,23 @@ def media_wav_header(seed: int, rng: random.Random) -> Case:
     )
     req = pb.GenerateRequest(parts=[pb.ContentPart(audio=pb.Audio(encoded=mutate(wav)))], sampling=_sampling())
     return _generate("media.wav_header", seed, req, must_reject=False)
+
+
+def media_audio_layouts(seed: int, rng: random.Random) -> Case:
+    """Valid audio of every channel count a container holds (verify-10e D1: 7.1 and more
+    crashed the decoder), at odd rates, in WAV (some streamed: data size 0, which FFmpeg
+    reads) and FLAC (at most 8 channels); Matroska is in the media tests (its muxer writes
+    a random UID, so its bytes are not deterministic). Accepted, downmixed to mono, or
+    refused with a precise status."""
+    rate = rng.choice([8000, 11025, 16000, 22050, 44100, 48000, 96000])
+    container = rng.choice(["wav", "streamed-wav", "flac"])
+    channels = rng.randint(1, 8 if container == "flac" else 24)
+    wave = mf.waveform(rng.choice([0.05, 0.25, 1.0]), rate, channels, seed=seed % 100)
+    buf = io.BytesIO()
+    soundfile.write(buf, wave, rate, format="FLAC" if container == "flac" else "WAV", subtype="PCM_16")
+    data = mf.with_wav_data_size(buf.getvalue(), 0) if container == "streamed-wav" else buf.getvalue()
+    req = pb.GenerateRequest(parts=[pb.ContentPart(audio=pb.Audio(encoded=data))], sampling=_sampling())
+    return _generate("media.audio_layouts", seed, req, must_reject=False, note=f"{container} {channels}ch {rate} Hz")
 
 
 def media_raw_frames(seed: int, rng: random.Random) -> Case:
@@ -806,6 +825,7 @@ KINDS: dict[str, Callable[[int, random.Random], Case]] = {
     "media.magic_garbage": media_corrupt("media.magic_garbage", _magic_garbage),
     "media.streamed_corrupt": media_streamed_corrupt,
     "media.wav_header": media_wav_header,
+    "media.audio_layouts": media_audio_layouts,
     "media.raw_frames": media_raw_frames,
     "media.pcm": media_pcm,
     "media.video_controls": media_video_controls,

@@ -231,7 +231,10 @@ ERRORS = {
     "too long": (
         _req(pb.ContentPart(text="y" * 2100)),
         grpc.StatusCode.OUT_OF_RANGE,
-        "over this server's max_model_len",
+        # verify-14g L1: 128 tools made a one-line chat too long; the advice names them.
+        "over this server's max_model_len of 2048 (prompts may use at most 2047 tokens); send fewer "
+        "or smaller media items (fewer video frames, shorter audio, smaller images) or shorter text (the "
+        "messages, and any tools or documents",
     ),
     "raw frames size": (
         _req(

@@ -392,7 +392,7 @@ def test_mp3_length_comes_from_its_frames(make) -> None:
 # --------------------------------------------------------------------------- layouts and rates
 
 RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000)
-LAYOUTS = (1, 2, 6)  # mono, stereo, 5.1
+LAYOUTS = (1, 2, 6, 8)  # mono, stereo, 5.1, 7.1
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
@@ -409,6 +409,29 @@ def test_lossless_audio_every_rate_and_layout(fmt: str, channels: int, rate: int
     if rate == SR:  # no resampling: the channel mean of the stored 16-bit samples
         np.testing.assert_allclose(audio.waveform, stored.mean(axis=1), atol=1e-6)
     assert abs(_peak_hz(audio.waveform) - 440) < 4
+
+
+@pytest.mark.parametrize("channels", [7, 8, 12, 16])
+@pytest.mark.parametrize("container", ["streamed-wav", "flac-in-mkv", "pcm-in-mkv"])
+def test_many_channels_through_ffmpeg_are_the_channel_mean(container: str, channels: int) -> None:
+    """verify-10e D1: 7.1 audio (8 channels and more) decoded by FFmpeg crashed the server
+    (PyAV's to_ndarray on planar frames with FFmpeg's extra planes). A streamed WAV (data
+    size 0) and Matroska go through FFmpeg; each is the channel mean of its samples."""
+    wave = mf.waveform(0.5, SR, channels, seed=channels)
+    if container == "streamed-wav":
+        buf = io.BytesIO()
+        soundfile.write(buf, wave, SR, format="WAV", subtype="PCM_16")
+        data = mf.with_wav_data_size(buf.getvalue(), 0)
+        stored = soundfile.read(io.BytesIO(buf.getvalue()), dtype="float32", always_2d=True)[0]
+    else:
+        codec = "flac" if container == "flac-in-mkv" else "pcm_f32le"
+        if codec == "flac" and channels > 8:
+            pytest.skip("FLAC holds at most 8 channels")
+        data = mf.encode_audio(wave, SR, container="matroska", codec=codec)
+        stored = wave if codec == "pcm_f32le" else np.round(wave * 32767) / 32768  # FLAC: 16-bit samples
+    audio = media.decode_audio(data, target_sample_rate=SR)
+    assert (audio.source_channels, audio.source_sample_rate, len(audio.waveform)) == (channels, SR, len(wave))
+    np.testing.assert_allclose(audio.waveform, stored.mean(axis=1), atol=1e-4)
 
 
 @pytest.mark.parametrize(
