@@ -21,9 +21,11 @@ from model.token_accounting import (
     dummy_text_length,
     images_tokens,
     video_tokens,
+    video_with_audio_tokens,
 )
 from nanovl.client import AsyncInferenceClient, InferenceRpcError, Part, Result, Sampling, Started
 from nanovl.client.events import collect_result
+from tests.media_fixtures import make_video_with_audio
 
 IMAGE_SIZE = (500, 300)  # width, height: not a multiple of any patch or tile size
 VIDEO = (12, 320, 240, 8)  # frames, width, height, fps: 1.5 s, of which the server samples 5
@@ -49,7 +51,8 @@ async def check_every_modality_through_both_rpcs(
     client: AsyncInferenceClient, checkpoint: Path, max_model_len: int
 ) -> None:
     """A JPEG, an MP4 and (if the checkpoint has a sound encoder) a stereo 44.1 kHz WAV in
-    one prompt, through Generate and StreamGenerate. Both RPCs give the model the same items
+    one prompt, and then an MKV whose audio track is given to the model
+    (``use_audio_in_video``), through Generate and StreamGenerate. Both RPCs give the model the same items
     and the same greedy answer; what the model received is the media as sent (size, frame
     times, samples at 16 kHz); the prompt's tokens per modality are what nanovl's token
     accounting computes from ``checkpoint`` (vLLM's processor rules: tiles or the dynamic
@@ -93,9 +96,33 @@ async def check_every_modality_through_both_rpcs(
         assert (audio["sample_rate"], audio["source_sample_rate"], audio["source_channels"]) == (16000, AUDIO_RATE, 2)
         assert audio["num_samples"] == audio_num_samples(geom, AUDIO_S)
         assert counts.audio == audio_tokens(geom, num_samples=audio["num_samples"]).prompt_tokens
+        await _check_audio_in_video(client, geom)
         return
     assert counts.audio == 0
     for upload in ("unary", "stream"):
         with pytest.raises(InferenceRpcError) as err:
             await _served(client, ["Hear ", Part.audio(make_wav(1.0, seed=4))], upload)
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "audio" in err.value.details, err.value
+
+
+async def _check_audio_in_video(client: AsyncInferenceClient, geom: ModelGeometry) -> None:
+    """A video's audio track as the model's audio (``use_audio_in_video``): an MKV whose
+    track is 1.5 s of 44.1 kHz stereo PCM, through both RPCs; the track reaches the model as
+    16 kHz mono, counted as vLLM's use_audio_in_video counts it."""
+    frames, width, height = 2 * VIDEO_SAMPLED, 160, 120
+    clip = make_video_with_audio(
+        frames, width, height, audio_seconds=AUDIO_S, sample_rate=AUDIO_RATE, channels=2, container="matroska", seed=5
+    )
+    prompt = [Part.video(clip, num_frames=VIDEO_SAMPLED, use_audio_in_video=True), "What is said?"]
+    (started, result), (started_s, result_s) = [await _served(client, prompt, u) for u in ("unary", "stream")]
+    assert started.media == started_s.media and result.token_ids == result_s.token_ids
+    video = started.media[0].details
+    track = video["audio"]
+    assert (track["sample_rate"], track["num_samples"]) == (16000, audio_num_samples(geom, AUDIO_S))
+    times_ms = [round(t * 1000) for t in video["frame_timestamps_s"]]
+    expected_video, expected_audio = video_with_audio_tokens(
+        geom, VIDEO_SAMPLED, width, height, num_samples=track["num_samples"], fps=1000.0, frame_indices=times_ms
+    )
+    counts = started.prompt_tokens_by_modality
+    assert counts is not None
+    assert (counts.video, counts.audio) == (expected_video.prompt_tokens, expected_audio.prompt_tokens)
