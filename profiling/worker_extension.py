@@ -288,6 +288,17 @@ class NanovlProfilingMixin:
         budget = self.model_runner.mm_budget
         return {} if budget is None else {m: int(n) for m, n in budget.mm_max_toks_per_item.items()}
 
+    def nanovl_logprob_kernel_graphs(self) -> int:
+        """How many graphs vLLM's torch.compile'd logprob-rank kernel
+        (``vllm.v1.sample.ops.logprobs.batched_count_greater_than``) holds in this worker:
+        dynamo's cache entries on its code object. A compile inside an engine step stalls
+        every request, so the warm-up makes it (``service.engine.Engine.warmup``)."""
+        import torch._dynamo.eval_frame as eval_frame
+        from vllm.v1.sample.ops.logprobs import batched_count_greater_than
+
+        code = batched_count_greater_than._torchdynamo_orig_callable.__code__
+        return len(eval_frame._debug_get_cache_entry_list(code))
+
     def nanovl_process_usage(self) -> dict:
         """This worker process's peak resident memory and CPU time so far
         (``getrusage``; children count once they have exited). For ``bench/exact_sizing.py``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import numpy as np
@@ -109,3 +110,25 @@ async def test_more_items_than_the_limit_is_invalid(engine):
     parts = [MediaPart("audio", _audio(0.5, seed=i)) for i in range(3)]
     with pytest.raises(InvalidArgument, match=r"at most 2 .*--limit-mm-per-prompt"):
         await engine.render(assemble_raw(parts))
+
+
+async def test_warm_up_compiles_the_logprob_kernel_before_serving(engine):
+    """verify-10e D2: the first request asking for logprobs made vLLM torch.compile its
+    logprob-rank kernel inside an engine step, stalling every other stream for seconds. The
+    warm-up (before SERVING) compiles it; later requests, at other batch sizes and with
+    prompt logprobs too, add no graph."""
+    from vllm import SamplingParams
+
+    (compiled,) = await engine.llm.collective_rpc("nanovl_logprob_kernel_graphs")
+    # Compiled (by the session engine's warm-up, or at the latest by an earlier test's
+    # logprobs request); what matters for a stall is that nothing compiles later.
+    assert compiled >= 1
+    params = SamplingParams(max_tokens=3, temperature=0.0, logprobs=2, prompt_logprobs=1)
+
+    async def one(text: str) -> None:
+        rendered = await engine.render(assemble_raw([TextPart(text)]))
+        async for _ in engine.generate(rendered, params, request_id=uuid.uuid4().hex):
+            pass
+
+    await asyncio.gather(*(one(f"batch of three, number {i}") for i in range(3)))
+    assert await engine.llm.collective_rpc("nanovl_logprob_kernel_graphs") == [compiled]
