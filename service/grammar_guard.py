@@ -133,9 +133,15 @@ def _compile_in_child(backend: Any, params: Any) -> tuple[str, str]:
         key = get_structured_output_key(params)
         if key[0].name == "CHOICE":  # left unconverted: vLLM's validation refuses it (an empty choice)
             return "unsupported", "a choice xgrammar's validation did not turn into a grammar"
-        backend.compile_grammar(*key)
+        grammar = backend.compile_grammar(*key)
     except Exception as exc:  # not xgrammar's to compile: vLLM's own validation decides
         return "unsupported", f"{type(exc).__name__}: {exc}"[:300]
+    # A grammar that allows no first token (e.g. ``root ::= root``) matches no string: the
+    # engine would end the request with an error after its first step (verify-10e D4).
+    bitmask = backend.allocate_token_bitmask(1)
+    grammar.fill_bitmask(bitmask, 0)
+    if not bool(bitmask.any()) and not grammar.is_terminated():
+        return "empty", ""
     return "ok", ""
 
 
@@ -367,6 +373,11 @@ class GrammarGuard:
                 "the structured-output constraint takes longer to compile than this server's limit of "
                 f"{limits.compile_timeout_s:g} s (--structured-output-compile-timeout-s); "
                 "simplify it (fewer enum values, alternatives or repetitions)"
+            )
+        if kind == "empty":
+            raise InvalidArgument(
+                "the structured-output constraint matches no string: it allows no first token "
+                "(e.g. a grammar rule defined only by itself); fix the grammar, schema or regex"
             )
         if kind == "crashed":
             raise InvalidArgument("the structured-output constraint crashed the grammar compiler; simplify it")

@@ -503,6 +503,35 @@ async def test_a_compile_bomb_is_refused_and_never_stalls_other_users_structured
         assert (await call("after", BENIGN[0]))[0] == grpc.StatusCode.OK
 
 
+@pytest.mark.parametrize(
+    "so",
+    [
+        pb.StructuredOutput(grammar="root ::= root"),
+        pb.StructuredOutput(grammar='root ::= a\na ::= a "x"'),
+        pb.StructuredOutput(json_schema='{"allOf": [{"type": "string"}, {"type": "integer"}]}'),
+    ],
+    ids=["self-rule", "left-recursion-only", "string-and-integer"],
+)
+async def test_a_constraint_that_matches_no_string_is_refused(grpc_target, so):
+    """verify-10e D4: ``root ::= root`` was accepted and the call ended OK with
+    FINISH_REASON_ERROR and vLLM ERROR lines. A constraint that allows no first token is
+    INVALID_ARGUMENT before the engine; the server serves the next one."""
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        req = pb.GenerateRequest(
+            parts=[pb.ContentPart(text="x")], sampling=pb.SamplingOptions(max_tokens=2, structured_output=so)
+        )
+        code, details = await _failure(stub.Generate(req, timeout=120))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+        # (xgrammar itself refuses the contradictory schema: "Unsatisfiable schema".)
+        assert "matches no string" in details or "Unsatisfiable schema" in details, details
+        ok = pb.GenerateRequest(
+            parts=[pb.ContentPart(text="x")],
+            sampling=pb.SamplingOptions(max_tokens=2, structured_output=BENIGN[1]),
+        )
+        assert (await _failure(stub.Generate(ok, timeout=120)))[0] == grpc.StatusCode.OK
+
+
 @pytest.mark.parametrize("seed", range(4))
 async def test_constraints_over_the_size_limits_are_refused_naming_the_flag(grpc_target, seed):
     rng = random.Random(seed)
