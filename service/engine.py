@@ -369,30 +369,29 @@ class Engine:
         return engine
 
     async def warmup(self, on_item: Callable[[str], None] | None = None) -> list[str]:
-        """One short request per enabled modality, text, and text with logprobs; logs each
-        one's time and returns the names warmed up. ``on_item`` hears each name as it starts."""
+        """One short request per enabled modality (and text, with logprobs); logs each one's
+        time and returns the names warmed up. ``on_item`` hears each name as it starts."""
         from vllm import SamplingParams
 
         from model.prompt import MediaPart, TextPart, assemble_raw
 
-        greedy = SamplingParams(max_tokens=2, temperature=0.0)
-        # vLLM's sampler compiles its logprob-rank kernel (torch.compile of
-        # vllm.v1.sample.ops.logprobs.batched_count_greater_than) the first time a request
-        # asks for logprobs: seconds in which the engine steps no request (verify-10e D2:
-        # another client's stream stalled 2.5 s). Compiled here, before SERVING; its batch
-        # dimension is marked unbacked, so one compile serves every batch size.
-        with_logprobs = SamplingParams(max_tokens=2, temperature=0.0, logprobs=1, prompt_logprobs=1)
-        jobs = [("text", assemble_raw([TextPart("warm up")]), greedy)]
-        jobs.append(("logprobs", assemble_raw([TextPart("warm up")]), with_logprobs))
+        params = SamplingParams(max_tokens=2, temperature=0.0)
+        # The text request asks for logprobs: vLLM's sampler compiles its logprob-rank kernel
+        # (torch.compile of vllm.v1.sample.ops.logprobs.batched_count_greater_than) the
+        # first time a request does, seconds in which the engine steps no request
+        # (verify-10e D2: another client's stream stalled 2.5 s). Compiled here, before
+        # SERVING; its batch dimension is marked unbacked, so one compile serves every size.
+        text_params = SamplingParams(max_tokens=2, temperature=0.0, logprobs=1, prompt_logprobs=1)
+        jobs = [("text", assemble_raw([TextPart("warm up")]), text_params)]
         for m, item in warmup_items(self.summary).items():
-            jobs.append((m, assemble_raw([MediaPart(m, item), TextPart("warm up")]), greedy))
+            jobs.append((m, assemble_raw([MediaPart(m, item), TextPart("warm up")]), params))
         done: list[str] = []
-        for name, prompt, params in jobs:
+        for name, prompt, job_params in jobs:
             if on_item is not None:
                 on_item(name)
             t0 = time.perf_counter()
             try:
-                async for _ in self.generate(prompt, params, request_id=f"warmup-{name}-{uuid.uuid4().hex[:8]}"):
+                async for _ in self.generate(prompt, job_params, request_id=f"warmup-{name}-{uuid.uuid4().hex[:8]}"):
                     pass
             except (InvalidArgument, OutOfRange) as exc:
                 # e.g. a max_model_len too small for the worst-case image: serving still works.
