@@ -13,7 +13,7 @@ PORT ?= 50051
 ADMIN_PORT ?= 50052
 SERVE_ARGS ?=
 
-.PHONY: setup system-packages serve test lint test-fast protos bench bench-exact-sizing bench-memory-model fuzz sizing-check clean
+.PHONY: setup system-packages serve test lint test-fast protos bench bench-exact-sizing bench-memory-model bench-decode-isolation fuzz sizing-check clean
 
 .venv/.nanovl-synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -75,6 +75,9 @@ bench: setup  ## the benchmark, ~30 min; BENCH_ARGS="--baseline docs/benchmarks/
 
 bench-exact-sizing: setup  ## vLLM's default vs --exact-mm-sizing: budget, cache, profile memory, start-up (docs/sizing.md)
 	$(RUN) python -m bench.exact_sizing $(BENCH_ARGS)
+
+bench-decode-isolation: setup  ## one media decode in a thread vs in a decode worker process: the isolation's cost
+	$(RUN) python -m bench.decode_isolation $(BENCH_ARGS)
 
 bench-memory-model: setup  ## predicted vs measured encoder memory over a grid (docs/sizing.md)
 	$(RUN) python -m bench.memory_model $(BENCH_ARGS)

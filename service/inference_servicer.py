@@ -31,6 +31,7 @@ from profiling.telemetry import tracing
 from profiling.telemetry.metrics import ServiceMetrics
 from profiling.telemetry.tracing import StageTracer
 from service import media
+from service.decode_workers import DecodeWorkers, lost_worker
 from service.engine import Engine, RenderedPrompt
 from service.grammar_guard import GrammarGuard, GrammarLimits, check_size
 from service.lifecycle import Lifecycle
@@ -46,6 +47,7 @@ from service.request import (
     has_request_template,
     with_payload,
 )
+from service.request_drain import DRAIN_MAX_S, drain_requests
 from service.request_limits import RequestCounter, WireCounter
 from service.settings import ServerSettings
 from service.status import abort_with, status_of
@@ -177,10 +179,6 @@ async def _after_end(iterator: AsyncIterator[pb.GenerateChunk]) -> NanovlError |
     )
 
 
-# How long a rejected StreamGenerate keeps reading what the client is still sending, so the
-# client's half-close lands before the status (see _drain_client), and how much it reads.
-REJECT_DRAIN_S = 1.0
-REJECT_DRAIN_BYTES = 64 * 2**20
 # How long a request stream that ended without End waits for the cancel that usually
 # explains it (grpc.aio delivers the end of the stream and the cancel in either order).
 CLIENT_GONE_WAIT_S = 0.5
@@ -200,26 +198,13 @@ _NO_DRAIN = (DeadlineExceeded, Unavailable, _StreamEnded)
 async def _drain_client(
     iterator: AsyncIterator[pb.GenerateChunk] | None, rest: asyncio.Task[NanovlError | None] | None
 ) -> None:
-    """Reads (and drops) what a rejected client is still sending, until it half-closes,
-    for at most REJECT_DRAIN_S / REJECT_DRAIN_BYTES. grpc.aio clients that are still
-    writing when the status arrives get "Internal error from Core" for their write instead
-    of the server's status; once they have half-closed they get the real one."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + REJECT_DRAIN_S
+    """Reads (and drops) what a rejected client is still sending, so that its half-close,
+    not a write in flight, meets the status (``service.request_drain``)."""
     if rest is not None:  # after End: a task already reads the rest of the stream
-        await asyncio.wait({rest}, timeout=REJECT_DRAIN_S)
+        await asyncio.wait({rest}, timeout=DRAIN_MAX_S)
         return
-    if iterator is None:
-        return
-    drained = 0
-    try:
-        while drained <= REJECT_DRAIN_BYTES and (remaining := deadline - loop.time()) > 0:
-            msg = await asyncio.wait_for(iterator.__anext__(), remaining)
-            drained += msg.ByteSize()
-    except asyncio.CancelledError:
-        raise
-    except BaseException:  # noqa: BLE001 - half-closed, timed out, or the call ended: done
-        return
+    if iterator is not None:
+        await drain_requests(iterator, pb.GenerateChunk.ByteSize)
 
 
 def _peer_of(context: grpc.aio.ServicerContext) -> str:
@@ -261,10 +246,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._tracer = tracer
         self._metrics = metrics
         self._chat = chat
-        # Media decoding only (--decode-threads): a video can hold a thread for seconds within
-        # every bound, so nothing a text-only request needs may queue here (verify-10d F1b:
-        # 4 requests' videos delayed another user's text Generate 7.6 s).
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="nanovl-decode")
+        # Media decoding only, in processes of its own (--decode-processes): a decoder crash
+        # fails one request, not the server (verify-10e D1). A video can hold a worker for
+        # seconds within every bound, so nothing a text-only request needs may queue here
+        # (verify-10d F1b: 4 requests' videos delayed another user's text Generate 7.6 s).
+        self._decode_workers = DecodeWorkers(settings.decode_processes, timeout_s=settings.media_decode_timeout_s)
         # Prompt assembly (the checkpoint's chat template, a rendered template's check): work
         # bounded by request_limits (milliseconds), never behind a media decode.
         self._prompt_pool = ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="nanovl-prompt")
@@ -309,13 +295,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         fork server imports transformers: seconds); the structured-output checker starts
         in the background (it imports vLLM; the first constraints wait for it)."""
         self._grammar = self._engine.grammar_checker()
+        decoders = asyncio.ensure_future(self._decode_workers.start())  # beside the grammar checker's start
         if self._grammar is not None:
             await self._grammar.wait_ready()  # SERVING only once constraints can be checked
         if self._sandbox is not None:
             await asyncio.to_thread(self._sandbox.start)
+        await decoders
 
     def close(self) -> None:
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_workers.close()
         self._prompt_pool.shutdown(wait=False, cancel_futures=True)
         self._validate_pool.shutdown(wait=False, cancel_futures=True)
         if self._sandbox is not None:
@@ -541,19 +529,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         with self._tracer.stage_span(
             tracing.decode_span_name(modality), part_index=index, request_bytes=payload_size(part)
         ) as span:
-            decoded = await self._in_pool(
-                self._decode_pool,
-                functools.partial(
+            try:
+                decoded = await self._decode_workers.run(
                     decode_part,
                     part,
+                    what=f"part {index} ({modality})",
                     default_video_frames=self._settings.default_video_frames,
                     default_video_fps=self._settings.default_video_fps,
                     default_video_max_frames=self._settings.default_video_max_frames,
                     audio_sample_rate=self._engine.summary.audio_sample_rate,
                     limits=self._settings.media_limits,
                     default_use_audio_in_video=self._settings.use_audio_in_video and self._audio_in_video,
-                ),
-            )
+                )
+            except NanovlError as exc:
+                if (reason := lost_worker(exc)) is not None:
+                    self._metrics.add_decoder_lost(modality, reason)
+                raise
             for key, value in decoded.attributes.items():
                 span.set_attribute(f"media.{key}", value)
         t1 = time.perf_counter()

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
 from model.prompt import ROLES, ToolCallTurn, check_template_kwargs, check_text
@@ -364,6 +365,24 @@ def _check_constraint_and_tool_choice(sampling: pb.SamplingOptions, choice: str 
     )
 
 
+def _struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """``chat_template_kwargs`` as the template sees it (JSON values). A Struct holds JSON
+    values only: anything else in its bytes (a protobuf group, an unknown field number) was
+    written by no protobuf encoder, would be dropped on the way to the template, and is
+    refused as groups are everywhere else in the request (verify-10e D5). Checked in C
+    (upb's ``DiscardUnknownFields`` at every depth), not by a walk of up to
+    ``RequestLimits.max_template_kwargs_bytes`` in Python."""
+    clean = struct_pb2.Struct()
+    clean.CopyFrom(struct)
+    clean.DiscardUnknownFields()
+    if clean.ByteSize() != struct.ByteSize():
+        raise InvalidArgument(
+            "chat_template.chat_template_kwargs holds bytes that are not a google.protobuf.Struct "
+            "(a protobuf group or an unknown field number inside it); send JSON values only"
+        )
+    return MessageToDict(clean)
+
+
 def _count_media(
     flat: Sequence[pb.ContentPart], *, payload_expected: bool, audio_in_video: bool
 ) -> dict[Modality, int]:
@@ -437,7 +456,9 @@ def validate(
                 f"{count} {modality} items in one prompt, but this server allows at most {limit} "
                 "(--limit-mm-per-prompt; a video's audio track is an audio item); split the request or send fewer items"
             )
-    kwargs = MessageToDict(chat_template.chat_template_kwargs) if chat_template.HasField("chat_template_kwargs") else {}
+    kwargs = (
+        _struct_to_dict(chat_template.chat_template_kwargs) if chat_template.HasField("chat_template_kwargs") else {}
+    )
     parsing: RequestParsing | None = None
     structured = structured_outputs_of(sampling)
     if messages:

@@ -22,7 +22,13 @@ from profiling.telemetry.metrics import LoadSnapshot, ServiceMetrics
 from profiling.telemetry.tracing import get_tracer, server_interceptors
 from service.auth import TOKEN_ENV, Authenticator, AuthInterceptor, Role, TokenSet, load_token_sets
 from service.engine import Engine
-from service.grpc_standard import HealthServicer, enable_reflection
+from service.grpc_standard import (
+    REFLECTION_V1,
+    REFLECTION_V1ALPHA,
+    HealthServicer,
+    enable_reflection,
+    serve_unimplemented,
+)
 from service.inference_servicer import InferenceServicer
 from service.lifecycle import DRAINING, SERVING, STOPPED, Lifecycle
 from service.listen import listen
@@ -343,6 +349,7 @@ async def build_server(
         services.insert(1, PROFILING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(services, server)  # v1 and v1alpha
+    serve_unimplemented(server, [*services, REFLECTION_V1, REFLECTION_V1ALPHA])
     port = listen(server, f"{settings.host}:{settings.port}", "--port", settings.tls)
 
     admin, admin_port = None, None
@@ -360,6 +367,7 @@ async def build_server(
         # One health servicer, so both ports report the same states.
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, admin)
         enable_reflection(admin_services, admin)
+        serve_unimplemented(admin, [*admin_services, REFLECTION_V1, REFLECTION_V1ALPHA])
         admin_port = listen(admin, f"{settings.admin_host}:{settings.admin_port}", "--admin-port", settings.tls)
     elif profiling_servicer is not None and not on_inference_port:
         log.info("the Profiling service is not served: pass --admin-port to serve it to operators")
@@ -372,6 +380,7 @@ async def build_server(
         # before reading it (verify-10d F3: 4 x 60 MB checks stalled health 2.9 s).
         health_server = _grpc_server(settings, max_receive_bytes=HEALTH_REQUEST_BYTES)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        serve_unimplemented(health_server, [f"{health.SERVICE_NAME} only (reflection is on --port)"])
         health_port = listen(health_server, f"{settings.host}:{settings.health_port}", "--health-port")
 
     nanovl = NanovlServer(

@@ -51,8 +51,10 @@ class ServerSettings:
     max_structured_output_bytes: int = 128 * 1024
     max_structured_output_choices: int = 1000
     structured_output_compile_timeout_s: float = 2.0
-    # Media decoding threads (CPU-bound; never on the event loop).
-    decode_threads: int = 2
+    # Media decoding worker processes (service.decode_workers: a decoder crash fails one
+    # request, not the server) and how long one decode may take before its worker is killed.
+    decode_processes: int = 2
+    media_decode_timeout_s: float = 60.0
     # Frames sampled from an encoded video when the client does not say.
     default_video_frames: int = 8
     # If set, sample at this fps instead when the client sets neither num_frames nor fps.
@@ -104,7 +106,8 @@ class ServerSettings:
             "max_request_bytes",
             "max_concurrent_requests",
             "max_concurrent_uploads",
-            "decode_threads",
+            "decode_processes",
+            "media_decode_timeout_s",
             "upload_idle_timeout_s",
             "upload_timeout_s",
             "upload_rate_grace_s",

@@ -56,6 +56,38 @@ def _render_in_child(conn: Connection, job: TemplateJob, memory_bytes: int, cpu_
         conn.close()
 
 
+# A render stopped at its time limit with less than this share of it in CPU time was
+# starved by load: its message says retry, not only simplify.
+BUSY_CPU_SHARE = 0.1
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds process ``pid`` has used (None: it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, ValueError):
+        return None
+    return times.user + times.system
+
+
+def timed_out(timeout_s: float, cpu_s: float | None) -> DeadlineExceeded:
+    """The error for a render stopped at its ``timeout_s`` (wall clock) after ``cpu_s``
+    seconds of CPU (None: unknown). The limit is wall-clock, so on a saturated machine a
+    harmless template runs out of it too, and a render at the lowest priority starves first
+    (verify-10e): with less than ``BUSY_CPU_SHARE`` of the limit in CPU the message says the
+    server is busy and to retry; the status stays the time limit's."""
+    if cpu_s is not None and cpu_s < timeout_s * BUSY_CPU_SHARE:
+        return DeadlineExceeded(
+            f"the request's chat template did not finish within this server's limit of {timeout_s:g} s "
+            f"(--chat-template-timeout-s) and was stopped, having had only {cpu_s:.2f} s of CPU: the server is "
+            "busy; retry with backoff (a template that loops will fail again: simplify it)"
+        )
+    return DeadlineExceeded(
+        f"the request's chat template ran longer than this server's limit of {timeout_s:g} s "
+        "(--chat-template-timeout-s) and was stopped; simplify the template"
+    )
+
+
 def _in_fork_server() -> bool:
     """Whether this import runs inside multiprocessing's fork server (its ``main`` imports
     the preload modules), not in the server process."""
@@ -157,10 +189,7 @@ class TemplateSandbox:
             sender.close()
             ready = await loop.run_in_executor(None, receiver.poll, self.timeout_s)
             if not ready:
-                raise DeadlineExceeded(
-                    f"the request's chat template ran longer than this server's limit of {self.timeout_s:g} s "
-                    "(--chat-template-timeout-s) and was stopped; simplify the template"
-                )
+                raise timed_out(self.timeout_s, _cpu_seconds(process.pid))
             try:
                 kind, value = receiver.recv()
             except EOFError:

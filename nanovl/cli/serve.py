@@ -148,7 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="a structured-output constraint is first compiled in a separate process; one that takes longer "
         "is refused (RESOURCE_EXHAUSTED) and never reaches the engine, whose grammar threads it would hold",
     )
-    g.add_argument("--decode-threads", type=int, default=d.decode_threads, help="media decoding threads")
+    g.add_argument(
+        "--decode-processes",
+        "--decode-threads",  # its name before decoding moved out of the server process
+        dest="decode_processes",
+        type=int,
+        default=d.decode_processes,
+        help="media decoding worker processes; a decoder that crashes on a request's media fails that request "
+        "(INVALID_ARGUMENT) and its worker is replaced",
+    )
+    g.add_argument(
+        "--media-decode-timeout-s",
+        type=float,
+        default=d.media_decode_timeout_s,
+        help="one media item's decode may take this long; past it the worker is killed and the request gets "
+        "DEADLINE_EXCEEDED (the media limits bound a normal decode far below it)",
+    )
     g.add_argument(
         "--default-video-frames",
         type=int,

@@ -304,6 +304,12 @@ class ServiceMetrics:
         self._bytes_received = meter.create_counter(
             "nanovl.media.received", unit="By", description="Media bytes received, by modality."
         )
+        self._decoder_lost = meter.create_counter(
+            "nanovl.media.decoder.lost",
+            unit="{worker}",
+            description="Decode worker processes lost on a media item, by modality and reason (crash: a signal "
+            "such as SIGSEGV; killed: SIGKILL, most often the OOM killer; timeout: --media-decode-timeout-s).",
+        )
         self._decode_time = meter.create_histogram(
             "nanovl.media.decode.duration",
             unit="s",
@@ -399,6 +405,10 @@ class ServiceMetrics:
     # -- media
     def add_bytes_received(self, modality: str, num_bytes: int) -> None:
         self._bytes_received.add(num_bytes, {"modality": modality})
+
+    def add_decoder_lost(self, modality: str, reason: str) -> None:
+        """A decode worker lost on one item (``service.decode_workers.lost_worker``)."""
+        self._decoder_lost.add(1, {"modality": modality, "reason": reason})
 
     def observe_media_decode(self, modality: str, seconds: float) -> None:
         self._decode_time.record(seconds, {"modality": modality})

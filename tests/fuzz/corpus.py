@@ -66,7 +66,7 @@ class Case:
 
     @property
     def streams(self) -> tuple[bool, bool]:
-        return STREAMING.get(self.method, (False, False))
+        return STREAMING.get(self.method, self.extra.get("streams", (False, False)))
 
 
 # ------------------------------------------------------------------ media corpus (valid)
@@ -805,6 +805,34 @@ def health_port(seed: int, rng: random.Random) -> Case:
     return Case("health.port", seed, HEALTH_CHECK, (msg,), must_reject=False, port="health")
 
 
+def raw_unknown_methods(seed: int, rng: random.Random) -> Case:
+    """A method the port does not serve (a made-up service, a made-up method of a real one,
+    reflection on the health-only port), from a plain grpc.aio streaming client still
+    writing or holding its stream open: UNIMPLEMENTED, never grpc.aio's "Internal error
+    from Core" (verify-10e D3)."""
+    port = rng.choice(["main", "health"])
+    method = rng.choice(
+        [
+            f"/no.such.Service{rng.randrange(1000)}/Method",
+            "/nanovl.v1.Inference/NoSuchMethod",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo" if port == "health" else "/x/y",
+            REFLECTION if port == "health" else "/nanovl.v1.Profiling/NoSuch",
+            "/" + "a" * rng.randrange(1, 2000) + "/b",
+        ]
+    )
+    messages = tuple(rng.randbytes(rng.choice([0, 10, 4000, 60_000])) for _ in range(rng.randrange(1, 6)))
+    return Case(
+        "raw.unknown_methods",
+        seed,
+        method,
+        messages,
+        half_close=rng.random() < 0.5,
+        raw_client=True,
+        port=port,
+        extra={"streams": (True, True)},
+    )
+
+
 def stream_stall(seed: int, rng: random.Random) -> Case:
     """Header and one chunk, then silence: the server's upload idle timeout must end it."""
     msgs = [_image_header(rng), _chunk(0, _png()[:100], False)]
@@ -820,6 +848,7 @@ KINDS: dict[str, Callable[[int, random.Random], Case]] = {
     "raw.stream_after_header": raw_stream_after_header,
     "raw.other_services": raw_other_services,
     "junk.other_services": junk_other_services,
+    "raw.unknown_methods": raw_unknown_methods,
     "media.truncated": media_corrupt("media.truncated", _truncate),
     "media.bitflip": media_corrupt("media.bitflip", _bitflip),
     "media.magic_garbage": media_corrupt("media.magic_garbage", _magic_garbage),

@@ -79,6 +79,7 @@ def test_prometheus_endpoint_shows_recorded_values(served: ServiceMetrics) -> No
     served.add_bytes_received("image", 1000)
     served.add_bytes_received("image", 24)
     served.observe_media_decode("audio", 0.02)
+    served.add_decoder_lost("video", "crash")
     with served.in_flight("Generate"), served.in_flight("Generate"):
         during = scrape(served)
     after = scrape(served)
@@ -110,6 +111,7 @@ def test_prometheus_endpoint_shows_recorded_values(served: ServiceMetrics) -> No
 
     assert sample(after, "nanovl_media_received_bytes_total", modality="image") == 1024
     assert sample(after, "nanovl_media_decode_duration_seconds_count", modality="audio") == 1
+    assert sample(after, "nanovl_media_decoder_lost_total", modality="video", reason="crash") == 1
     assert sample(during, "nanovl_requests_in_flight", rpc="Generate") == 2
     assert sample(after, "nanovl_requests_in_flight", rpc="Generate") == 0
 

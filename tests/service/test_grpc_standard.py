@@ -91,3 +91,69 @@ async def test_health_list_answers_every_service_without_a_traceback(standard_se
         checked = await stub.Check(health_pb2.HealthCheckRequest(service="nanovl.v1.Inference"), timeout=10)
         assert checked.status == health_pb2.HealthCheckResponse.SERVING
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _raw_stream(
+    channel: grpc.aio.Channel, method: str, messages: list[bytes], hold_s: float = 0.0, pause_s: float = 0.0
+):
+    """A raw grpc.aio streaming call whose request iterator writes ``messages``, ``pause_s``
+    apart (then stays open ``hold_s``, as a reflection client waiting for its answer): the
+    status."""
+
+    async def requests():
+        for i, message in enumerate(messages):
+            if i:
+                await asyncio.sleep(pause_s)
+            yield message
+        await asyncio.sleep(hold_s)
+
+    call = channel.stream_stream(method)(requests(), timeout=20)
+    try:
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as err:
+        return err.code(), err.details()
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize("hold_s", [0.0, 0.2])
+async def test_a_method_nobody_serves_is_unimplemented_for_a_client_still_writing(hold_s):
+    """verify-10e D3(a): gRPC's own answer to an unknown method arrives while grpc.aio's
+    client is still writing, and 4-19 in 100 such callers saw INTERNAL "Internal error from
+    Core". With ``serve_unimplemented`` every one sees UNIMPLEMENTED naming the port's
+    services, whether it half-closes at once or keeps the stream open; known methods are
+    unaffected."""
+    from service.grpc_standard import serve_unimplemented
+
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+    enable_reflection([HEALTH], server)
+    serve_unimplemented(server, [HEALTH, "reflection"])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            seen = await asyncio.gather(
+                *(
+                    _raw_stream(channel, method, [b"\x0a\x03abc" * 100] * 3, hold_s)
+                    for method in ("/no.Such/Method", "/grpc.reflection.v2.ServerReflection/ServerReflectionInfo")
+                    for _ in range(50)
+                )
+            )
+            codes = {code for code, _ in seen}
+            assert codes == {grpc.StatusCode.UNIMPLEMENTED}, [s for s in seen if s[0] != grpc.StatusCode.UNIMPLEMENTED]
+            assert all("is not served on this port; it serves grpc.health.v1.Health" in d for _, d in seen), seen[0]
+            # The mechanism, deterministically: the status waits for a write still to come
+            # (gRPC's own answer came before it, however rarely the race shows).
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            code, _ = await _raw_stream(channel, "/no.Such/Method", [b"x", b"y"], hold_s, pause_s=0.5)
+            assert code == grpc.StatusCode.UNIMPLEMENTED and loop.time() - start >= 0.5
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            assert (await check(health_pb2.HealthCheckRequest(), timeout=10)).status == 1
+    finally:
+        await server.stop(0)

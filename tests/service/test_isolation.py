@@ -217,6 +217,34 @@ async def test_a_plain_grpc_client_rejected_while_writing_gets_the_servers_statu
     assert {c for c, _ in outcomes} == {grpc.StatusCode.INVALID_ARGUMENT}, outcomes
 
 
+async def test_a_refused_client_writing_slowly_gets_the_status_after_its_last_write(grpc_target):
+    """verify-10e D3(b): the server read a refused client's stream for 1 s at most, so a
+    client whose writes were slower (a loaded machine, 600 uploads over 30 channels) was
+    still writing when the status came, and 415 of 584 saw "Internal error from Core". The
+    drain now waits while the client keeps sending (each message within 1 s of the last, up
+    to 5 s): a client writing a chunk every 0.4 s for 2.4 s gets the status after its last
+    write."""
+    png = mf.make_png(64, 64)
+    last_write = 0.0
+
+    async def slow_rejected():
+        nonlocal last_write
+        yield _header(_image(), sizes=[len(png)], top_p=1.5).SerializeToString()
+        for i in range(6):
+            await asyncio.sleep(0.4)
+            last_write = time.monotonic()
+            yield _chunk(0, png[i * 10 : i * 10 + 10], False).SerializeToString()
+
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        raw = channel.stream_stream(
+            "/nanovl.v1.Inference/StreamGenerate", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        code, details = await _failure(raw(slow_rejected(), timeout=60))
+        answered = time.monotonic()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in details, details
+    assert answered >= last_write > 0
+
+
 async def test_idle_upload_times_out_with_a_message_naming_the_flag(make_server):
     srv = await make_server(upload_idle_timeout_s=1.0)
 
@@ -586,31 +614,62 @@ async def test_a_drain_that_cuts_calls_says_so(make_server):
         assert "drain grace" in err.value.details() and "retry" in err.value.details(), err.value.details()
 
 
-async def test_a_text_request_never_waits_for_the_media_decode_pool(server, grpc_target):
-    """verify-10d F1b: text-only prompts were assembled in the --decode-threads pool, so 4
-    requests' videos (each within bounds, or refused after a second of decoding) delayed
-    another user's text Generate 7.6 s. With every decode thread held (deterministically,
-    in-process), an image request waits for the pool and a text request does not: it
-    completes while the decode threads are still held and the image request still waits."""
-    import threading
+def _silent_flac(seconds: float, rate: int = 16000) -> bytes:
+    """``seconds`` of silence as FLAC: a few hundred bytes per minute, seconds to decode."""
+    import io
 
-    pool = server.inference._decode_pool
-    release = threading.Event()
-    blockers = [pool.submit(release.wait, 300) for _ in range(server.settings.decode_threads)]
-    try:
-        async with grpc.aio.insecure_channel(grpc_target) as channel:
-            stub = pb_grpc.InferenceStub(channel)
-            sampling = pb.SamplingOptions(max_tokens=2)
-            image_req = pb.GenerateRequest(parts=[pb.ContentPart(text="describe"), _image(PNG)], sampling=sampling)
-            image_call = asyncio.ensure_future(_collect(stub.Generate(image_req, timeout=240)))
-            # Were it queued behind the held threads, this call would end DEADLINE_EXCEEDED.
+    import numpy as np
+    import soundfile
+
+    out = io.BytesIO()
+    soundfile.write(out, np.zeros(int(seconds * rate), dtype=np.int16), rate, format="FLAC", subtype="PCM_16")
+    return out.getvalue()
+
+
+async def test_a_decoder_crash_fails_its_request_only_and_text_never_waits(server, grpc_target):
+    """verify-10e D1's kind end to end: a native decoder crash used to kill the server and
+    every call in flight. Here a decode worker is frozen mid-decode (SIGSTOP) and then
+    crashes (SIGSEGV), as a decoder bug would: the request gets INVALID_ARGUMENT naming the
+    signal and the part, the worker is replaced, and the next media request reaches the
+    model. Workers killed while idle cost no request (the job goes to another).
+
+    And verify-10d F1b: text-only prompts were once assembled in the media decode pool, so
+    4 requests' videos delayed another user's text Generate 7.6 s. With a decode frozen, a
+    text request sent after it completes."""
+    import os
+    import signal
+
+    workers = server.inference._decode_workers
+    crashes = workers.crashes
+    seconds = min(590.0, server.settings.media_limits.max_audio_seconds)  # seconds of decoding
+    audio = pb.ContentPart(audio=pb.Audio(encoded=_silent_flac(seconds)))
+    sampling = pb.SamplingOptions(max_tokens=2)
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        audio_req = pb.GenerateRequest(parts=[pb.ContentPart(text="hear"), audio], sampling=sampling)
+        audio_call = asyncio.ensure_future(_collect(stub.Generate(audio_req, timeout=120)))
+        deadline = time.monotonic() + 60
+        while not (busy := workers.decoding_pids()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        assert busy, "the audio never reached a decode worker"
+        (pid,) = busy
+        os.kill(pid, signal.SIGSTOP)
+        try:
             text_req = pb.GenerateRequest(parts=[pb.ContentPart(text="hi")], sampling=sampling)
-            text = await _collect(stub.Generate(text_req, timeout=120))
-            assert text[-1].HasField("final"), text[-1]
-            assert not any(b.done() for b in blockers), "the decode threads were released before the text answer"
-            assert not image_call.done(), "the image request did not need the decode pool"
-            release.set()
-            image = await image_call
-            assert image[-1].HasField("final"), image[-1]
-    finally:
-        release.set()
+            text = await _collect(stub.Generate(text_req, timeout=60))
+            assert text[-1].HasField("final") and not audio_call.done()
+            os.kill(pid, signal.SIGSEGV)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await audio_call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "part 1 (audio): the decoder crashed on this media (SIGSEGV)" in err.value.details()
+        assert workers.crashes == crashes + 1
+        for idle in set(workers.pids()) - {pid}:
+            os.kill(idle, signal.SIGKILL)
+        image_req = pb.GenerateRequest(parts=[pb.ContentPart(text="describe"), _image(PNG)], sampling=sampling)
+        after = await _collect(stub.Generate(image_req, timeout=120))
+        assert after[0].started.media[0].image.width == 48 and after[-1].HasField("final")
+    assert workers.crashes == crashes + 1
+    assert pid not in workers.pids()

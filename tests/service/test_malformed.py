@@ -317,6 +317,14 @@ async def test_the_real_server_bounds_every_request_before_parsing(server):
             assert err is not None and err.code() == exhausted, (role, err)
             assert str(HEALTH_REQUEST_BYTES) in err.details(), (role, err.details())
             assert await call_raw(channel, *check, [b""], timeout=10) is None, role
+            # A method the port does not serve, its stream left open (a reflection client
+            # waiting): UNIMPLEMENTED naming what the port serves (verify-10e D3).
+            path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo" if role == "health" else "/no.Such/M"
+            err = await call_raw(channel, path, True, True, [b"\x0a\x00"], timeout=10)
+            assert err is not None and err.code() == grpc.StatusCode.UNIMPLEMENTED, (role, err)
+            assert "is not served on this port; it serves" in err.details(), (role, err)
+            assert "grpc.health.v1.Health" in err.details(), (role, err)
+            assert ("reflection is on --port" in err.details()) == (role == "health"), (role, err.details())
     async with grpc.aio.insecure_channel(server.listening()["inference"][1]) as channel:
         big_info = UNKNOWN * (SMALL_REQUEST_BYTES // len(UNKNOWN) + 1)
         err = await call_raw(channel, "/nanovl.v1.Inference/GetModelInfo", False, False, [big_info], timeout=10)

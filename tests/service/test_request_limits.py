@@ -396,3 +396,54 @@ def test_the_wire_walk_refuses_nesting_past_its_depth():
 
     for root in (pb.GenerateRequest.DESCRIPTOR, pb.GenerateChunk.DESCRIPTOR):
         assert max(len(p) for p in _paths_to_messages(root)) < MAX_WIRE_DEPTH
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    value, out = number << 3 | wire_type, b""
+    while value > 0x7F:
+        out += bytes([value & 0x7F | 0x80])
+        value >>= 7
+    return out + bytes([value])
+
+
+def _kwargs_with(inside: bytes, depth: int) -> bytes:
+    """A chat request's wire bytes whose chat_template_kwargs hold ``inside`` ``depth``
+    Structs down: Struct > fields entry > Value > struct_value Struct > ..."""
+    value = field_len(2, b"\x20\x01" + inside)  # entry.value = Value{bool_value: true, ...}
+    for _ in range(depth):
+        value = field_len(2, field_len(5, field_len(1, field_len(1, b"k") + value)))  # Value{struct_value}
+    struct = field_len(1, field_len(1, b"k") + value)  # Struct.fields entry
+    message = field_len(1, b"user") + field_len(2, field_len(1, b"hi"))
+    return field_len(3, message) + field_len(4, field_len(2, struct))  # messages, chat_template.kwargs
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_group_inside_template_kwargs_is_refused_at_every_depth(seed):
+    """verify-10e D5: the wire walk skips the kwargs Struct (it is bounded by size), so a
+    group or an unknown field inside it reached validation; there it is refused as groups
+    are everywhere else, whatever the depth, and clean kwargs at the same depths pass."""
+    from service.output_parsing import OutputParsers
+    from service.request import from_generate_request
+    from tests.conftest import server_settings
+
+    rng = random.Random(seed)
+
+    def validate(data: bytes):
+        return from_generate_request(
+            pb.GenerateRequest.FromString(data),
+            settings=server_settings(),
+            limits={"image": 1},
+            vocab_size=320,
+            parsers=OutputParsers.none(),
+            audio_in_video=False,
+        )
+
+    for depth in rng.sample(range(6), 4):
+        req = validate(_kwargs_with(b"", depth))
+        assert "k" in req.chat_template_kwargs
+        number = rng.randrange(16, 2048)  # a field number Struct and Value do not have
+        group = _tag(number, 3) + _tag(number, 4)
+        unknown = _tag(number, 0) + b"\x01"
+        for inside in (group, unknown, group * rng.randrange(2, 50) + unknown):
+            with pytest.raises(InvalidArgument, match="not a google.protobuf.Struct"):
+                validate(_kwargs_with(inside, depth))

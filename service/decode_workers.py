@@ -1,0 +1,341 @@
+"""Media decoding in worker processes: a decoder that crashes fails one request, not the server.
+
+Decoding runs native code on a client's bytes: FFmpeg through PyAV, libjpeg, libpng,
+libwebp and friends through Pillow, libsndfile. A bug in any of them is a crash of the
+process that called it, and in the server's own process that is every call in flight
+lost (verify-10e D1: an 8.8 KB 7.1 FLAC made PyAV read past a frame's planes, SIGSEGV,
+exit 139). So decodes run in ``--decode-processes`` long-lived worker processes (spawned:
+nothing of the server's gRPC or engine state is inherited), one job at a time each:
+
+- a worker that dies mid-job (SIGSEGV, SIGABRT, SIGBUS, the OOM killer's SIGKILL) fails
+  that job only: INVALID_ARGUMENT naming the signal (RESOURCE_EXHAUSTED for SIGKILL, most
+  often memory), logged with the worker's pid; a new worker replaces it;
+- a job past ``timeout_s`` (a decoder stuck in a loop) has its worker killed and replaced:
+  DEADLINE_EXCEEDED;
+- a client that goes away does not kill the worker (a respawn costs more than finishing a
+  decode the media limits already bound); the worker goes back to the pool when done.
+
+Jobs and results cross a pipe pickled (a ``ContentPart`` in, a ``DecodedPart`` with its
+frames or samples out), in threads of this pool, never on the event loop. Workers exit
+when the server's end of their pipe closes, and with the server on Linux (parent-death
+signal), so none outlives a ``kill -9`` of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar
+
+from nanovl.errors import DeadlineExceeded, InvalidArgument, NanovlError, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long a new worker may take to import the decoders and say it is ready.
+START_TIMEOUT_S = 60.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the thread that spawned it exits (Linux; elsewhere the
+    closed pipe ends the worker at its next read)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _serve(conn: Connection, parent: int, preload: tuple[str, ...]) -> None:
+    """A worker's life: import ``preload``, then answer jobs ``(fn, args, kwargs)`` with
+    ``("ok", result)``, ``("error", NanovlError)`` or ``("bug", traceback)`` until the
+    pipe closes."""
+    _die_with_parent()
+    if os.getppid() != parent:  # the server died before the signal was armed
+        os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    for module in preload:  # before "ready": no job waits for (or times out on) an import
+        importlib.import_module(module)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            fn, args, kwargs = conn.recv()
+            conn.send(("started", None))  # a crash from here on is this job's
+        except (EOFError, OSError):
+            os._exit(0)
+        try:
+            reply: tuple[str, Any] = ("ok", fn(*args, **kwargs))
+        except NanovlError as exc:
+            reply = ("error", exc)
+        except Exception:  # noqa: BLE001 - a bug: the server logs it and answers INTERNAL
+            reply = ("bug", traceback.format_exc())
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            os._exit(0)
+        except Exception:  # noqa: BLE001 - an unpicklable result is a bug too
+            conn.send(("bug", traceback.format_exc()))
+
+
+@dataclass(eq=False)  # by identity: workers live in a set
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    decoding: bool = False  # it took a job and has not answered yet
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.kill()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.process.join(5)
+
+
+def _lost(exc: NanovlError, reason: str) -> NanovlError:
+    exc.decoder_lost = reason  # type: ignore[attr-defined]
+    return exc
+
+
+def lost_worker(exc: BaseException) -> str | None:
+    """Why ``exc`` (from :meth:`DecodeWorkers.run`) cost a worker: "crash" (a signal such
+    as SIGSEGV), "killed" (SIGKILL) or "timeout"; None for any other error."""
+    return getattr(exc, "decoder_lost", None)
+
+
+class _Died(Exception):
+    """The worker's pipe closed mid-job: the process is gone."""
+
+
+class _DiedIdle(Exception):
+    """The worker's pipe closed before it took the job: it was gone already."""
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return signal.Signals(-exitcode).name
+        return f"signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+class DecodeWorkers:
+    """``size`` decode processes. :meth:`run` runs ``fn(*args, **kwargs)`` (picklable: a
+    module-level function and plain or protobuf arguments) in one of them; each worker
+    imports ``preload`` (``fn``'s module) before it takes jobs.
+
+    ``run`` raises what ``fn`` raised if it is a ``NanovlError``; ``InvalidArgument`` /
+    ``ResourceExhausted`` when the worker dies on the job; ``DeadlineExceeded`` past
+    ``timeout_s``; ``RuntimeError`` (INTERNAL) for any other exception in the worker."""
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        timeout_s: float,
+        preload: tuple[str, ...] = ("service.part_decoding",),
+        timeout_flag: str = "--media-decode-timeout-s",
+    ) -> None:
+        if size < 1:
+            raise ValueError("at least one decode process is needed")
+        self.size = size
+        self.timeout_s = timeout_s
+        self._preload = preload
+        self._timeout_flag = timeout_flag
+        self._ctx = mp.get_context("spawn")
+        # Threads that carry jobs to the workers and wait on their pipes (pickling a few
+        # MB of frames holds the GIL; waiting does not).
+        self._threads = ThreadPoolExecutor(size, thread_name_prefix="nanovl-decode")
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self._all: set[_Worker] = set()
+        self._closed = False
+        self._replacing: set[asyncio.Task[None]] = set()
+        self.crashes = 0  # workers lost mid-job since start (tests, logs)
+
+    async def start(self) -> None:
+        """Spawn every worker and wait until each is ready (they import the decoders:
+        about a second each, side by side)."""
+        self._idle = asyncio.Queue()
+        workers = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+        for worker in workers:
+            self._idle.put_nowait(worker)
+
+    def pids(self) -> list[int]:
+        """Every live worker's pid."""
+        return [w.pid for w in self._all if w.pid is not None]
+
+    def decoding_pids(self) -> list[int]:
+        """The pids of workers decoding a job now (for a py-spy dump of a slow decode)."""
+        return [w.pid for w in self._all if w.decoding and w.pid is not None]
+
+    def close(self) -> None:
+        """Kill every worker now (a decode in flight fails)."""
+        self._closed = True
+        for worker in list(self._all):
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+        for worker in list(self._all):
+            worker.process.join(1)  # reaped: no zombie left behind
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any, what: str = "media", **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a worker; ``what`` names the input in errors
+        ("part 2 (video)")."""
+        if self._idle is None:
+            raise RuntimeError("DecodeWorkers.start() was not awaited")
+        while True:
+            worker = await self._idle.get()
+            # Shielded: a caller that goes away leaves the job to finish (or time out) and
+            # the worker to come back to the pool, never lost mid-exchange.
+            job = asyncio.ensure_future(self._exchange(worker, (fn, args, kwargs), what))
+            try:
+                return await asyncio.shield(job)
+            except _DiedIdle:
+                # It died before it took the job (killed while idle: the OOM killer, an
+                # operator): no fault of this job's, which goes to another worker.
+                log.warning(
+                    "decode worker pid %s died while idle (%s); replaced",
+                    worker.pid,
+                    _signal_name(worker.process.exitcode),
+                )
+
+    async def _exchange(self, worker: _Worker, job: tuple[Any, ...], what: str) -> Any:
+        loop = asyncio.get_running_loop()
+        healthy = False
+        try:
+            kind, value = await loop.run_in_executor(self._threads, self._send_and_wait, worker, job)
+            healthy = True
+        except _TimedOut:
+            log.warning(
+                "decode worker pid %s ran past %g s on %s; killed and replaced", worker.pid, self.timeout_s, what
+            )
+            raise _lost(
+                DeadlineExceeded(
+                    f"{what}: decoding ran longer than this server's limit of {self.timeout_s:g} s "
+                    f"({self._timeout_flag}) and was stopped; send shorter or smaller media"
+                ),
+                "timeout",
+            ) from None
+        except _DiedIdle:
+            worker.process.join(5)
+            if self._closed:
+                raise Unavailable("the server is shutting down; retry on another replica") from None
+            raise
+        except _Died:
+            worker.process.join(5)
+            if self._closed:
+                raise Unavailable("the server is shutting down; retry on another replica") from None
+            self.crashes += 1
+            how = _signal_name(worker.process.exitcode)
+            log.warning("decode worker pid %s died (%s) while decoding %s; replaced", worker.pid, how, what)
+            if worker.process.exitcode == -signal.SIGKILL:
+                raise _lost(
+                    ResourceExhausted(
+                        f"{what}: the decoder was killed ({how}, most often the out-of-memory killer) while "
+                        "decoding it; send smaller media, or retry"
+                    ),
+                    "killed",
+                ) from None
+            raise _lost(
+                InvalidArgument(
+                    f"{what}: the decoder crashed on this media ({how}); the file is corrupt or uses a feature "
+                    "this server's decoders cannot handle: re-encode it (e.g. ffmpeg to H.264 MP4, PNG or WAV) "
+                    "and retry"
+                ),
+                "crash",
+            ) from None
+        finally:
+            if healthy:
+                self._release(worker)
+            else:
+                self._lose(worker)
+        if kind == "ok":
+            return value
+        if kind == "error":
+            raise value
+        raise RuntimeError(f"decoding {what} failed in the decode worker:\n{value}")
+
+    def _send_and_wait(self, worker: _Worker, job: tuple[Any, ...]) -> tuple[str, Any]:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            worker.conn.send(job)
+            if not worker.conn.poll(self.timeout_s):
+                raise _TimedOut
+            started, _ = worker.conn.recv()
+            assert started == "started", started
+        except (EOFError, OSError) as exc:  # BrokenPipeError, ConnectionResetError
+            raise _DiedIdle from exc
+        worker.decoding = True
+        try:
+            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise _TimedOut
+            return worker.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _Died from exc
+        finally:
+            worker.decoding = False
+
+    def _lose(self, worker: _Worker) -> None:
+        """Kill ``worker`` (if it still runs) and start its replacement."""
+        self._all.discard(worker)
+        worker.kill()
+        if not self._closed:
+            task = asyncio.ensure_future(self._replace())
+            self._replacing.add(task)  # held: the loop keeps only weak references to tasks
+            task.add_done_callback(self._replacing.discard)
+
+    def _release(self, worker: _Worker) -> None:
+        assert self._idle is not None
+        if self._closed:
+            worker.kill()
+        else:
+            self._idle.put_nowait(worker)
+
+    async def _replace(self) -> None:
+        try:
+            worker = await self._spawn()
+        except Exception:  # noqa: BLE001 - the pool runs one short; say so loudly
+            log.exception("could not start a replacement decode worker")
+            return
+        self._release(worker)
+
+    async def _spawn(self) -> _Worker:
+        receiver, sender = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_serve, args=(sender, os.getpid(), self._preload), name="nanovl-decode", daemon=True
+        )
+        loop = asyncio.get_running_loop()
+        # On this (the main) thread, milliseconds: the parent-death signal fires when the
+        # thread that started a process exits, and an executor's threads come and go.
+        process.start()
+        sender.close()
+        worker = _Worker(process, receiver)
+        ready = await loop.run_in_executor(None, receiver.poll, START_TIMEOUT_S)
+        if not ready:
+            worker.kill()
+            raise RuntimeError(f"a decode worker did not start within {START_TIMEOUT_S:g} s")
+        kind, _ = receiver.recv()
+        assert kind == "ready", kind
+        self._all.add(worker)
+        return worker
+
+
+__all__ = ["DecodeWorkers", "lost_worker"]
