@@ -4,7 +4,8 @@ across a pipe both ways), side by side, interleaved, same bytes.
 
 The difference is the price of a decoder crash failing one request instead of the
 server: the request's bytes copied to the worker and the decoded frames or samples
-copied back. Reported as medians and their ratio per item; written to
+copied back (through shared memory above ``service.decode_workers.OUT_OF_BAND_BYTES``),
+and a pipe's round trip. Reported as medians and their ratio per item; written to
 ``docs/benchmarks/decode_isolation.json``.
 
     uv run --no-sync python -m bench.decode_isolation [--runs 15]
@@ -43,6 +44,17 @@ def _items() -> dict[str, pb.ContentPart]:
     }
 
 
+def _decoded_bytes(item) -> int:
+    """Bytes of what the model receives: arrays' and images' pixels, samples."""
+    if isinstance(item, (tuple, list)):
+        return sum(_decoded_bytes(x) for x in item)
+    if isinstance(item, dict):
+        return sum(_decoded_bytes(x) for x in item.values())
+    if hasattr(item, "getbands"):  # a PIL image
+        return item.width * item.height * len(item.getbands())
+    return int(getattr(item, "nbytes", 0))
+
+
 async def _measure(runs: int) -> list[dict]:
     workers = DecodeWorkers(1, timeout_s=120)
     await workers.start()
@@ -65,7 +77,7 @@ async def _measure(runs: int) -> list[dict]:
                 {
                     "item": name,
                     "request_bytes": part.ByteSize(),
-                    "decoded_bytes": decoded.nbytes,
+                    "decoded_bytes": _decoded_bytes(decoded.part.item),
                     "thread_ms": round(thread_ms, 2),
                     "worker_ms": round(worker_ms, 2),
                     "added_ms": round(worker_ms - thread_ms, 2),
@@ -73,7 +85,7 @@ async def _measure(runs: int) -> list[dict]:
                 }
             )
             print(
-                f"{name:38} {part.ByteSize() / 1e6:7.2f} MB in {decoded.nbytes / 1e6:7.2f} MB out  "
+                f"{name:38} {part.ByteSize() / 1e6:7.2f} MB in {_decoded_bytes(decoded.part.item) / 1e6:7.2f} MB out  "
                 f"thread {thread_ms:8.2f} ms  worker {worker_ms:8.2f} ms  {worker_ms / thread_ms:5.2f}x",
                 flush=True,
             )

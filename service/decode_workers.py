@@ -27,15 +27,20 @@ import asyncio
 import contextlib
 import ctypes
 import importlib
+import io
 import logging
+import mmap
 import multiprocessing as mp
 import os
+import pickle
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
@@ -57,6 +62,89 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# Buffers at least this large (decoded frames, images, samples; a job's media bytes) cross
+# between processes through an anonymous shared-memory file (memfd: one copy into it, none
+# out of it), not through the pipe (pickled: three copies and a syscall per 64 KiB).
+OUT_OF_BAND_BYTES = 1 << 20
+
+
+def _image_from_bytes(mode: str, size: tuple[int, int], info: dict[str, Any], data: Any) -> Any:
+    from PIL import Image
+
+    image = Image.frombytes(mode, size, data)
+    image.info.update(info)
+    return image
+
+
+def _message_from_bytes(cls: type, data: Any) -> Any:
+    return cls.FromString(bytes(data))
+
+
+class _Pickler(pickle.Pickler):
+    """Pickle protocol 5, whose out-of-band buffers numpy arrays use already; decoded PIL
+    images and large protobuf messages (a job's media part) are given theirs here (pickled
+    as usual, their pixels and bytes would be copied into the pickle)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        from google.protobuf.message import Message
+
+        if isinstance(obj, Message) and obj.ByteSize() >= OUT_OF_BAND_BYTES:
+            return _message_from_bytes, (type(obj), pickle.PickleBuffer(obj.SerializeToString()))
+        image = sys.modules.get("PIL.Image")
+        if image is not None and isinstance(obj, image.Image) and obj.width * obj.height >= OUT_OF_BAND_BYTES // 4:
+            return _image_from_bytes, (obj.mode, obj.size, dict(obj.info), pickle.PickleBuffer(obj.tobytes()))
+        return NotImplemented
+
+
+def _send(conn: Connection, obj: Any) -> None:
+    """Send ``obj``: in the pipe, with its large buffers in a memfd passed along (``_recv``)."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes < OUT_OF_BAND_BYTES:
+            return True  # in the pickle
+        buffers.append(buffer)
+        return False
+
+    data = io.BytesIO()
+    _Pickler(data, protocol=5, buffer_callback=out_of_band).dump(obj)
+    if not buffers:
+        conn.send_bytes(b"p" + data.getvalue())
+        return
+    sizes = [b.raw().nbytes for b in buffers]
+    fd = os.memfd_create("nanovl-decode", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, sum(sizes))
+        with mmap.mmap(fd, sum(sizes)) as shared:
+            offset = 0
+            for buffer, size in zip(buffers, sizes, strict=True):
+                shared[offset : offset + size] = buffer.raw()
+                offset += size
+        conn.send_bytes(b"m" + pickle.dumps((sizes, data.getvalue()), protocol=5))
+        reduction.send_handle(conn, fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _recv(conn: Connection) -> Any:
+    """What ``_send`` sent; large buffers stay in the sender's memfd, mapped copy-on-write
+    (numpy arrays read them in place, and may still write to them)."""
+    message = conn.recv_bytes()
+    if message[:1] == b"p":
+        return pickle.loads(memoryview(message)[1:])
+    sizes, data = pickle.loads(memoryview(message)[1:])
+    fd = reduction.recv_handle(conn)
+    try:
+        shared = mmap.mmap(fd, sum(sizes), flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    view, buffers, offset = memoryview(shared), [], 0
+    for size in sizes:
+        buffers.append(view[offset : offset + size])
+        offset += size
+    return pickle.loads(data, buffers=buffers)
+
+
 def _serve(conn: Connection, parent: int, preload: tuple[str, ...]) -> None:
     """A worker's life: import ``preload``, then answer jobs ``(fn, args, kwargs)`` with
     ``("ok", result)``, ``("error", NanovlError)`` or ``("bug", traceback)`` until the
@@ -70,7 +158,7 @@ def _serve(conn: Connection, parent: int, preload: tuple[str, ...]) -> None:
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            fn, args, kwargs = conn.recv()
+            fn, args, kwargs = _recv(conn)
             conn.send(("started", None))  # a crash from here on is this job's
         except (EOFError, OSError):
             os._exit(0)
@@ -81,11 +169,11 @@ def _serve(conn: Connection, parent: int, preload: tuple[str, ...]) -> None:
         except Exception:  # noqa: BLE001 - a bug: the server logs it and answers INTERNAL
             reply = ("bug", traceback.format_exc())
         try:
-            conn.send(reply)
+            _send(conn, reply)
         except (EOFError, OSError):
             os._exit(0)
         except Exception:  # noqa: BLE001 - an unpicklable result is a bug too
-            conn.send(("bug", traceback.format_exc()))
+            _send(conn, ("bug", traceback.format_exc()))
 
 
 @dataclass(eq=False)  # by identity: workers live in a set
@@ -276,7 +364,7 @@ class DecodeWorkers:
     def _send_and_wait(self, worker: _Worker, job: tuple[Any, ...]) -> tuple[str, Any]:
         deadline = time.monotonic() + self.timeout_s
         try:
-            worker.conn.send(job)
+            _send(worker.conn, job)
             if not worker.conn.poll(self.timeout_s):
                 raise _TimedOut
             started, _ = worker.conn.recv()
@@ -287,7 +375,7 @@ class DecodeWorkers:
         try:
             if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
                 raise _TimedOut
-            return worker.conn.recv()
+            return _recv(worker.conn)
         except (EOFError, OSError) as exc:
             raise _Died from exc
         finally:
