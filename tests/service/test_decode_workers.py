@@ -3,12 +3,12 @@ in-process decode gives, and a worker that crashes, is killed or hangs fails its
 only, with a precise status, and is replaced.
 
 No engine: the pool alone, with the real decoder (``service.part_decoding.decode_part``)
-and jobs that crash a worker the way a native decoder bug does (a read of address 0)."""
+and jobs (``tests.service.decode_jobs``) that crash a worker the way a native decoder bug
+does (a read of address 0)."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import subprocess
@@ -25,37 +25,11 @@ from service import media
 from service.decode_workers import DecodeWorkers
 from service.part_decoding import decode_part
 from tests.media_fixtures import make_mp4, make_png, make_wav
+from tests.service.decode_jobs import abort, bug, pid, refuse, segfault, sleep_then
 
-# --------------------------------------------------------------------------- jobs
-# Module-level: a worker imports them by name.
-
-
-def segfault() -> None:
-    ctypes.string_at(0)  # SIGSEGV, as a native decoder reading past a buffer
-
-
-def abort() -> None:
-    os.abort()  # SIGABRT, as a failed assertion in C
-
-
-def sleep_then(seconds: float, value: int) -> int:
-    time.sleep(seconds)
-    return value
-
-
-def refuse(message: str) -> None:
-    raise InvalidArgument(message)
-
-
-def bug() -> None:
-    raise KeyError("a bug in the decoder's Python code")
-
-
-def pid() -> int:
-    return os.getpid()
-
-
-PRELOAD = ("service.part_decoding", __name__)
+# The jobs live in a module of their own that imports next to nothing: each spawn of a
+# worker (the tests kill several) then takes a fraction of a second, not the decoders' import.
+PRELOAD = ("tests.service.decode_jobs",)
 DECODE_KWARGS = {
     "default_video_frames": 4,
     "audio_sample_rate": 16000,
@@ -104,9 +78,11 @@ async def workers():
     pool.close()
 
 
-async def test_decodes_in_a_worker_equal_decodes_in_process(workers):
+async def test_decodes_in_a_worker_equal_decodes_in_process():
     """What the model receives is the same whichever process decoded it: pixels, frame
     times and indices, samples."""
+    workers = DecodeWorkers(1, timeout_s=60)  # the decoders preloaded, as the server's are
+    await workers.start()
     parts = [
         pb.ContentPart(image=pb.Image(data=make_png(97, 61, seed=3))),
         pb.ContentPart(video=pb.Video(encoded=make_mp4(12, 64, 48, fps=8, seed=4), num_frames=5)),
@@ -126,6 +102,7 @@ async def test_decodes_in_a_worker_equal_decodes_in_process(workers):
         arrays = [x for x in _flat(there.part.item) if isinstance(x, np.ndarray)]
         assert all(a.flags.writeable for a in arrays)  # vLLM's processors may write in place
     assert workers.crashes == crashes
+    workers.close()
 
 
 @pytest.mark.parametrize(
