@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 # How long a new worker may take to import the decoders and say it is ready.
 START_TIMEOUT_S = 60.0
+# A replacement that fails to start is retried after this long, doubling up to the second.
+RESPAWN_BACKOFF_S = (0.5, 10.0)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -290,7 +292,14 @@ class DecodeWorkers:
         if self._idle is None:
             raise RuntimeError("DecodeWorkers.start() was not awaited")
         while True:
-            worker = await self._idle.get()
+            try:
+                worker = await asyncio.wait_for(self._idle.get(), self.timeout_s)
+            except TimeoutError:
+                raise ResourceExhausted(
+                    f"{what}: no media decoder was free for {self.timeout_s:g} s (all {self.size} busy or restarting; "
+                    "--decode-processes, --media-decode-timeout-s): the server is overloaded with media; retry "
+                    "with backoff"
+                ) from None
             # Shielded: a caller that goes away leaves the job to finish (or time out) and
             # the worker to come back to the pool, never lost mid-exchange.
             job = asyncio.ensure_future(self._exchange(worker, (fn, args, kwargs), what))
@@ -398,12 +407,20 @@ class DecodeWorkers:
             self._idle.put_nowait(worker)
 
     async def _replace(self) -> None:
-        try:
-            worker = await self._spawn()
-        except Exception:  # noqa: BLE001 - the pool runs one short; say so loudly
-            log.exception("could not start a replacement decode worker")
+        """Start a worker in place of a lost one, retrying with backoff until one starts
+        (or the pool closes): a replacement can die while it starts too (the OOM killer,
+        a respawn storm), and a pool that gave up would drain to nothing (verify-10f E1)."""
+        delay = RESPAWN_BACKOFF_S[0]
+        while not self._closed:
+            try:
+                worker = await self._spawn()
+            except Exception as exc:  # noqa: BLE001 - retried; logged, the pool is short meanwhile
+                log.warning("a replacement decode worker did not start (%s); retrying in %g s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESPAWN_BACKOFF_S[1])
+                continue
+            self._release(worker)
             return
-        self._release(worker)
 
     async def _spawn(self) -> _Worker:
         receiver, sender = self._ctx.Pipe(duplex=True)
@@ -416,12 +433,16 @@ class DecodeWorkers:
         process.start()
         sender.close()
         worker = _Worker(process, receiver)
-        ready = await loop.run_in_executor(None, receiver.poll, START_TIMEOUT_S)
-        if not ready:
-            worker.kill()
-            raise RuntimeError(f"a decode worker did not start within {START_TIMEOUT_S:g} s")
-        kind, _ = receiver.recv()
-        assert kind == "ready", kind
+        try:
+            if not await loop.run_in_executor(None, receiver.poll, START_TIMEOUT_S):
+                raise RuntimeError(f"it did not say it was ready within {START_TIMEOUT_S:g} s")
+            kind, _ = receiver.recv()  # EOFError: it died while starting
+            assert kind == "ready", kind
+        except BaseException as exc:
+            await loop.run_in_executor(None, worker.kill)  # and reaped: no zombie
+            if isinstance(exc, EOFError):
+                raise RuntimeError(f"it died while starting ({_signal_name(process.exitcode)})") from None
+            raise
         self._all.add(worker)
         return worker
 

@@ -41,6 +41,7 @@ SERVER_TIME_LIMITS = (
     "--upload-timeout-s",
     "--min-upload-bytes-per-s",
     "--chat-template-timeout-s",
+    "--media-decode-timeout-s",
 )
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
 REFERENCE = pb.GenerateRequest(

@@ -9,6 +9,7 @@ does (a read of address 0)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -151,6 +152,59 @@ async def test_a_worker_killed_mid_job_is_resource_exhausted():
         assert pool.crashes == 1
     finally:
         pool.close()
+
+
+async def test_replacements_killed_while_they_start_are_retried_until_one_starts():
+    """verify-10f E1: a replacement that died while starting was never retried, so two such
+    losses left the pool empty for good and every media request hung. Here every new worker
+    is SIGKILLed as soon as it appears, three times over; the pool keeps starting new ones
+    (with backoff) and the waiting job is served by the fourth."""
+    pool = DecodeWorkers(1, timeout_s=60, preload=PRELOAD)
+    await pool.start()
+    me = psutil.Process()
+    try:
+        (first,) = pool.pids()
+        os.kill(first, signal.SIGKILL)
+        seen, killed = {first} | {c.pid for c in me.children()}, []  # other pools' workers are not ours
+        job = asyncio.ensure_future(pool.run(sleep_then, 0, 11))
+        deadline = time.monotonic() + 60
+        while len(killed) < 3 and time.monotonic() < deadline:
+            for child in me.children():
+                if child.pid not in seen:
+                    seen.add(child.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGKILL)
+                        killed.append(child.pid)
+            await asyncio.sleep(0.005)
+        assert len(killed) == 3, killed
+        assert await job == 11
+        assert len(pool.pids()) == 1 and pool.pids()[0] not in seen
+        # Every dead one reaped: no zombie children left behind.
+        zombies = [c.pid for c in me.children() if c.pid in seen and _status(c) == psutil.STATUS_ZOMBIE]
+        assert not zombies, zombies
+    finally:
+        pool.close()
+
+
+async def test_waiting_for_a_busy_pool_is_bounded():
+    pool = DecodeWorkers(1, timeout_s=1.0, preload=PRELOAD)
+    await pool.start()
+    try:
+        busy = asyncio.ensure_future(pool.run(sleep_then, 30, 0))
+        await asyncio.sleep(0.1)
+        with pytest.raises(ResourceExhausted, match=r"part 2 \(image\): no media decoder was free for 1 s"):
+            await pool.run(sleep_then, 0, 1, what="part 2 (image)")
+        with pytest.raises(DeadlineExceeded):
+            await busy
+    finally:
+        pool.close()
+
+
+def _status(process: psutil.Process) -> str:
+    try:
+        return process.status()
+    except psutil.NoSuchProcess:
+        return "gone"
 
 
 async def test_a_decode_past_the_timeout_is_stopped():
