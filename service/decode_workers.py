@@ -50,6 +50,7 @@ from nanovl.errors import DeadlineExceeded, InvalidArgument, NanovlError, Resour
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+PROCESS_TITLE = "nanovl::DecodeWorker"
 # How long a new worker may take to import the decoders and say it is ready.
 START_TIMEOUT_S = 60.0
 # A replacement that fails to start is retried after this long, doubling up to the second.
@@ -155,6 +156,12 @@ def _serve(conn: Connection, parent: int, preload: tuple[str, ...]) -> None:
     if os.getppid() != parent:  # the server died before the signal was armed
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    with contextlib.suppress(ImportError):  # vLLM's dependency; titles its own processes the same way
+        import setproctitle
+
+        # Told apart from vLLM's spawned engine core in `ps` and by the profilers'
+        # process walk (profiling.sizing.live_budget), which would take it for one.
+        setproctitle.setproctitle(PROCESS_TITLE)
     for module in preload:  # before "ready": no job waits for (or times out on) an import
         importlib.import_module(module)
     conn.send(("ready", os.getpid()))

@@ -220,6 +220,8 @@ def _role_of(proc: Any, depth: int) -> ProcessRole | None:
         title = " ".join(proc.cmdline()) or proc.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
+    if "DecodeWorker" in title:  # nanovl's media decoders (service.decode_workers), not vLLM's
+        return None
     if "EngineCore" in title:
         return "engine_core"
     if "Worker" in title and "VLLM" in title:
