@@ -161,18 +161,20 @@ class BenchResult:
         return None
 
 
-def _level_json(level: LevelResult) -> dict[str, Any]:
+def _level_json(level: LevelResult, *, with_requests: bool) -> dict[str, Any]:
     def stats(g: GroupStats) -> dict[str, Any]:
         return dataclasses.asdict(g)
 
-    return {
+    out = {
         "window_s": level.window_s,
         "overall": stats(level.overall),
         "by_kind": [stats(g) for g in level.by_kind],
         "client": dataclasses.asdict(level.client),
-        # Per request, without the per-token ITL samples (large; summarised above).
-        "requests": [{k: v for k, v in dataclasses.asdict(r).items() if k != "itl_s"} for r in level.requests],
     }
+    if with_requests:
+        # Per request, without the per-token ITL samples (large; summarised above).
+        out["requests"] = [{k: v for k, v in dataclasses.asdict(r).items() if k != "itl_s"} for r in level.requests]
+    return out
 
 
 def to_json(result: BenchResult) -> dict[str, Any]:
@@ -198,7 +200,10 @@ def to_json(result: BenchResult) -> dict[str, Any]:
                 "pass_index": p.pass_index,
                 "chosen": p.chosen,
                 "cpu": dataclasses.asdict(p.cpu) if p.cpu is not None else None,
-                "level": _level_json(p.level) if p.level is not None else None,
+                # Per-request records for the chosen pass only: every pass's would make the
+                # committed file several MB (the others' summaries stay; all of it is in the
+                # run's pickle under .cache/bench).
+                "level": _level_json(p.level, with_requests=p.chosen) if p.level is not None else None,
             }
             for p in s.points
         ]
