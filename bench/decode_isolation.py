@@ -1,6 +1,6 @@
 """What decoding in worker processes costs: one media item decoded in a thread of this
-process (as nanovl did before ``service.decode_workers``) vs in a decode worker (pickled
-across a pipe both ways), side by side, interleaved, same bytes.
+process (as nanovl did before ``service.decode_workers``) vs in a decode worker, side by
+side, interleaved, same bytes.
 
 The difference is the price of a decoder crash failing one request instead of the
 server: the request's bytes copied to the worker and the decoded frames or samples

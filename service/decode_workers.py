@@ -15,8 +15,9 @@ nothing of the server's gRPC or engine state is inherited), one job at a time ea
 - a client that goes away does not kill the worker (a respawn costs more than finishing a
   decode the media limits already bound); the worker goes back to the pool when done.
 
-Jobs and results cross a pipe pickled (a ``ContentPart`` in, a ``DecodedPart`` with its
-frames or samples out), in threads of this pool, never on the event loop. Workers exit
+Jobs and results cross a socket pair pickled (a ``ContentPart`` in, a ``DecodedPart`` with
+its frames or samples out; buffers of ``OUT_OF_BAND_BYTES`` and more in a memfd passed
+along), in threads of this pool, never on the event loop. Workers exit
 when the server's end of their pipe closes, and with the server on Linux (parent-death
 signal), so none outlives a ``kill -9`` of the server.
 """
@@ -338,15 +339,11 @@ class DecodeWorkers:
                 ),
                 "timeout",
             ) from None
-        except _DiedIdle:
-            worker.process.join(5)
+        except (_DiedIdle, _Died) as exc:
             if self._closed:
                 raise Unavailable("the server is shutting down; retry on another replica") from None
-            raise
-        except _Died:
-            worker.process.join(5)
-            if self._closed:
-                raise Unavailable("the server is shutting down; retry on another replica") from None
+            if isinstance(exc, _DiedIdle):
+                raise
             self.crashes += 1
             how = _signal_name(worker.process.exitcode)
             log.warning("decode worker pid %s died (%s) while decoding %s; replaced", worker.pid, how, what)
@@ -386,6 +383,7 @@ class DecodeWorkers:
             started, _ = worker.conn.recv()
             assert started == "started", started
         except (EOFError, OSError) as exc:  # BrokenPipeError, ConnectionResetError
+            worker.process.join(5)  # here, not on the event loop: its exit status names the signal
             raise _DiedIdle from exc
         worker.decoding = True
         try:
@@ -393,30 +391,36 @@ class DecodeWorkers:
                 raise _TimedOut
             return _recv(worker.conn)
         except (EOFError, OSError) as exc:
+            worker.process.join(5)
             raise _Died from exc
         finally:
             worker.decoding = False
 
     def _lose(self, worker: _Worker) -> None:
-        """Kill ``worker`` (if it still runs) and start its replacement."""
+        """Kill ``worker`` (if it still runs) and start its replacement, which reaps it
+        first (off the event loop)."""
         self._all.discard(worker)
-        worker.kill()
+        with contextlib.suppress(Exception):
+            worker.process.kill()
         if not self._closed:
-            task = asyncio.ensure_future(self._replace())
+            task = asyncio.ensure_future(self._replace(worker))
             self._replacing.add(task)  # held: the loop keeps only weak references to tasks
             task.add_done_callback(self._replacing.discard)
 
     def _release(self, worker: _Worker) -> None:
         assert self._idle is not None
         if self._closed:
-            worker.kill()
+            with contextlib.suppress(Exception):
+                worker.process.kill()  # close() reaps it
         else:
             self._idle.put_nowait(worker)
 
-    async def _replace(self) -> None:
-        """Start a worker in place of a lost one, retrying with backoff until one starts
-        (or the pool closes): a replacement can die while it starts too (the OOM killer,
-        a respawn storm), and a pool that gave up would drain to nothing (verify-10f E1)."""
+    async def _replace(self, lost: _Worker) -> None:
+        """Reap ``lost`` and start a worker in its place, retrying with backoff until one
+        starts (or the pool closes): a replacement can die while it starts too (the OOM
+        killer, a respawn storm), and a pool that gave up would drain to nothing
+        (verify-10f E1)."""
+        await asyncio.get_running_loop().run_in_executor(None, lost.kill)
         delay = RESPAWN_BACKOFF_S[0]
         while not self._closed:
             try:
