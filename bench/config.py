@@ -65,14 +65,35 @@ class SideSpec:
         """A frontend nanovl is compared with (vLLM's servers), not nanovl or no frontend."""
         return self.kind in PEER_KINDS
 
+    @property
+    def frontend_processes(self) -> int:
+        """``N`` of a nanovl side's ``--frontend-processes N`` (1 without it)."""
+        flags = list(self.extra_flags)
+        value = "1"
+        for i, flag in enumerate(flags):
+            if flag == "--frontend-processes" and i + 1 < len(flags):
+                value = flags[i + 1]
+            elif flag.startswith("--frontend-processes="):
+                value = flag.partition("=")[2]
+        return int(value) if value.isdigit() else 1  # a bad value: the server refuses it
+
+    @property
+    def connections(self) -> int:
+        """Channels the load tester opens to this side: 1, or 4 per frontend process when
+        there are several. They share one port (SO_REUSEPORT) and the kernel deals them
+        connections, never the calls of one, so one channel would keep all but one process
+        idle; with 4 N connections every process gets some except with probability at
+        most N (1 - 1/N)^(4N) (1/128 for N = 2)."""
+        n = self.frontend_processes
+        return 1 if n <= 1 else 4 * n
+
 
 BUILTIN_SIDES: Mapping[Side, SideSpec] = {
     s.id: s
     for s in (
         SideSpec("inprocess", "inprocess", "(a) AsyncLLM in-process"),
         SideSpec("nanovl", "nanovl", "(b) nanovl gRPC"),
-        # The hook for `nanovl serve --frontend-processes N` (issue 16): skipped, with the
-        # reason recorded, while nanovl serve does not know the flag.
+        # `nanovl serve --frontend-processes 2` (issue 16), driven over 8 connections.
         SideSpec("nanovl-x2", "nanovl", "(b2) nanovl gRPC, 2 frontend processes", ("--frontend-processes", "2")),
         SideSpec("vllm-http", "vllm-http", "(c) vLLM OpenAI HTTP"),
         # Token ids in, no raw media: text only.

@@ -37,6 +37,8 @@ class CpuUsage:
     # Frontend processes that were busy (>= 1 % of a core over the window): the server
     # process and any non-engine descendant doing real work (several frontends).
     frontend_processes: int = 1
+    # The busiest frontend process alone: how close one process came to a whole core.
+    busiest_frontend_s: float = 0.0
 
     @property
     def other_cores(self) -> float:
@@ -120,6 +122,7 @@ class CpuMeter:
         window = time.perf_counter() - t0
         engine = frontend = 0.0
         busy_frontends = 0
+        busiest = 0.0
         for pid, (cpu, is_engine) in tree1.items():
             delta = cpu - tree0.get(pid, (0.0, is_engine))[0]
             if is_engine:
@@ -127,6 +130,7 @@ class CpuMeter:
             else:
                 frontend += delta
                 busy_frontends += delta >= 0.01 * window
+                busiest = max(busiest, delta)
         client = (_cpu_s(self._client) - client0) if self._client is not None else 0.0
         busy = _busy_s() - busy0
         self.usage = CpuUsage(
@@ -136,6 +140,7 @@ class CpuMeter:
             client_s=client,
             other_s=max(0.0, busy - frontend - engine - client),
             frontend_processes=max(1, busy_frontends),
+            busiest_frontend_s=busiest,
         )
         return self.usage
 

@@ -154,5 +154,7 @@ def build_profile_points(config: BenchConfig) -> tuple[Point, ...]:
     )
 
 
-def with_target(point: Point, target: str) -> LoadTestConfig:
-    return replace(point.config, target=target)
+def with_target(point: Point, target: str, connections: int = 1) -> LoadTestConfig:
+    """The point's load test against ``target`` over ``connections`` channels, with the
+    warm-up count it was planned with (the prompts are the ones every side gets)."""
+    return replace(point.config, target=target, connections=connections, warmup_requests=point.config.warmup_count)

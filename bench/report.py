@@ -14,7 +14,14 @@ from bench.config import WORKLOADS
 from bench.passes import spread
 from bench.plan import WARMUP_CONCURRENCY
 from bench.plots import plot_bench
-from bench.report_sections import before_after, profiles_section, repo_relative, targets_section, upload_section
+from bench.report_sections import (
+    before_after,
+    profiles_section,
+    repo_relative,
+    scaling_section,
+    targets_section,
+    upload_section,
+)
 from bench.results import BenchResult, PointResult, SideRun
 from bench.targets import check_targets, frontend_ms_per_token
 from bench.why import median_decode_ms, why_missed
@@ -110,7 +117,10 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "with token ids in and token ids out (`bench.sides.vllm_rust`). Only the GPU `vllm` wheels ship the "
         "`vllm-rs` binary; where it is absent the side is skipped with the reason (see *Sides not run*).",
         "  - nanovl variants (`--nanovl-variant ID=FLAGS`; built in: (b2) `--frontend-processes 2`): nanovl with "
-        "extra `nanovl serve` flags, measured like (b). A variant whose flags `nanovl serve --help` does not list, "
+        "extra `nanovl serve` flags, measured like (b); with `--frontend-processes N` > 1 the load tester opens 4 N "
+        "channels (`--connections`, each its own TCP connection), since the processes share one port and the kernel "
+        'deals them connections, not calls (see "busy frontend processes" in the CPU tables). A variant whose '
+        "flags `nanovl serve --help` does not list, "
         "or whose server refuses them, is skipped with the reason. A server's CPU is split by process: vLLM's "
         "engine processes (titles `VLLM::EngineCore`, `VLLM::Worker…`) are the engine, the server process and "
         "every other descendant (several frontend processes, the Rust frontend) the frontend.",
@@ -443,6 +453,7 @@ def render_markdown(result: BenchResult, plots: Sequence[Path], doc_path: Path, 
         lines += _table(result, w)
     lines += [f"![{Path(r).stem}]({r})" for r in rel] + [""]
     lines += upload_section(result)
+    lines += scaling_section(result)
     lines += [
         "## Where nanovl's time goes",
         "",

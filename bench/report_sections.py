@@ -25,7 +25,14 @@ from bench.targets import (
 )
 from bench.upload import upload_summary
 
-__all__ = ["before_after", "frontend_cpu_table", "profiles_section", "targets_section", "upload_section"]
+__all__ = [
+    "before_after",
+    "frontend_cpu_table",
+    "profiles_section",
+    "scaling_section",
+    "targets_section",
+    "upload_section",
+]
 
 
 def repo_relative(text: str) -> str:
@@ -124,6 +131,71 @@ def frontend_cpu_table(result: BenchResult) -> list[str]:
                 else:
                     cells.append(f"{v:.3f}")
             lines.append(f"| {w} | {c} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def scaling_section(result: BenchResult) -> list[str]:
+    """Each nanovl side with several frontend processes against (b), point by point:
+    throughput, frontend CPU per output token, the processes that were busy and the
+    busiest one's share of a core, and the streamed tokens/s one process could carry at
+    that cost (one core ÷ CPU per token: on this machine the engine, not the frontend, is
+    the limit, so no process is driven to a full core)."""
+    specs = result.config.side_specs
+    base = result.side("nanovl")
+    multi = [
+        r
+        for r in result.sides
+        if r.side in specs and specs[r.side].frontend_processes > 1 and not r.skipped and r.points
+    ]
+    if base is None or base.skipped or not multi:
+        return []
+    lines = [
+        "## Several frontend processes",
+        "",
+        "nanovl with `--frontend-processes N` against (b), one process. Its load comes over 4 N connections "
+        "(the processes share the port and the kernel deals connections, not calls). *Busy*: frontend processes "
+        "that used ≥ 1 % of a core; *busiest*: the share of a core the busiest one used over the measured requests; "
+        "*per-process ceiling*: the output tokens/s one frontend process can stream at the measured CPU cost "
+        "(1000 ÷ frontend ms per token, one core), N times that for N processes. Throughput here is bounded by "
+        "the engine (two OpenMP threads on two cores), so neither side's frontend reaches a full core and the "
+        "throughput ratio measures the engine's share of the CPU, not the frontends' scaling; the CPU columns do.",
+        "",
+        "| workload | c | side | output tok/s | × (b) | frontend ms / token | × (b) | busy | busiest (cores) "
+        "| per-process ceiling (tok/s) | all processes (tok/s) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for w in result.config.workloads:
+        for c in result.config.concurrencies:
+            b = base.point(w, c)
+            b_ms, b_stats = frontend_ms_per_token(b), point_stats(b)
+            for run in (base, *multi):
+                p = run.point(w, c)
+                g, ms = point_stats(p), frontend_ms_per_token(p)
+                if p is None or g is None:
+                    continue
+                n = specs[run.side].frontend_processes
+                ratio_tps = f"{g.output_tokens_per_s / b_stats.output_tokens_per_s:.2f}×" if b_stats else "–"
+                ratio_ms = f"{ms / b_ms:.2f}×" if ms and b_ms else "–"
+                busiest = f"{p.cpu.busiest_frontend_s / p.cpu.window_s:.2f}" if p.cpu and p.cpu.window_s else "–"
+                busy = str(p.cpu.frontend_processes) if p.cpu else "–"
+                ceiling = 1000.0 / ms if ms else None
+                if run is base:
+                    ratio_tps = ratio_ms = "1.00×"
+                cells = [
+                    w,
+                    str(c),
+                    result.config.label(run.side),
+                    f"{g.output_tokens_per_s:.1f}",
+                    ratio_tps,
+                    _v(ms),
+                    ratio_ms,
+                    busy,
+                    busiest,
+                    f"{ceiling:.0f}" if ceiling else "–",
+                    f"{n * ceiling:.0f}" if ceiling else "–",
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
 

@@ -178,7 +178,7 @@ async def _measure_side(
     if spec.kind == "nanovl":
         from bench.sides.nanovl import nanovl_measurer
 
-        return await run(nanovl_measurer(launch.target, pid))
+        return await run(nanovl_measurer(launch.target, pid, spec.connections))
     if spec.kind == "vllm-http":
         from bench.sides.vllm_http import vllm_http_measurer
 

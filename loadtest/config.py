@@ -80,6 +80,12 @@ class LoadTestConfig:
     joined by commas: then request ``i`` of a level goes to target ``i mod n`` (the load is
     spread evenly over them, as a client-side round robin would) and the report has
     per-target figures too.
+
+    ``connections`` is the number of channels (each its own TCP connection: a local
+    subchannel pool, so gRPC does not share one) each client process opens to each target;
+    requests are dealt over them in turn. A server with ``--frontend-processes N`` shares
+    one port through SO_REUSEPORT, where the kernel spreads *connections* over the
+    processes, never the calls of one connection: one channel reaches one frontend process.
     """
 
     target: str
@@ -109,6 +115,7 @@ class LoadTestConfig:
     connect_timeout_s: float = 60.0  # how long to wait for the server to answer at all
     seed: int = 0
     client_processes: int = 1
+    connections: int = 1  # channels per target per client process (see the class docstring)
     name: str = ""
     # A secured server: TLS, and the file the bearer token is read from (else $NANOVL_TOKEN).
     # The token itself is never part of the config, so it never reaches results.json.
@@ -150,6 +157,7 @@ class LoadTestConfig:
             ("max_tokens", self.max_tokens),
             ("chunk size", self.chunk_size),
             ("client processes", self.client_processes),
+            ("connections", self.connections),
             ("prompt words", self.prompt_words),
             ("audio sample rate", self.audio.sample_rate),
         ):
@@ -190,11 +198,12 @@ class LoadTestConfig:
 
     @property
     def warmup_count(self) -> int:
-        """Default: one request per mix kind on every target (each server's first request
-        of a modality pays one-off set-up costs)."""
+        """Default: one request per mix kind on every channel of every target (each server,
+        and each frontend process behind a shared port, pays one-off set-up costs on its
+        first request of a modality)."""
         if self.warmup_requests is not None:
             return self.warmup_requests
-        return len(self.mix.entries) * len(self.targets)
+        return len(self.mix.entries) * len(self.targets) * self.connections
 
     def requests_for(self, level: LoadLevel) -> int | None:
         """Requests measured at ``level``; None when the level runs for ``duration_s``."""
@@ -248,6 +257,8 @@ class LoadTestConfig:
         args.append(f"--timeout {self.timeout_s:g} --seed {self.seed}")
         if self.client_processes > 1:
             args.append(f"--client-processes {self.client_processes}")
+        if self.connections > 1:
+            args.append(f"--connections {self.connections}")
         if self.tls is not None:
             args.append("--tls")
             for flag, value in (

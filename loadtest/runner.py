@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import multiprocessing as mp
 import os
@@ -243,20 +244,31 @@ _FAILED_FINISH = (FinishReason.ABORT, FinishReason.ERROR)
 
 
 class _Targets:
-    """One client (channel) per target; request ``index`` of a level goes to target
-    ``index mod n``, so the load is spread evenly whatever the number of client processes."""
+    """The clients (channels) per target; request ``index`` of a level goes to target
+    ``index mod n``, so the load is spread evenly whatever the number of client processes,
+    and over that target's channels in turn."""
 
-    def __init__(self, clients: Sequence[tuple[str, AsyncInferenceClient]]) -> None:
-        self.clients = tuple(clients)
+    def __init__(self, clients: Sequence[tuple[str, Sequence[AsyncInferenceClient]]]) -> None:
+        self.clients = tuple((t, tuple(cs)) for t, cs in clients)
+        self._turn = [itertools.count() for _ in self.clients]
 
-    def pick(self, index: int) -> tuple[str, AsyncInferenceClient]:
-        return self.clients[index % len(self.clients)]
+    def pick(self, index: int, *, connection: int | None = None) -> tuple[str, AsyncInferenceClient]:
+        """Target ``index mod n``; its channel ``connection`` (mod its count), else the next
+        in turn."""
+        i = index % len(self.clients)
+        target, channels = self.clients[i]
+        c = next(self._turn[i]) if connection is None else connection
+        return target, channels[c % len(channels)]
 
     async def send(
         self, item: PreparedRequest, index: int, scheduled: float | None, timeout_s: float, *, route: int | None = None
     ) -> RequestRecord:
-        """``_send`` to the target of ``route`` (default: ``index``)."""
-        target, client = self.pick(index if route is None else route)
+        """``_send`` to the target of ``index``; a warm-up's ``route`` r names target
+        ``r mod n`` and its channel ``r // n``, so that every kind warms every channel."""
+        if route is None:
+            target, client = self.pick(index)
+        else:
+            target, client = self.pick(route, connection=route // len(self.clients))
         return await _send(client, item, index, scheduled, timeout_s, target=target)
 
 
@@ -425,15 +437,27 @@ async def _run_shard(
     p = progress or _NoProgress()
     async with contextlib.AsyncExitStack() as stack:
         token = client_token(config)
+        # Several channels to one target each hold their own connection only with a local
+        # subchannel pool (gRPC shares one between identical channels otherwise).
+        options = [("grpc.use_local_subchannel_pool", 1)] if config.connections > 1 else []
         clients = [
-            (t, await stack.enter_async_context(AsyncInferenceClient(t, tls=config.tls, token=token)))
+            (
+                t,
+                [
+                    await stack.enter_async_context(
+                        AsyncInferenceClient(t, tls=config.tls, token=token, options=options)
+                    )
+                    for _ in range(config.connections)
+                ],
+            )
             for t in config.targets
         ]
         targets = _Targets(clients)
         info = None
-        for t, client in clients:
-            p.phase(f"connecting to {t}")
-            info = await wait_for_server(client, config.connect_timeout_s)
+        for t, channels in clients:
+            p.phase(f"connecting to {t}" + (f" ({len(channels)} connections)" if len(channels) > 1 else ""))
+            for client in channels:
+                info = await wait_for_server(client, config.connect_timeout_s)
             check_server(config, info)
         total = sum(n for _, n in plan.pool_sizes)
         p.phase(f"preparing {total} prompts", total)

@@ -39,15 +39,15 @@ class MeterAroundLevel:
         self.meter.stop()
 
 
-def nanovl_measurer(target: str, server_pid: int) -> MeasurePoint:
-    """A function measuring one point: one load-test run (its warm-up, one request per
-    kind, then the level). The load tester prepares the very prompts :mod:`bench.plan`
-    replicated for the other sides."""
+def nanovl_measurer(target: str, server_pid: int, connections: int = 1) -> MeasurePoint:
+    """A function measuring one point: one load-test run over ``connections`` channels
+    (its warm-up, one request per kind, then the level). The load tester prepares the very
+    prompts :mod:`bench.plan` replicated for the other sides."""
 
     async def measure(p: Point) -> PointOutcome:
         meter = CpuMeter(server_pid, os.getpid())
         try:
-            result = await run_load_test_async(with_target(p, target), progress=MeterAroundLevel(meter))
+            result = await run_load_test_async(with_target(p, target, connections), progress=MeterAroundLevel(meter))
         except NanovlError as e:
             return PointOutcome.of(p, None, f"{e.code.name}: {e}")
         return PointOutcome.of(p, result.levels[0], cpu=meter.usage)

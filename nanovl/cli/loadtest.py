@@ -95,6 +95,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="split the load over N client processes (for loads one Python process cannot drive)",
     )
+    load.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        metavar="N",
+        help="channels (TCP connections) per target per client process, requests dealt over them in turn: "
+        "a server with --frontend-processes N spreads connections, not calls, over its processes, so give "
+        "it several (e.g. 4 x N)",
+    )
     load.add_argument("--seed", type=int, default=0)
 
     work = p.add_argument_group("workload")
@@ -206,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         connect_timeout_s=args.connect_timeout,
         seed=args.seed,
         client_processes=args.client_processes,
+        connections=args.connections,
         name=args.name,
         tls=connection_from_args(args)[0],
         token_file=args.token_file,

@@ -85,6 +85,21 @@ def test_points_are_planned_with_warmups_first_and_no_prompt_repeats() -> None:
     # Deterministic: the same config plans the same requests.
     again = [r.request.SerializeToString() for p in build_points(SMALL) for r in (*p.warmup, *p.measured)]
     assert again == everything
+    # Over several channels (the --frontend-processes side) the load tester prepares and
+    # takes the very same prompts: the warm-up count stays the one planned.
+    from bench.plan import with_target
+    from loadtest.runner import plan_shard
+    from loadtest.workload import prepare_workload
+
+    for p in measured[:2]:
+        lt = with_target(p, "127.0.0.1:1", connections=8)
+        assert lt.connections == 8 and lt.warmup_count == len(p.warmup)
+        plan = plan_shard(lt)
+        pool = prepare_workload(lt, plan.pool_sizes, seed_key=(plan.shard,))
+        took = [pool.take(k) for k in plan.warmup] + [pool.take(k) for k in plan.levels[0].kinds]
+        assert [r.request.SerializeToString() for r in took] == [
+            r.request.SerializeToString() for r in (*p.warmup, *p.measured)
+        ]
 
 
 def test_the_fastest_error_free_pass_is_chosen_and_every_pass_is_reported(tmp_path: Path) -> None:
@@ -117,7 +132,7 @@ def _level(concurrency: int, tokens_per_s: float, ttft_s: float) -> object:
 
 
 def _result(figures: dict[str, dict[int, tuple[float, float]]], config: BenchConfig) -> BenchResult:
-    usage = CpuUsage(window_s=1.0, frontend_s=0.1, engine_s=1.5, client_s=0.05, other_s=0.2)
+    usage = CpuUsage(window_s=1.0, frontend_s=0.1, engine_s=1.5, client_s=0.05, other_s=0.2, busiest_frontend_s=0.1)
     sides = tuple(
         SideRun(
             side,
@@ -162,6 +177,27 @@ def test_report_shows_ratios_and_missed_targets(tmp_path: Path) -> None:
     assert "| **missed**: 0.90× |" in text
     assert "+10.0 ms | **missed** |" in text
     assert "](benchmarks/throughput.png)" in text
+
+
+def test_several_frontend_processes_are_set_beside_one(tmp_path: Path) -> None:
+    config = BenchConfig(sides=("nanovl", "nanovl-x2"), workloads=("text",), levels=((8, 4),))
+    result = _result({"nanovl": {8: (300.0, 0.100)}, "nanovl-x2": {8: (330.0, 0.100)}}, config)
+    # Two processes: 0.08 s of frontend CPU in all (one: 0.1 s) for as many tokens, the
+    # busiest of the two 0.3 of a core.
+    x2 = result.side("nanovl-x2")
+    (p,) = x2.points
+    p = replace(p, cpu=replace(p.cpu, frontend_s=0.08, frontend_processes=2, busiest_frontend_s=0.3))
+    result = replace(result, sides=(result.sides[0], replace(x2, points=(p,))))
+    text = render_markdown(result, [], tmp_path / "benchmarks.md", client_cpu=1)
+    section = text.split("## Several frontend processes")[1].split("\n## ")[0]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| text | 8 |")]
+    ms = 1000 * 0.1 / p.stats.output_tokens
+    assert rows == [
+        ["text", "8", "(b) nanovl gRPC", "300.0", "1.00×", f"{ms:.3f}", "1.00×", "1", "0.10"]
+        + [f"{1000 / ms:.0f}"] * 2,
+        ["text", "8", "(b2) nanovl gRPC, 2 frontend processes", "330.0", "1.10×", f"{0.8 * ms:.3f}", "0.80×"]
+        + ["2", "0.30", f"{1000 / (0.8 * ms):.0f}", f"{2 * 1000 / (0.8 * ms):.0f}"],
+    ]
 
 
 def test_speedscope_summary_counts_packages_and_leaves(tmp_path: Path) -> None:

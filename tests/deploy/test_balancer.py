@@ -588,6 +588,22 @@ def test_two_frontends_share_the_port(fleet: Fleet) -> None:
             assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_loadtest_connections_reach_both_frontends(fleet: Fleet) -> None:
+    """`nanovl loadtest --connections 16` opens 16 TCP connections (one channel would reach
+    one frontend process: the kernel deals connections, not calls); 16 requests, one per
+    connection, miss a frontend with probability 2^-15."""
+    a = fleet.replicas[0]
+    before = a.metric_by_frontend("nanovl_requests_total", rpc="Generate")
+    out = fleet.out / "connections"
+    args = ("--concurrency", "4", "--requests", "16", "--connections", "16", "--mix", "text=1", "--warmup", "0")
+    result = _finish(_start_loadtest(a.target, out, *args), out)
+    (level,) = result.levels
+    assert level.overall.succeeded == 16, _errors(list(level.requests))
+    after = a.metric_by_frontend("nanovl_requests_total", rpc="Generate")
+    per_frontend = [x - y for x, y in zip(after, before, strict=True)]
+    assert sum(per_frontend) == 16 and min(per_frontend) > 0, per_frontend
+
+
 # ---------------------------------------------------------------- the other V2 variants
 # replica2 (`dynamic`) and the spare (`no-audio`), straight at each before the scenarios.
 

@@ -403,6 +403,7 @@ class FakeBehaviour:
     max_message_bytes: int = 4 * 1024 * 1024
     video_enabled: bool = True
     seen: Counter = field(default_factory=Counter)
+    peers: Counter = field(default_factory=Counter)  # (kind, client address): one per TCP connection
 
 
 class FakeInference(pb_grpc.InferenceServicer):
@@ -416,6 +417,7 @@ class FakeInference(pb_grpc.InferenceServicer):
         parts = list(req.parts) or [p for m in req.messages for p in m.parts]
         kinds = "+".join(p.WhichOneof("kind") for p in parts if p.WhichOneof("kind") != "text") or "text"
         self.b.seen[kinds] += 1
+        self.b.peers[kinds, context.peer()] += 1
         if any(k in self.b.fail_kinds for k in kinds.split("+")):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"fake: no {kinds} today")
         n = req.sampling.max_tokens or 16
@@ -621,6 +623,38 @@ async def test_client_processes_share_the_load(fake, behaviour: FakeBehaviour) -
         assert sorted(r.index for r in lv.requests) == list(range(8))
     assert sum(behaviour.seen.values()) == 2 * 8 + 2
     assert {m.kind: m.sent for m in result.media} == {"text": 9, "image": 9}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_connections_are_distinct_tcp_connections_dealt_in_turn(
+    fake, behaviour: FakeBehaviour, processes: int
+) -> None:
+    """--connections N: N channels per client process, each its own TCP connection (a
+    server with --frontend-processes spreads connections, not calls); each is warmed with
+    every kind, then the requests are dealt over them evenly."""
+    behaviour.peers.clear()
+    cfg = _config(
+        target=fake[0],
+        concurrency=(4,),
+        requests=24,
+        client_processes=processes,
+        connections=3,
+        mix=Mix.parse("text=1,image=1"),
+    )
+    assert cfg.warmup_count == 2 * 3 and "--connections 3" in cfg.command_line()
+    result = await run_load_test_async(cfg)
+    assert result.total_errors == 0 and result.warmup_requests == 6
+    peers = Counter()
+    for (_, peer), n in behaviour.peers.items():
+        peers[peer] += n
+    assert len(peers) == 3 * processes, peers  # distinct client ports: distinct connections
+    assert sum(peers.values()) == 24 + 6
+    # Shard 0 warms each of its 3 connections with text and image.
+    warmed = [p for p in peers if behaviour.peers["text", p] and behaviour.peers["image", p]]
+    assert len(warmed) >= 3
+    # Evenly dealt: 24 measured requests over 3 x processes connections.
+    per_connection = 24 // (3 * processes)
+    assert all(per_connection <= n <= per_connection + 2 for n in peers.values()), peers
 
 
 @pytest.mark.parametrize("processes", [1, 2])
