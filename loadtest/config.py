@@ -68,6 +68,11 @@ class AudioSpec:
     format: Literal["wav", "pcm"] = "wav"  # pcm: raw s16le samples
 
 
+# Channels per target per client process: each holds a socket (and gRPC's threads
+# poll it); far past what a frontend-process count needs, well under a default 1024-file limit.
+MAX_CONNECTIONS = 256
+
+
 @dataclass(frozen=True)
 class LoadTestConfig:
     """A whole load test. Levels run in order: every concurrency, then every rate.
@@ -163,6 +168,11 @@ class LoadTestConfig:
         ):
             if value < 1:
                 raise InvalidArgument(f"{name} must be >= 1, got {value}")
+        if self.connections > MAX_CONNECTIONS:
+            raise InvalidArgument(
+                f"connections must be <= {MAX_CONNECTIONS} per target and client process (each is a socket and a "
+                f"gRPC channel), got {self.connections}; use --client-processes for more"
+            )
         if self.video.width % 16 or self.video.width < 64 or self.video.height < 32:
             raise InvalidArgument(
                 f"video size {self.video.width}x{self.video.height}: width must be a multiple of 16 and >= "

@@ -238,6 +238,8 @@ def _config(**kw) -> LoadTestConfig:
         (dict(video=VideoSpec(width=100)), "multiple of 16"),
         (dict(video=VideoSpec(frames=4, sample_frames=5)), "sample frames"),
         (dict(concurrency=(1, 8), client_processes=2), "client processes"),
+        (dict(connections=0), "connections must be >= 1"),
+        (dict(connections=257), "connections must be <= 256"),
     ],
 )
 def test_config_rejects_what_cannot_run(kw: dict, message: str) -> None:
