@@ -255,7 +255,8 @@ def _table(result: BenchResult, workload: str) -> list[str]:
             f"CPU during the measured requests of {workload} (frontend: the server's frontend processes — the server "
             "process and its descendants that are not vLLM's engine core or workers; for (a) the process holding "
             "`AsyncLLM` and the benchmark loop; engine: the vLLM engine-core and worker processes; busy frontend "
-            "processes: those that used ≥ 1 % of a core; client: the benchmark process, as a share of one core; "
+            "processes: those that used ≥ 1 % of a core, nanovl's media decode workers included; client: the "
+            "benchmark process, as a share of one core; "
             "other: every other process on the machine, in cores kept busy on average — the noise):",
             "",
             "| c | side | frontend CPU ms / output token | engine CPU ms / output token | busy frontend processes "

@@ -155,11 +155,15 @@ def scaling_section(result: BenchResult) -> list[str]:
         "",
         "nanovl with `--frontend-processes N` against (b), one process. Its load comes over 4 N connections "
         "(the processes share the port and the kernel deals connections, not calls). *Busy*: frontend processes "
-        "that used ≥ 1 % of a core; *busiest*: the share of a core the busiest one used over the measured requests; "
+        "that used ≥ 1 % of a core (with media, their decode worker processes too); *busiest*: the share of a "
+        "core the busiest one used over the measured requests; "
         "*per-process ceiling*: the output tokens/s one frontend process can stream at the measured CPU cost "
         "(1000 ÷ frontend ms per token, one core), N times that for N processes. Throughput here is bounded by "
         "the engine (two OpenMP threads on two cores), so neither side's frontend reaches a full core and the "
-        "throughput ratio measures the engine's share of the CPU, not the frontends' scaling; the CPU columns do.",
+        "throughput ratio measures the engine's share of the CPU, not the frontends' scaling; the CPU columns do. "
+        "Each process pays the per-engine-step costs (output processing, its event loop's wake-ups) for its "
+        "share of the requests, so N processes cost more CPU per token than one: the ceiling of all N is less "
+        "than N times one process's.",
         "",
         "| workload | c | side | output tok/s | × (b) | frontend ms / token | × (b) | busy | busiest (cores) "
         "| per-process ceiling (tok/s) | all processes (tok/s) |",
