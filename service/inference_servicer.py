@@ -370,7 +370,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 self._metrics.add_bytes_received(modality_of(req.parts[i]), payload_size(req.parts[i]))
             decoded = await asyncio.gather(*(self._decode(i, req.parts[i], clock) for i in req.media_indices))
             async for response in self._run(req, dict(zip(req.media_indices, decoded, strict=False)), clock, outcome):
-                yield response
+                with self._lifecycle.sending(last=response.HasField("final")):
+                    yield response
 
     async def StreamGenerate(
         self, request_iterator: AsyncIterator[pb.GenerateChunk], context: grpc.aio.ServicerContext
@@ -403,7 +404,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     await asyncio.wait({rest}, timeout=AFTER_END_GRACE_S)
                 if rest.done() and (violation := rest.result()) is not None:
                     raise violation
-                yield response
+                with self._lifecycle.sending(last=response.HasField("final")):
+                    yield response
 
     # ------------------------------------------------------------------ stages
 

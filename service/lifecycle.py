@@ -60,6 +60,10 @@ class Lifecycle:
         # cuts them (their handlers then end them with this UNAVAILABLE message).
         self.calls: set[asyncio.Task] = set()
         self.cut_reason: str | None = None
+        # Calls whose handler is suspended at a ``yield`` (gRPC is sending its response) and
+        # those a cut reached there: see ``sending``.
+        self._sending: set[asyncio.Task] = set()
+        self._cut_at_send: set[asyncio.Task] = set()
         self._pending_update: object = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,6 +147,7 @@ class Lifecycle:
         finally:
             if task is not None:
                 self.calls.discard(task)
+                self._cut_at_send.discard(task)
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
@@ -201,12 +206,38 @@ class Lifecycle:
             if was_full and not self.uploads_full:
                 self._changed()
 
+    @contextlib.contextmanager
+    def sending(self, *, last: bool = False) -> Iterator[None]:
+        """Around a streaming handler's ``yield response``. While the handler is suspended
+        there, the task is in gRPC's send, outside the handler's frames: a cancel landing
+        there ends the call with no status of the handler's (gRPC's own "Cancelling all
+        calls" when the server stops). So a cut leaves such a call alone and it raises
+        ``CancelledError`` here when it resumes (unless its ``last`` response was sent), in
+        the handler, which then ends it with the cut's message."""
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._sending.add(task)
+        try:
+            yield
+        finally:
+            self._sending.discard(task)
+        if task in self._cut_at_send:
+            self._cut_at_send.discard(task)
+            if not last:
+                raise asyncio.CancelledError
+
     async def cut(self, reason: str, timeout_s: float = 1.0) -> None:
         """Cancels every call still in flight; their handlers end them UNAVAILABLE with
-        ``reason`` (instead of gRPC's bare "Cancelling all calls" when the server stops)."""
+        ``reason`` (instead of gRPC's bare "Cancelling all calls" when the server stops).
+        A call in gRPC's send is cut when the send returns (``sending``)."""
         self.cut_reason = reason
         for task in list(self.calls):
-            task.cancel()
+            if task in self._sending:
+                self._cut_at_send.add(task)
+            else:
+                task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout_s)
 

@@ -599,7 +599,12 @@ async def test_constraints_over_the_size_limits_are_refused_naming_the_flag(grpc
 
 async def test_a_drain_that_cuts_calls_says_so(make_server):
     """The SIGTERM path with calls still running at the end of the grace: `nanovl serve`
-    exits 3 (not 0) from this result."""
+    exits 3 (not 0) from this result, and the cut call hears why from nanovl.
+
+    The client reads slower than the server streams, so the handler spends most of its time
+    suspended in gRPC's send (flow control): a cancel landing there used to end the call
+    with gRPC's own "Cancelling all calls" (a CI flake); a call in a send is now cut when
+    the send returns."""
     srv = await make_server()
     long = pb.GenerateRequest(
         parts=[pb.ContentPart(text="a")], sampling=pb.SamplingOptions(max_tokens=4000, ignore_eos=True)
@@ -607,12 +612,21 @@ async def test_a_drain_that_cuts_calls_says_so(make_server):
     async with grpc.aio.insecure_channel(srv.target) as channel:
         call = pb_grpc.InferenceStub(channel).Generate(long)
         await call.read()
+
+        async def read_slowly() -> int:
+            n = 0
+            while await call.read() is not grpc.aio.EOF:
+                n += 1
+                await asyncio.sleep(0.01)
+            return n
+
+        reader = asyncio.ensure_future(read_slowly())
+        await asyncio.sleep(0.5)  # the server's send buffers are full by now
         assert await srv.drain_and_stop(grace_s=0.5) is False
         assert srv.lifecycle.cut_calls == 1
         # The cut call hears it from nanovl, with what to do, not gRPC's "Cancelling all calls".
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            while await call.read() is not grpc.aio.EOF:
-                pass
+            await reader
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "drain grace" in err.value.details() and "retry" in err.value.details(), err.value.details()
 
