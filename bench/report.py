@@ -117,9 +117,9 @@ def _method(result: BenchResult, client_cpu: int | None) -> list[str]:
         "with token ids in and token ids out (`bench.sides.vllm_rust`). Only the GPU `vllm` wheels ship the "
         "`vllm-rs` binary; where it is absent the side is skipped with the reason (see *Sides not run*).",
         "  - nanovl variants (`--nanovl-variant ID=FLAGS`; built in: (b2) `--frontend-processes 2`): nanovl with "
-        "extra `nanovl serve` flags, measured like (b); with `--frontend-processes N` > 1 the load tester opens 4 N "
-        "channels (`--connections`, each its own TCP connection), since the processes share one port and the kernel "
-        'deals them connections, not calls (see "busy frontend processes" in the CPU tables). A variant whose '
+        "extra `nanovl serve` flags, measured like (b); with `--frontend-processes N` > 1 the load tester opens "
+        "several channels (`--connections`, each its own TCP connection; how many: *Several frontend processes*), "
+        "since the processes share one port and the kernel deals them connections, not calls. A variant whose "
         "flags `nanovl serve --help` does not list, "
         "or whose server refuses them, is skipped with the reason. A server's CPU is split by process: vLLM's "
         "engine processes (titles `VLLM::EngineCore`, `VLLM::Worker…`) are the engine, the server process and "

@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 
 from bench.profile import OWNERS
-from bench.results import BenchResult, ProfileSummary
+from bench.results import BenchResult, PointResult, ProfileSummary
 from bench.servers import REPO_ROOT
 from bench.targets import (
     FRONTEND_CPU,
@@ -137,10 +137,11 @@ def frontend_cpu_table(result: BenchResult) -> list[str]:
 
 def scaling_section(result: BenchResult) -> list[str]:
     """Each nanovl side with several frontend processes against (b), point by point:
-    throughput, frontend CPU per output token, the processes that were busy and the
-    busiest one's share of a core, and the streamed tokens/s one process could carry at
-    that cost (one core ÷ CPU per token: on this machine the engine, not the frontend, is
-    the limit, so no process is driven to a full core)."""
+    throughput, frontend CPU per output token, the processes that were busy, the busiest
+    one's share of a core, and the output tokens/s at which that process would reach a
+    whole core with the load split as measured (throughput ÷ its share): the server's
+    frontend ceiling. On this machine the engine, not the frontend, is the limit, so no
+    process is driven to a full core."""
     specs = result.config.side_specs
     base = result.side("nanovl")
     multi = [
@@ -153,51 +154,54 @@ def scaling_section(result: BenchResult) -> list[str]:
     lines = [
         "## Several frontend processes",
         "",
-        "nanovl with `--frontend-processes N` against (b), one process. Its load comes over 4 N connections "
-        "(the processes share the port and the kernel deals connections, not calls). *Busy*: frontend processes "
-        "that used ≥ 1 % of a core (with media, their decode worker processes too); *busiest*: the share of a "
-        "core the busiest one used over the measured requests; "
-        "*per-process ceiling*: the output tokens/s one frontend process can stream at the measured CPU cost "
-        "(1000 ÷ frontend ms per token, one core), N times that for N processes. Throughput here is bounded by "
-        "the engine (two OpenMP threads on two cores), so neither side's frontend reaches a full core and the "
-        "throughput ratio measures the engine's share of the CPU, not the frontends' scaling; the CPU columns do. "
-        "Each process pays the per-engine-step costs (output processing, its event loop's wake-ups) for its "
-        "share of the requests, so N processes cost more CPU per token than one: the ceiling of all N is less "
-        "than N times one process's.",
+        "nanovl with `--frontend-processes N` against (b), one process, each over the connections shown (the "
+        "processes share the port and the kernel deals each connection to one of them, never the calls of one, "
+        "so the split of the load varies from point to point). *Busy*: frontend processes that used ≥ 1 % of a "
+        "core (with media, their decode worker processes too); *busiest*: the share of a core the busiest one "
+        "used over the measured requests; *ceiling*: output tokens/s ÷ the busiest process's share, the rate "
+        "at which that process would reach a whole core with the load split as it was — the frontend's limit. "
+        "Throughput here is bounded by the engine (two OpenMP threads on two cores), so no frontend process "
+        "reaches a full core and the throughput ratio measures the engine's share of the CPU, not the frontends' "
+        "scaling; the CPU columns do. Each process pays the per-engine-step costs (output processing, its event "
+        "loop's wake-ups) for its share of the requests, so N processes cost more CPU per token than one, and an "
+        "uneven split lowers the ceiling further.",
         "",
-        "| workload | c | side | output tok/s | × (b) | frontend ms / token | × (b) | busy | busiest (cores) "
-        "| per-process ceiling (tok/s) | all processes (tok/s) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | c | side | connections | output tok/s | × (b) | frontend ms / token | × (b) | busy "
+        "| busiest (cores) | ceiling (tok/s) | × (b) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def ceiling(p: PointResult | None) -> float | None:
+        g = point_stats(p)
+        if p is None or g is None or p.cpu is None or not p.cpu.window_s or not p.cpu.busiest_frontend_s:
+            return None
+        return g.output_tokens_per_s / (p.cpu.busiest_frontend_s / p.cpu.window_s)
+
+    def ratio(x: float | None, y: float | None) -> str:
+        return f"{x / y:.2f}×" if x and y else "–"
+
     for w in result.config.workloads:
         for c in result.config.concurrencies:
             b = base.point(w, c)
-            b_ms, b_stats = frontend_ms_per_token(b), point_stats(b)
             for run in (base, *multi):
                 p = run.point(w, c)
-                g, ms = point_stats(p), frontend_ms_per_token(p)
+                g = point_stats(p)
                 if p is None or g is None:
                     continue
-                n = specs[run.side].frontend_processes
-                ratio_tps = f"{g.output_tokens_per_s / b_stats.output_tokens_per_s:.2f}×" if b_stats else "–"
-                ratio_ms = f"{ms / b_ms:.2f}×" if ms and b_ms else "–"
-                busiest = f"{p.cpu.busiest_frontend_s / p.cpu.window_s:.2f}" if p.cpu and p.cpu.window_s else "–"
-                busy = str(p.cpu.frontend_processes) if p.cpu else "–"
-                ceiling = 1000.0 / ms if ms else None
-                if run is base:
-                    ratio_tps = ratio_ms = "1.00×"
+                ms, top = frontend_ms_per_token(p), ceiling(p)
                 cells = [
                     w,
                     str(c),
                     result.config.label(run.side),
+                    str(run.connections),
                     f"{g.output_tokens_per_s:.1f}",
-                    ratio_tps,
+                    ratio(g.output_tokens_per_s, point_stats(b).output_tokens_per_s if point_stats(b) else None),
                     _v(ms),
-                    ratio_ms,
-                    busy,
-                    busiest,
-                    f"{ceiling:.0f}" if ceiling else "–",
-                    f"{n * ceiling:.0f}" if ceiling else "–",
+                    ratio(ms, frontend_ms_per_token(b)),
+                    str(p.cpu.frontend_processes) if p.cpu else "–",
+                    f"{p.cpu.busiest_frontend_s / p.cpu.window_s:.2f}" if p.cpu and p.cpu.window_s else "–",
+                    f"{top:.0f}" if top else "–",
+                    ratio(top, ceiling(b)),
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -210,7 +214,7 @@ def before_after(result: BenchResult) -> list[str]:
     base = result.baseline
     if base is None:
         return []
-    b_run, h_run = result.side(NANOVL), result.side("vllm-http")
+    b_run, h_run, a_run = result.side(NANOVL), result.side("vllm-http"), result.side("inprocess")
     rows = []
     for w in result.config.workloads:
         for c in result.config.concurrencies:
@@ -226,20 +230,27 @@ def before_after(result: BenchResult) -> list[str]:
             tn = (
                 point_stats(b_run.point(w, c)).output_tokens_per_s if b_run and point_stats(b_run.point(w, c)) else None
             )  # type: ignore[union-attr]
+            ab = base.point("inprocess", w, c)
+            an = frontend_ms_per_token(a_run.point(w, c)) if a_run else None
+            rel_b = b_ms / ab.frontend_ms_per_token if b_ms and ab and ab.frontend_ms_per_token else None
+            rel_n = now / an if now and an else None
+            rel = (f"{rel_b:.2f}×" if rel_b else "–") + " → " + (f"{rel_n:.2f}×" if rel_n else "–")
+            rel += f" ({rel_n / rel_b - 1:+.0%})" if rel_b and rel_n else ""
             rows.append(
                 f"| {w} | {c} | {_v(b_ms)} | {_v(now)} | {change} | {_v(tb, 1)} | {_v(tn, 1)} "
-                f"| {_v(h_ms)} → {_v(hn)} ({control}) |"
+                f"| {_v(h_ms)} → {_v(hn)} ({control}) | {rel} |"
             )
     return [
         "## Before / after: nanovl's frontend CPU per output token",
         "",
         f"*Before*: `{repo_relative(base.source)}` (run of {base.started_at}); *now*: this run. Same benchmark, same "
         "points; the control column is vLLM's HTTP server, whose code did not change, so its change is the "
-        "machine's drift between the two runs.",
+        "machine's drift between the two runs; the last column divides (b) by (a), the in-process loop's CPU per "
+        "token (no frontend, no nanovl code), which takes the machine's speed out of both runs.",
         "",
         "| workload | c | (b) before ms/token | (b) now ms/token | change | (b) before tok/s | (b) now tok/s "
-        "| control: (c) ms/token before → now |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| control: (c) ms/token before → now | (b) ÷ (a) before → now |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
         *rows,
         "",
     ]

@@ -59,6 +59,7 @@ class SideRun:
     # CPU-only vLLM) or its server refused a flag of the side's (a nanovl variant).
     skipped: str | None = None
     duration_s: float | None = None  # the side's whole time, engine start included
+    connections: int = 1  # channels the load tester opened to the server (nanovl sides)
 
     def point(self, workload: str, concurrency: int) -> PointResult | None:
         """The point's chosen pass."""

@@ -337,7 +337,16 @@ async def _run_server_side(
         if extras is not None:
             await extras(server.pid, launch.target)
         return done(
-            SideRun(spec.id, server.command, startup_s, _points(spec.id, outcomes), None, load_before, server.pid)
+            SideRun(
+                spec.id,
+                server.command,
+                startup_s,
+                _points(spec.id, outcomes),
+                None,
+                load_before,
+                server.pid,
+                connections=spec.connections,
+            )
         )
     finally:
         await asyncio.to_thread(server.stop)

@@ -102,7 +102,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="channels (TCP connections) per target per client process, requests dealt over them in turn: "
         "a server with --frontend-processes N spreads connections, not calls, over its processes, so give "
-        "it several (e.g. 4 x N)",
+        "it many (e.g. 16 x N): the kernel deals each connection to a process at random",
     )
     load.add_argument("--seed", type=int, default=0)
 

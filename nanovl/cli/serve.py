@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="gRPC server processes in front of one engine core, sharing --port (SO_REUSEPORT): vLLM's "
         "--api-server-count pattern, for hosts where one process streaming every token is the limit. "
         "Process 0 also serves the admin and health ports; process i serves /metrics on --metrics-port + i; "
-        "--max-concurrent-* budgets are per process",
+        "--max-concurrent-* budgets are per process. The kernel deals each client *connection* to one process, "
+        "never the calls of one connection: spread load with many connections (clients, a balancer, or "
+        "nanovl loadtest --connections)",
     )
     g.add_argument(
         "--event-loop",

@@ -359,11 +359,11 @@ def test_side_variants_and_their_flags() -> None:
         parse_variant("nope")
     with pytest.raises(InvalidArgument):
         parse_variant("x=4")
-    # 4 channels per frontend process (the kernel deals connections to them, not calls).
-    assert v.connections == 16 and parse_variant("x=--frontend-processes=2").connections == 8
+    # 16 channels per frontend process (the kernel deals connections to them, not calls).
+    assert v.connections == 64 and parse_variant("x=--frontend-processes=2").connections == 32
     assert parse_variant("y=--max-num-seqs 8").connections == 1
     config = BenchConfig(sides=("nanovl", "nanovl-x4"), variants=(v,))
-    assert config.spec("nanovl-x2").connections == 8 and config.spec("nanovl").connections == 1
+    assert config.spec("nanovl-x2").connections == 32 and config.spec("nanovl").connections == 1
     assert config.label("nanovl-x4").endswith("--frontend-processes 4")
     assert config.workloads_for("vllm-rust") == ("text",) and config.workloads_for("nanovl-x4") == config.workloads
     with pytest.raises(InvalidArgument):

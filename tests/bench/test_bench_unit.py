@@ -182,21 +182,22 @@ def test_report_shows_ratios_and_missed_targets(tmp_path: Path) -> None:
 def test_several_frontend_processes_are_set_beside_one(tmp_path: Path) -> None:
     config = BenchConfig(sides=("nanovl", "nanovl-x2"), workloads=("text",), levels=((8, 4),))
     result = _result({"nanovl": {8: (300.0, 0.100)}, "nanovl-x2": {8: (330.0, 0.100)}}, config)
-    # Two processes: 0.08 s of frontend CPU in all (one: 0.1 s) for as many tokens, the
-    # busiest of the two 0.3 of a core.
+    # Two processes over 32 connections: 0.08 s of frontend CPU in all (one: 0.1 s) for as
+    # many tokens; the busiest of the two used 0.06 s of the 1 s window (one: 0.1 s).
     x2 = result.side("nanovl-x2")
     (p,) = x2.points
-    p = replace(p, cpu=replace(p.cpu, frontend_s=0.08, frontend_processes=2, busiest_frontend_s=0.3))
-    result = replace(result, sides=(result.sides[0], replace(x2, points=(p,))))
+    p = replace(p, cpu=replace(p.cpu, frontend_s=0.08, frontend_processes=2, busiest_frontend_s=0.06))
+    result = replace(result, sides=(result.sides[0], replace(x2, points=(p,), connections=32)))
     text = render_markdown(result, [], tmp_path / "benchmarks.md", client_cpu=1)
     section = text.split("## Several frontend processes")[1].split("\n## ")[0]
     rows = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| text | 8 |")]
     ms = 1000 * 0.1 / p.stats.output_tokens
+    # The ceiling: throughput over the busiest process's share of a core (300 / 0.1 for one;
+    # 330 / 0.06 for two), the rate at which that process would reach a whole core.
     assert rows == [
-        ["text", "8", "(b) nanovl gRPC", "300.0", "1.00×", f"{ms:.3f}", "1.00×", "1", "0.10"]
-        + [f"{1000 / ms:.0f}"] * 2,
-        ["text", "8", "(b2) nanovl gRPC, 2 frontend processes", "330.0", "1.10×", f"{0.8 * ms:.3f}", "0.80×"]
-        + ["2", "0.30", f"{1000 / (0.8 * ms):.0f}", f"{2 * 1000 / (0.8 * ms):.0f}"],
+        ["text", "8", "(b) nanovl gRPC", "1", "300.0", "1.00×", f"{ms:.3f}", "1.00×", "1", "0.10", "3000", "1.00×"],
+        ["text", "8", "(b2) nanovl gRPC, 2 frontend processes", "32", "330.0", "1.10×", f"{0.8 * ms:.3f}", "0.80×"]
+        + ["2", "0.06", "5500", "1.83×"],
     ]
 
 
