@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import pickle
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -578,6 +579,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return replace(base, **overrides)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Pin the client (this process) to the last CPU before anything starts a thread; the
     # servers get every CPU back (bench.servers).
@@ -586,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, {cpus[-1]})
     args = parse_args(argv)
     config = config_from_args(args)
+    # SIGTERM as Ctrl-C: the run's finally blocks stop every server and child it started
+    # (the default action would leave them running: verify-16).
+    signal.signal(signal.SIGTERM, _interrupt)
     ports, metrics_ports = PortPool.parse(args.ports), PortPool.parse(args.metrics_ports)
     # Read before anything is written: the baseline may be the file this run replaces.
     baseline = load_baseline(args.baseline) if args.baseline is not None else None
@@ -610,18 +618,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_process_environment(cache_root())
         checkpoint = str(ensure_tiny_checkpoint())
         overrides = inprocess_overrides(config.engine, checkpoint)
-        result = event_loop.run(
-            run_bench(
-                config,
-                checkpoint,
-                cpus,
-                work,
-                overrides,
-                ports=ports,
-                metrics_ports=metrics_ports,
-                baseline=baseline,
+        try:
+            result = event_loop.run(
+                run_bench(
+                    config,
+                    checkpoint,
+                    cpus,
+                    work,
+                    overrides,
+                    ports=ports,
+                    metrics_ports=metrics_ports,
+                    baseline=baseline,
+                )
             )
-        )
+        except KeyboardInterrupt:
+            _log("interrupted: every server this run started is stopped; nothing was written")
+            return 130
         saved.write_bytes(pickle.dumps(result))
     doc = write_report(
         result, out / "benchmarks.md", out / "benchmarks", client_cpu=cpus[-1] if len(cpus) > 1 else None
