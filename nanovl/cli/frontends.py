@@ -95,8 +95,12 @@ def frontend_main(listen_address: str, sock: Any, args: argparse.Namespace, clie
 def _port_in_use(host: str, port: int) -> OSError | None:
     # The frontends bind with SO_REUSEPORT, which would share a port another server holds
     # with the same option: check that it is free first, as a lone `nanovl serve` does.
+    # SO_REUSEADDR, as gRPC's own listeners: connections of a server that just stopped
+    # (TIME_WAIT) do not hold the port, a listener does (verify-drain: a restart within a
+    # minute was refused).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

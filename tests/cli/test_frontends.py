@@ -4,7 +4,9 @@ which shares its engine start with the fleet's."""
 
 from __future__ import annotations
 
-from nanovl.cli.frontends import FrontendRole, _exit_status
+import socket
+
+from nanovl.cli.frontends import FrontendRole, _exit_status, _port_in_use
 from service.settings import ServerSettings
 
 
@@ -23,3 +25,28 @@ def test_exit_status_is_the_worst_of_the_frontends() -> None:
     assert _exit_status({1: 3, 2: 4}) == 4
     assert _exit_status({1: 0, 2: -9}) == 1  # killed: a failure the supervisor must see
     assert _exit_status({1: 0, 2: 1}) == 1
+
+
+def _listener(reuse_port: bool = False) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def test_a_port_is_in_use_while_a_server_listens_not_after_it_stopped() -> None:
+    """verify-drain: a restart within a minute of the last server on the port was refused
+    ("Address already in use"): its closed connections (TIME_WAIT) held the check's bind."""
+    for reuse_port in (False, True):  # a lone server; another --frontend-processes server
+        server = _listener(reuse_port)
+        port = server.getsockname()[1]
+        assert _port_in_use("127.0.0.1", port) is not None
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end of the connection is in TIME_WAIT
+        client.close()
+        server.close()
+        assert _port_in_use("127.0.0.1", port) is None
